@@ -1,0 +1,41 @@
+# batchscore: `make demo` and `make test` work from a clean clone; both create .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# Without an NVIDIA GPU, install the CPU build of PyTorch first (a plain `torch` pulls CUDA wheels).
+TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+
+.PHONY: venv demo test test-fast lint format bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+demo: venv
+	$(VENV)/bin/batchscore demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Everything CI runs: lint, unit, integration (local Ray + local S3 server), cluster; GPU tests
+# skip themselves without CUDA.
+test: lint
+	$(PY) -m pytest -q tests
+
+# Unit tests only (no Ray, no S3 server): seconds.
+test-fast: venv
+	$(PY) -m pytest -q tests/unit
+
+clean:
+	rm -rf demo .pytest_cache .ruff_cache

@@ -1,0 +1,211 @@
+"""The `batchscore` command. Imports are lazy so `--help` starts without torch or ray.
+
+Exit codes: 0 success; 2 bad config, input or model (the message names the key, file or column);
+1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("batchscore")
+
+EXIT_OK, EXIT_FAILED, EXIT_USER = 0, 1, 2
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="job config (YAML), e.g. configs/demo.yaml")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set predict.batch_size=4096 (repeatable)",
+    )
+
+
+def _add_date_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dates (default: input.dates or input.start_date/end_date of the config)")
+    g.add_argument(
+        "--date",
+        action="append",
+        default=[],
+        help="YYYY-MM-DD, 'today' or 'yesterday' (repeatable)",
+    )
+    g.add_argument("--start", help="first date of a range (inclusive)")
+    g.add_argument("--end", help="last date of a range (inclusive)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchscore",
+        description="Distributed offline batch scoring: Parquet -> preprocess -> PyTorch on Ray -> Parquet.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("score", help="score one date or a date range with a config")
+    _add_config_args(p)
+    _add_date_args(p)
+    p.add_argument("--run-id", help="run id (default: <name>-<utc time>-<random>)")
+
+    p = sub.add_parser("validate", help="check config, input schema and model without scoring")
+    _add_config_args(p)
+    _add_date_args(p)
+
+    p = sub.add_parser("demo", help="generate sample data, train the demo model, score one date")
+    p.add_argument("--workdir", default="demo", help="where data, model and predictions go (default: demo)")
+    p.add_argument("--rows-per-day", type=int, default=50_000)
+    p.add_argument("--days", type=int, default=4, help="days generated; all but the last train the model")
+    p.add_argument("--shards-per-day", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("train", help="train the built-in DLRM model on synthetic-schema Parquet")
+    p.add_argument("--data", required=True, help="dataset root (local or s3://), hive-partitioned by ds")
+    p.add_argument("--dates", nargs="+", required=True, help="dates to train on")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--format", choices=["safetensors", "torchscript", "export"], default="safetensors")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--preset", default="dlrm-demo")
+    p.add_argument("--version", help="model version (default: dlrm-<utc date>)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint for --data")
+
+    p = sub.add_parser("generate", help="write synthetic interaction logs (hive-partitioned Parquet)")
+    p.add_argument("--out", required=True, help="dataset root (local or s3://)")
+    p.add_argument("--start", default="2026-11-01")
+    p.add_argument("--days", type=int, default=4)
+    p.add_argument("--rows-per-day", type=int, default=50_000)
+    p.add_argument("--shards-per-day", type=int, default=4)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint for --out")
+    return parser
+
+
+def resolve_dates(args: argparse.Namespace, cfg) -> list[str]:
+    """Dates from the command line, else from the config. Errors name the argument."""
+    from pipeline.config import parse_date
+    from pipeline.errors import ConfigError
+
+    def one(value: str, what: str) -> dt.date:
+        today = dt.datetime.now(dt.timezone.utc).date()
+        if value == "today":
+            return today
+        if value == "yesterday":
+            return today - dt.timedelta(days=1)
+        try:
+            return parse_date(value)
+        except ValueError as e:
+            raise ConfigError(f"{what}: {e}") from None
+
+    def span(a: dt.date, b: dt.date, what: str) -> list[str]:
+        if b < a:
+            raise ConfigError(f"{what}: end {b} is before start {a}")
+        return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+    dates = [one(d, "--date").isoformat() for d in args.date]
+    if args.start or args.end:
+        if not (args.start and args.end):
+            raise ConfigError("--start and --end go together")
+        dates += span(one(args.start, "--start"), one(args.end, "--end"), "--start/--end")
+    if not dates:
+        inp = cfg.input
+        dates = list(inp.dates or [])
+        if inp.start_date or inp.end_date:
+            if not (inp.start_date and inp.end_date):
+                raise ConfigError("input.start_date and input.end_date go together")
+            dates += span(parse_date(inp.start_date), parse_date(inp.end_date), "input.start_date/end_date")
+    if not dates:
+        raise ConfigError("no dates: give --date or --start/--end, or input.dates in the config")
+    return sorted(dict.fromkeys(dates))
+
+
+def _final_line(payload: dict) -> None:
+    """Key figures as JSON on the last line of stdout, for schedulers."""
+    print(json.dumps(payload, sort_keys=True), flush=True)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from jobs.score import score
+
+    report = score(args.config, args.overrides, args, run_id=args.run_id)
+    _final_line(
+        {
+            "status": report["status"],
+            "run_id": report["run_id"],
+            "report": report["report_uri"],
+            "rows_in": report["rows"]["input"],
+            "rows_out": report["rows"]["output"],
+            "dates": report["dates"],
+        }
+    )
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from jobs.validate import validate
+
+    validate(args.config, args.overrides, args)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.demo import demo
+
+    demo(args)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jobs.train import train
+
+    train(args)
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from jobs.generate import generate
+
+    generate(args)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "score": cmd_score,
+    "validate": cmd_validate,
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "generate": cmd_generate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from pipeline.errors import user_error_types
+
+    try:
+        return COMMANDS[args.command](args)
+    except user_error_types() as e:
+        print(f"batchscore {args.command}: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_USER)
+    except KeyboardInterrupt:
+        print(f"batchscore {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        log.exception("batchscore %s failed", args.command)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

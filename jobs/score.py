@@ -1,0 +1,53 @@
+"""`batchscore score CONFIG --date D | --start D1 --end D2` (also `python -m jobs.score ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def score(
+    config: str, overrides: list[str], args: argparse.Namespace, run_id: str | None = None
+) -> dict[str, Any]:
+    from jobs.cli import resolve_dates
+    from pipeline.config import load_config
+    from pipeline.plan import run_score
+
+    cfg = load_config(config, overrides)
+    dates = resolve_dates(args, cfg)
+    report = run_score(cfg, dates, run_id=run_id)
+    print_summary(report)
+    return report
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    t = report["timings_s"]
+    print(f"run {report['run_id']}: {report['status']}")
+    m, pool = report["model"], report["pool"]
+    print(f"  model    {m['version']} ({m['format']}, sha256 {m['sha256'][:12]}…)")
+    print(
+        f"  replicas {pool['min_replicas']}..{pool['max_replicas']} x "
+        f"({pool['num_cpus']:g} CPU, {pool['num_gpus']:g} GPU)"
+    )
+    for p in report["partitions"]:
+        key = ",".join(f"{k}={v}" for k, v in p["partition"].items())
+        print(
+            f"  {key}: {p['input_rows']} rows in -> {p['output_rows']} predictions "
+            f"in {len(p['output_files'])} file(s) at {p['uri']}"
+        )
+    print(
+        f"  {report['rows']['output']} rows in {t['pipeline_s']:.1f}s pipeline "
+        f"({report['throughput_rows_per_s'] or 0:,.0f} rows/s), {t['total_s']:.1f}s total"
+    )
+    print(f"  report   {report['report_uri']}")
+
+
+def main() -> int:
+    from jobs.cli import main as cli_main
+
+    return cli_main(["score", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Checkpoint format and loaders. Nothing here unpickles arbitrary Python objects.
+
+A batchscore checkpoint is a directory:
+
+    CKPT/batchscore.json     metadata: format, weights file, sha256 of the weights, architecture,
+                             feature spec (with normalization statistics), model inputs, version
+    CKPT/<weights>           model.safetensors | model.ts (TorchScript) | model.pt2 (torch.export)
+
+A bare TorchScript (.pt/.ts), torch.export (.pt2) or safetensors file also loads, with the missing
+metadata given by the caller (the job config). A weights file whose sha256 differs from the one
+recorded (or given) is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from models.features import FeatureSpec
+
+METADATA_FILE = "batchscore.json"
+FORMATS = ("safetensors", "torchscript", "export")
+_WEIGHTS_NAME = {
+    "safetensors": "model.safetensors",
+    "torchscript": "model.ts",
+    "export": "model.pt2",
+}
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".bin", ".ckpt")
+
+
+class ModelError(ValueError):
+    """A model or checkpoint cannot be used: what was wrong, and with which file."""
+
+
+@dataclass
+class CheckpointMeta:
+    format: str
+    weights: str
+    sha256: str
+    version: str
+    inputs: list[str] = field(default_factory=lambda: ["cat", "dense"])
+    architecture: dict[str, Any] | None = None
+    feature_spec: dict[str, Any] | None = None
+    created_at: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    batchscore_checkpoint: int = 1
+
+    def spec(self) -> FeatureSpec | None:
+        return FeatureSpec.from_dict(self.feature_spec) if self.feature_spec else None
+
+
+@dataclass
+class LoadedModel:
+    module: Callable[..., Any]
+    meta: CheckpointMeta
+    path: str
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def import_object(path: str) -> Any:
+    """`package.module:Name` (or `package.module.Name`) -> the object."""
+    mod_name, sep, attr = path.partition(":")
+    if not sep:
+        mod_name, _, attr = path.rpartition(".")
+    if not mod_name or not attr:
+        raise ModelError(f"import path {path!r}: expected 'package.module:Name'")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ModelError(f"import path {path!r}: cannot import module {mod_name!r}: {e}") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(f"import path {path!r}: module {mod_name!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_architecture(arch: dict[str, Any]) -> Any:
+    """An untrained nn.Module from an architecture record (built-in preset or class by import path)."""
+    kwargs = dict(arch.get("kwargs", {}))
+    if "builtin" in arch:
+        if arch["builtin"] != "dlrm":
+            raise ModelError(f"unknown built-in architecture {arch['builtin']!r}; known: ['dlrm']")
+        from models.dlrm import build_dlrm
+
+        return build_dlrm(preset=arch.get("preset", "dlrm-demo"), **kwargs)
+    if "class" in arch:
+        cls = import_object(arch["class"])
+        return cls(**kwargs)
+    raise ModelError(f"architecture record needs 'builtin' or 'class', got keys {sorted(arch)}")
+
+
+def save_checkpoint(
+    directory: str,
+    model: Any,
+    *,
+    format: str = "safetensors",
+    version: str,
+    feature_spec: FeatureSpec | None,
+    architecture: dict[str, Any] | None = None,
+    example_inputs: tuple[Any, ...] | None = None,
+    inputs: list[str] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> CheckpointMeta:
+    """Write `model` as a checkpoint directory. TorchScript/export need `example_inputs`."""
+    import torch
+
+    if format not in FORMATS:
+        raise ModelError(f"format must be one of {FORMATS}, got {format!r}")
+    os.makedirs(directory, exist_ok=True)
+    weights = _WEIGHTS_NAME[format]
+    wpath = os.path.join(directory, weights)
+    model = model.eval()
+    if format == "safetensors":
+        from safetensors.torch import save_file
+
+        if architecture is None:
+            raise ModelError("a safetensors checkpoint needs an architecture record to rebuild the model")
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, wpath)
+    elif format == "torchscript":
+        if example_inputs is None:
+            raise ModelError("TorchScript export needs example_inputs")
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example_inputs)
+        torch.jit.save(traced, wpath)
+    else:
+        if example_inputs is None:
+            raise ModelError("torch.export needs example_inputs")
+        batch = torch.export.Dim("batch", min=1)
+        dyn = tuple({0: batch} for _ in example_inputs)
+        ep = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dyn)
+        torch.export.save(ep, wpath)
+    meta = CheckpointMeta(
+        format=format,
+        weights=weights,
+        sha256=sha256_file(wpath),
+        version=version,
+        inputs=list(inputs or ["cat", "dense"]),
+        architecture=architecture if format == "safetensors" else None,
+        feature_spec=feature_spec.to_dict() if feature_spec else None,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        metrics=dict(metrics or {}),
+    )
+    with open(os.path.join(directory, METADATA_FILE), "w") as f:
+        json.dump(asdict(meta), f, indent=2, sort_keys=True)
+    return meta
+
+
+def read_metadata(directory: str) -> CheckpointMeta:
+    mpath = os.path.join(directory, METADATA_FILE)
+    try:
+        with open(mpath) as f:
+            raw = json.load(f)
+    except FileNotFoundError as e:
+        raise ModelError(f"{directory}: not a batchscore checkpoint (no {METADATA_FILE})") from e
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{mpath}: invalid JSON: {e}") from e
+    try:
+        meta = CheckpointMeta(**raw)
+    except TypeError as e:
+        raise ModelError(f"{mpath}: {e}") from e
+    if meta.format not in FORMATS:
+        raise ModelError(f"{mpath}: format must be one of {FORMATS}, got {meta.format!r}")
+    return meta
+
+
+def infer_format(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith(".safetensors"):
+        return "safetensors"
+    if lower.endswith(".pt2"):
+        return "export"
+    if lower.endswith((".pt", ".ts", ".torchscript")):
+        return "torchscript"
+    if lower.endswith(_PICKLE_SUFFIXES):
+        raise ModelError(
+            f"{path}: pickled checkpoints are refused (loading them can run arbitrary code); "
+            "save the weights with safetensors, or the model with TorchScript or torch.export"
+        )
+    raise ModelError(
+        f"{path}: cannot tell the model format from the name; expected a checkpoint directory "
+        "or a .safetensors, .pt/.ts (TorchScript) or .pt2 (torch.export) file"
+    )
+
+
+def _refuse_plain_pickle(path: str) -> None:
+    """torch.save archives hold a pickle and no code/: refuse them even when named .pt."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except zipfile.BadZipFile as e:
+        raise ModelError(f"{path}: not a TorchScript archive (not a zip file)") from e
+    if not any("/code/" in n for n in names):
+        raise ModelError(
+            f"{path}: this is a torch.save pickle, not a TorchScript archive; pickles are refused "
+            "(they can run arbitrary code). Export with torch.jit.script/trace + torch.jit.save."
+        )
+
+
+def _load_safetensors(wpath: str, arch: dict[str, Any] | None) -> Any:
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not arch:
+        raise ModelError(f"{wpath}: safetensors weights need an architecture (built-in preset or class path)")
+    model = build_architecture(arch)
+    try:
+        state = load_file(wpath)
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"{wpath}: cannot read safetensors file: {e}") from e
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelError(
+            f"{wpath}: weights do not match architecture {arch}: missing keys {missing[:10]}, "
+            f"unexpected keys {unexpected[:10]}"
+        )
+    bad = [
+        f"{k}: {tuple(state[k].shape)} {state[k].dtype} (expected {tuple(v.shape)} {v.dtype})"
+        for k, v in expected.items()
+        if state[k].shape != v.shape or state[k].dtype != v.dtype
+    ]
+    if bad:
+        raise ModelError(f"{wpath}: tensors differ from the architecture: {bad[:10]}")
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def inspect_checkpoint(
+    path: str,
+    *,
+    format: str | None = None,
+    architecture: dict[str, Any] | None = None,
+    expected_sha256: str | None = None,
+    version: str | None = None,
+    inputs: list[str] | None = None,
+    feature_spec: FeatureSpec | None = None,
+) -> tuple[CheckpointMeta, str]:
+    """Metadata (with the config's additions) and the weights path, sha256 verified. No torch."""
+    if not os.path.exists(path):
+        raise ModelError(f"{path}: model path does not exist")
+    if os.path.isdir(path):
+        meta = read_metadata(path)
+        wpath = os.path.join(path, meta.weights)
+        if not os.path.exists(wpath):
+            raise ModelError(f"{path}: weights file {meta.weights!r} named in {METADATA_FILE} is missing")
+        if format and format != meta.format:
+            raise ModelError(f"{path}: config says format {format!r}, checkpoint says {meta.format!r}")
+    else:
+        fmt = format or infer_format(path)
+        wpath = path
+        meta = CheckpointMeta(
+            format=fmt,
+            weights=os.path.basename(path),
+            sha256="",
+            version=version or os.path.basename(path),
+            architecture=architecture,
+        )
+    if inputs:
+        meta.inputs = list(inputs)
+    if version:
+        meta.version = version
+    if feature_spec is not None:
+        meta.feature_spec = feature_spec.to_dict()
+    if architecture and meta.format == "safetensors":
+        meta.architecture = architecture
+    actual = sha256_file(wpath)
+    for label, want in (
+        ("recorded in the checkpoint", meta.sha256),
+        ("given in the config", expected_sha256),
+    ):
+        if want and want.lower() != actual:
+            raise ModelError(
+                f"{wpath}: sha256 mismatch: {label} {want}, file has {actual}; "
+                "the weights were changed or corrupted, refusing to load"
+            )
+    meta.sha256 = actual
+    return meta, wpath
+
+
+def load_model(path: str, *, map_location: str = "cpu", **overrides: Any) -> LoadedModel:
+    """Load a checkpoint directory or a bare model file (see `inspect_checkpoint` for overrides)."""
+    import torch
+
+    meta, wpath = inspect_checkpoint(path, **overrides)
+    if meta.format == "safetensors":
+        module = _load_safetensors(wpath, meta.architecture).to(map_location)
+    elif meta.format == "torchscript":
+        _refuse_plain_pickle(wpath)
+        try:
+            module = torch.jit.load(wpath, map_location=map_location).eval()
+        except RuntimeError as e:
+            raise ModelError(f"{wpath}: cannot load TorchScript: {e}") from e
+    else:
+        try:
+            ep = torch.export.load(wpath)
+        except Exception as e:  # torch raises several types for a bad archive
+            raise ModelError(f"{wpath}: cannot load torch.export program: {e}") from e
+        module = ep.module().to(map_location)
+    return LoadedModel(module=module, meta=meta, path=path)

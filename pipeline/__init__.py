@@ -1,0 +1,1 @@
+"""The scoring pipeline: config, storage, and one module per stage, folded over a lazy Dataset."""

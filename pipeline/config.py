@@ -1,0 +1,279 @@
+"""Typed job configuration: YAML -> pydantic models, unknown keys rejected, all errors reported at once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Strict):
+    uri: str = Field(description="Root of the input dataset: a local path or s3://bucket/prefix.")
+    partition_column: str = Field(
+        "ds", description="Hive partition key of the input directories (ds=YYYY-MM-DD)."
+    )
+    columns: list[str] | None = Field(
+        None,
+        description="Extra columns to read besides the key and feature columns (projection). "
+        "Only the columns the job needs are ever read.",
+    )
+    dates: list[str] | None = Field(
+        None, description="Dates to score when the command line gives none (YYYY-MM-DD)."
+    )
+    start_date: str | None = Field(None, description="First date of a range (inclusive).")
+    end_date: str | None = Field(None, description="Last date of a range (inclusive).")
+
+    @field_validator("dates")
+    @classmethod
+    def _dates(cls, v: list[str] | None) -> list[str] | None:
+        for d in v or []:
+            parse_date(d)
+        return v
+
+    @field_validator("start_date", "end_date")
+    @classmethod
+    def _date(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_date(v)
+        return v
+
+
+class CategoricalFeatureConfig(_Strict):
+    name: str = Field(description="Input column (integer or string).")
+    buckets: int = Field(ge=2, description="Hash buckets; null -> 0, values -> 1..buckets-1.")
+
+
+class DenseFeatureConfig(_Strict):
+    name: str = Field(description="Input column (numeric).")
+    fill: float = Field(0.0, description="Value used for null, NaN and +-inf.")
+    clip_min: float | None = Field(None, description="Lower clip, applied before log1p.")
+    clip_max: float | None = Field(None, description="Upper clip, applied before log1p.")
+    log1p: bool = Field(False, description="Apply log1p (negative values count as 0).")
+    mean: float = Field(0.0, description="Standardization mean (after log1p).")
+    std: float = Field(1.0, gt=0, description="Standardization std (after log1p).")
+
+
+class FeatureSpecConfig(_Strict):
+    categorical: list[CategoricalFeatureConfig] = Field(default_factory=list)
+    dense: list[DenseFeatureConfig] = Field(default_factory=list)
+
+
+class PreprocessingConfig(_Strict):
+    features: FeatureSpecConfig | None = Field(
+        None,
+        description="Feature transforms. Default: the feature spec stored in the checkpoint "
+        "(with the statistics measured at training time). Set it for a model file without one.",
+    )
+    function: str | None = Field(
+        None,
+        description="Your own preprocessing, 'package.module:function'. Called as "
+        "fn(batch: pyarrow.Table) -> dict[str, numpy.ndarray] with one entry per model input.",
+    )
+    batch_size: int = Field(8192, ge=1, description="Rows per preprocessing batch.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per preprocessing task.")
+
+
+class ModelConfig(_Strict):
+    uri: str = Field(
+        description="Checkpoint directory, or a .pt/.ts (TorchScript), .pt2 (torch.export) or "
+        ".safetensors file; local path or s3://."
+    )
+    format: Literal["safetensors", "torchscript", "export"] | None = Field(
+        None, description="Model format; default: from the checkpoint metadata or file suffix."
+    )
+    class_path: str | None = Field(
+        None,
+        description="For bare .safetensors weights: the nn.Module class, 'package.module:Class'.",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments for class_path.")
+    sha256: str | None = Field(
+        None, description="Expected sha256 of the weights file; a mismatch refuses to load."
+    )
+    version: str | None = Field(
+        None, description="Model version written with each prediction; default: the checkpoint's."
+    )
+    inputs: list[str] | None = Field(
+        None,
+        description="Names of the preprocessed arrays passed to the model, in order. "
+        "Default: the checkpoint's, else ['cat', 'dense'].",
+    )
+
+
+class PredictConfig(_Strict):
+    batch_size: int = Field(8192, ge=1, description="Rows per forward pass.")
+    min_replicas: int = Field(1, ge=1, description="Model replicas (actors) kept alive.")
+    max_replicas: int = Field(
+        1, ge=1, description="Upper bound of replicas; capped by the cluster's GPUs/CPUs."
+    )
+    num_cpus_per_replica: float = Field(
+        1.0, gt=0, description="CPUs per replica; also the replica's torch thread count."
+    )
+    num_gpus_per_replica: float | Literal["auto"] = Field(
+        "auto", description="GPUs per replica; 'auto' = 1 when the cluster has GPUs, else 0."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' uses the GPU Ray assigned to the replica, else the CPU."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision on GPU (bf16 also works on CPU)."
+    )
+    reserve_cpus: float = Field(
+        1.0,
+        ge=0,
+        description="CPUs kept free of replicas for reading, preprocessing and writing. A pool "
+        "that would leave fewer is refused before the run starts.",
+    )
+
+    @model_validator(mode="after")
+    def _replicas(self) -> PredictConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class OutputConfig(_Strict):
+    uri: str = Field(description="Root of the predictions: a local path or s3://bucket/prefix.")
+    key_columns: list[str] = Field(
+        min_length=1, description="Input columns copied to each prediction row (its identity)."
+    )
+    partition_columns: list[str] = Field(
+        default_factory=lambda: ["ds"], description="Hive partition columns of the output."
+    )
+    score_column: str = Field("score", description="Name of the prediction column.")
+    target_rows_per_file: int = Field(
+        1_000_000, ge=1, description="Rows per output file (fewer, larger files)."
+    )
+    compression: Literal["snappy", "zstd", "gzip", "none"] = Field("zstd")
+
+
+class StorageConfig(_Strict):
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (MinIO, moto)."
+    )
+    region: str = Field("us-east-1", description="S3 region.")
+    anonymous: bool = Field(False, description="Unsigned requests (public buckets).")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        if v and "@" in v.split("//", 1)[-1].split("/", 1)[0]:
+            raise ValueError(
+                "credentials must not be put in the endpoint URL; use AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY or the provider chain"
+            )
+        return v
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(
+        None, description="Ray cluster address; default: RAY_ADDRESS or a new local Ray."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local Ray (default: all).")
+
+
+class JobConfig(_Strict):
+    name: str = Field(description="Job name, used in run ids and reports.")
+    input: InputConfig
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    model: ModelConfig
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    output: OutputConfig
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", v):
+            raise ValueError("use letters, digits, '_' and '-' only")
+        return v
+
+    def digest(self) -> str:
+        """A stable hash of the resolved config (for run ids and manifests)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_date(value: str) -> dt.date:
+    if not DATE_RE.match(value):
+        raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as e:
+        raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}: {e}") from e
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {loc}: {msg}")
+    return f"{source}: {len(lines)} error(s):\n" + "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML (numbers, lists, null...)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        parts = key.split(".")
+        node = raw
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+            node = node[p]
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: cannot parse value: {e}") from e
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: config file does not exist") from e
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> JobConfig:
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def dump_config(cfg: JobConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

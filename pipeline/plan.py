@@ -1,0 +1,257 @@
+"""The job plan: the stages folded over one lazy Dataset, then commit and report.
+
+    read -> preprocess (CPU tasks) -> predict (actor pool) -> write (staging) -> commit
+
+Nothing is materialized on the driver; `write_parquet` streams rows through all stages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline.commit import RunIdentity, commit_partitions
+from pipeline.config import JobConfig, dump_config
+from pipeline.errors import UserError, user_error_types
+from pipeline.predict import ModelSource, Predictor
+from pipeline.preprocess import Preprocessor
+from pipeline.read import discover, read_dataset
+from pipeline.resources import PoolPlan, cluster_nodes, plan_pool
+from pipeline.storage import Location, resolve, write_bytes
+from pipeline.validate import ColumnRequirements, check_schemas
+from pipeline.write import staging_location, write_staged
+
+log = logging.getLogger("batchscore")
+RUNS_DIR = "_runs"
+
+
+@dataclass
+class Prepared:
+    """Everything checked on the driver before any model work: inputs, schema, model, columns."""
+
+    cfg: JobConfig
+    dates: list[str]
+    inputs: Any
+    requirements: ColumnRequirements
+    source: ModelSource
+    model_meta: Any
+    output: Location
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passthrough(self) -> list[str]:
+        return list(dict.fromkeys([*self.cfg.output.key_columns, self.cfg.input.partition_column]))
+
+
+def new_run_id(cfg: JobConfig) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{cfg.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def prepare(cfg: JobConfig, dates: list[str]) -> Prepared:
+    """Check config, input partitions and schemas, and the model (metadata + sha256)."""
+    t0 = time.perf_counter()
+    source = ModelSource.from_config(cfg)
+    meta, _ = source.inspect()
+    spec = meta.spec()
+    if spec is None and not cfg.preprocessing.function:
+        raise UserError(
+            f"model {cfg.model.uri}: has no feature spec; set preprocessing.features in the config "
+            "or preprocessing.function"
+        )
+    if cfg.preprocessing.function:
+        spec = None
+    t1 = time.perf_counter()
+    inputs = discover(resolve(cfg.input.uri, cfg.storage), dates, cfg.input.partition_column)
+    req = ColumnRequirements.for_job(cfg.output.key_columns, spec, cfg.input.columns)
+    check_schemas(inputs, req)
+    t2 = time.perf_counter()
+    prepared = Prepared(cfg, dates, inputs, req, source, meta, resolve(cfg.output.uri, cfg.storage))
+    prepared.timings = {"model_check_s": t1 - t0, "input_check_s": t2 - t1}
+    return prepared
+
+
+def ensure_ray(cfg: JobConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = cfg.ray.num_cpus
+        kwargs["include_dashboard"] = False
+    ray.init(**kwargs)
+
+
+def build_dataset(p: Prepared, pool: PoolPlan, run_id: str, device_column: str | None = None):
+    from ray.data import ActorPoolStrategy
+
+    cfg = p.cfg
+    spec = p.model_meta.spec() if not cfg.preprocessing.function else None
+    part_col = cfg.input.partition_column
+    ds = read_dataset(p.inputs, list(dict.fromkeys([*p.requirements.columns, part_col])))
+    ds = ds.map_batches(
+        Preprocessor(spec, p.passthrough, cfg.preprocessing.function, required=p.requirements.columns),
+        batch_format="pyarrow",
+        batch_size=cfg.preprocessing.batch_size,
+        num_cpus=cfg.preprocessing.num_cpus,
+    )
+    return ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={
+            "source": p.source,
+            "passthrough": p.passthrough,
+            "run_id": run_id,
+            "score_column": cfg.output.score_column,
+            "device": cfg.predict.device,
+            "precision": cfg.predict.precision,
+            "num_threads": pool.num_cpus,
+            "device_column": device_column,
+        },
+        compute=ActorPoolStrategy(min_size=pool.min_replicas, max_size=pool.max_replicas),
+        batch_size=cfg.predict.batch_size,
+        batch_format="pyarrow",
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus,
+    )
+
+
+_REMOTE_USER_ERROR = re.compile(
+    r"^(pipeline\.errors\.\w+|models\.checkpoint\.ModelError|models\.features\.FeatureError): "
+    r"(.+?)(?=\n\n|\Z)",
+    re.M | re.S,
+)
+
+
+def _unwrap_user_error(exc: BaseException) -> Exception | None:
+    """The UserError raised inside a Ray task or actor, if that is what failed the run.
+
+    Ray re-raises a stage's exception as RayTaskError(UserCodeException) and keeps the original
+    only as traceback text, so the class and message are read back from that text.
+    """
+    if isinstance(exc, user_error_types()):
+        return exc
+    matches = _REMOTE_USER_ERROR.findall(str(exc))
+    if not matches:
+        return None
+    qualname, message = matches[-1]
+    module, _, name = qualname.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, user_error_types())):
+        return None
+    return cls(message.strip())
+
+
+def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None) -> dict[str, Any]:
+    """Score `dates`: prepare, run the streaming pipeline into staging, commit, write the report."""
+    from ray.data import DataContext
+
+    started = datetime.now(timezone.utc)
+    t_start = time.perf_counter()
+    run_id = run_id or new_run_id(cfg)
+    log.info("run %s: resolved config:\n%s", run_id, dump_config(cfg))
+    p = prepare(cfg, dates)
+    log.info(
+        "run %s: %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
+        run_id,
+        p.inputs.rows,
+        len(p.inputs.paths),
+        len(dates),
+        p.model_meta.version,
+        p.model_meta.sha256[:12],
+    )
+    t0 = time.perf_counter()
+    ensure_ray(cfg)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    pool = plan_pool(cfg.predict, cluster_nodes())
+    t_ray = time.perf_counter() - t0
+
+    staging = staging_location(p.output, run_id)
+    t0 = time.perf_counter()
+    ds = build_dataset(p, pool, run_id)
+    try:
+        write_staged(ds, staging, cfg.output, run_id)
+    except Exception as e:
+        user = _unwrap_user_error(e)
+        if user is not None:
+            raise user from None
+        raise
+    t_exec = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    manifests = commit_partitions(
+        p.output,
+        staging,
+        p.inputs.partitions,
+        cfg.input.partition_column,
+        RunIdentity(run_id, cfg.name, p.model_meta.version, p.model_meta.sha256, cfg.digest()),
+    )
+    t_commit = time.perf_counter() - t0
+    total = time.perf_counter() - t_start
+    rows = p.inputs.rows
+    report = {
+        "run_id": run_id,
+        "job": cfg.name,
+        "status": "succeeded",
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dates": dates,
+        "config": cfg.model_dump(mode="json"),
+        "config_hash": cfg.digest(),
+        "model": {
+            "uri": cfg.model.uri,
+            "format": p.model_meta.format,
+            "version": p.model_meta.version,
+            "sha256": p.model_meta.sha256,
+        },
+        "pool": asdict(pool),
+        "partitions": [
+            {
+                "partition": m.partition,
+                "input_files": len(m.input_files),
+                "input_rows": m.input_rows,
+                "output_rows": m.output_rows,
+                "dead_letter_rows": m.dead_letter_rows,
+                "output_files": [f.name for f in m.output_files],
+                "uri": p.output.join(
+                    f"{cfg.input.partition_column}={m.partition[cfg.input.partition_column]}"
+                ).uri,
+            }
+            for m in manifests
+        ],
+        "rows": {"input": rows, "output": sum(m.output_rows for m in manifests)},
+        "timings_s": {
+            **{k: round(v, 3) for k, v in p.timings.items()},
+            "ray_start_s": round(t_ray, 3),
+            "pipeline_s": round(t_exec, 3),
+            "commit_s": round(t_commit, 3),
+            "total_s": round(total, 3),
+        },
+        "throughput_rows_per_s": round(rows / t_exec, 1) if t_exec > 0 else None,
+        "ray_data_stats": _stats(ds),
+    }
+    report_loc = p.output.join(RUNS_DIR, run_id, "report.json")
+    write_bytes(report_loc, json.dumps(report, indent=2).encode())
+    write_bytes(p.output.join(RUNS_DIR, run_id, "config.yaml"), dump_config(cfg).encode())
+    report["report_uri"] = report_loc.uri
+    return report
+
+
+def _stats(ds) -> str:
+    try:
+        return ds.stats()
+    except Exception:  # stats are informative only
+        return ""

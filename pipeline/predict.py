@@ -1,0 +1,201 @@
+"""Predict stage: one model replica per actor, loaded once, on the GPU Ray assigned (or the CPU)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from models.features import FeatureSpec
+from pipeline.config import JobConfig, StorageConfig
+from pipeline.errors import StageError
+from pipeline.preprocess import tensor_column_to_numpy
+from pipeline.storage import download_dir, is_s3, resolve
+
+
+@dataclass
+class ModelSource:
+    """Where the model is and what the config adds to its metadata. Small and picklable."""
+
+    uri: str
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    format: str | None = None
+    architecture: dict[str, Any] | None = None
+    sha256: str | None = None
+    version: str | None = None
+    inputs: list[str] | None = None
+    feature_spec: dict[str, Any] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: JobConfig) -> ModelSource:
+        m = cfg.model
+        spec = cfg.preprocessing.features
+        return cls(
+            uri=m.uri,
+            storage=cfg.storage,
+            format=m.format,
+            architecture={"class": m.class_path, "kwargs": m.kwargs} if m.class_path else None,
+            sha256=m.sha256,
+            version=m.version,
+            inputs=m.inputs,
+            feature_spec=spec.model_dump() if spec else None,
+        )
+
+    def local_path(self) -> str:
+        """The model on local disk; an s3:// model is downloaded once per machine into a cache."""
+        if not is_s3(self.uri):
+            return resolve(self.uri).path
+        loc = resolve(self.uri, self.storage)
+        key = hashlib.sha256(f"{self.uri}|{self.sha256}".encode()).hexdigest()[:16]
+        cache = os.path.join(tempfile.gettempdir(), "batchscore-models")
+        dest = os.path.join(cache, key)
+        if not os.path.isdir(dest):
+            os.makedirs(cache, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=".download-", dir=cache)
+            download_dir(loc, tmp)
+            try:
+                os.rename(tmp, dest)
+            except OSError:  # another replica on this machine finished first
+                shutil.rmtree(tmp, ignore_errors=True)
+        single = os.path.join(dest, posixpath.basename(loc.path))
+        return single if os.path.isfile(single) else dest
+
+    def _overrides(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "architecture": self.architecture,
+            "expected_sha256": self.sha256,
+            "version": self.version,
+            "inputs": self.inputs,
+            "feature_spec": FeatureSpec.from_dict(self.feature_spec) if self.feature_spec else None,
+        }
+
+    def inspect(self):
+        """(metadata, weights path) with the sha256 verified; does not import torch."""
+        from models.checkpoint import inspect_checkpoint
+
+        return inspect_checkpoint(self.local_path(), **self._overrides())
+
+    def load(self, map_location: str = "cpu"):
+        from models.checkpoint import load_model
+
+        return load_model(self.local_path(), map_location=map_location, **self._overrides())
+
+
+def pick_device(requested: str) -> str:
+    """The replica's device: the GPU Ray assigned (visible as cuda:0), else the CPU."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    gpu_ids: list = []
+    try:
+        import ray
+
+        if ray.is_initialized():
+            gpu_ids = ray.get_gpu_ids()
+    except Exception:
+        gpu_ids = []
+    if torch.cuda.is_available() and (requested == "cuda" or gpu_ids):
+        return "cuda:0"
+    if requested == "cuda":
+        raise StageError("predict.device is 'cuda' but no CUDA device is visible to this replica")
+    return "cpu"
+
+
+class Predictor:
+    """Callable stage for an actor pool. The model is loaded in `__init__`, once per replica."""
+
+    name = "predict"
+
+    def __init__(
+        self,
+        source: ModelSource,
+        passthrough: list[str],
+        run_id: str,
+        score_column: str = "score",
+        device: str = "auto",
+        precision: str = "fp32",
+        num_threads: float = 1,
+        device_column: str | None = None,
+    ) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(num_threads)))
+        self.device = pick_device(device)
+        t0 = time.perf_counter()
+        self.loaded = source.load(map_location=self.device)
+        self.load_seconds = time.perf_counter() - t0
+        self.model = self.loaded.module
+        self.inputs = list(self.loaded.meta.inputs)
+        self.version = self.loaded.meta.version
+        self.passthrough = list(passthrough)
+        self.run_id = run_id
+        self.score_column = score_column
+        self.device_column = device_column
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        if self.dtype is torch.float16 and not self.device.startswith("cuda"):
+            raise StageError("predict.precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on CPU")
+        self.gpu_ids: list = []
+        try:
+            import ray
+
+            self.gpu_ids = [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
+        except Exception:
+            self.gpu_ids = []
+
+    def _to_device(self, arr: np.ndarray):
+        import torch
+
+        if not arr.flags.writeable:
+            arr = arr.copy()  # batches are zero-copy and read-only; torch needs writable memory
+        t = torch.from_numpy(arr)
+        if self.device.startswith("cuda"):
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        needed = self.passthrough + self.inputs
+        missing = [c for c in needed if c not in batch.column_names]
+        if missing:
+            raise StageError(
+                f"stage {self.name!r}: missing columns {missing}; present columns: {batch.column_names}"
+            )
+        tensors = [self._to_device(tensor_column_to_numpy(batch.column(c))) for c in self.inputs]
+        autocast = (
+            torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype)
+            if self.dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            out = self.model(*tensors)
+        if not isinstance(out, torch.Tensor):
+            raise StageError(f"stage {self.name!r}: model returned {type(out).__name__}, expected a Tensor")
+        if out.dim() == 2 and out.shape[1] == 1:
+            out = out[:, 0]
+        if out.dim() != 1 or out.shape[0] != batch.num_rows:
+            raise StageError(
+                f"stage {self.name!r}: model output has shape {tuple(out.shape)}, "
+                f"expected ({batch.num_rows},) or ({batch.num_rows}, 1)"
+            )
+        scores = out.float().cpu().numpy()
+        n = batch.num_rows
+        cols = {c: batch.column(c) for c in self.passthrough}
+        cols[self.score_column] = pa.array(scores, type=pa.float32())
+        cols["model_version"] = pa.repeat(pa.scalar(self.version), n)
+        cols["run_id"] = pa.repeat(pa.scalar(self.run_id), n)
+        if self.device_column:
+            where = f"{self.device} gpu_ids={','.join(self.gpu_ids)} pid={os.getpid()}"
+            cols[self.device_column] = pa.repeat(pa.scalar(where), n)
+        return pa.table(cols)

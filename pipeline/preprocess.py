@@ -1,0 +1,85 @@
+"""Preprocess stage: the feature transforms the model was trained with, on CPU tasks.
+
+Input: an Arrow batch with the key, partition and feature columns. Output: an Arrow batch with the
+pass-through columns unchanged (no copies) and one tensor column per model input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from models.features import FeatureError, FeatureSpec, transform_table
+from pipeline.errors import StageError
+
+
+def to_tensor_column(arr: np.ndarray) -> pa.Array:
+    """A numpy array as an Arrow column: 1-D as-is, N-D as Ray's fixed-shape tensor column."""
+    if arr.ndim == 1:
+        return pa.array(arr)
+    from ray.data.extensions import ArrowTensorArray
+
+    return ArrowTensorArray.from_numpy(np.ascontiguousarray(arr))
+
+
+def tensor_column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if isinstance(col.type, pa.ExtensionType):
+        return col.to_numpy()
+    return col.to_numpy(zero_copy_only=False)
+
+
+class Preprocessor:
+    """Callable stage. State (the spec or the user function) is set once; work is per batch."""
+
+    name = "preprocess"
+
+    def __init__(
+        self,
+        spec: FeatureSpec | None,
+        passthrough: list[str],
+        function: Callable[[pa.Table], dict[str, np.ndarray]] | str | None = None,
+        required: list[str] | None = None,
+    ) -> None:
+        if spec is None and function is None:
+            raise StageError("preprocess: needs a feature spec or a preprocessing function")
+        if isinstance(function, str):
+            from models.checkpoint import import_object
+
+            function = import_object(function)
+        self.spec = spec
+        self.function = function
+        self.passthrough = list(passthrough)
+        self.required = list(
+            dict.fromkeys(
+                self.passthrough + (required or []) + (spec.columns if spec and not function else [])
+            )
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        missing = [c for c in self.required if c not in batch.column_names]
+        if missing:
+            raise StageError(
+                f"stage {self.name!r}: missing columns {missing}; present columns: {batch.column_names}"
+            )
+        try:
+            feats = self.function(batch) if self.function else transform_table(batch, self.spec)
+        except FeatureError as e:
+            raise StageError(f"stage {self.name!r}: {e}") from e
+        if not isinstance(feats, dict):
+            raise StageError(
+                f"stage {self.name!r}: preprocessing function must return dict[str, numpy.ndarray], "
+                f"got {type(feats).__name__}"
+            )
+        cols = {c: batch.column(c) for c in self.passthrough}
+        for name, arr in feats.items():
+            arr = np.asarray(arr)
+            if len(arr) != batch.num_rows:
+                raise StageError(
+                    f"stage {self.name!r}: feature {name!r} has {len(arr)} rows, batch has {batch.num_rows}"
+                )
+            cols[name] = to_tensor_column(arr)
+        return pa.table(cols)

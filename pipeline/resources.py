@@ -1,0 +1,74 @@
+"""Size the predictor pool from the cluster's resources, or refuse it before anything runs.
+
+An actor pool whose replicas take every CPU leaves the read tasks unschedulable and Ray Data
+waits forever without an error. We check up front instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from pipeline.config import PredictConfig
+from pipeline.errors import ConfigError
+
+log = logging.getLogger("batchscore")
+
+
+@dataclass
+class PoolPlan:
+    min_replicas: int
+    max_replicas: int
+    num_cpus: float
+    num_gpus: float
+    cluster_cpus: float
+    cluster_gpus: float
+
+
+def plan_pool(predict: PredictConfig, nodes: list[dict[str, float]]) -> PoolPlan:
+    """`nodes`: the resources of each alive node ({"CPU": .., "GPU": ..})."""
+    total_cpus = sum(n.get("CPU", 0.0) for n in nodes)
+    total_gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    gpus = predict.num_gpus_per_replica
+    if gpus == "auto":
+        gpus = 1.0 if total_gpus > 0 and predict.device != "cpu" else 0.0
+    gpus = float(gpus)
+    cpus = float(predict.num_cpus_per_replica)
+    if predict.device == "cuda" and (gpus == 0 or total_gpus == 0):
+        raise ConfigError(
+            f"predict.device is 'cuda' but the cluster has {total_gpus:g} GPUs and "
+            f"predict.num_gpus_per_replica is {gpus:g}"
+        )
+
+    def fits_on(node: dict[str, float]) -> int:
+        by_cpu = math.floor(node.get("CPU", 0.0) / cpus + 1e-9)
+        by_gpu = math.floor(node.get("GPU", 0.0) / gpus + 1e-9) if gpus > 0 else by_cpu
+        return max(0, min(by_cpu, by_gpu))
+
+    by_nodes = sum(fits_on(n) for n in nodes)
+    by_reserve = math.floor((total_cpus - predict.reserve_cpus) / cpus + 1e-9)
+    fit = max(0, min(by_nodes, by_reserve))
+    if predict.min_replicas > fit:
+        gpu_part = f" + {gpus:g} GPU" if gpus else ""
+        raise ConfigError(
+            f"predict pool cannot be scheduled: predict.min_replicas={predict.min_replicas} replicas x "
+            f"{cpus:g} CPU{gpu_part} each, keeping predict.reserve_cpus="
+            f"{predict.reserve_cpus:g} CPU free for reading and preprocessing, but the cluster has "
+            f"{total_cpus:g} CPUs and {total_gpus:g} GPUs ({len(nodes)} node(s)); at most {fit} "
+            "replica(s) fit. Lower predict.min_replicas or predict.num_cpus_per_replica, or add nodes."
+        )
+    max_replicas = min(predict.max_replicas, fit)
+    if max_replicas < predict.max_replicas:
+        log.info(
+            "predict.max_replicas %d capped to %d by the cluster's resources",
+            predict.max_replicas,
+            max_replicas,
+        )
+    return PoolPlan(predict.min_replicas, max_replicas, cpus, gpus, total_cpus, total_gpus)
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]

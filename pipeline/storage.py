@@ -1,0 +1,138 @@
+"""All path handling goes through here: local paths and s3:// URIs behave the same.
+
+S3 (and S3-compatible servers) use pyarrow's native S3FileSystem. Credentials are never passed
+explicitly: they come from the environment or the AWS provider chain in whichever process
+touches storage, so they are not pickled into Ray tasks, logged or written to reports.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from pipeline.config import StorageConfig
+from pipeline.errors import InputError
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved URI: the filesystem and the path inside it (no scheme)."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    def join(self, *parts: str) -> Location:
+        path = posixpath.join(self.path, *parts)
+        uri = posixpath.join(self.uri, *parts)
+        return Location(self.fs, path, uri)
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def s3_filesystem(storage: StorageConfig) -> pafs.S3FileSystem:
+    kwargs: dict = {
+        "region": storage.region,
+        "anonymous": storage.anonymous,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10),
+        "connect_timeout": 10,
+        "request_timeout": 60,
+    }
+    if storage.endpoint_url:
+        parsed = urlparse(storage.endpoint_url)
+        if not parsed.scheme or not parsed.netloc:
+            raise InputError(
+                f"storage.endpoint_url: expected http(s)://host:port, got {storage.endpoint_url!r}"
+            )
+        kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
+        kwargs["scheme"] = parsed.scheme
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str, storage: StorageConfig | None = None) -> Location:
+    storage = storage or StorageConfig()
+    if is_s3(uri):
+        path = uri.split("://", 1)[1].rstrip("/")
+        if not path or path.startswith("/"):
+            raise InputError(f"{uri}: expected s3://bucket/prefix")
+        return Location(s3_filesystem(storage), path, "s3://" + path)
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" in uri:
+        raise InputError(f"{uri}: unsupported scheme; expected a local path or s3://bucket/prefix")
+    path = os.path.abspath(os.path.expanduser(uri))
+    return Location(pafs.LocalFileSystem(), path, path)
+
+
+def exists(loc: Location) -> bool:
+    return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+
+
+def is_dir(loc: Location) -> bool:
+    return loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory
+
+
+def list_files(loc: Location, suffix: str = "", recursive: bool = True) -> list[pafs.FileInfo]:
+    """Files under a directory, sorted by path; hidden and _-prefixed names are skipped."""
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=recursive, allow_not_found=True))
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.endswith(suffix):
+            continue
+        rel = posixpath.relpath(info.path, loc.path)
+        if any(p.startswith((".", "_")) for p in rel.split("/")):
+            continue
+        out.append(info)
+    return sorted(out, key=lambda i: i.path)
+
+
+def read_bytes(loc: Location) -> bytes:
+    with loc.fs.open_input_stream(loc.path) as f:
+        return f.read()
+
+
+def write_bytes(loc: Location, data: bytes) -> None:
+    """Write a whole object. Locally via a temp file + rename, so readers never see half a file
+    (an S3 PUT is atomic by itself)."""
+    parent = posixpath.dirname(loc.path)
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, loc.path)
+        return
+    with loc.fs.open_output_stream(loc.path) as f:
+        f.write(data)
+
+
+def delete_dir(loc: Location) -> None:
+    if exists(loc):
+        loc.fs.delete_dir(loc.path)
+
+
+def download_dir(loc: Location, dest: str) -> str:
+    """Copy a file or a directory tree (e.g. a checkpoint on S3) to a local path."""
+    info = loc.fs.get_file_info(loc.path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"{loc.uri}: does not exist")
+    if info.type == pafs.FileType.File:
+        target = os.path.join(dest, posixpath.basename(loc.path))
+        os.makedirs(dest, exist_ok=True)
+        pafs.copy_files(
+            loc.path,
+            target,
+            source_filesystem=loc.fs,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
+        return target
+    os.makedirs(dest, exist_ok=True)
+    pafs.copy_files(loc.path, dest, source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
+    return dest

@@ -1,0 +1,77 @@
+"""Validate stage: the input schema is checked against what the job needs, before any model work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from models.features import FeatureSpec
+from pipeline.errors import InputError
+from pipeline.read import InputPlan
+
+
+@dataclass
+class ColumnRequirements:
+    keys: list[str]
+    categorical: list[str]
+    dense: list[str]
+    other: list[str]
+
+    @classmethod
+    def for_job(
+        cls, keys: list[str], spec: FeatureSpec | None, extra: list[str] | None
+    ) -> ColumnRequirements:
+        return cls(
+            keys=list(keys),
+            categorical=[f.name for f in spec.categorical] if spec else [],
+            dense=[f.name for f in spec.dense] if spec else [],
+            other=list(extra or []),
+        )
+
+    @property
+    def columns(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for c in self.keys + self.categorical + self.dense + self.other:
+            seen.setdefault(c, None)
+        return list(seen)
+
+
+def _type_ok(t: pa.DataType, kind: str) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if kind == "categorical":
+        return (
+            pa.types.is_integer(t)
+            or pa.types.is_string(t)
+            or pa.types.is_large_string(t)
+            or pa.types.is_binary(t)
+        )
+    if kind == "dense":
+        return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    return True
+
+
+_EXPECTED = {"categorical": "an integer or string column", "dense": "a numeric column"}
+
+
+def check_schemas(plan: InputPlan, req: ColumnRequirements) -> None:
+    """Every file has every needed column with a usable type. All problems are reported at once."""
+    problems: list[str] = []
+    partition_col = plan.partition_column
+    for part in plan.partitions:
+        for f in part.files:
+            names = set(f.schema.names)
+            missing = [c for c in req.columns if c not in names and c != partition_col]
+            if missing:
+                problems.append(f"{f.uri}: missing columns {missing} (present: {sorted(names)})")
+                continue
+            for kind, cols in (("categorical", req.categorical), ("dense", req.dense)):
+                for c in cols:
+                    t = f.schema.field(c).type
+                    if not _type_ok(t, kind):
+                        problems.append(f"{f.uri}: column {c!r} has type {t}, expected {_EXPECTED[kind]}")
+    if problems:
+        shown = problems[:20]
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise InputError("input schema check failed:\n  " + "\n  ".join(shown) + more)
