@@ -82,10 +82,12 @@ def import_object(path: str) -> Any:
         obj: Any = importlib.import_module(mod_name)
     except ImportError as e:
         raise ModelError(f"import path {path!r}: cannot import module {mod_name!r}: {e}") from e
+    owner = mod_name
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ModelError(f"import path {path!r}: module {mod_name!r} has no attribute {part!r}")
+            raise ModelError(f"import path {path!r}: {owner!r} has no attribute {part!r}")
         obj = getattr(obj, part)
+        owner = f"{owner}.{part}"
     return obj
 
 

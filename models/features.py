@@ -101,6 +101,23 @@ def _fnv1a_strings(arr: pa.Array) -> np.ndarray:
     return h
 
 
+def is_text_type(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_binary_view(t)
+    )
+
+
+def is_numeric_type(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
+    )
+
+
 def hash_buckets(column: pa.Array | pa.ChunkedArray, buckets: int, name: str = "?") -> np.ndarray:
     """Stable hash of ints or strings into [1, buckets); nulls map to 0. Same result in any process."""
     if buckets < 2:
@@ -114,7 +131,7 @@ def hash_buckets(column: pa.Array | pa.ChunkedArray, buckets: int, name: str = "
     if pa.types.is_integer(t):
         raw = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
         h = _splitmix64(raw)
-    elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
+    elif is_text_type(t):
         h = _splitmix64(_fnv1a_strings(column.fill_null("")))
     else:
         raise FeatureError(f"categorical feature {name!r}: expected an integer or string column, got {t}")
@@ -127,7 +144,7 @@ def hash_buckets(column: pa.Array | pa.ChunkedArray, buckets: int, name: str = "
 def dense_values(column: pa.Array | pa.ChunkedArray, feat: DenseFeature) -> np.ndarray:
     """One dense column through fill -> clip -> log1p -> standardize, as float32."""
     t = column.type
-    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+    if not is_numeric_type(t):
         raise FeatureError(f"dense feature {feat.name!r}: expected a numeric column, got {t}")
     x = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
     # to_numpy turns nulls into NaN for floats; NaN and +-inf are filled alike.

@@ -18,7 +18,8 @@ DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # YAML reads `version: 2` as a number: text fields take numbers as text.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class InputConfig(_Strict):
@@ -36,6 +37,16 @@ class InputConfig(_Strict):
     )
     start_date: str | None = Field(None, description="First date of a range (inclusive).")
     end_date: str | None = Field(None, description="Last date of a range (inclusive).")
+
+    @field_validator("dates", "start_date", "end_date", mode="before")
+    @classmethod
+    def _yaml_dates(cls, v: Any) -> Any:
+        """YAML reads an unquoted 2026-11-01 as a date: accept it as the same text."""
+        if isinstance(v, dt.date):
+            return v.isoformat()
+        if isinstance(v, list):
+            return [d.isoformat() if isinstance(d, dt.date) else d for d in v]
+        return v
 
     @field_validator("dates")
     @classmethod

@@ -108,9 +108,9 @@ def read_dataset(plan: InputPlan, columns: list[str]):
     import ray.data
     from ray.data.datasource.partitioning import Partitioning
 
-    return ray.data.read_parquet(
+    ds = ray.data.read_parquet(
         plan.paths,
         filesystem=plan.root.fs,
-        columns=columns,
         partitioning=Partitioning("hive", base_dir=plan.root.path, field_names=None),
     )
+    return ds.select_columns(columns)  # pushed down into the Parquet reader

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from models.features import FeatureSpec
+from models.features import FeatureSpec, is_numeric_type, is_text_type
 from pipeline.errors import InputError
 from pipeline.read import InputPlan
 
@@ -41,14 +41,9 @@ def _type_ok(t: pa.DataType, kind: str) -> bool:
     if pa.types.is_dictionary(t):
         t = t.value_type
     if kind == "categorical":
-        return (
-            pa.types.is_integer(t)
-            or pa.types.is_string(t)
-            or pa.types.is_large_string(t)
-            or pa.types.is_binary(t)
-        )
+        return pa.types.is_integer(t) or is_text_type(t)
     if kind == "dense":
-        return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+        return is_numeric_type(t)
     return True
 
 

@@ -33,11 +33,13 @@ def staging_location(output: Location, run_id: str) -> Location:
 def write_staged(ds, staging: Location, out: OutputConfig, run_id: str) -> None:
     """Executes the whole lazy pipeline: rows stream from read to these files."""
     compression = None if out.compression == "none" else out.compression
+    # Streaming coalesce (no shuffle): small blocks are combined, large ones split, so files
+    # hold about target_rows_per_file rows instead of one small file per block.
+    ds = ds.repartition(target_num_rows_per_block=out.target_rows_per_file)
     ds.write_parquet(
         staging.path,
         filesystem=staging.fs,
         partition_cols=list(out.partition_columns),
-        min_rows_per_file=out.target_rows_per_file,
         max_rows_per_file=out.target_rows_per_file,
         mode=SaveMode.OVERWRITE,  # the staging directory is this run's own
         filename_provider=RunFileNames(run_id),

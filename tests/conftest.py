@@ -1,0 +1,87 @@
+"""Shared fixtures: real parts, started by the tests themselves.
+
+- `s3`: moto's S3-compatible server on 127.0.0.1 over HTTP (ThreadedMotoServer), reached through
+  the same pyarrow S3FileSystem code path production uses; only the endpoint differs.
+- `ray_cluster`: one local Ray per session, a `ray.cluster_utils.Cluster` so tests can add and
+  remove nodes (logical GPUs) without a second Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS = Path(__file__).resolve().parent / "integration" / "plugins"
+
+# Credentials for the local S3 server come from the environment, as in production. They are set
+# before Ray starts so its worker processes inherit them. The canary makes leaks detectable.
+S3_ACCESS_KEY = "AKIATESTBATCHSCORE01"
+S3_SECRET_KEY = "canary-secret-5f1c9e-do-not-log"
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+)
+# Test-only plugins (a user preprocessing function) importable by Ray workers too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in [str(PLUGINS), str(ROOT), os.environ.get("PYTHONPATH", "")] if p
+)
+sys.path.insert(0, str(PLUGINS))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def make_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        paginator = self.client().get_paginator("list_objects_v2")
+        return sorted(
+            o["Key"]
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+        )
+
+
+@pytest.fixture(scope="session")
+def s3():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield S3Server(f"http://{host}:{port}")
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 3})
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

@@ -1,0 +1,133 @@
+"""Small real datasets and checkpoints shared by the integration tests."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from models.features import FeatureSpec, transform_table
+from pipeline.commit import committed_files
+from pipeline.config import config_from_dict
+from pipeline.storage import resolve
+from pipeline.synthetic import FEATURES, LABEL, SyntheticSpec, date_range, generate_day, write_days
+
+DATES = date_range("2026-10-01", 2)
+ROWS = 3000
+KEYS = ["event_id", "user_id", "item_id"]
+
+# The demo features with small hash spaces: same transforms, small and fast models.
+SMALL_FEATURES = FeatureSpec(
+    categorical=[replace(f, buckets=min(f.buckets, 997)) for f in FEATURES.categorical],
+    dense=list(FEATURES.dense),
+)
+SYNTH = SyntheticSpec(rows_per_day=ROWS, shards_per_day=3, n_users=2000, n_items=1000)
+
+
+@dataclass
+class Checkpoints:
+    """Paths and the config additions each model format needs."""
+
+    root: Path
+    entries: dict[str, tuple[str, dict[str, Any]]]
+    spec: FeatureSpec
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "events"
+    write_days(resolve(str(root)), DATES, SYNTH)
+    return root
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> Checkpoints:
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.training import train_dlrm
+
+    root = tmp_path_factory.mktemp("models")
+    table = generate_day("2026-09-30", SYNTH)
+    result = train_dlrm(table, SMALL_FEATURES, LABEL, epochs=1, batch_size=512)
+    example = (
+        torch.zeros((4, len(result.spec.categorical)), dtype=torch.int64),
+        torch.zeros((4, len(result.spec.dense)), dtype=torch.float32),
+    )
+    entries: dict[str, tuple[str, dict[str, Any]]] = {}
+    for fmt in ("safetensors", "torchscript", "export"):
+        save_checkpoint(
+            str(root / fmt),
+            result.model,
+            format=fmt,
+            version=f"test-{fmt}",
+            feature_spec=result.spec,
+            architecture=result.architecture,
+            example_inputs=example,
+        )
+        entries[fmt] = (str(root / fmt), {})
+    # A user's own nn.Module class by import path + bare safetensors weights; the feature spec
+    # comes from the config (preprocessing.features), as it would for a model trained elsewhere.
+    bare = root / "bare" / "weights.safetensors"
+    bare.parent.mkdir()
+    shutil.copy(root / "safetensors" / "model.safetensors", bare)
+    entries["class_path"] = (
+        str(bare),
+        {
+            "model": {"class_path": "models.dlrm:DLRM", "kwargs": result.architecture["kwargs"]},
+            "preprocessing": {"features": result.spec.to_dict()},
+        },
+    )
+    return Checkpoints(root=root, entries=entries, spec=result.spec)
+
+
+def make_config(input_uri: str, model_uri: str, output_uri: str, **sections: dict[str, Any]):
+    raw: dict[str, Any] = {
+        "name": "itest",
+        "input": {"uri": input_uri},
+        "model": {"uri": model_uri},
+        "predict": {"batch_size": 1024, "min_replicas": 1, "max_replicas": 2},
+        "preprocessing": {"batch_size": 1024},
+        "output": {"uri": output_uri, "key_columns": KEYS, "target_rows_per_file": 2000},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return config_from_dict(raw)
+
+
+def read_input(root: str, date: str, storage=None) -> pa.Table:
+    loc = resolve(root, storage).join(f"ds={date}")
+    from pipeline.storage import list_files
+
+    files = [f.path for f in list_files(loc, ".parquet")]
+    return pq.read_table(files, filesystem=loc.fs)
+
+
+def read_output(root: str, date: str, storage=None) -> pa.Table:
+    loc = resolve(root, storage)
+    files = committed_files(loc, date)
+    assert files, f"no committed files for {date} under {root}"
+    return pq.read_table(files, filesystem=loc.fs)
+
+
+def direct_scores(model_path: str, table: pa.Table, spec: FeatureSpec, **load_kwargs) -> np.ndarray:
+    """Scores from calling the model directly (no Ray, no pipeline) on the same rows."""
+    import torch
+
+    from models.checkpoint import load_model
+
+    loaded = load_model(model_path, **load_kwargs)
+    feats = transform_table(table, spec)
+    with torch.inference_mode():
+        out = loaded.module(torch.from_numpy(feats["cat"]), torch.from_numpy(feats["dense"]))
+    return out.reshape(-1).numpy()
+
+
+def scores_by_key(table: pa.Table) -> dict[str, float]:
+    return dict(zip(table.column("event_id").to_pylist(), table.column("score").to_pylist(), strict=True))

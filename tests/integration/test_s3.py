@@ -1,0 +1,100 @@
+"""The same job against a local S3-compatible server over HTTP (moto server mode).
+
+Input, model and output all live in s3:// and go through the production code path
+(pyarrow's S3FileSystem with an endpoint override); credentials come from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.fs as pafs
+import pytest
+from conftest import DATES, SYNTH, direct_scores, make_config, read_input, read_output, scores_by_key
+
+from pipeline.config import StorageConfig
+from pipeline.errors import InputError
+from pipeline.plan import run_score
+from pipeline.storage import resolve
+from pipeline.synthetic import write_days
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def s3_job(s3, checkpoints):
+    bucket = s3.make_bucket("batchscore-it")
+    storage = StorageConfig(endpoint_url=s3.endpoint)
+    write_days(resolve(f"s3://{bucket}/events", storage), DATES, SYNTH)
+    model_dir, _ = checkpoints.entries["torchscript"]
+    target = resolve(f"s3://{bucket}/models/ts", storage)
+    pafs.copy_files(
+        model_dir, target.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs
+    )
+    return bucket, storage
+
+
+def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints):
+    bucket, storage = s3_job
+    cfg = make_config(
+        f"s3://{bucket}/events",
+        f"s3://{bucket}/models/ts",
+        f"s3://{bucket}/predictions",
+        storage={"endpoint_url": s3.endpoint},
+    )
+    report = run_score(cfg, DATES)
+
+    for d in DATES:
+        inp = read_input(f"s3://{bucket}/events", d, storage)
+        got = read_output(f"s3://{bucket}/predictions", d, storage)
+        assert got.num_rows == inp.num_rows == 3000
+        expected = dict(
+            zip(
+                inp.column("event_id").to_pylist(),
+                direct_scores(checkpoints.entries["torchscript"][0], inp, checkpoints.spec).tolist(),
+                strict=True,
+            )
+        )
+        got_scores = scores_by_key(got)
+        assert got_scores.keys() == expected.keys()
+        assert max(abs(got_scores[k] - expected[k]) for k in expected) < 1e-6
+    keys = s3.keys(bucket, "predictions/")
+    assert f"predictions/ds={DATES[0]}/_manifest.json" in keys
+    assert f"predictions/_runs/{report['run_id']}/report.json" in keys
+    leftovers = [k for k in keys if "/_staging/" in k and not k.endswith("/_staging/")]
+    assert not leftovers, "staging leftovers after a successful run"
+    assert report["report_uri"].startswith(f"s3://{bucket}/predictions/_runs/")
+
+
+def test_credentials_never_reach_reports_or_manifests(ray_cluster, s3, s3_job):
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]  # a canary, set by tests/conftest.py
+    access_key = os.environ["AWS_ACCESS_KEY_ID"]
+    bucket, storage = s3_job
+    cfg = make_config(
+        f"s3://{bucket}/events",
+        f"s3://{bucket}/models/ts",
+        f"s3://{bucket}/canary",
+        storage={"endpoint_url": s3.endpoint},
+    )
+    run_score(cfg, [DATES[0]])
+    client = s3.client()
+    for key in s3.keys(bucket, "canary/"):
+        if key.endswith((".json", ".yaml")):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+            assert secret not in body, key
+            assert access_key not in body, key
+            if key.endswith(".json"):
+                json.loads(body)
+
+
+def test_missing_s3_partition_names_the_uri(ray_cluster, s3, s3_job):
+    bucket, _ = s3_job
+    cfg = make_config(
+        f"s3://{bucket}/events",
+        f"s3://{bucket}/models/ts",
+        f"s3://{bucket}/predictions",
+        storage={"endpoint_url": s3.endpoint},
+    )
+    with pytest.raises(InputError, match=rf"s3://{bucket}/events/ds=2031-05-05 does not exist"):
+        run_score(cfg, ["2031-05-05"])

@@ -1,0 +1,194 @@
+"""The scoring job end to end on a real local Ray, local files and real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from conftest import DATES, KEYS, direct_scores, make_config, read_input, read_output, scores_by_key
+
+from pipeline.config import ConfigError
+from pipeline.errors import InputError
+from pipeline.plan import run_score
+
+pytestmark = pytest.mark.integration
+
+
+def _load_kwargs(extra: dict) -> dict:
+    if "model" in extra and "class_path" in extra["model"]:
+        return {"architecture": {"class": extra["model"]["class_path"], "kwargs": extra["model"]["kwargs"]}}
+    return {}
+
+
+def assert_exact_output(inp, got, expected_scores: np.ndarray) -> None:
+    """One output row per input row, same keys, no duplicates, scores = direct model call."""
+    assert got.num_rows == inp.num_rows
+    out_keys = got.column("event_id").to_pylist()
+    assert len(set(out_keys)) == len(out_keys), "duplicate keys in output"
+    assert set(out_keys) == set(inp.column("event_id").to_pylist())
+    got_by_key = scores_by_key(got)
+    want_by_key = dict(zip(inp.column("event_id").to_pylist(), expected_scores.tolist(), strict=True))
+    diff = max(abs(got_by_key[k] - want_by_key[k]) for k in want_by_key)
+    assert diff < 1e-6, f"pipeline scores differ from a direct model call by {diff}"
+    for k in KEYS[1:]:  # key columns pass through unchanged
+        want = dict(zip(inp.column("event_id").to_pylist(), inp.column(k).to_pylist(), strict=True))
+        got_k = dict(zip(out_keys, got.column(k).to_pylist(), strict=True))
+        assert got_k == want
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "export", "class_path"])
+def test_pipeline_scores_equal_direct_model_call(ray_cluster, dataset, checkpoints, tmp_path, fmt):
+    model_uri, extra = checkpoints.entries[fmt]
+    out = tmp_path / "preds"
+    cfg = make_config(str(dataset), model_uri, str(out), **extra)
+    report = run_score(cfg, [DATES[0]])
+
+    inp = read_input(str(dataset), DATES[0])
+    got = read_output(str(out), DATES[0])
+    expected = direct_scores(model_uri, inp, checkpoints.spec, **_load_kwargs(extra))
+    assert_exact_output(inp, got, expected)
+    assert set(got.column("run_id").to_pylist()) == {report["run_id"]}
+    want_version = f"test-{fmt}" if fmt != "class_path" else "weights.safetensors"
+    assert set(got.column("model_version").to_pylist()) == {want_version}
+
+
+def test_two_dates_partitioned_with_manifests_and_report(ray_cluster, dataset, checkpoints, tmp_path):
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    cfg = make_config(str(dataset), model_uri, str(out))
+    report = run_score(cfg, DATES)
+
+    for d in DATES:
+        inp, got = read_input(str(dataset), d), read_output(str(out), d)
+        assert got.num_rows == inp.num_rows
+        manifest = json.loads((out / f"ds={d}" / "_manifest.json").read_text())
+        assert manifest["input_rows"] == manifest["output_rows"] == inp.num_rows
+        assert manifest["run_id"] == report["run_id"]
+        assert manifest["model_sha256"] == report["model"]["sha256"]
+        # target_rows_per_file=2000 and 3000 rows: more than one file, none over the target
+        sizes = [f["rows"] for f in manifest["output_files"]]
+        assert max(sizes) <= 2000 and sum(sizes) == inp.num_rows
+        names = sorted(p.name for p in (out / f"ds={d}").glob("*.parquet"))
+        assert names == sorted(f["name"] for f in manifest["output_files"])
+        assert all(n.startswith(f"part-{report['run_id']}-") for n in names)
+    saved = json.loads((out / "_runs" / report["run_id"] / "report.json").read_text())
+    assert saved["rows"] == {"input": 2 * 3000, "output": 2 * 3000}
+    assert [p["partition"]["ds"] for p in saved["partitions"]] == DATES
+    assert (out / "_runs" / report["run_id"] / "config.yaml").exists()
+    assert not (out / "_staging").exists() or not any((out / "_staging").iterdir())
+
+
+def test_rerun_replaces_the_partition_never_appends(ray_cluster, dataset, checkpoints, tmp_path):
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    cfg = make_config(str(dataset), model_uri, str(out))
+    first = run_score(cfg, [DATES[0]])
+    second = run_score(cfg, [DATES[0]])
+
+    got = read_output(str(out), DATES[0])
+    assert got.num_rows == 3000
+    assert set(got.column("run_id").to_pylist()) == {second["run_id"]}
+    on_disk = list((out / f"ds={DATES[0]}").glob("*.parquet"))
+    assert on_disk and all(second["run_id"] in p.name for p in on_disk)
+    assert not any(first["run_id"] in p.name for p in on_disk)
+
+
+def test_only_the_requested_partitions_are_opened(ray_cluster, dataset, checkpoints, tmp_path):
+    data = tmp_path / "events"
+    shutil.copytree(dataset, data)
+    (data / f"ds={DATES[1]}" / "part-99999.parquet").write_bytes(b"PAR1 this is not parquet")
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    cfg = make_config(str(data), model_uri, str(out))
+
+    run_score(cfg, [DATES[0]])  # the corrupt file of the other date is never opened
+    assert read_output(str(out), DATES[0]).num_rows == 3000
+
+    with pytest.raises(InputError, match=r"part-99999\.parquet.*not a readable Parquet file"):
+        run_score(cfg, [DATES[1]])
+    assert not (out / f"ds={DATES[1]}").exists()
+
+
+def test_bad_inputs_fail_before_model_work_naming_path_and_column(
+    ray_cluster, dataset, checkpoints, tmp_path
+):
+    import pyarrow.parquet as pq
+
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    cfg = make_config(str(dataset), model_uri, str(out))
+    with pytest.raises(InputError, match=r"ds=2031-01-01 does not exist"):
+        run_score(cfg, ["2031-01-01"])
+
+    data = tmp_path / "dropped"
+    src = dataset / f"ds={DATES[0]}"
+    (data / f"ds={DATES[0]}").mkdir(parents=True)
+    for f in sorted(src.glob("*.parquet")):
+        t = pq.read_table(f)
+        if f.name == "part-00001.parquet":
+            t = t.drop_columns(["price"])
+        pq.write_table(t, data / f"ds={DATES[0]}" / f.name)
+    cfg = make_config(str(data), model_uri, str(out))
+    with pytest.raises(InputError) as err:
+        run_score(cfg, [DATES[0]])
+    msg = str(err.value)
+    assert "part-00001.parquet" in msg and "missing columns ['price']" in msg
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_wrong_type_is_reported_with_file_and_column(ray_cluster, dataset, checkpoints, tmp_path):
+    import pyarrow.parquet as pq
+
+    model_uri, _ = checkpoints.entries["safetensors"]
+    data = tmp_path / "typed"
+    (data / f"ds={DATES[0]}").mkdir(parents=True)
+    t = pq.read_table(dataset / f"ds={DATES[0]}" / "part-00000.parquet")
+    t = t.set_column(t.schema.get_field_index("price"), "price", pc.cast(t.column("price"), "string"))
+    pq.write_table(t, data / f"ds={DATES[0]}" / "part-00000.parquet")
+    cfg = make_config(str(data), model_uri, str(tmp_path / "preds"))
+    with pytest.raises(
+        InputError, match=r"part-00000\.parquet: column 'price' has type string, expected a numeric"
+    ):
+        run_score(cfg, [DATES[0]])
+
+
+def test_unschedulable_pool_is_refused_up_front(ray_cluster, dataset, checkpoints, tmp_path):
+    model_uri, _ = checkpoints.entries["safetensors"]
+    cfg = make_config(
+        str(dataset), model_uri, str(tmp_path / "preds"), predict={"min_replicas": 3, "max_replicas": 3}
+    )
+    with pytest.raises(ConfigError, match="cannot be scheduled"):
+        run_score(cfg, [DATES[0]])
+
+
+def test_user_preprocessing_function_by_import_path(ray_cluster, dataset, checkpoints, tmp_path):
+    from batchscore_test_plugins import PLUGIN_FEATURES
+
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    cfg = make_config(
+        str(dataset),
+        model_uri,
+        str(out),
+        preprocessing={"function": "batchscore_test_plugins:my_features"},
+        input={"columns": PLUGIN_FEATURES.columns},
+    )
+    run_score(cfg, [DATES[0]])
+    inp = read_input(str(dataset), DATES[0])
+    got = read_output(str(out), DATES[0])
+    assert_exact_output(inp, got, direct_scores(model_uri, inp, PLUGIN_FEATURES))
+    # and the checkpoint's own (fitted) spec gives different scores: the plug-in was applied
+    own = direct_scores(model_uri, inp, checkpoints.spec)
+    assert np.abs(own - direct_scores(model_uri, inp, PLUGIN_FEATURES)).max() > 1e-3
+
+
+def test_bad_model_checksum_is_refused(ray_cluster, dataset, checkpoints, tmp_path):
+    from models.checkpoint import ModelError
+
+    model_uri, _ = checkpoints.entries["torchscript"]
+    cfg = make_config(str(dataset), model_uri, str(tmp_path / "preds"), model={"sha256": "0" * 64})
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        run_score(cfg, [DATES[0]])
