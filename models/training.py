@@ -41,7 +41,7 @@ def train_dlrm(
     *,
     preset: str = "dlrm-demo",
     epochs: int = 2,
-    batch_size: int = 2048,
+    batch_size: int | None = None,
     lr: float = 3e-3,
     holdout: float = 0.2,
     seed: int = 0,
@@ -62,6 +62,8 @@ def train_dlrm(
     cat = torch.from_numpy(feats["cat"])
     dense = torch.from_numpy(feats["dense"])
     target = torch.from_numpy(y)
+    if batch_size is None:  # enough optimizer steps on small data, big batches on large data
+        batch_size = int(np.clip(len(train) // 100, 128, 2048))
     buckets = [f.buckets for f in spec.categorical]
     arch = {
         "builtin": "dlrm",

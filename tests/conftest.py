@@ -9,11 +9,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support import DATES, SMALL_FEATURES, SYNTH, Checkpoints
+
+from pipeline.storage import resolve
+from pipeline.synthetic import LABEL, generate_day, write_days
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = Path(__file__).resolve().parent / "integration" / "plugins"
@@ -85,3 +91,51 @@ def ray_cluster():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "events"
+    write_days(resolve(str(root)), DATES, SYNTH)
+    return root
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> Checkpoints:
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.training import train_dlrm
+
+    root = tmp_path_factory.mktemp("models")
+    table = generate_day("2026-09-30", SYNTH)
+    result = train_dlrm(table, SMALL_FEATURES, LABEL, epochs=1, batch_size=512)
+    example = (
+        torch.zeros((4, len(result.spec.categorical)), dtype=torch.int64),
+        torch.zeros((4, len(result.spec.dense)), dtype=torch.float32),
+    )
+    entries: dict[str, tuple[str, dict[str, Any]]] = {}
+    for fmt in ("safetensors", "torchscript", "export"):
+        save_checkpoint(
+            str(root / fmt),
+            result.model,
+            format=fmt,
+            version=f"test-{fmt}",
+            feature_spec=result.spec,
+            architecture=result.architecture,
+            example_inputs=example,
+        )
+        entries[fmt] = (str(root / fmt), {})
+    # A user's own nn.Module class by import path + bare safetensors weights; the feature spec
+    # comes from the config (preprocessing.features), as it would for a model trained elsewhere.
+    bare = root / "bare" / "weights.safetensors"
+    bare.parent.mkdir()
+    shutil.copy(root / "safetensors" / "model.safetensors", bare)
+    entries["class_path"] = (
+        str(bare),
+        {
+            "model": {"class_path": "models.dlrm:DLRM", "kwargs": result.architecture["kwargs"]},
+            "preprocessing": {"features": result.spec.to_dict()},
+        },
+    )
+    return Checkpoints(root=root, entries=entries, spec=result.spec)

@@ -11,7 +11,7 @@ import os
 
 import pyarrow.fs as pafs
 import pytest
-from conftest import DATES, SYNTH, direct_scores, make_config, read_input, read_output, scores_by_key
+from support import DATES, SYNTH, direct_scores, make_config, read_input, read_output, scores_by_key
 
 from pipeline.config import StorageConfig
 from pipeline.errors import InputError

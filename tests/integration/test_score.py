@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from conftest import DATES, KEYS, direct_scores, make_config, read_input, read_output, scores_by_key
+from support import DATES, KEYS, direct_scores, make_config, read_input, read_output, scores_by_key
 
 from pipeline.config import ConfigError
 from pipeline.errors import InputError

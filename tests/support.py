@@ -1,8 +1,7 @@
-"""Small real datasets and checkpoints shared by the integration tests."""
+"""Small real datasets, checkpoints and helpers shared by the integration and cluster tests."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -10,13 +9,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from models.features import FeatureSpec, transform_table
 from pipeline.commit import committed_files
 from pipeline.config import config_from_dict
 from pipeline.storage import resolve
-from pipeline.synthetic import FEATURES, LABEL, SyntheticSpec, date_range, generate_day, write_days
+from pipeline.synthetic import FEATURES, SyntheticSpec, date_range
 
 DATES = date_range("2026-10-01", 2)
 ROWS = 3000
@@ -37,54 +35,6 @@ class Checkpoints:
     root: Path
     entries: dict[str, tuple[str, dict[str, Any]]]
     spec: FeatureSpec
-
-
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "events"
-    write_days(resolve(str(root)), DATES, SYNTH)
-    return root
-
-
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory) -> Checkpoints:
-    import torch
-
-    from models.checkpoint import save_checkpoint
-    from models.training import train_dlrm
-
-    root = tmp_path_factory.mktemp("models")
-    table = generate_day("2026-09-30", SYNTH)
-    result = train_dlrm(table, SMALL_FEATURES, LABEL, epochs=1, batch_size=512)
-    example = (
-        torch.zeros((4, len(result.spec.categorical)), dtype=torch.int64),
-        torch.zeros((4, len(result.spec.dense)), dtype=torch.float32),
-    )
-    entries: dict[str, tuple[str, dict[str, Any]]] = {}
-    for fmt in ("safetensors", "torchscript", "export"):
-        save_checkpoint(
-            str(root / fmt),
-            result.model,
-            format=fmt,
-            version=f"test-{fmt}",
-            feature_spec=result.spec,
-            architecture=result.architecture,
-            example_inputs=example,
-        )
-        entries[fmt] = (str(root / fmt), {})
-    # A user's own nn.Module class by import path + bare safetensors weights; the feature spec
-    # comes from the config (preprocessing.features), as it would for a model trained elsewhere.
-    bare = root / "bare" / "weights.safetensors"
-    bare.parent.mkdir()
-    shutil.copy(root / "safetensors" / "model.safetensors", bare)
-    entries["class_path"] = (
-        str(bare),
-        {
-            "model": {"class_path": "models.dlrm:DLRM", "kwargs": result.architecture["kwargs"]},
-            "preprocessing": {"features": result.spec.to_dict()},
-        },
-    )
-    return Checkpoints(root=root, entries=entries, spec=result.spec)
 
 
 def make_config(input_uri: str, model_uri: str, output_uri: str, **sections: dict[str, Any]):

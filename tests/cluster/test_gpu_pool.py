@@ -1,0 +1,58 @@
+"""Predictor replicas on a multi-node Ray with logical GPUs (no CUDA needed).
+
+A node with 2 logical GPUs joins the session's cluster; with 2 replicas of 1 GPU each, every
+replica is pinned to its own GPU id by Ray, and all of them run on the GPU node.
+"""
+
+from __future__ import annotations
+
+import pytest
+from ray.data import DataContext
+from support import DATES, make_config
+
+from pipeline.plan import build_dataset, prepare
+from pipeline.resources import cluster_nodes, plan_pool
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def gpu_node(ray_cluster):
+    node = ray_cluster.add_node(num_cpus=2, num_gpus=2, resources={"gpu_node": 2})
+    ray_cluster.wait_for_nodes()
+    yield node
+    ray_cluster.remove_node(node)
+    ray_cluster.wait_for_nodes()
+
+
+def test_replicas_get_distinct_gpus(ray_cluster, gpu_node, dataset, checkpoints, tmp_path):
+    model_uri, _ = checkpoints.entries["safetensors"]
+    cfg = make_config(
+        str(dataset),
+        model_uri,
+        str(tmp_path / "out"),
+        predict={"min_replicas": 2, "max_replicas": 2, "batch_size": 200},
+        preprocessing={"batch_size": 200},
+    )
+    p = prepare(cfg, DATES)
+    pool = plan_pool(cfg.predict, cluster_nodes())
+    assert pool.num_gpus == 1.0 and pool.max_replicas == 2  # 'auto' took the GPUs
+
+    # Small blocks and one batch in flight per actor, so 6000 rows spread over both replicas.
+    ctx = DataContext.get_current()
+    saved = ctx.target_max_block_size, ctx.max_tasks_in_flight_per_actor
+    ctx.target_max_block_size, ctx.max_tasks_in_flight_per_actor = 32 * 1024, 1
+    try:
+        ds = build_dataset(p, pool, run_id="gpu-test", device_column="_device")
+        rows = ds.select_columns(["event_id", "_device"]).take_all()
+    finally:
+        ctx.target_max_block_size, ctx.max_tasks_in_flight_per_actor = saved
+    assert len(rows) == 2 * 3000
+    by_replica: dict[str, str] = {}
+    for r in rows:
+        device, gpus, pid = r["_device"].split()
+        by_replica[pid] = gpus
+    assert len(by_replica) == 2, f"expected 2 replicas to do work, saw {by_replica}"
+    gpu_ids = list(by_replica.values())
+    assert all(g.startswith("gpu_ids=") and g != "gpu_ids=" for g in gpu_ids), gpu_ids
+    assert len(set(gpu_ids)) == 2, f"two replicas share a GPU: {by_replica}"

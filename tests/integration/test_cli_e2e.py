@@ -1,0 +1,129 @@
+"""The `batchscore` CLI end to end, as a user runs it: real subprocesses, exit codes, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import yaml
+from support import DATES, SYNTH, direct_scores, read_input, read_output, scores_by_key
+
+from pipeline.config import StorageConfig
+from pipeline.storage import resolve
+from pipeline.synthetic import write_days
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(args: list[str], ray_cluster, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_own_torchscript_model_and_yaml_score_parquet_on_s3(ray_cluster, s3, checkpoints, tmp_path):
+    """A user's TorchScript file + a YAML config of their own, data on s3://: no code change."""
+    bucket = s3.make_bucket("own-model")
+    storage = StorageConfig(endpoint_url=s3.endpoint)
+    write_days(resolve(f"s3://{bucket}/clicks", storage), DATES[:1], SYNTH)
+    ts_file = Path(checkpoints.entries["torchscript"][0]) / "model.ts"
+    dst = resolve(f"s3://{bucket}/models/ranker.pt", storage)
+    pafs.copy_files(str(ts_file), dst.path, destination_filesystem=dst.fs)
+    config = tmp_path / "my_job.yaml"
+    config.write_text(
+        "# batchscore score my_job.yaml --date 2026-10-01\n"
+        + yaml.safe_dump(
+            {
+                "name": "my-ranker",
+                "input": {"uri": f"s3://{bucket}/clicks"},
+                "preprocessing": {"features": checkpoints.spec.to_dict()},
+                "model": {"uri": f"s3://{bucket}/models/ranker.pt", "version": "ranker-7"},
+                "predict": {"batch_size": 2048},
+                "output": {"uri": f"s3://{bucket}/scores", "key_columns": ["event_id"]},
+                "storage": {"endpoint_url": s3.endpoint},
+            }
+        )
+    )
+    proc = run_cli(["-m", "jobs.score", str(config), "--date", DATES[0]], ray_cluster)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["status"] == "succeeded" and last["rows_in"] == last["rows_out"] == 3000
+    assert last["report"].startswith(f"s3://{bucket}/scores/_runs/")
+    assert f"ds={DATES[0]}: 3000 rows in -> 3000 predictions" in proc.stdout
+    # the resolved config is logged at start; credentials are not
+    assert "my-ranker" in proc.stderr and os.environ["AWS_SECRET_ACCESS_KEY"] not in proc.stderr + proc.stdout
+
+    inp = read_input(f"s3://{bucket}/clicks", DATES[0], storage)
+    got = read_output(f"s3://{bucket}/scores", DATES[0], storage)
+    want = dict(
+        zip(
+            inp.column("event_id").to_pylist(),
+            direct_scores(str(ts_file), inp, checkpoints.spec).tolist(),
+            strict=True,
+        )
+    )
+    got_scores = scores_by_key(got)
+    assert got_scores.keys() == want.keys()
+    assert max(abs(got_scores[k] - want[k]) for k in want) < 1e-6
+    assert set(got.column("model_version").to_pylist()) == {"ranker-7"}
+
+
+def test_exit_codes_name_the_problem(ray_cluster, dataset, checkpoints, tmp_path):
+    model_uri, _ = checkpoints.entries["safetensors"]
+    base = {
+        "name": "codes",
+        "input": {"uri": str(dataset)},
+        "model": {"uri": model_uri},
+        "output": {"uri": str(tmp_path / "out"), "key_columns": ["event_id"]},
+    }
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+
+    missing = run_cli(["-m", "jobs.cli", "score", str(cfg), "--date", "2031-01-01"], ray_cluster)
+    assert missing.returncode == 2
+    assert "ds=2031-01-01 does not exist" in missing.stderr
+
+    bad_key = run_cli(
+        ["-m", "jobs.cli", "validate", str(cfg), "--date", DATES[0], "--set", "predict.batchsize=3"],
+        ray_cluster,
+    )
+    assert bad_key.returncode == 2 and "predict.batchsize: unknown key" in bad_key.stderr
+
+    ok = run_cli(["-m", "jobs.validate", str(cfg), "--date", DATES[0]], ray_cluster)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "forward  16 rows" in ok.stdout and "3000 rows" in ok.stdout
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(ray_cluster, tmp_path):
+    work = tmp_path / "demo"
+    proc = run_cli(
+        [
+            "-m",
+            "jobs.cli",
+            "demo",
+            "--workdir",
+            str(work),
+            "--rows-per-day",
+            "8000",
+            "--days",
+            "2",
+            "--epochs",
+            "2",
+        ],
+        ray_cluster,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "held-out AUC" in proc.stdout
+    auc = float(proc.stdout.split("held-out AUC ")[1].split()[0])
+    assert auc > 0.6, f"demo model barely learns: AUC {auc}"
+    assert "ds=2026-11-02: 8000 rows in -> 8000 predictions" in proc.stdout
+    assert read_output(str(work / "predictions"), "2026-11-02").num_rows == 8000
