@@ -176,6 +176,9 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None) -> di
     ensure_ray(cfg)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
+    # Ray 2.60's datasource V2 parquet path spends seconds in its ListFiles step even for a few
+    # local files (measured: 2-10 s vs 0.3 s for V1 on 4 files); we pass exact file lists anyway.
+    ctx.use_datasource_v2 = False
     pool = plan_pool(cfg.predict, cluster_nodes())
     t_ray = time.perf_counter() - t0
 
@@ -183,7 +186,7 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None) -> di
     t0 = time.perf_counter()
     ds = build_dataset(p, pool, run_id)
     try:
-        write_staged(ds, staging, cfg.output, run_id)
+        ds = write_staged(ds, staging, cfg.output, run_id)
     except Exception as e:
         user = _unwrap_user_error(e)
         if user is not None:

@@ -91,21 +91,42 @@ class ModelSource:
         return load_model(self.local_path(), map_location=map_location, **self._overrides())
 
 
+_TORCH_DTYPES: dict[str, Any] = {}
+
+
+def _init_dtypes() -> None:
+    import torch
+
+    for np_dtype, t in (
+        (np.float32, torch.float32),
+        (np.float64, torch.float64),
+        (np.float16, torch.float16),
+        (np.int64, torch.int64),
+        (np.int32, torch.int32),
+        (np.int16, torch.int16),
+        (np.int8, torch.int8),
+        (np.uint8, torch.uint8),
+        (np.bool_, torch.bool),
+    ):
+        _TORCH_DTYPES[np.dtype(np_dtype).str] = t
+
+
 def pick_device(requested: str) -> str:
-    """The replica's device: the GPU Ray assigned (visible as cuda:0), else the CPU."""
+    """The replica's device. In a Ray actor: the GPU Ray assigned (visible as cuda:0), else the
+    CPU. Outside Ray (validate, tests, notebooks): the GPU when there is one."""
     import torch
 
     if requested == "cpu":
         return "cpu"
-    gpu_ids: list = []
+    in_ray, gpu_ids = False, []
     try:
         import ray
 
-        if ray.is_initialized():
-            gpu_ids = ray.get_gpu_ids()
+        in_ray = ray.is_initialized()
+        gpu_ids = ray.get_gpu_ids() if in_ray else []
     except Exception:
-        gpu_ids = []
-    if torch.cuda.is_available() and (requested == "cuda" or gpu_ids):
+        in_ray, gpu_ids = False, []
+    if torch.cuda.is_available() and (requested == "cuda" or gpu_ids or not in_ray):
         return "cuda:0"
     if requested == "cuda":
         raise StageError("predict.device is 'cuda' but no CUDA device is visible to this replica")
@@ -131,6 +152,7 @@ class Predictor:
         import torch
 
         torch.set_num_threads(max(1, int(num_threads)))
+        _init_dtypes()
         self.device = pick_device(device)
         t0 = time.perf_counter()
         self.loaded = source.load(map_location=self.device)
@@ -145,6 +167,7 @@ class Predictor:
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         if self.dtype is torch.float16 and not self.device.startswith("cuda"):
             raise StageError("predict.precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on CPU")
+        self._pinned: dict[str, Any] = {}
         self.gpu_ids: list = []
         try:
             import ray
@@ -153,15 +176,27 @@ class Predictor:
         except Exception:
             self.gpu_ids = []
 
-    def _to_device(self, arr: np.ndarray):
+    def _to_device(self, name: str, arr: np.ndarray):
+        """CPU: the batch's memory as-is. GPU: one copy into a reused pinned buffer, then an
+        asynchronous host-to-device copy (pinned memory is what makes it asynchronous)."""
         import torch
 
-        if not arr.flags.writeable:
-            arr = arr.copy()  # batches are zero-copy and read-only; torch needs writable memory
-        t = torch.from_numpy(arr)
-        if self.device.startswith("cuda"):
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t
+        if not self.device.startswith("cuda"):
+            if not arr.flags.writeable:
+                arr = arr.copy()  # zero-copy batches are read-only; torch wants writable memory
+            return torch.from_numpy(arr)
+        buf = self._pinned.get(name)
+        if (
+            buf is None
+            or buf.shape[0] < arr.shape[0]
+            or buf.shape[1:] != arr.shape[1:]
+            or buf.dtype != _TORCH_DTYPES[arr.dtype.str]
+        ):
+            buf = torch.empty(arr.shape, dtype=_TORCH_DTYPES[arr.dtype.str], pin_memory=True)
+            self._pinned[name] = buf
+        staged = buf[: arr.shape[0]]
+        staged.numpy()[...] = arr
+        return staged.to(self.device, non_blocking=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
@@ -172,7 +207,7 @@ class Predictor:
             raise StageError(
                 f"stage {self.name!r}: missing columns {missing}; present columns: {batch.column_names}"
             )
-        tensors = [self._to_device(tensor_column_to_numpy(batch.column(c))) for c in self.inputs]
+        tensors = [self._to_device(c, tensor_column_to_numpy(batch.column(c))) for c in self.inputs]
         autocast = (
             torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype)
             if self.dtype is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ray.data import SaveMode
+from ray.data import Dataset, SaveMode
 from ray.data.datasource import FilenameProvider
 
 from pipeline.config import OutputConfig
@@ -30,7 +30,7 @@ def staging_location(output: Location, run_id: str) -> Location:
     return output.join(STAGING_DIR, run_id)
 
 
-def write_staged(ds, staging: Location, out: OutputConfig, run_id: str) -> None:
+def write_staged(ds: Dataset, staging: Location, out: OutputConfig, run_id: str) -> Dataset:
     """Executes the whole lazy pipeline: rows stream from read to these files."""
     compression = None if out.compression == "none" else out.compression
     # Streaming coalesce (no shuffle): small blocks are combined, large ones split, so files
@@ -45,3 +45,4 @@ def write_staged(ds, staging: Location, out: OutputConfig, run_id: str) -> None:
         filename_provider=RunFileNames(run_id),
         compression=compression,
     )
+    return ds  # the executed Dataset: its stats describe this run
