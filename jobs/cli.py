@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="model version (default: dlrm-<utc date>)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint for --data")
 
+    sub.add_parser("config-reference", help="print the config reference (docs/config.md) as Markdown")
+
     p = sub.add_parser("generate", help="write synthetic interaction logs (hive-partitioned Parquet)")
     p.add_argument("--out", required=True, help="dataset root (local or s3://)")
     p.add_argument("--start", default="2026-11-01")
@@ -176,7 +178,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from pipeline.config import reference_markdown
+
+    sys.stdout.write(reference_markdown())
+    return EXIT_OK
+
+
 COMMANDS = {
+    "config-reference": cmd_config_reference,
     "score": cmd_score,
     "validate": cmd_validate,
     "demo": cmd_demo,

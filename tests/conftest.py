@@ -87,7 +87,15 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 3})
+    head: dict = {"num_cpus": 3}
+    try:  # a real GPU joins the head node, so the GPU tier can schedule on it
+        import torch
+
+        if torch.cuda.is_available():
+            head["num_gpus"] = torch.cuda.device_count()
+    except ImportError:
+        pass
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args=head)
     yield cluster
     ray.shutdown()
     cluster.shutdown()
