@@ -33,10 +33,14 @@ class CategoricalFeature:
 
 @dataclass
 class DenseFeature:
-    """A numeric column: fill nulls/NaN -> clip -> log1p -> standardize (in that order)."""
+    """A numeric column: fill nulls/NaN -> clip -> log1p -> standardize (in that order).
+
+    `on_nonfinite="reject"` sends rows whose value is null, NaN or +-inf to the dead-letter
+    output instead of filling them."""
 
     name: str
     fill: float = 0.0
+    on_nonfinite: str = "fill"
     clip_min: float | None = None
     clip_max: float | None = None
     log1p: bool = False
@@ -174,6 +178,60 @@ def transform_table(table: pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]
     for i, f in enumerate(spec.dense):
         dense[:, i] = dense_values(table.column(f.name), f)
     return {"cat": cat, "dense": dense}
+
+
+def reject_reasons(table: pa.Table, spec: FeatureSpec, key_columns: list[str]) -> np.ndarray | None:
+    """Why each row cannot be scored (None where it can), or None when every row can.
+
+    A null key, or a null/NaN/inf value of a dense feature whose spec says `reject`.
+    The first failing rule names the row's reason.
+    """
+    n = table.num_rows
+    reasons = np.full(n, None, dtype=object)
+    found = False
+    for c in key_columns:
+        col = table.column(c)
+        if col.null_count:
+            mask = col.is_null().to_numpy(zero_copy_only=False) & (reasons == None)  # noqa: E711
+            reasons[mask] = f"null key column {c!r}"
+            found = True
+    for f in spec.dense:
+        if f.on_nonfinite != "reject":
+            continue
+        x = pc.cast(table.column(f.name), pa.float64()).to_numpy(zero_copy_only=False)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            mask = bad & (reasons == None)  # noqa: E711
+            reasons[mask] = f"non-finite value in {f.name!r} (spec says reject)"
+            found = True
+    return reasons if found else None
+
+
+def row_hash64(columns: list[pa.Array | pa.ChunkedArray], seed: int) -> np.ndarray:
+    """A 64-bit hash per row over several columns (ints or strings), stable across processes.
+
+    Used to compare the multiset of keys in and out of a run without collecting the keys.
+    """
+    n = len(columns[0]) if columns else 0
+    h = np.full(n, np.uint64(seed), dtype=np.uint64)
+    for col in columns:
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        t = col.type
+        if pa.types.is_integer(t) or pa.types.is_boolean(t):
+            ints = pc.cast(col, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+            v = _splitmix64(ints.view(np.uint64))
+        elif is_text_type(t):
+            v = _fnv1a_strings(col.fill_null(""))
+        else:
+            v = _fnv1a_strings(pc.cast(col, pa.string()).fill_null(""))
+        if col.null_count:
+            v = v.copy()
+            v[col.is_null().to_numpy(zero_copy_only=False)] = np.uint64(0x9E3779B97F4A7C15)
+        h = _splitmix64(h * np.uint64(0x100000001B3) ^ v)
+    return h
 
 
 def fit_dense_stats(table: pa.Table, spec: FeatureSpec) -> FeatureSpec:

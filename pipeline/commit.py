@@ -21,8 +21,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from pipeline.deadletter import DEAD_LETTER_DIR, REASON_COLUMN
 from pipeline.errors import UserError
-from pipeline.read import InputPartition
+from pipeline.read import InputPlan
+from pipeline.reconcile import fingerprint_files, total
 from pipeline.storage import Location, delete_dir, list_files, read_bytes, write_bytes
 
 MANIFEST = "_manifest.json"
@@ -80,36 +82,93 @@ def _staged_files(staging: Location) -> list[OutputFile]:
         return list(pool.map(footer, infos))
 
 
+@dataclass
+class CommitPolicy:
+    key_columns: list[str]
+    verify: str = "keys"
+    max_bad_row_fraction: float = 0.01
+
+
+def _publish(src: Location, dst: Location, files: list[OutputFile]) -> None:
+    """Move staged files into place, then drop files there that this set does not list."""
+    dst.fs.create_dir(dst.path, recursive=True)
+    for f in files:
+        target = dst.join(f.name)
+        dst.fs.create_dir(posixpath.dirname(target.path), recursive=True)
+        dst.fs.move(src.join(f.name).path, target.path)
+
+
+def _drop_unlisted(dst: Location, files: list[OutputFile]) -> None:
+    keep = {f.name for f in files}
+    for old in list_files(dst, suffix=".parquet"):
+        if posixpath.relpath(old.path, dst.path) not in keep:
+            dst.fs.delete_file(old.path)
+
+
+def _reason_counts(loc: Location, files: list[OutputFile], limit_files: int = 20) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in files[:limit_files]:
+        with loc.fs.open_input_file(loc.join(f.name).path) as fh:
+            for r in pq.read_table(fh, columns=[REASON_COLUMN]).column(REASON_COLUMN).to_pylist():
+                counts[r] = counts.get(r, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:10])
+
+
 def commit_partitions(
     output: Location,
     staging: Location,
-    partitions: list[InputPartition],
-    partition_column: str,
+    inputs: InputPlan,
     run: RunIdentity,
+    policy: CommitPolicy,
 ) -> list[PartitionManifest]:
-    """Check every partition first; publish only if all pass (a failed run publishes nothing)."""
-    plans: list[tuple[InputPartition, list[OutputFile]]] = []
+    """Check every partition first; publish only if all pass (a failed run publishes nothing).
+
+    Per partition: input rows = output rows + dead-letter rows; with verify='keys' also the
+    multiset of keys (hash sums); dead-letter rows within max_bad_row_fraction.
+    """
+    col = inputs.partition_column
+    plans = []
     problems = []
-    for part in partitions:
-        staged = _staged_files(staging.join(f"{partition_column}={part.date}"))
-        got = sum(f.rows for f in staged)
-        if got != part.rows:
-            problems.append(f"{partition_column}={part.date}: {part.rows} input rows but {got} output rows")
-        plans.append((part, staged))
+    for part in inputs.partitions:
+        src = staging.join(f"{col}={part.date}")
+        dl_src = staging.join(DEAD_LETTER_DIR, f"{col}={part.date}")
+        staged, dead = _staged_files(src), _staged_files(dl_src)
+        out_rows, dead_rows = sum(f.rows for f in staged), sum(f.rows for f in dead)
+        where = f"{col}={part.date}"
+        if out_rows + dead_rows != part.rows:
+            problems.append(
+                f"{where}: {part.rows} input rows but {out_rows} output + {dead_rows} dead-letter rows"
+            )
+        elif policy.verify == "keys":
+            fp_in = total(fingerprint_files(inputs.root.fs, [f.path for f in part.files], policy.key_columns))
+            fp_out = total(
+                fingerprint_files(src.fs, [src.join(f.name).path for f in staged], policy.key_columns)
+                + fingerprint_files(dl_src.fs, [dl_src.join(f.name).path for f in dead], policy.key_columns)
+            )
+            if fp_in != fp_out:
+                problems.append(
+                    f"{where}: counts match ({part.rows} rows) but the keys differ: some rows are "
+                    "duplicated while others are missing"
+                )
+        if part.rows and dead_rows / part.rows > policy.max_bad_row_fraction:
+            reasons = _reason_counts(dl_src, dead)
+            problems.append(
+                f"{where}: {dead_rows} of {part.rows} rows ({dead_rows / part.rows:.2%}) cannot be scored, "
+                f"over output.max_bad_row_fraction={policy.max_bad_row_fraction:g}; reasons: {reasons}"
+            )
+        plans.append((part, src, dl_src, staged, dead))
     if problems:
-        raise CommitError("row reconciliation failed, nothing published:\n  " + "\n  ".join(problems))
+        raise CommitError("reconciliation failed, nothing published:\n  " + "\n  ".join(problems))
 
     manifests = []
-    for part, staged in plans:
-        src = staging.join(f"{partition_column}={part.date}")
-        dst = output.join(f"{partition_column}={part.date}")
-        dst.fs.create_dir(dst.path, recursive=True)
-        for f in staged:
-            target = dst.join(f.name)
-            dst.fs.create_dir(posixpath.dirname(target.path), recursive=True)
-            dst.fs.move(src.join(f.name).path, target.path)
+    for part, src, dl_src, staged, dead in plans:
+        dst = output.join(f"{col}={part.date}")
+        dl_dst = output.join(DEAD_LETTER_DIR, f"{col}={part.date}")
+        _publish(src, dst, staged)
+        if dead:
+            _publish(dl_src, dl_dst, dead)
         manifest = PartitionManifest(
-            partition={partition_column: part.date},
+            partition={col: part.date},
             run_id=run.run_id,
             job=run.job,
             model_version=run.model_version,
@@ -119,13 +178,18 @@ def commit_partitions(
             input_rows=part.rows,
             output_files=staged,
             output_rows=sum(f.rows for f in staged),
+            dead_letter_rows=sum(f.rows for f in dead),
             committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            extra={
+                "dead_letter_files": [asdict(f) for f in dead],
+                "dead_letter_reasons": _reason_counts(dl_dst, dead) if dead else {},
+                "skipped_input_files": [s for s in inputs.skipped if s.get("date") == part.date],
+                "verified": policy.verify,
+            },
         )
-        write_bytes(dst.join(MANIFEST), json.dumps(asdict(manifest), indent=2).encode())
-        keep = {f.name for f in staged}
-        for old in list_files(dst, suffix=".parquet"):
-            if posixpath.relpath(old.path, dst.path) not in keep:
-                dst.fs.delete_file(old.path)
+        write_bytes(dst.join(MANIFEST), json.dumps(asdict(manifest), indent=2).encode())  # the commit point
+        _drop_unlisted(dst, staged)
+        _drop_unlisted(dl_dst, dead)
         manifests.append(manifest)
     delete_dir(staging)
     return manifests

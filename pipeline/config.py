@@ -37,6 +37,12 @@ class InputConfig(_Strict):
     )
     start_date: str | None = Field(None, description="First date of a range (inclusive).")
     end_date: str | None = Field(None, description="Last date of a range (inclusive).")
+    on_bad_file: Literal["fail", "skip"] = Field(
+        "fail",
+        description="A corrupt/truncated file, or one missing a needed column or with an unusable "
+        "type: 'fail' stops the run before any model work, naming file and column; 'skip' leaves "
+        "the file out and lists it in the report and manifest.",
+    )
 
     @field_validator("dates", "start_date", "end_date", mode="before")
     @classmethod
@@ -71,6 +77,9 @@ class CategoricalFeatureConfig(_Strict):
 class DenseFeatureConfig(_Strict):
     name: str = Field(description="Input column (numeric).")
     fill: float = Field(0.0, description="Value used for null, NaN and +-inf.")
+    on_nonfinite: Literal["fill", "reject"] = Field(
+        "fill", description="'reject' sends rows with null/NaN/inf here to the dead-letter output."
+    )
     clip_min: float | None = Field(None, description="Lower clip, applied before log1p.")
     clip_max: float | None = Field(None, description="Upper clip, applied before log1p.")
     log1p: bool = Field(False, description="Apply log1p (negative values count as 0).")
@@ -175,6 +184,26 @@ class OutputConfig(_Strict):
         1_000_000, ge=1, description="Rows per output file (fewer, larger files)."
     )
     compression: Literal["snappy", "zstd", "gzip", "none"] = Field("zstd")
+    max_bad_row_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Fail the run (publish nothing) when dead-letter rows exceed this fraction of a "
+        "partition's input rows.",
+    )
+    verify: Literal["keys", "counts"] = Field(
+        "keys",
+        description="Reconciliation per partition before publishing: 'keys' checks that the multiset "
+        "of input keys equals output + dead-letter keys (hash sums; catches a duplicated block hiding "
+        "a lost one); 'counts' checks row counts only (no extra read of the key columns).",
+    )
+    lock_ttl_s: int = Field(
+        900,
+        ge=5,
+        description="A run holds a lock per output date, refreshed every lock_ttl_s/4 seconds; a "
+        "lock not refreshed for lock_ttl_s (its run died) can be taken over. A lock whose process "
+        "is gone on this host is taken over at once.",
+    )
 
 
 class StorageConfig(_Strict):

@@ -19,16 +19,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pipeline.commit import RunIdentity, commit_partitions
+from pipeline.commit import CommitPolicy, RunIdentity, commit_partitions
 from pipeline.config import JobConfig, dump_config
+from pipeline.deadletter import DEAD_LETTER_DIR, DeadLetterWriter
 from pipeline.errors import UserError, user_error_types
+from pipeline.lock import PartitionLocks, clean_stale_staging
 from pipeline.predict import ModelSource, Predictor
 from pipeline.preprocess import Preprocessor
 from pipeline.read import discover, read_dataset
 from pipeline.resources import PoolPlan, cluster_nodes, plan_pool
 from pipeline.storage import Location, resolve, write_bytes
 from pipeline.validate import ColumnRequirements, check_schemas
-from pipeline.write import staging_location, write_staged
+from pipeline.write import STAGING_DIR, staging_location, write_staged
 
 log = logging.getLogger("batchscore")
 RUNS_DIR = "_runs"
@@ -71,9 +73,13 @@ def prepare(cfg: JobConfig, dates: list[str]) -> Prepared:
     if cfg.preprocessing.function:
         spec = None
     t1 = time.perf_counter()
-    inputs = discover(resolve(cfg.input.uri, cfg.storage), dates, cfg.input.partition_column)
+    inputs = discover(
+        resolve(cfg.input.uri, cfg.storage), dates, cfg.input.partition_column, cfg.input.on_bad_file
+    )
     req = ColumnRequirements.for_job(cfg.output.key_columns, spec, cfg.input.columns)
-    check_schemas(inputs, req)
+    check_schemas(inputs, req, cfg.input.on_bad_file)
+    for s in inputs.skipped:
+        log.warning("skipped (input.on_bad_file=skip): %s: %s", s["uri"], s["reason"])
     t2 = time.perf_counter()
     prepared = Prepared(cfg, dates, inputs, req, source, meta, resolve(cfg.output.uri, cfg.storage))
     prepared.timings = {"model_check_s": t1 - t0, "input_check_s": t2 - t1}
@@ -95,7 +101,13 @@ def ensure_ray(cfg: JobConfig) -> None:
     ray.init(**kwargs)
 
 
-def build_dataset(p: Prepared, pool: PoolPlan, run_id: str, device_column: str | None = None):
+def build_dataset(
+    p: Prepared,
+    pool: PoolPlan,
+    run_id: str,
+    device_column: str | None = None,
+    dead_letter: DeadLetterWriter | None = None,
+):
     from ray.data import ActorPoolStrategy
 
     cfg = p.cfg
@@ -103,7 +115,14 @@ def build_dataset(p: Prepared, pool: PoolPlan, run_id: str, device_column: str |
     part_col = cfg.input.partition_column
     ds = read_dataset(p.inputs, list(dict.fromkeys([*p.requirements.columns, part_col])))
     ds = ds.map_batches(
-        Preprocessor(spec, p.passthrough, cfg.preprocessing.function, required=p.requirements.columns),
+        Preprocessor(
+            spec,
+            p.passthrough,
+            cfg.preprocessing.function,
+            required=p.requirements.columns,
+            key_columns=cfg.output.key_columns,
+            dead_letter=dead_letter,
+        ),
         batch_format="pyarrow",
         batch_size=cfg.preprocessing.batch_size,
         num_cpus=cfg.preprocessing.num_cpus,
@@ -183,25 +202,39 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None) -> di
     t_ray = time.perf_counter() - t0
 
     staging = staging_location(p.output, run_id)
-    t0 = time.perf_counter()
-    ds = build_dataset(p, pool, run_id)
+    dates_scored = [part.date for part in p.inputs.partitions]
+    locks = PartitionLocks(p.output, cfg.input.partition_column, dates_scored, run_id, cfg.output.lock_ttl_s)
+    locks.acquire()
     try:
-        ds = write_staged(ds, staging, cfg.output, run_id)
-    except Exception as e:
-        user = _unwrap_user_error(e)
-        if user is not None:
-            raise user from None
-        raise
-    t_exec = time.perf_counter() - t0
+        removed = clean_stale_staging(
+            p.output, p.output.join(STAGING_DIR), cfg.output.lock_ttl_s, keep=run_id
+        )
+        if removed:
+            log.info("removed staging leftovers of dead runs: %s", removed)
+        t0 = time.perf_counter()
+        dead_letter = DeadLetterWriter(
+            staging.join(DEAD_LETTER_DIR), cfg.input.partition_column, cfg.output.key_columns, run_id
+        )
+        ds = build_dataset(p, pool, run_id, dead_letter=dead_letter)
+        try:
+            ds = write_staged(ds, staging, cfg.output, run_id)
+        except Exception as e:
+            user = _unwrap_user_error(e)
+            if user is not None:
+                raise user from None
+            raise
+        t_exec = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    manifests = commit_partitions(
-        p.output,
-        staging,
-        p.inputs.partitions,
-        cfg.input.partition_column,
-        RunIdentity(run_id, cfg.name, p.model_meta.version, p.model_meta.sha256, cfg.digest()),
-    )
+        t0 = time.perf_counter()
+        manifests = commit_partitions(
+            p.output,
+            staging,
+            p.inputs,
+            RunIdentity(run_id, cfg.name, p.model_meta.version, p.model_meta.sha256, cfg.digest()),
+            CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction),
+        )
+    finally:
+        locks.release()
     t_commit = time.perf_counter() - t0
     total = time.perf_counter() - t_start
     rows = p.inputs.rows
@@ -235,7 +268,12 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None) -> di
             }
             for m in manifests
         ],
-        "rows": {"input": rows, "output": sum(m.output_rows for m in manifests)},
+        "rows": {
+            "input": rows,
+            "output": sum(m.output_rows for m in manifests),
+            "dead_letter": sum(m.dead_letter_rows for m in manifests),
+        },
+        "skipped_inputs": p.inputs.skipped,
         "timings_s": {
             **{k: round(v, 3) for k, v in p.timings.items()},
             "ray_start_s": round(t_ray, 3),

@@ -201,6 +201,13 @@ class Predictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
+        if batch.num_rows == 0:  # every row of the batch went to the dead-letter output
+            return (
+                batch.select([c for c in self.passthrough if c in batch.column_names])
+                .append_column(self.score_column, pa.array([], type=pa.float32()))
+                .append_column("model_version", pa.array([], type=pa.string()))
+                .append_column("run_id", pa.array([], type=pa.string()))
+            )
         needed = self.passthrough + self.inputs
         missing = [c for c in needed if c not in batch.column_names]
         if missing:

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from models.features import FeatureError, FeatureSpec, transform_table
+from models.features import FeatureError, FeatureSpec, reject_reasons, transform_table
+from pipeline.deadletter import DeadLetterWriter
 from pipeline.errors import StageError
 
 
@@ -33,7 +34,12 @@ def tensor_column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 class Preprocessor:
-    """Callable stage. State (the spec or the user function) is set once; work is per batch."""
+    """Callable stage. State (the spec or the user function) is set once; work is per batch.
+
+    Rows that cannot be scored (null key, a non-finite value the spec rejects, a user
+    preprocessing function that raises) go to the dead-letter writer with a reason; the rest
+    continue to the predictor.
+    """
 
     name = "preprocess"
 
@@ -43,6 +49,8 @@ class Preprocessor:
         passthrough: list[str],
         function: Callable[[pa.Table], dict[str, np.ndarray]] | str | None = None,
         required: list[str] | None = None,
+        key_columns: list[str] | None = None,
+        dead_letter: DeadLetterWriter | None = None,
     ) -> None:
         if spec is None and function is None:
             raise StageError("preprocess: needs a feature spec or a preprocessing function")
@@ -53,11 +61,21 @@ class Preprocessor:
         self.spec = spec
         self.function = function
         self.passthrough = list(passthrough)
+        self.key_columns = list(key_columns or [])
+        self.dead_letter = dead_letter
         self.required = list(
             dict.fromkeys(
                 self.passthrough + (required or []) + (spec.columns if spec and not function else [])
             )
         )
+
+    def _reject(self, rows: pa.Table, reasons: np.ndarray) -> None:
+        if self.dead_letter is None:
+            counts: dict[str, int] = {}
+            for r in reasons:
+                counts[r] = counts.get(r, 0) + 1
+            raise StageError(f"stage {self.name!r}: {len(reasons)} rows cannot be scored: {counts}")
+        self.dead_letter.write(rows, reasons)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         missing = [c for c in self.required if c not in batch.column_names]
@@ -65,10 +83,21 @@ class Preprocessor:
             raise StageError(
                 f"stage {self.name!r}: missing columns {missing}; present columns: {batch.column_names}"
             )
+        reasons = reject_reasons(batch, self.spec or FeatureSpec(), self.key_columns)
+        if reasons is not None:
+            bad = np.array([r is not None for r in reasons], dtype=bool)
+            self._reject(batch.filter(pa.array(bad)), reasons[bad])
+            batch = batch.filter(pa.array(~bad))
         try:
             feats = self.function(batch) if self.function else transform_table(batch, self.spec)
         except FeatureError as e:
             raise StageError(f"stage {self.name!r}: {e}") from e
+        except Exception as e:
+            if self.function is None:
+                raise
+            why = f"preprocessing error: {type(e).__name__}: {e}"[:500]
+            self._reject(batch, np.full(batch.num_rows, why, dtype=object))
+            return batch.select(self.passthrough).slice(0, 0)
         if not isinstance(feats, dict):
             raise StageError(
                 f"stage {self.name!r}: preprocessing function must return dict[str, numpy.ndarray], "

@@ -42,6 +42,7 @@ class InputPlan:
     root: Location
     partition_column: str
     partitions: list[InputPartition]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"date", "uri", "reason"}
 
     @property
     def paths(self) -> list[str]:
@@ -52,27 +53,40 @@ class InputPlan:
         return sum(p.rows for p in self.partitions)
 
 
-def _read_footer(root: Location, path: str) -> tuple[int, pa.Schema]:
+def _read_footer(root: Location, path: str) -> tuple[int, pa.Schema] | str:
+    """(rows, schema), or the reason the file cannot be read."""
     uri = root.uri + "/" + posixpath.relpath(path, root.path)
     try:
         with root.fs.open_input_file(path) as f:
             md = pq.ParquetFile(f).metadata
             return md.num_rows, md.schema.to_arrow_schema()
     except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{uri}: not a readable Parquet file (corrupt or truncated?): {e}") from e
+        return f"{uri}: not a readable Parquet file (corrupt or truncated?): {e}"
 
 
-def discover(root: Location, dates: list[str], partition_column: str = "ds") -> InputPlan:
-    """List the files of each requested date and read their footers. Errors name the path."""
+def discover(
+    root: Location, dates: list[str], partition_column: str = "ds", on_bad_file: str = "fail"
+) -> InputPlan:
+    """List the files of each requested date and read their footers. Errors name the path.
+
+    With on_bad_file='skip', unreadable files and missing or empty dates are left out and
+    recorded in `InputPlan.skipped` instead of failing the run.
+    """
     if not dates:
         raise InputError("no dates to score: give --date/--start/--end or input.dates in the config")
     partitions: list[InputPartition] = []
+    skipped: list[dict[str, str]] = []
+    problems: list[str] = []
     for d in dates:
         part = root.join(f"{partition_column}={d}")
         files = list_files(part, suffix=".parquet")
         if not files:
             what = "has no .parquet files" if _exists(part) else "does not exist"
-            raise InputError(f"input partition {part.uri} {what}")
+            if on_bad_file == "skip":
+                skipped.append({"date": d, "uri": part.uri, "reason": f"input partition {what}"})
+                continue
+            problems.append(f"input partition {part.uri} {what}")
+            continue
         partitions.append(
             InputPartition(
                 date=d,
@@ -89,12 +103,46 @@ def discover(root: Location, dates: list[str], partition_column: str = "ds") -> 
                 ],
             )
         )
+    if problems:
+        raise InputError(
+            "\n  ".join(problems) if len(problems) == 1 else "input problems:\n  " + "\n  ".join(problems)
+        )
     all_files = [f for p in partitions for f in p.files]
     with ThreadPoolExecutor(max_workers=16) as pool:
         footers = list(pool.map(lambda f: _read_footer(root, f.path), all_files))
-    for f, (rows, schema) in zip(all_files, footers, strict=True):
-        f.rows, f.schema = rows, schema
-    return InputPlan(root=root, partition_column=partition_column, partitions=partitions)
+    bad = {}
+    for f, footer in zip(all_files, footers, strict=True):
+        if isinstance(footer, str):
+            bad[f.path] = footer
+        else:
+            f.rows, f.schema = footer
+    plan = InputPlan(root=root, partition_column=partition_column, partitions=partitions, skipped=skipped)
+    if bad:
+        if on_bad_file != "skip":
+            raise InputError(
+                "\n  ".join(bad.values())
+                if len(bad) == 1
+                else "unreadable input files:\n  " + "\n  ".join(bad.values())
+            )
+        drop_files(plan, bad)
+    if not plan.partitions:
+        raise InputError(f"nothing to score: every requested date was skipped: {plan.skipped}")
+    return plan
+
+
+def drop_files(plan: InputPlan, reasons: dict[str, str]) -> None:
+    """Leave out files (path -> reason) and record them; a date left with no files is skipped."""
+    kept = []
+    for part in plan.partitions:
+        for f in part.files:
+            if f.path in reasons:
+                plan.skipped.append({"date": part.date, "uri": f.uri, "reason": reasons[f.path]})
+        part.files = [f for f in part.files if f.path not in reasons]
+        if part.files:
+            kept.append(part)
+        else:
+            plan.skipped.append({"date": part.date, "uri": part.uri, "reason": "every file was skipped"})
+    plan.partitions = kept
 
 
 def _exists(loc: Location) -> bool:

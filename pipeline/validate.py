@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from models.features import FeatureSpec, is_numeric_type, is_text_type
 from pipeline.errors import InputError
-from pipeline.read import InputPlan
+from pipeline.read import InputPlan, drop_files
 
 
 @dataclass
@@ -50,9 +50,11 @@ def _type_ok(t: pa.DataType, kind: str) -> bool:
 _EXPECTED = {"categorical": "an integer or string column", "dense": "a numeric column"}
 
 
-def check_schemas(plan: InputPlan, req: ColumnRequirements) -> None:
-    """Every file has every needed column with a usable type. All problems are reported at once."""
+def check_schemas(plan: InputPlan, req: ColumnRequirements, on_bad_file: str = "fail") -> None:
+    """Every file has every needed column with a usable type. All problems are reported at once;
+    with on_bad_file='skip' the offending files are left out of the plan and recorded instead."""
     problems: list[str] = []
+    bad_paths: dict[str, str] = {}
     partition_col = plan.partition_column
     for part in plan.partitions:
         for f in part.files:
@@ -60,12 +62,19 @@ def check_schemas(plan: InputPlan, req: ColumnRequirements) -> None:
             missing = [c for c in req.columns if c not in names and c != partition_col]
             if missing:
                 problems.append(f"{f.uri}: missing columns {missing} (present: {sorted(names)})")
+                bad_paths[f.path] = problems[-1]
                 continue
             for kind, cols in (("categorical", req.categorical), ("dense", req.dense)):
                 for c in cols:
                     t = f.schema.field(c).type
                     if not _type_ok(t, kind):
                         problems.append(f"{f.uri}: column {c!r} has type {t}, expected {_EXPECTED[kind]}")
+                        bad_paths[f.path] = problems[-1]
+    if problems and on_bad_file == "skip":
+        drop_files(plan, bad_paths)
+        if not plan.partitions:
+            raise InputError(f"nothing to score: every input file was skipped: {plan.skipped}")
+        return
     if problems:
         shown = problems[:20]
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

@@ -75,7 +75,7 @@ def test_two_dates_partitioned_with_manifests_and_report(ray_cluster, dataset, c
         assert names == sorted(f["name"] for f in manifest["output_files"])
         assert all(n.startswith(f"part-{report['run_id']}-") for n in names)
     saved = json.loads((out / "_runs" / report["run_id"] / "report.json").read_text())
-    assert saved["rows"] == {"input": 2 * 3000, "output": 2 * 3000}
+    assert saved["rows"] == {"input": 2 * 3000, "output": 2 * 3000, "dead_letter": 0}
     assert [p["partition"]["ds"] for p in saved["partitions"]] == DATES
     assert (out / "_runs" / report["run_id"] / "config.yaml").exists()
     assert not (out / "_staging").exists() or not any((out / "_staging").iterdir())
