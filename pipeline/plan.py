@@ -101,6 +101,23 @@ def ensure_ray(cfg: JobConfig) -> None:
     ray.init(**kwargs)
 
 
+class StorageError(UserError):
+    """The output cannot be written (unreachable, access denied, no such bucket)."""
+
+    exit_code = 1
+
+
+def check_output_writable(cfg: JobConfig, run_id: str) -> None:
+    """Write and delete a probe object before any work, so a bad output fails in seconds."""
+    output = resolve(cfg.output.uri, cfg.storage, quick=True)
+    probe = output.join(RUNS_DIR, run_id, ".probe")
+    try:
+        write_bytes(probe, b"")
+        probe.fs.delete_file(probe.path)
+    except OSError as e:
+        raise StorageError(f"cannot write to the output {output.uri}: {e}") from None
+
+
 def build_dataset(
     p: Prepared,
     pool: PoolPlan,
@@ -203,6 +220,7 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None) -> di
 
     staging = staging_location(p.output, run_id)
     dates_scored = [part.date for part in p.inputs.partitions]
+    check_output_writable(cfg, run_id)
     locks = PartitionLocks(p.output, cfg.input.partition_column, dates_scored, run_id, cfg.output.lock_ttl_s)
     locks.acquire()
     try:

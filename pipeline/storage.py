@@ -37,12 +37,15 @@ def is_s3(uri: str) -> bool:
     return uri.startswith(("s3://", "s3a://"))
 
 
-def s3_filesystem(storage: StorageConfig) -> pafs.S3FileSystem:
+def s3_filesystem(
+    storage: StorageConfig, max_attempts: int = 10, connect_timeout: float = 10
+) -> pafs.S3FileSystem:
+    """Retries (throttling, 5xx, dropped connections) are the SDK's standard strategy."""
     kwargs: dict = {
         "region": storage.region,
         "anonymous": storage.anonymous,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10),
-        "connect_timeout": 10,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+        "connect_timeout": connect_timeout,
         "request_timeout": 60,
     }
     if storage.endpoint_url:
@@ -56,13 +59,15 @@ def s3_filesystem(storage: StorageConfig) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-def resolve(uri: str, storage: StorageConfig | None = None) -> Location:
+def resolve(uri: str, storage: StorageConfig | None = None, quick: bool = False) -> Location:
+    """`quick`: few retries and a short connect timeout, for probes that must fail fast."""
     storage = storage or StorageConfig()
     if is_s3(uri):
         path = uri.split("://", 1)[1].rstrip("/")
         if not path or path.startswith("/"):
             raise InputError(f"{uri}: expected s3://bucket/prefix")
-        return Location(s3_filesystem(storage), path, "s3://" + path)
+        fs = s3_filesystem(storage, max_attempts=5, connect_timeout=3) if quick else s3_filesystem(storage)
+        return Location(fs, path, "s3://" + path)
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if "://" in uri:

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 import pyarrow as pa
-
 from batchscore_test_plugins import PLUGIN_FEATURES
+
 from models.features import transform_table
 
 
