@@ -57,17 +57,26 @@ def test_killed_predictor_actor_run_still_exact(ray_cluster, dataset, checkpoint
         except BaseException as e:  # noqa: BLE001 - reported by the assertion below
             result["error"] = e
 
+    started = time.time()
     t = threading.Thread(target=run)
     t.start()
     killed = None
     deadline = time.time() + 60
     while time.time() < deadline and killed is None and t.is_alive():
         # Ray names actor processes after their class: ray::MapWorker(MapBatches(...)...)
-        for proc in psutil.process_iter(["pid", "cmdline"]):
+        for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
             title = " ".join(proc.info["cmdline"] or [])
-            if title.startswith("ray::MapWorker") and "Predictor" in title:
+            # this run's actor: earlier runs' pools may still be shutting down
+            if (
+                title.startswith("ray::MapWorker")
+                and "Predictor" in title
+                and proc.info["create_time"] >= started - 1
+            ):
                 time.sleep(1.5)  # let it process a few batches first
-                os.kill(proc.info["pid"], signal.SIGKILL)
+                try:
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
                 killed = proc.info["pid"]
                 break
         time.sleep(0.2)

@@ -1,0 +1,51 @@
+"""A worker node removed mid-run (its processes killed): the run still ends exact."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from support import DATES, make_config, read_input, read_output
+
+from pipeline.plan import run_score
+
+pytestmark = pytest.mark.integration
+
+
+def test_worker_node_removed_mid_run(ray_cluster, dataset, checkpoints, tmp_path):
+    from batchscore_test_plugins import PLUGIN_FEATURES
+
+    node = ray_cluster.add_node(num_cpus=2)
+    ray_cluster.wait_for_nodes()
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    cfg = make_config(
+        str(dataset),
+        model_uri,
+        str(out),
+        preprocessing={"function": "batchscore_slow_plugins:slow_features", "batch_size": 100},
+        input={"columns": PLUGIN_FEATURES.columns},
+        predict={"min_replicas": 2, "max_replicas": 2},
+    )
+    result: dict = {}
+
+    def run():
+        try:
+            result["report"] = run_score(cfg, DATES)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(8)  # replicas started and working (the slow preprocessing needs ~15 s)
+    assert t.is_alive(), f"the run ended before the node could be removed: {result}"
+    ray_cluster.remove_node(node, allow_graceful=False)
+    t.join(timeout=400)
+    assert not t.is_alive(), "run did not finish after the node was removed"
+    assert "error" not in result, result.get("error")
+    for d in DATES:
+        inp, got = read_input(str(dataset), d), read_output(str(out), d)
+        keys = got.column("event_id").to_pylist()
+        assert len(keys) == len(set(keys)) == inp.num_rows
+        assert set(keys) == set(inp.column("event_id").to_pylist())
