@@ -54,6 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     _add_date_args(p)
     p.add_argument("--run-id", help="run id (default: <name>-<utc time>-<random>)")
+    p.add_argument(
+        "--force", action="store_true", help="rescore dates already committed with this model and config"
+    )
+
+    p = sub.add_parser("backfill", help="score a date range, skipping dates already committed")
+    _add_config_args(p)
+    p.add_argument("--start", required=True, help="first date (inclusive)")
+    p.add_argument("--end", required=True, help="last date (inclusive)")
+    p.add_argument("--date", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--force", action="store_true", help="rescore dates already committed")
+    p.add_argument("--dry-run", action="store_true", help="list what would run and what would be skipped")
+    p.add_argument(
+        "--dates-per-run",
+        type=int,
+        default=7,
+        help="dates scored and committed together (a killed backfill redoes at most this many)",
+    )
 
     p = sub.add_parser("validate", help="check config, input schema and model without scoring")
     _add_config_args(p)
@@ -92,11 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_dates(args: argparse.Namespace, cfg) -> list[str]:
     """Dates from the command line, else from the config. Errors name the argument."""
+    from zoneinfo import ZoneInfo
+
     from pipeline.config import parse_date
     from pipeline.errors import ConfigError
 
     def one(value: str, what: str) -> dt.date:
-        today = dt.datetime.now(dt.timezone.utc).date()
+        today = dt.datetime.now(ZoneInfo(cfg.input.timezone)).date()
         if value == "today":
             return today
         if value == "yesterday":
@@ -133,10 +152,18 @@ def _final_line(payload: dict) -> None:
     print(json.dumps(payload, sort_keys=True), flush=True)
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from jobs.backfill import backfill
+
+    summary = backfill(args)
+    _final_line(summary)
+    return EXIT_OK
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from jobs.score import score
 
-    report = score(args.config, args.overrides, args, run_id=args.run_id)
+    report = score(args.config, args.overrides, args, run_id=args.run_id, force=args.force)
     _final_line(
         {
             "status": report["status"],
@@ -144,7 +171,9 @@ def cmd_score(args: argparse.Namespace) -> int:
             "report": report["report_uri"],
             "rows_in": report["rows"]["input"],
             "rows_out": report["rows"]["output"],
+            "rows_dead_letter": report["rows"]["dead_letter"],
             "dates": report["dates"],
+            "skipped_committed": report.get("skipped_committed", []),
         }
     )
     return EXIT_OK
@@ -186,6 +215,7 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "backfill": cmd_backfill,
     "config-reference": cmd_config_reference,
     "score": cmd_score,
     "validate": cmd_validate,

@@ -8,7 +8,11 @@ from typing import Any
 
 
 def score(
-    config: str, overrides: list[str], args: argparse.Namespace, run_id: str | None = None
+    config: str,
+    overrides: list[str],
+    args: argparse.Namespace,
+    run_id: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     from jobs.cli import resolve_dates
     from pipeline.config import load_config
@@ -16,12 +20,20 @@ def score(
 
     cfg = load_config(config, overrides)
     dates = resolve_dates(args, cfg)
-    report = run_score(cfg, dates, run_id=run_id)
+    report = run_score(cfg, dates, run_id=run_id, force=force)
     print_summary(report)
     return report
 
 
 def print_summary(report: dict[str, Any]) -> None:
+    if report.get("skipped_committed"):
+        print(
+            f"already committed with model {report['model']['version']} and this config, skipped: "
+            f"{', '.join(report['skipped_committed'])} (--force rescores)"
+        )
+    if report["status"] == "skipped":
+        print("nothing to do")
+        return
     t = report["timings_s"]
     print(f"run {report['run_id']}: {report['status']}")
     m, pool = report["model"], report["pool"]

@@ -25,7 +25,7 @@ from pipeline.deadletter import DEAD_LETTER_DIR, REASON_COLUMN
 from pipeline.errors import UserError
 from pipeline.read import InputPlan
 from pipeline.reconcile import fingerprint_files, total
-from pipeline.storage import Location, delete_dir, list_files, read_bytes, write_bytes
+from pipeline.storage import Location, delete_dir, exists, list_files, read_bytes, write_bytes
 
 MANIFEST = "_manifest.json"
 
@@ -56,6 +56,7 @@ class PartitionManifest:
     output_files: list[OutputFile]
     output_rows: int
     dead_letter_rows: int = 0
+    scoring_hash: str = ""
     committed_at: str = ""
     format_version: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +69,7 @@ class RunIdentity:
     model_version: str
     model_sha256: str
     config_hash: str
+    scoring_hash: str = ""
 
 
 def _staged_files(staging: Location) -> list[OutputFile]:
@@ -179,6 +181,7 @@ def commit_partitions(
             output_files=staged,
             output_rows=sum(f.rows for f in staged),
             dead_letter_rows=sum(f.rows for f in dead),
+            scoring_hash=run.scoring_hash,
             committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             extra={
                 "dead_letter_files": [asdict(f) for f in dead],
@@ -197,10 +200,18 @@ def commit_partitions(
 
 def read_manifest(partition_dir: Location) -> dict[str, Any] | None:
     loc = partition_dir.join(MANIFEST)
-    try:
-        return json.loads(read_bytes(loc))
-    except FileNotFoundError:
+    if not exists(loc):
         return None
+    return json.loads(read_bytes(loc))
+
+
+def is_committed_with(
+    output: Location, partition_column: str, date: str, model_sha256: str, scoring_hash: str
+) -> bool:
+    """The date is committed by a run with this model and this scoring config (so rescoring it
+    would give the same predictions)."""
+    m = read_manifest(output.join(f"{partition_column}={date}"))
+    return bool(m) and m.get("model_sha256") == model_sha256 and m.get("scoring_hash") == scoring_hash
 
 
 def committed_files(output: Location, date: str, partition_column: str = "ds") -> list[str]:

@@ -37,6 +37,9 @@ class InputConfig(_Strict):
     )
     start_date: str | None = Field(None, description="First date of a range (inclusive).")
     end_date: str | None = Field(None, description="Last date of a range (inclusive).")
+    timezone: str = Field(
+        "UTC", description="Time zone in which --date today/yesterday are read (IANA name)."
+    )
     on_bad_file: Literal["fail", "skip"] = Field(
         "fail",
         description="A corrupt/truncated file, or one missing a needed column or with an unusable "
@@ -52,6 +55,17 @@ class InputConfig(_Strict):
             return v.isoformat()
         if isinstance(v, list):
             return [d.isoformat() if isinstance(d, dt.date) else d for d in v]
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown time zone {v!r}; expected an IANA name like 'Europe/Berlin'") from e
         return v
 
     @field_validator("dates")
@@ -262,6 +276,19 @@ class JobConfig(_Strict):
         """A stable hash of the resolved config (for run ids and manifests)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def scoring_digest(self) -> str:
+        """A hash of what decides the predictions (not how the run is sized): input, features,
+        model, output layout. Equal digests + equal model sha256 = the same scores."""
+        what = {
+            "input": self.input.model_dump(mode="json", include={"uri", "partition_column", "columns"}),
+            "preprocessing": self.preprocessing.model_dump(mode="json", include={"features", "function"}),
+            "model": self.model.model_dump(mode="json"),
+            "output": self.output.model_dump(
+                mode="json", include={"uri", "key_columns", "partition_columns", "score_column"}
+            ),
+        }
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def parse_date(value: str) -> dt.date:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pipeline.commit import CommitPolicy, RunIdentity, commit_partitions
+from pipeline.commit import CommitPolicy, RunIdentity, commit_partitions, is_committed_with
 from pipeline.config import JobConfig, dump_config
 from pipeline.deadletter import DEAD_LETTER_DIR, DeadLetterWriter
 from pipeline.errors import UserError, user_error_types
@@ -59,11 +59,11 @@ def new_run_id(cfg: JobConfig) -> str:
     return f"{cfg.name}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-def prepare(cfg: JobConfig, dates: list[str]) -> Prepared:
+def prepare(cfg: JobConfig, dates: list[str], model_meta: Any = None) -> Prepared:
     """Check config, input partitions and schemas, and the model (metadata + sha256)."""
     t0 = time.perf_counter()
     source = ModelSource.from_config(cfg)
-    meta, _ = source.inspect()
+    meta = model_meta if model_meta is not None else source.inspect()[0]
     spec = meta.spec()
     if spec is None and not cfg.preprocessing.function:
         raise UserError(
@@ -190,15 +190,49 @@ def _unwrap_user_error(exc: BaseException) -> Exception | None:
     return cls(message.strip())
 
 
-def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None) -> dict[str, Any]:
-    """Score `dates`: prepare, run the streaming pipeline into staging, commit, write the report."""
+def already_committed(cfg: JobConfig, dates: list[str], model_sha256: str) -> list[str]:
+    """Dates whose committed partition came from this model and this scoring config."""
+    out = resolve(cfg.output.uri, cfg.storage)
+    col, digest = cfg.input.partition_column, cfg.scoring_digest()
+    return [d for d in dates if is_committed_with(out, col, d, model_sha256, digest)]
+
+
+def run_score(
+    cfg: JobConfig, dates: list[str], run_id: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Score `dates`: prepare, run the streaming pipeline into staging, commit, write the report.
+
+    Dates already committed with the same model and scoring config are skipped (the run is a
+    no-op for them) unless `force`; other committed dates are replaced.
+    """
     from ray.data import DataContext
 
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
     run_id = run_id or new_run_id(cfg)
     log.info("run %s: resolved config:\n%s", run_id, dump_config(cfg))
-    p = prepare(cfg, dates)
+    meta = ModelSource.from_config(cfg).inspect()[0]
+    done = [] if force else already_committed(cfg, dates, meta.sha256)
+    if done:
+        log.info("already committed with this model and config, skipped: %s (--force rescores)", done)
+    dates = [d for d in dates if d not in done]
+    if not dates:
+        return {
+            "run_id": run_id,
+            "job": cfg.name,
+            "status": "skipped",
+            "dates": [],
+            "skipped_committed": done,
+            "model": {
+                "uri": cfg.model.uri,
+                "format": meta.format,
+                "version": meta.version,
+                "sha256": meta.sha256,
+            },
+            "rows": {"input": 0, "output": 0, "dead_letter": 0},
+            "report_uri": None,
+        }
+    p = prepare(cfg, dates, model_meta=meta)
     log.info(
         "run %s: %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
         run_id,
@@ -248,7 +282,14 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None) -> di
             p.output,
             staging,
             p.inputs,
-            RunIdentity(run_id, cfg.name, p.model_meta.version, p.model_meta.sha256, cfg.digest()),
+            RunIdentity(
+                run_id,
+                cfg.name,
+                p.model_meta.version,
+                p.model_meta.sha256,
+                cfg.digest(),
+                cfg.scoring_digest(),
+            ),
             CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction),
         )
     finally:
@@ -263,6 +304,7 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None) -> di
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dates": dates,
+        "skipped_committed": done,
         "config": cfg.model_dump(mode="json"),
         "config_hash": cfg.digest(),
         "model": {

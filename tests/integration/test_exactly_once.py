@@ -83,7 +83,7 @@ def test_too_many_bad_rows_fail_the_run_and_publish_nothing(ray_cluster, dataset
     data = _with_null_keys(dataset, tmp_path, every=20)  # 5 % > the default 1 %
     out = tmp_path / "preds"
     with pytest.raises(CommitError, match=r"cannot be scored, over output.max_bad_row_fraction=0.01"):
-        run_score(make_config(str(data), model_uri, str(out)), [DATES[0]])
+        run_score(make_config(str(data), model_uri, str(out)), [DATES[0]], force=True)
     assert not (out / f"ds={DATES[0]}").exists()
     assert not (out / "_dead_letter" / f"ds={DATES[0]}").exists()
 
@@ -161,7 +161,7 @@ def test_bad_files_are_skipped_and_listed_when_configured(ray_cluster, dataset, 
     assert read_output(str(out), DATES[0]).num_rows == 2000  # the two good shards of 1000 rows
 
     with pytest.raises(Exception, match=r"part-00001.parquet: not a readable Parquet file"):
-        run_score(make_config(str(data), model_uri, str(out)), [DATES[0]])
+        run_score(make_config(str(data), model_uri, str(out)), [DATES[0]], force=True)
 
 
 def test_a_live_lock_on_the_date_refuses_a_second_run(ray_cluster, dataset, checkpoints, tmp_path):

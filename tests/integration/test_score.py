@@ -81,19 +81,34 @@ def test_two_dates_partitioned_with_manifests_and_report(ray_cluster, dataset, c
     assert not (out / "_staging").exists() or not any((out / "_staging").iterdir())
 
 
-def test_rerun_replaces_the_partition_never_appends(ray_cluster, dataset, checkpoints, tmp_path):
+def test_rerun_is_a_no_op_and_force_replaces_never_appends(ray_cluster, dataset, checkpoints, tmp_path):
     model_uri, _ = checkpoints.entries["safetensors"]
     out = tmp_path / "preds"
     cfg = make_config(str(dataset), model_uri, str(out))
     first = run_score(cfg, [DATES[0]])
-    second = run_score(cfg, [DATES[0]])
+    manifest = (out / f"ds={DATES[0]}" / "_manifest.json").read_text()
 
+    again = run_score(cfg, [DATES[0]])  # same model, same scoring config: nothing to do
+    assert again["status"] == "skipped" and again["skipped_committed"] == [DATES[0]]
+    assert (out / f"ds={DATES[0]}" / "_manifest.json").read_text() == manifest
+
+    # a different batch size does not change the scores: still a no-op
+    resized = make_config(str(dataset), model_uri, str(out), predict={"batch_size": 333})
+    assert run_score(resized, [DATES[0]])["status"] == "skipped"
+
+    second = run_score(cfg, [DATES[0]], force=True)
     got = read_output(str(out), DATES[0])
     assert got.num_rows == 3000
     assert set(got.column("run_id").to_pylist()) == {second["run_id"]}
     on_disk = list((out / f"ds={DATES[0]}").glob("*.parquet"))
     assert on_disk and all(second["run_id"] in p.name for p in on_disk)
     assert not any(first["run_id"] in p.name for p in on_disk)
+
+    # another model replaces the partition without --force
+    other_uri, _ = checkpoints.entries["torchscript"]
+    third = run_score(make_config(str(dataset), other_uri, str(out)), [DATES[0]])
+    assert third["status"] == "succeeded"
+    assert set(read_output(str(out), DATES[0]).column("model_version").to_pylist()) == {"test-torchscript"}
 
 
 def test_only_the_requested_partitions_are_opened(ray_cluster, dataset, checkpoints, tmp_path):

@@ -218,3 +218,27 @@ def test_config_range_errors():
         resolve_dates(args_for(), cfg_with(start_date="2026-11-01"))
     with pytest.raises(ConfigError, match="input.start_date/end_date: end 2026-10-01 is before start"):
         resolve_dates(args_for(), cfg_with(start_date="2026-11-01", end_date="2026-10-01"))
+
+
+def test_today_is_read_in_the_configured_time_zone():
+    from zoneinfo import ZoneInfo
+
+    for tz in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):  # UTC+14 and UTC-11: never the same day
+        want = dt.datetime.now(ZoneInfo(tz)).date()
+        got = resolve_dates(args_for("--date", "today"), cfg_with(timezone=tz))
+        assert got == [want.isoformat()]
+    assert resolve_dates(
+        args_for("--date", "today"), cfg_with(timezone="Pacific/Kiritimati")
+    ) != resolve_dates(args_for("--date", "today"), cfg_with(timezone="Pacific/Pago_Pago"))
+
+
+def test_unknown_time_zone_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown time zone 'Mars/Olympus'"):
+        cfg_with(timezone="Mars/Olympus")
+
+
+def test_backfill_arguments_parse():
+    args = build_parser().parse_args(
+        ["backfill", "configs/demo.yaml", "--start", "2026-10-01", "--end", "2026-10-31", "--dry-run"]
+    )
+    assert args.dry_run and not args.force and args.dates_per_run == 7

@@ -1,0 +1,60 @@
+"""`batchscore backfill CONFIG --start D1 --end D2`: score a range of dates.
+
+Dates already committed with the same model (sha256) and scoring config are skipped unless
+`--force`. The rest are scored in runs of `--dates-per-run` dates, each committed when its run
+ends, so a backfill killed halfway and started again redoes only what is not committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def backfill(args: argparse.Namespace) -> dict[str, Any]:
+    from jobs.cli import resolve_dates
+    from jobs.score import print_summary
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.plan import already_committed, run_score
+    from pipeline.predict import ModelSource
+
+    if args.dates_per_run < 1:
+        raise ConfigError("--dates-per-run must be >= 1")
+    cfg = load_config(args.config, args.overrides)
+    dates = resolve_dates(args, cfg)
+    meta = ModelSource.from_config(cfg).inspect()[0]
+    done = [] if args.force else already_committed(cfg, dates, meta.sha256)
+    todo = [d for d in dates if d not in done]
+    print(f"backfill {cfg.name}: {len(dates)} dates, model {meta.version} (sha256 {meta.sha256[:12]}…)")
+    print(f"  to score ({len(todo)}): {', '.join(todo) or '-'}")
+    print(f"  already committed, skipped ({len(done)}): {', '.join(done) or '-'}")
+    summary: dict[str, Any] = {
+        "status": "dry-run" if args.dry_run else "succeeded",
+        "to_score": todo,
+        "skipped_committed": done,
+        "runs": [],
+    }
+    if args.dry_run:
+        return summary
+    for i in range(0, len(todo), args.dates_per_run):
+        chunk = todo[i : i + args.dates_per_run]
+        runs = -(-len(todo) // args.dates_per_run)
+        print(f"[{i // args.dates_per_run + 1}/{runs}] scoring {', '.join(chunk)}")
+        report = run_score(cfg, chunk, force=args.force)
+        print_summary(report)
+        summary["runs"].append(
+            {"run_id": report["run_id"], "dates": report["dates"], "report": report["report_uri"]}
+        )
+    return summary
+
+
+def main() -> int:
+    from jobs.cli import main as cli_main
+
+    return cli_main(["backfill", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

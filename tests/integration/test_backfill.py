@@ -1,0 +1,86 @@
+"""Backfill: dry run, skipping committed dates, and a backfill killed midway then rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from support import DATES, make_config, read_input, read_output
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(args, ray_cluster, **kw):
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
+
+
+def test_backfill_killed_midway_and_rerun_commits_each_date_once(ray_cluster, dataset, checkpoints, tmp_path):
+    from batchscore_test_plugins import PLUGIN_FEATURES
+
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    cfg = make_config(
+        str(dataset),
+        model_uri,
+        str(out),
+        preprocessing={"function": "batchscore_slow_plugins:slow_features", "batch_size": 100},
+        input={"columns": PLUGIN_FEATURES.columns},
+        output={"lock_ttl_s": 5},
+    )
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    span = ["--start", DATES[0], "--end", DATES[-1]]
+
+    dry = _cli(["backfill", str(config), *span, "--dry-run"], ray_cluster)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert json.loads(dry.stdout.strip().splitlines()[-1])["to_score"] == DATES
+
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.backfill", str(config), *span, "--dates-per-run", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first_manifest = out / f"ds={DATES[0]}" / "_manifest.json"
+    deadline = time.time() + 180
+    while not first_manifest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first_manifest.exists(), "the first date was never committed"
+    time.sleep(1.0)  # into the second date's run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / f"ds={DATES[1]}" / "_manifest.json").exists(), "killed too late to test resume"
+    first_run = json.loads(first_manifest.read_text())["run_id"]
+
+    time.sleep(6)  # past lock_ttl_s
+    dry = _cli(["backfill", str(config), *span, "--dry-run"], ray_cluster)
+    plan = json.loads(dry.stdout.strip().splitlines()[-1])
+    assert plan["to_score"] == [DATES[1]] and plan["skipped_committed"] == [DATES[0]]
+
+    rerun = _cli(["backfill", str(config), *span], ray_cluster)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads(first_manifest.read_text())["run_id"] == first_run, "a committed date was redone"
+    for d in DATES:
+        inp, got = read_input(str(dataset), d), read_output(str(out), d)
+        keys = got.column("event_id").to_pylist()
+        assert len(keys) == len(set(keys)) == inp.num_rows
+    assert not list((out / "_staging").glob("*")) if (out / "_staging").exists() else True
