@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="rescore dates already committed with this model and config"
     )
 
+    p = sub.add_parser("submit", help="submit a score job to a Ray cluster (Ray Job API)")
+    p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    _add_config_args(p)
+    _add_date_args(p)
+    p.add_argument("--no-wait", action="store_true", help="return at once with the submission id")
+    p.add_argument(
+        "--deps",
+        choices=["pyproject", "none"],
+        default="pyproject",
+        help="pip-install pyproject's dependencies in the job's runtime env, or use the cluster's as is",
+    )
+    p.add_argument("--image", help="container image for the job (runtime_env image_uri) instead of pip")
+
     p = sub.add_parser("backfill", help="score a date range, skipping dates already committed")
     _add_config_args(p)
     p.add_argument("--start", required=True, help="first date (inclusive)")
@@ -152,6 +165,14 @@ def _final_line(payload: dict) -> None:
     print(json.dumps(payload, sort_keys=True), flush=True)
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from jobs.submit import submit
+
+    result = submit(args)
+    _final_line(result)
+    return EXIT_OK if result.get("status") in ("SUCCEEDED", "PENDING", "RUNNING") else EXIT_FAILED
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     from jobs.backfill import backfill
 
@@ -218,6 +239,7 @@ COMMANDS = {
     "backfill": cmd_backfill,
     "config-reference": cmd_config_reference,
     "score": cmd_score,
+    "submit": cmd_submit,
     "validate": cmd_validate,
     "demo": cmd_demo,
     "train": cmd_train,

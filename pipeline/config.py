@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -334,12 +335,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+ENV_PREFIX = "env:"
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: config file does not exist") from e
+    """Load a YAML config file; `env:NAME` reads the YAML text from environment variable NAME
+    (how `batchscore submit` ships a config that lives outside the project directory)."""
+    if str(path).startswith(ENV_PREFIX):
+        name = str(path)[len(ENV_PREFIX) :]
+        if name not in os.environ:
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+        text = os.environ[name]
+    else:
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: config file does not exist") from e
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:

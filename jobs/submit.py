@@ -1,0 +1,178 @@
+"""`batchscore submit --address http://HEAD:8265 CONFIG --date D | --start D1 --end D2`.
+
+Submits the scoring job through Ray's Job API. The submission id is derived from the job name,
+the dates, the scoring config and the model, so submitting the same work again while it runs, or
+after it succeeded, reports the existing job instead of running it twice. By default it follows
+the job's logs and exits with its outcome (0 succeeded, 1 otherwise); `--no-wait` returns the id.
+
+The project directory is shipped as the job's working_dir (without .venv, data, caches). The
+resolved config travels in the job's environment (configs hold no secrets), so a config file
+outside the project works too. Credentials are never shipped: the cluster's nodes get them from
+their own environment or instance role.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_ENV = "BATCHSCORE_CONFIG_YAML"
+EXCLUDES = [
+    ".venv",
+    ".git",
+    "demo",
+    "data",
+    "runs",
+    "bench-data",
+    ".gpu",
+    ".whl",
+    ".gl",
+    "**/__pycache__",
+    "*.pyc",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ruff_cache",
+]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def auth_headers() -> dict[str, str]:
+    """Ray token authentication: the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token (Ray's own order), sent as a bearer token to the job server."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+        if os.path.exists(path):
+            token = Path(path).read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def model_identity(cfg) -> dict[str, str]:
+    """Model version and sha256 without downloading the weights: a checkpoint's metadata file,
+    else what the config says."""
+    from pipeline.storage import exists, read_bytes, resolve
+
+    loc = resolve(cfg.model.uri, cfg.storage)
+    meta = loc.join("batchscore.json")
+    if exists(meta):
+        rec = json.loads(read_bytes(meta))
+        return {"version": cfg.model.version or rec.get("version", ""), "sha256": rec.get("sha256", "")}
+    return {
+        "version": cfg.model.version or cfg.model.uri.rsplit("/", 1)[-1],
+        "sha256": cfg.model.sha256 or "",
+    }
+
+
+def submission_id(cfg, dates: list[str], model: dict[str, str]) -> str:
+    what = json.dumps({"dates": dates, "scoring": cfg.scoring_digest(), "model": model}, sort_keys=True)
+    return f"batchscore-{cfg.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
+
+
+def runtime_env(cfg_yaml: str, deps: str, image: str | None) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "working_dir": str(PROJECT_ROOT),
+        "excludes": EXCLUDES,
+        "env_vars": {CONFIG_ENV: cfg_yaml, "PYTHONUNBUFFERED": "1"},
+    }
+    if image:
+        env["image_uri"] = image
+    elif deps == "pyproject":
+        import tomllib
+
+        project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+        env["pip"] = list(project["dependencies"])
+    return env
+
+
+def date_args(dates: list[str]) -> list[str]:
+    out: list[str] = []
+    for d in dates:
+        out += ["--date", d]
+    return out
+
+
+def follow(client, job_id: str, poll_s: float = 1.0) -> str:
+    """Print the job's log as it grows; return its final status."""
+    shown = 0
+    while True:
+        status = str(client.get_job_status(job_id).value)
+        logs = client.get_job_logs(job_id)
+        if len(logs) > shown:
+            sys.stdout.write(logs[shown:])
+            sys.stdout.flush()
+            shown = len(logs)
+        if status in TERMINAL:
+            return status
+        time.sleep(poll_s)
+
+
+def submit(args: argparse.Namespace) -> dict[str, Any]:
+    from ray.job_submission import JobSubmissionClient
+
+    from jobs.cli import resolve_dates
+    from pipeline.config import dump_config, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    dates = resolve_dates(args, cfg)
+    model = model_identity(cfg)
+    sid = submission_id(cfg, dates, model)
+    client = JobSubmissionClient(args.address, headers=auth_headers())
+
+    ours = [
+        j
+        for j in client.list_jobs()
+        if j.submission_id and (j.submission_id == sid or j.submission_id.startswith(sid + "-r"))
+    ]
+    active = [j for j in ours if str(j.status.value) in ("PENDING", "RUNNING")]
+    succeeded = [j for j in ours if str(j.status.value) == "SUCCEEDED"]
+    result: dict[str, Any] = {"submission_id": sid, "dates": dates, "model": model}
+    if active:
+        job_id = active[0].submission_id
+        print(f"already running: {job_id} (same config, dates and model); following it")
+        result.update(submission_id=job_id, submitted=False)
+    elif succeeded:
+        print(
+            f"already succeeded: {succeeded[0].submission_id} (same config, dates and model); nothing to do"
+        )
+        result.update(submission_id=succeeded[0].submission_id, submitted=False, status="SUCCEEDED")
+        return result
+    else:
+        job_id = sid if not ours else f"{sid}-r{len(ours) + 1}"
+        entrypoint = shlex.join(["python", "-m", "jobs.score", f"env:{CONFIG_ENV}", *date_args(dates)])
+        client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=job_id,
+            runtime_env=runtime_env(dump_config(cfg), args.deps, args.image),
+            metadata={
+                "batchscore_job": cfg.name,
+                "dates": ",".join(dates),
+                "model_version": model["version"],
+                "scoring_hash": cfg.scoring_digest(),
+            },
+        )
+        print(f"submitted {job_id} to {args.address}: {entrypoint}")
+        result.update(submission_id=job_id, submitted=True)
+    if args.no_wait:
+        result["status"] = str(client.get_job_status(job_id).value)
+        return result
+    result["status"] = follow(client, job_id)
+    print(f"job {job_id}: {result['status']}")
+    return result
+
+
+def main() -> int:
+    from jobs.cli import main as cli_main
+
+    return cli_main(["submit", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
