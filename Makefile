@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 # Without an NVIDIA GPU, install the CPU build of PyTorch first (a plain `torch` pulls CUDA wheels).
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 
-.PHONY: venv demo test test-fast lint format bench clean
+.PHONY: venv demo test test-slow test-fast lint format clean
 
 venv: $(VENV)/.installed
 
@@ -28,10 +28,15 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Everything CI runs: lint, unit, integration (local Ray + local S3 server), cluster; GPU tests
-# skip themselves without CUDA.
+# lint, unit, integration (local Ray + local S3 server) and cluster tests, except the slow tier;
+# GPU tests skip themselves without CUDA. About 5 minutes on 2 CPUs.
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+# The slow tier (fault injection with killed processes, node loss, job submission to a real head,
+# resumed backfill, the demo end to end): about 5 more minutes. CI runs it after `make test`.
+test-slow: venv
+	$(PY) -m pytest -q -m slow tests
 
 # Unit tests only (no Ray, no S3 server): seconds.
 test-fast: venv

@@ -212,6 +212,7 @@ def run_score(
     run_id = run_id or new_run_id(cfg)
     log.info("run %s: resolved config:\n%s", run_id, dump_config(cfg))
     meta = ModelSource.from_config(cfg).inspect()[0]
+    check_output_writable(cfg, run_id)  # an unreachable or unwritable output fails here, in seconds
     done = [] if force else already_committed(cfg, dates, meta.sha256)
     if done:
         log.info("already committed with this model and config, skipped: %s (--force rescores)", done)
@@ -254,7 +255,6 @@ def run_score(
 
     staging = staging_location(p.output, run_id)
     dates_scored = [part.date for part in p.inputs.partitions]
-    check_output_writable(cfg, run_id)
     locks = PartitionLocks(p.output, cfg.input.partition_column, dates_scored, run_id, cfg.output.lock_ttl_s)
     locks.acquire()
     try:

@@ -10,7 +10,7 @@ from support import DATES, make_config, read_input, read_output
 
 from pipeline.plan import run_score
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_worker_node_removed_mid_run(ray_cluster, dataset, checkpoints, tmp_path):

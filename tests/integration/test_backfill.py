@@ -14,7 +14,7 @@ import pytest
 import yaml
 from support import DATES, make_config, read_input, read_output
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 

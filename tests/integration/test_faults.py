@@ -22,7 +22,7 @@ from pipeline.plan import StorageError, run_score
 from pipeline.storage import resolve
 from pipeline.synthetic import write_days
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 SLOW = {"function": "batchscore_slow_plugins:slow_features", "batch_size": 100}
 
