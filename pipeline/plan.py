@@ -110,7 +110,7 @@ class StorageError(UserError):
 def check_output_writable(cfg: JobConfig, run_id: str) -> None:
     """Write and delete a probe object before any work, so a bad output fails in seconds."""
     output = resolve(cfg.output.uri, cfg.storage, quick=True)
-    probe = output.join(RUNS_DIR, run_id, ".probe")
+    probe = output.join(f".batchscore-probe-{run_id}")  # at the root: leaves no directories behind
     try:
         write_bytes(probe, b"")
         probe.fs.delete_file(probe.path)
