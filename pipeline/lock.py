@@ -59,10 +59,17 @@ class PartitionLocks:
         ).encode()
 
     def _read(self, loc: Location) -> dict | None:
-        try:
-            return json.loads(read_bytes(loc)) if exists(loc) else None
-        except (OSError, ValueError):
-            return None
+        """The lock record, or None when there is none. Storage errors are retried (the S3
+        client retries too; this covers what gets through it) and then raised: an unreadable
+        lock must not count as a free one."""
+        for attempt in range(5):
+            try:
+                return json.loads(read_bytes(loc)) if exists(loc) else None
+            except (OSError, ValueError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        return None
 
     def _alive(self, rec: dict) -> bool:
         if time.time() - float(rec.get("heartbeat", 0)) > self.ttl_s:
@@ -118,9 +125,10 @@ class PartitionLocks:
         if self._thread:
             self._thread.join(timeout=5)
         for loc in self.locs.values():
-            rec = self._read(loc)
-            if rec and rec.get("run_id") == self.run_id:
-                with contextlib.suppress(OSError):
+            # best effort: a lock left behind is taken over once its heartbeat is stale
+            with contextlib.suppress(OSError, ValueError):
+                rec = self._read(loc)
+                if rec and rec.get("run_id") == self.run_id:
                     loc.fs.delete_file(loc.path)
 
     def __enter__(self) -> PartitionLocks:
@@ -142,7 +150,10 @@ def live_run_ids(output: Location, ttl_s: int) -> set[str]:
     lock_dir = output.join(LOCK_DIR)
     for info in output.fs.get_file_info(FileSelector(lock_dir.path, allow_not_found=True)):
         if info.type == FileType.File:
-            rec = probe._read(Location(output.fs, info.path, info.path))
+            try:
+                rec = probe._read(Location(output.fs, info.path, info.path))
+            except (OSError, ValueError):
+                continue
             if rec and probe._alive(rec):
                 ids.add(rec.get("run_id"))
     return ids
