@@ -168,6 +168,12 @@ class Predictor:
         if self.dtype is torch.float16 and not self.device.startswith("cuda"):
             raise StageError("predict.precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on CPU")
         self._pinned: dict[str, Any] = {}
+        self.node_id = ""
+        with contextlib.suppress(Exception):
+            import ray
+
+            if ray.is_initialized():
+                self.node_id = ray.get_runtime_context().get_node_id()
         self.gpu_ids: list = []
         try:
             import ray
@@ -238,6 +244,6 @@ class Predictor:
         cols["model_version"] = pa.repeat(pa.scalar(self.version), n)
         cols["run_id"] = pa.repeat(pa.scalar(self.run_id), n)
         if self.device_column:
-            where = f"{self.device} gpu_ids={','.join(self.gpu_ids)} pid={os.getpid()}"
+            where = f"{self.device} gpu_ids={','.join(self.gpu_ids)} pid={os.getpid()} node={self.node_id}"
             cols[self.device_column] = pa.repeat(pa.scalar(where), n)
         return pa.table(cols)

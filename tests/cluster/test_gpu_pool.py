@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from ray.data import DataContext
-from support import DATES, make_config
+from support import DATES, make_config, read_input
 
 from pipeline.plan import build_dataset, prepare
 from pipeline.resources import cluster_nodes, plan_pool
@@ -48,10 +48,17 @@ def test_replicas_get_distinct_gpus(ray_cluster, gpu_node, dataset, checkpoints,
     finally:
         ctx.target_max_block_size, ctx.max_tasks_in_flight_per_actor = saved
     assert len(rows) == 2 * 3000
+    ids = [r["event_id"] for r in rows]
+    assert len(set(ids)) == len(ids), "duplicated rows"
+    want = set()
+    for d in DATES:
+        want |= set(read_input(str(dataset), d).column("event_id").to_pylist())
+    assert set(ids) == want, "lost rows"
     by_replica: dict[str, str] = {}
     for r in rows:
-        device, gpus, pid = r["_device"].split()
+        device, gpus, pid, node = r["_device"].split()
         by_replica[pid] = gpus
+        assert node == f"node={gpu_node.node_id}", "a predictor replica ran on a node without GPUs"
     assert len(by_replica) == 2, f"expected 2 replicas to do work, saw {by_replica}"
     gpu_ids = list(by_replica.values())
     assert all(g.startswith("gpu_ids=") and g != "gpu_ids=" for g in gpu_ids), gpu_ids
