@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 # Without an NVIDIA GPU, install the CPU build of PyTorch first (a plain `torch` pulls CUDA wheels).
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 
-.PHONY: venv demo test test-slow test-fast lint format clean
+.PHONY: venv demo test test-slow test-fast lint format bench clean
 
 venv: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ test-slow: venv
 # Unit tests only (no Ray, no S3 server): seconds.
 test-fast: venv
 	$(PY) -m pytest -q tests/unit
+
+# Not part of `make test`: batchscore vs the forward-pass limit and a hand-written script
+# (8M rows by default; BENCH_ARGS="--rows 16000000" for more). Results: bench-data/results.json.
+bench: venv
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache
