@@ -81,3 +81,26 @@ def direct_scores(model_path: str, table: pa.Table, spec: FeatureSpec, **load_kw
 
 def scores_by_key(table: pa.Table) -> dict[str, float]:
     return dict(zip(table.column("event_id").to_pylist(), table.column("score").to_pylist(), strict=True))
+
+
+def plugin_config(input_uri: str, model_uri: str, output_uri: str, function: str, **sections: dict[str, Any]):
+    """A config whose preprocessing is a test plug-in (tests/integration/plugins): `slow_features`
+    keeps a run going long enough for a fault to hit it mid-run; `failing_features` raises."""
+    from batchscore_test_plugins import PLUGIN_FEATURES
+
+    sections.setdefault("preprocessing", {})
+    sections["preprocessing"] = {
+        "function": f"batchscore_slow_plugins:{function}",
+        "batch_size": 100,
+        **sections["preprocessing"],
+    }
+    sections.setdefault("input", {}).setdefault("columns", PLUGIN_FEATURES.columns)
+    return make_config(input_uri, model_uri, output_uri, **sections)
+
+
+def assert_keys_exact(input_uri: str, output_uri: str, date: str, storage=None) -> None:
+    """Every input key exactly once in the committed output: nothing lost, nothing duplicated."""
+    inp = read_input(str(input_uri), date, storage)
+    keys = read_output(str(output_uri), date, storage).column("event_id").to_pylist()
+    assert len(keys) == len(set(keys)) == inp.num_rows, "lost or duplicated rows"
+    assert set(keys) == set(inp.column("event_id").to_pylist())

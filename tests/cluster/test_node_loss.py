@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from support import DATES, make_config, read_input, read_output
+from support import DATES, assert_keys_exact, plugin_config
 
 from pipeline.plan import run_score
 
@@ -14,19 +14,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_worker_node_removed_mid_run(ray_cluster, dataset, checkpoints, tmp_path):
-    from batchscore_test_plugins import PLUGIN_FEATURES
-
     node = ray_cluster.add_node(num_cpus=2)
     ray_cluster.wait_for_nodes()
     model_uri, _ = checkpoints.entries["safetensors"]
     out = tmp_path / "preds"
-    cfg = make_config(
-        str(dataset),
-        model_uri,
-        str(out),
-        preprocessing={"function": "batchscore_slow_plugins:slow_features", "batch_size": 100},
-        input={"columns": PLUGIN_FEATURES.columns},
-        predict={"min_replicas": 2, "max_replicas": 2},
+    cfg = plugin_config(
+        str(dataset), model_uri, str(out), "slow_features", predict={"min_replicas": 2, "max_replicas": 2}
     )
     result: dict = {}
 
@@ -45,7 +38,4 @@ def test_worker_node_removed_mid_run(ray_cluster, dataset, checkpoints, tmp_path
     assert not t.is_alive(), "run did not finish after the node was removed"
     assert "error" not in result, result.get("error")
     for d in DATES:
-        inp, got = read_input(str(dataset), d), read_output(str(out), d)
-        keys = got.column("event_id").to_pylist()
-        assert len(keys) == len(set(keys)) == inp.num_rows
-        assert set(keys) == set(inp.column("event_id").to_pylist())
+        assert_keys_exact(str(dataset), str(out), d)

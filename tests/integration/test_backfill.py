@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import DATES, make_config, read_input, read_output
+from support import DATES, assert_keys_exact, plugin_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,18 +32,9 @@ def _cli(args, ray_cluster, **kw):
 
 
 def test_backfill_killed_midway_and_rerun_commits_each_date_once(ray_cluster, dataset, checkpoints, tmp_path):
-    from batchscore_test_plugins import PLUGIN_FEATURES
-
     model_uri, _ = checkpoints.entries["safetensors"]
     out = tmp_path / "preds"
-    cfg = make_config(
-        str(dataset),
-        model_uri,
-        str(out),
-        preprocessing={"function": "batchscore_slow_plugins:slow_features", "batch_size": 100},
-        input={"columns": PLUGIN_FEATURES.columns},
-        output={"lock_ttl_s": 5},
-    )
+    cfg = plugin_config(str(dataset), model_uri, str(out), "slow_features", output={"lock_ttl_s": 5})
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     span = ["--start", DATES[0], "--end", DATES[-1]]
@@ -80,7 +71,5 @@ def test_backfill_killed_midway_and_rerun_commits_each_date_once(ray_cluster, da
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads(first_manifest.read_text())["run_id"] == first_run, "a committed date was redone"
     for d in DATES:
-        inp, got = read_input(str(dataset), d), read_output(str(out), d)
-        keys = got.column("event_id").to_pylist()
-        assert len(keys) == len(set(keys)) == inp.num_rows
+        assert_keys_exact(str(dataset), str(out), d)
     assert not list((out / "_staging").glob("*")) if (out / "_staging").exists() else True

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from support import DATES, make_config, read_input, read_output
+from support import DATES, make_config, plugin_config, read_input, read_output
 
 from pipeline.commit import CommitError, CommitPolicy, RunIdentity, commit_partitions
 from pipeline.lock import LockError
@@ -90,16 +90,9 @@ def test_too_many_bad_rows_fail_the_run_and_publish_nothing(ray_cluster, dataset
 
 def test_user_preprocessing_errors_dead_letter_their_batch(ray_cluster, dataset, checkpoints, tmp_path):
     model_uri, _ = checkpoints.entries["safetensors"]
-    from batchscore_test_plugins import PLUGIN_FEATURES
-
     out = tmp_path / "preds"
-    cfg = make_config(
-        str(dataset),
-        model_uri,
-        str(out),
-        preprocessing={"function": "batchscore_slow_plugins:failing_features", "batch_size": 100},
-        input={"columns": PLUGIN_FEATURES.columns},
-        output={"max_bad_row_fraction": 1.0},
+    cfg = plugin_config(
+        str(dataset), model_uri, str(out), "failing_features", output={"max_bad_row_fraction": 1.0}
     )
     run_score(cfg, [DATES[0]])
     dead = _dead_letters(out, DATES[0])

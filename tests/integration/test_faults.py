@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from faultproxy import FaultProxy
-from support import DATES, SYNTH, make_config, read_input, read_output
+from support import DATES, SYNTH, assert_keys_exact, make_config, plugin_config
 
 from pipeline.commit import committed_files
 from pipeline.config import StorageConfig
@@ -24,24 +24,12 @@ from pipeline.synthetic import write_days
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-SLOW = {"function": "batchscore_slow_plugins:slow_features", "batch_size": 100}
 
 
 def _slow_cfg(dataset, checkpoints, out, **extra):
-    from batchscore_test_plugins import PLUGIN_FEATURES
-
-    model_uri, _ = checkpoints.entries["safetensors"]
-    sections = {"preprocessing": SLOW, "input": {"columns": PLUGIN_FEATURES.columns}}
-    sections.update(extra)
-    return make_config(str(dataset), model_uri, str(out), **sections)
-
-
-def assert_exact(dataset, out, date, storage=None):
-    inp = read_input(str(dataset), date, storage)
-    got = read_output(str(out), date, storage)
-    keys = got.column("event_id").to_pylist()
-    assert len(keys) == len(set(keys)) == inp.num_rows, "lost or duplicated rows"
-    assert set(keys) == set(inp.column("event_id").to_pylist())
+    return plugin_config(
+        str(dataset), checkpoints.entries["safetensors"][0], str(out), "slow_features", **extra
+    )
 
 
 def test_killed_predictor_actor_run_still_exact(ray_cluster, dataset, checkpoints, tmp_path):
@@ -83,7 +71,7 @@ def test_killed_predictor_actor_run_still_exact(ray_cluster, dataset, checkpoint
     t.join(timeout=300)
     assert killed, "no predictor actor was found to kill"
     assert "error" not in result, result.get("error")
-    assert_exact(dataset, out, DATES[0])
+    assert_keys_exact(dataset, out, DATES[0])
 
 
 def test_sigkilled_driver_publishes_nothing_and_a_rerun_is_exact(ray_cluster, dataset, checkpoints, tmp_path):
@@ -114,7 +102,7 @@ def test_sigkilled_driver_publishes_nothing_and_a_rerun_is_exact(ray_cluster, da
 
     time.sleep(6)  # past lock_ttl_s: the dead run's staging counts as stale
     run_score(cfg, [DATES[0]])
-    assert_exact(dataset, out, DATES[0])
+    assert_keys_exact(dataset, out, DATES[0])
     assert not any(p.exists() for p in killed_staging), "staging of the killed run was left behind"
 
 
@@ -130,7 +118,7 @@ def test_transient_s3_errors_are_retried_to_an_exact_result(ray_cluster, s3, che
         run_score(cfg, [DATES[0]])
         injected = dict(proxy.injected)
     assert injected["slow_down"] >= 5 and injected["dropped"] >= 2, injected
-    assert_exact(f"s3://{bucket}/events", f"s3://{bucket}/out", DATES[0], direct)
+    assert_keys_exact(f"s3://{bucket}/events", f"s3://{bucket}/out", DATES[0], direct)
 
 
 def test_output_that_cannot_be_written_fails_fast(ray_cluster, s3, dataset, checkpoints, tmp_path):
@@ -171,4 +159,4 @@ def test_two_runs_of_the_same_date_never_mix(ray_cluster, dataset, checkpoints, 
     assert codes == [0, 1], [(r[0], r[2][-1500:]) for r in results]
     loser = next(r for r in results if r[0] == 1)
     assert "another run" in loser[2] and "same date" in loser[2]
-    assert_exact(dataset, out, DATES[0])
+    assert_keys_exact(dataset, out, DATES[0])
