@@ -124,6 +124,11 @@ class PreprocessingConfig(_Strict):
     )
     batch_size: int = Field(8192, ge=1, description="Rows per preprocessing batch.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per preprocessing task.")
+    label_selector: dict[str, str] | None = Field(
+        None,
+        description="Run preprocessing only on nodes with these Ray node labels, e.g. {pool: cpu} "
+        "to keep it off GPU nodes (nodes get labels with `ray start --labels`).",
+    )
 
 
 class ModelConfig(_Strict):
@@ -169,6 +174,9 @@ class PredictConfig(_Strict):
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast precision on GPU (bf16 also works on CPU)."
+    )
+    label_selector: dict[str, str] | None = Field(
+        None, description="Place replicas only on nodes with these Ray node labels, e.g. {pool: gpu}."
     )
     reserve_cpus: float = Field(
         1.0,

@@ -26,9 +26,14 @@ class PoolPlan:
     cluster_gpus: float
 
 
-def plan_pool(predict: PredictConfig, nodes: list[dict[str, float]]) -> PoolPlan:
-    """`nodes`: the resources of each alive node ({"CPU": .., "GPU": ..})."""
+def plan_pool(
+    predict: PredictConfig, nodes: list[dict[str, float]], cluster_cpus: float | None = None
+) -> PoolPlan:
+    """`nodes`: the resources of each alive node replicas may use ({"CPU": .., "GPU": ..});
+    `cluster_cpus`: all CPUs of the cluster, when replicas are restricted to some nodes (the
+    CPUs kept free for reading may be on other nodes). Default: the CPUs of `nodes`."""
     total_cpus = sum(n.get("CPU", 0.0) for n in nodes)
+    all_cpus = total_cpus if cluster_cpus is None else cluster_cpus
     total_gpus = sum(n.get("GPU", 0.0) for n in nodes)
     gpus = predict.num_gpus_per_replica
     if gpus == "auto":
@@ -47,7 +52,7 @@ def plan_pool(predict: PredictConfig, nodes: list[dict[str, float]]) -> PoolPlan
         return max(0, min(by_cpu, by_gpu))
 
     by_nodes = sum(fits_on(n) for n in nodes)
-    by_reserve = math.floor((total_cpus - predict.reserve_cpus) / cpus + 1e-9)
+    by_reserve = math.floor((all_cpus - predict.reserve_cpus) / cpus + 1e-9)
     fit = max(0, min(by_nodes, by_reserve))
     if predict.min_replicas > fit:
         gpu_part = f" + {gpus:g} GPU" if gpus else ""
@@ -68,7 +73,13 @@ def plan_pool(predict: PredictConfig, nodes: list[dict[str, float]]) -> PoolPlan
     return PoolPlan(predict.min_replicas, max_replicas, cpus, gpus, total_cpus, total_gpus)
 
 
-def cluster_nodes() -> list[dict[str, float]]:
+def cluster_nodes(label_selector: dict[str, str] | None = None) -> list[dict[str, float]]:
+    """Resources of the alive nodes (only those carrying `label_selector`'s labels, if given)."""
     import ray
 
-    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    want = label_selector or {}
+    return [
+        dict(n["Resources"])
+        for n in ray.nodes()
+        if n.get("Alive") and all((n.get("Labels") or {}).get(k) == v for k, v in want.items())
+    ]

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in [str(PLUGINS), str(ROOT), os.environ.get("PYTHONPATH", "")] if p
 )
 sys.path.insert(0, str(PLUGINS))
+# Where the `record_node_features` plug-in notes the node each preprocessing batch ran on.
+os.environ.setdefault("BATCHSCORE_TEST_NODE_LOG", tempfile.mkdtemp(prefix="batchscore-nodes-"))
 
 
 def _free_port() -> int:

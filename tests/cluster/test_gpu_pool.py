@@ -63,3 +63,43 @@ def test_replicas_get_distinct_gpus(ray_cluster, gpu_node, dataset, checkpoints,
     gpu_ids = list(by_replica.values())
     assert all(g.startswith("gpu_ids=") and g != "gpu_ids=" for g in gpu_ids), gpu_ids
     assert len(set(gpu_ids)) == 2, f"two replicas share a GPU: {by_replica}"
+
+
+def test_labels_keep_preprocessing_on_cpu_nodes_and_replicas_on_gpu_nodes(
+    ray_cluster, dataset, checkpoints, tmp_path
+):
+    """Head (unlabeled) + a CPU node + a GPU node: replicas only on the GPU node, preprocessing
+    only on the CPU node, output exact."""
+    import os
+    from pathlib import Path
+
+    from support import assert_keys_exact, plugin_config
+
+    from pipeline.plan import run_score
+
+    cpu_node = ray_cluster.add_node(num_cpus=2, labels={"pool": "cpu"})
+    gpu_node = ray_cluster.add_node(num_cpus=2, num_gpus=2, labels={"pool": "gpu"})
+    ray_cluster.wait_for_nodes()
+    log = Path(os.environ["BATCHSCORE_TEST_NODE_LOG"])
+    for f in log.iterdir():
+        f.unlink()
+    try:
+        out = tmp_path / "out"
+        cfg = plugin_config(
+            str(dataset),
+            checkpoints.entries["safetensors"][0],
+            str(out),
+            "record_node_features",
+            preprocessing={"batch_size": 500, "label_selector": {"pool": "cpu"}},
+            predict={"min_replicas": 2, "max_replicas": 2, "label_selector": {"pool": "gpu"}},
+        )
+        report = run_score(cfg, DATES)
+        assert report["pool"]["num_gpus"] == 1.0 and report["pool"]["max_replicas"] == 2
+        for d in DATES:
+            assert_keys_exact(str(dataset), str(out), d)
+        nodes = {f.read_text() for f in log.iterdir()}
+        assert nodes == {cpu_node.node_id}, "preprocessing ran off the CPU node"
+    finally:
+        ray_cluster.remove_node(gpu_node)
+        ray_cluster.remove_node(cpu_node)
+        ray_cluster.wait_for_nodes()

@@ -21,3 +21,16 @@ def failing_features(batch: pa.Table) -> dict[str, np.ndarray]:
     if 7 in batch.column("user_id").to_pylist():
         raise ValueError("user 7 breaks my feature code")
     return transform_table(batch, PLUGIN_FEATURES)
+
+
+def record_node_features(batch: pa.Table) -> dict[str, np.ndarray]:
+    """Notes the Ray node that ran this preprocessing batch (for placement tests)."""
+    import os
+    import uuid
+
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    with open(os.path.join(os.environ["BATCHSCORE_TEST_NODE_LOG"], uuid.uuid4().hex), "w") as f:
+        f.write(node)
+    return transform_table(batch, PLUGIN_FEATURES)
