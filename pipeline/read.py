@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
-from pipeline.storage import Location, list_files
+from pipeline.storage import Location, exists, list_files
 
 
 @dataclass
@@ -81,7 +81,7 @@ def discover(
         part = root.join(f"{partition_column}={d}")
         files = list_files(part, suffix=".parquet")
         if not files:
-            what = "has no .parquet files" if _exists(part) else "does not exist"
+            what = "has no .parquet files" if exists(part) else "does not exist"
             if on_bad_file == "skip":
                 skipped.append({"date": d, "uri": part.uri, "reason": f"input partition {what}"})
                 continue
@@ -143,12 +143,6 @@ def drop_files(plan: InputPlan, reasons: dict[str, str]) -> None:
         else:
             plan.skipped.append({"date": part.date, "uri": part.uri, "reason": "every file was skipped"})
     plan.partitions = kept
-
-
-def _exists(loc: Location) -> bool:
-    from pipeline.storage import exists
-
-    return exists(loc)
 
 
 def read_dataset(plan: InputPlan, columns: list[str]):

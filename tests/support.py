@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -104,3 +107,26 @@ def assert_keys_exact(input_uri: str, output_uri: str, date: str, storage=None) 
     keys = read_output(str(output_uri), date, storage).column("event_id").to_pylist()
     assert len(keys) == len(set(keys)) == inp.num_rows, "lost or duplicated rows"
     assert set(keys) == set(inp.column("event_id").to_pylist())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(
+    args: list[str], ray_address: str | None, timeout: int = 300, module: str = "jobs.cli"
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` from the repo root, as a user runs it (`jobs.cli` or a command's
+    own module, e.g. `jobs.score`); connected to the session's Ray when `ray_address` is given,
+    else with no RAY_ADDRESS at all."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONUNBUFFERED"] = "1"
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import DATES, make_config, read_input, read_output
+from support import DATES, make_config, read_input, read_output, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,28 +79,8 @@ def ray_head(tmp_path):
 
 
 def _submit(address, config, *extra):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.cli",
-            "submit",
-            "--address",
-            address,
-            str(config),
-            "--date",
-            DATES[0],
-            "--deps",
-            "none",
-            *extra,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    args = ["submit", "--address", address, str(config), "--date", DATES[0], "--deps", "none", *extra]
+    return run_cli(args, ray_address=None, timeout=400)
 
 
 def test_submit_runs_the_job_once_and_reports_the_existing_one(ray_head, dataset, checkpoints, tmp_path):

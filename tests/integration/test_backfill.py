@@ -12,23 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import DATES, assert_keys_exact, plugin_config
+from support import DATES, assert_keys_exact, plugin_config, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cli(args, ray_cluster, **kw):
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        **kw,
-    )
 
 
 def test_backfill_killed_midway_and_rerun_commits_each_date_once(ray_cluster, dataset, checkpoints, tmp_path):
@@ -39,7 +26,7 @@ def test_backfill_killed_midway_and_rerun_commits_each_date_once(ray_cluster, da
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     span = ["--start", DATES[0], "--end", DATES[-1]]
 
-    dry = _cli(["backfill", str(config), *span, "--dry-run"], ray_cluster)
+    dry = run_cli(["backfill", str(config), *span, "--dry-run"], ray_cluster.address)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert json.loads(dry.stdout.strip().splitlines()[-1])["to_score"] == DATES
 
@@ -63,11 +50,11 @@ def test_backfill_killed_midway_and_rerun_commits_each_date_once(ray_cluster, da
     first_run = json.loads(first_manifest.read_text())["run_id"]
 
     time.sleep(6)  # past lock_ttl_s
-    dry = _cli(["backfill", str(config), *span, "--dry-run"], ray_cluster)
+    dry = run_cli(["backfill", str(config), *span, "--dry-run"], ray_cluster.address)
     plan = json.loads(dry.stdout.strip().splitlines()[-1])
     assert plan["to_score"] == [DATES[1]] and plan["skipped_committed"] == [DATES[0]]
 
-    rerun = _cli(["backfill", str(config), *span], ray_cluster)
+    rerun = run_cli(["backfill", str(config), *span], ray_cluster.address)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads(first_manifest.read_text())["run_id"] == first_run, "a committed date was redone"
     for d in DATES:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 import yaml
-from support import DATES, SYNTH, direct_scores, read_input, read_output, scores_by_key
+from support import DATES, SYNTH, direct_scores, read_input, read_output, run_cli, scores_by_key
 
 from pipeline.config import StorageConfig
 from pipeline.storage import resolve
@@ -19,13 +17,6 @@ from pipeline.synthetic import write_days
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(args: list[str], ray_cluster, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address, PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_own_torchscript_model_and_yaml_score_parquet_on_s3(ray_cluster, s3, checkpoints, tmp_path):
@@ -51,7 +42,7 @@ def test_own_torchscript_model_and_yaml_score_parquet_on_s3(ray_cluster, s3, che
             }
         )
     )
-    proc = run_cli(["-m", "jobs.score", str(config), "--date", DATES[0]], ray_cluster)
+    proc = run_cli([str(config), "--date", DATES[0]], ray_cluster.address, module="jobs.score")
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["status"] == "succeeded" and last["rows_in"] == last["rows_out"] == 3000
@@ -86,17 +77,17 @@ def test_exit_codes_name_the_problem(ray_cluster, dataset, checkpoints, tmp_path
     cfg = tmp_path / "job.yaml"
     cfg.write_text(yaml.safe_dump(base))
 
-    missing = run_cli(["-m", "jobs.cli", "score", str(cfg), "--date", "2031-01-01"], ray_cluster)
+    missing = run_cli(["score", str(cfg), "--date", "2031-01-01"], ray_cluster.address)
     assert missing.returncode == 2
     assert "ds=2031-01-01 does not exist" in missing.stderr
 
     bad_key = run_cli(
-        ["-m", "jobs.cli", "validate", str(cfg), "--date", DATES[0], "--set", "predict.batchsize=3"],
-        ray_cluster,
+        ["validate", str(cfg), "--date", DATES[0], "--set", "predict.batchsize=3"],
+        ray_cluster.address,
     )
     assert bad_key.returncode == 2 and "predict.batchsize: unknown key" in bad_key.stderr
 
-    ok = run_cli(["-m", "jobs.validate", str(cfg), "--date", DATES[0]], ray_cluster)
+    ok = run_cli([str(cfg), "--date", DATES[0]], ray_cluster.address, module="jobs.validate")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "forward  16 rows" in ok.stdout and "3000 rows" in ok.stdout
 
@@ -106,8 +97,6 @@ def test_demo_command_end_to_end(ray_cluster, tmp_path):
     work = tmp_path / "demo"
     proc = run_cli(
         [
-            "-m",
-            "jobs.cli",
             "demo",
             "--workdir",
             str(work),
@@ -118,7 +107,7 @@ def test_demo_command_end_to_end(ray_cluster, tmp_path):
             "--epochs",
             "2",
         ],
-        ray_cluster,
+        ray_cluster.address,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
