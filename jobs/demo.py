@@ -17,16 +17,11 @@ DEMO_START = "2026-11-01"
 def demo(args: argparse.Namespace) -> dict:
     from types import SimpleNamespace
 
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     from jobs.generate import generate
     from jobs.score import print_summary
     from jobs.train import train
-    from pipeline.commit import committed_files
     from pipeline.config import load_config
     from pipeline.plan import run_score
-    from pipeline.storage import resolve
     from pipeline.synthetic import date_range
 
     work = os.path.abspath(args.workdir)
@@ -68,14 +63,8 @@ def demo(args: argparse.Namespace) -> dict:
     report = run_score(cfg, [score_date])
     print_summary(report)
 
-    files = committed_files(resolve(preds), score_date)
-    table = pq.read_table(files, columns=["score"])
-    q = pc.quantile(table.column("score"), q=[0.1, 0.5, 0.9, 0.99]).to_pylist()
-    print(
-        f"  scores   mean {pc.mean(table.column('score')).as_py():.4f}, "
-        f"p10 {q[0]:.4f}, p50 {q[1]:.4f}, p90 {q[2]:.4f}, p99 {q[3]:.4f}"
-    )
     print(f"\npredictions: {preds}/ds={score_date}/  (read them with pyarrow.parquet.read_table)")
+    print(f"run report:  .venv/bin/batchscore report {preds}  (summary here, plots in report.html)")
     return report
 
 

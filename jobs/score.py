@@ -48,11 +48,34 @@ def print_summary(report: dict[str, Any]) -> None:
             f"  {key}: {p['input_rows']} rows in -> {p['output_rows']} predictions "
             f"in {len(p['output_files'])} file(s) at {p['uri']}"
         )
+        s = p.get("scores") or {}
+        if s.get("count"):
+            q = s["quantiles"]
+            print(
+                f"      scores mean {s['mean']:.4f}, p10 {q['p10']:.4f}, p50 {q['p50']:.4f}, "
+                f"p90 {q['p90']:.4f}, p99 {q['p99']:.4f}"
+            )
+        for line in drift_lines(p.get("drift") or {}):
+            print(f"      {line}")
     print(
         f"  {report['rows']['output']} rows in {t['pipeline_s']:.1f}s pipeline "
         f"({report['throughput_rows_per_s'] or 0:,.0f} rows/s), {t['total_s']:.1f}s total"
     )
     print(f"  report   {report['report_uri']}")
+
+
+def drift_lines(drift: dict[str, Any]) -> list[str]:
+    """One line per reference: PSI, quantile shift, and the verdict."""
+    lines = []
+    for which in ("previous", "training"):
+        c = drift.get(which)
+        if not c or c.get("psi") is None:
+            continue
+        shift = (c.get("quantile_shift") or {}).get("max_in_std")
+        verdict = "DRIFT: " + "; ".join(c["reasons"]) if c["breach"] else "ok"
+        shown = f", quantile shift {shift:.2f} std" if shift is not None else ""
+        lines.append(f"drift vs {which} ({c['reference']}): PSI {c['psi']:.3f}{shown} -> {verdict}")
+    return lines
 
 
 def main() -> int:

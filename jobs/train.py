@@ -62,6 +62,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         architecture=result.architecture,
         example_inputs=example,
         metrics=result.metrics,
+        score_reference=result.score_reference,
     )
     print(
         f"trained {version} on {result.metrics['train_rows']} rows: held-out AUC "

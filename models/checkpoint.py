@@ -50,6 +50,7 @@ class CheckpointMeta:
     feature_spec: dict[str, Any] | None = None
     created_at: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    score_reference: dict[str, Any] | None = None  # held-out score profile (pipeline.scorestats)
     batchscore_checkpoint: int = 1
 
     def spec(self) -> FeatureSpec | None:
@@ -117,6 +118,7 @@ def save_checkpoint(
     example_inputs: tuple[Any, ...] | None = None,
     inputs: list[str] | None = None,
     metrics: dict[str, Any] | None = None,
+    score_reference: dict[str, Any] | None = None,
 ) -> CheckpointMeta:
     """Write `model` as a checkpoint directory. TorchScript/export need `example_inputs`."""
     import torch
@@ -157,6 +159,7 @@ def save_checkpoint(
         feature_spec=feature_spec.to_dict() if feature_spec else None,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         metrics=dict(metrics or {}),
+        score_reference=score_reference,
     )
     with open(os.path.join(directory, METADATA_FILE), "w") as f:
         json.dump(asdict(meta), f, indent=2, sort_keys=True)

@@ -32,6 +32,7 @@ class TrainResult:
     spec: FeatureSpec
     metrics: dict[str, float]
     architecture: dict
+    score_reference: dict | None = None
 
 
 def train_dlrm(
@@ -96,4 +97,8 @@ def train_dlrm(
         "positive_rate": round(float(y.mean()), 4),
         "holdout_score_mean": round(float(p_hold.mean()), 4),
     }
-    return TrainResult(model=model, spec=spec, metrics=metrics, architecture=arch)
+    from pipeline.scorestats import profile_array
+
+    # the held-out scores: the reference that scored dates are compared with (drift check)
+    reference = profile_array(p_hold)
+    return TrainResult(model=model, spec=spec, metrics=metrics, architecture=arch, score_reference=reference)

@@ -122,11 +122,13 @@ def commit_partitions(
     inputs: InputPlan,
     run: RunIdentity,
     policy: CommitPolicy,
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> list[PartitionManifest]:
     """Check every partition first; publish only if all pass (a failed run publishes nothing).
 
     Per partition: input rows = output rows + dead-letter rows; with verify='keys' also the
-    multiset of keys (hash sums); dead-letter rows within max_bad_row_fraction.
+    multiset of keys (hash sums); dead-letter rows within max_bad_row_fraction. `extra[date]` is
+    added to that partition's manifest (e.g. its score profile).
     """
     col = inputs.partition_column
     plans = []
@@ -188,6 +190,7 @@ def commit_partitions(
                 "dead_letter_reasons": _reason_counts(dl_dst, dead) if dead else {},
                 "skipped_input_files": [s for s in inputs.skipped if s.get("date") == part.date],
                 "verified": policy.verify,
+                **(extra or {}).get(part.date, {}),
             },
         )
         write_bytes(dst.join(MANIFEST), json.dumps(asdict(manifest), indent=2).encode())  # the commit point

@@ -247,6 +247,46 @@ class StorageConfig(_Strict):
         return v
 
 
+class DriftConfig(_Strict):
+    enabled: bool = Field(
+        True,
+        description="Compare each scored date's score distribution with the most recent earlier date "
+        "committed by the same model, and with the reference stored in the checkpoint.",
+    )
+    psi_max: float = Field(
+        0.25,
+        gt=0,
+        description="Population stability index above which a date is flagged (0.1-0.25 is a "
+        "moderate shift, above 0.25 a large one).",
+    )
+    quantile_shift_max: float = Field(
+        0.5,
+        gt=0,
+        description="Largest shift of the 5/25/50/75/95th percentiles, in standard deviations of the "
+        "reference, above which a date is flagged.",
+    )
+    bins: int = Field(10, ge=2, le=100, description="Equal-mass bins of the reference for the PSI.")
+    on_breach: Literal["warn", "fail"] = Field(
+        "warn",
+        description="warn: flag the breach in the report and log, and publish; fail: publish nothing "
+        "and exit 3 (the report is still written).",
+    )
+
+
+class ReportConfig(_Strict):
+    progress_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between progress lines when stderr is not a terminal."
+    )
+    html: bool = Field(
+        True, description="Also write report.html (self-contained, with plots) next to report.json."
+    )
+    prometheus_textfile: str | None = Field(
+        None,
+        description="Local path of a Prometheus textfile-collector file to write the run's key figures to "
+        "(written atomically at the end of every run).",
+    )
+
+
 class RayConfig(_Strict):
     address: str | None = Field(
         None, description="Ray cluster address; default: RAY_ADDRESS or a new local Ray."
@@ -263,6 +303,8 @@ class JobConfig(_Strict):
     output: OutputConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")
     def _partitions(self) -> JobConfig:

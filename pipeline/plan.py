@@ -26,7 +26,17 @@ from pipeline.errors import UserError, user_error_types
 from pipeline.lock import PartitionLocks, clean_stale_staging
 from pipeline.predict import ModelSource, Predictor
 from pipeline.preprocess import Preprocessor
+from pipeline.progress import ProgressView, WrittenRows, start_counter
 from pipeline.read import discover, read_dataset
+from pipeline.report import (
+    REPORT_VERSION,
+    DriftError,
+    drift_reasons,
+    evaluate_drift,
+    profile_partitions,
+    stage_metrics,
+    write_prometheus,
+)
 from pipeline.resources import PoolPlan, cluster_nodes, plan_pool
 from pipeline.storage import Location, resolve, write_bytes
 from pipeline.validate import ColumnRequirements, check_schemas
@@ -124,6 +134,7 @@ def build_dataset(
     run_id: str,
     device_column: str | None = None,
     dead_letter: DeadLetterWriter | None = None,
+    progress: Any = None,
 ):
     from ray.data import ActorPoolStrategy
 
@@ -139,6 +150,7 @@ def build_dataset(
             required=p.requirements.columns,
             key_columns=cfg.output.key_columns,
             dead_letter=dead_letter,
+            progress=progress,
         ),
         batch_format="pyarrow",
         batch_size=cfg.preprocessing.batch_size,
@@ -156,6 +168,7 @@ def build_dataset(
             "precision": cfg.predict.precision,
             "num_threads": pool.num_cpus,
             "device_column": device_column,
+            "progress": progress,
         },
         compute=ActorPoolStrategy(min_size=pool.min_replicas, max_size=pool.max_replicas),
         batch_size=cfg.predict.batch_size,
@@ -221,6 +234,7 @@ def run_score(
     dates = [d for d in dates if d not in done]
     if not dates:
         return {
+            "report_version": REPORT_VERSION,
             "run_id": run_id,
             "job": cfg.name,
             "status": "skipped",
@@ -260,8 +274,9 @@ def run_score(
     t_ray = time.perf_counter() - t0
 
     staging = staging_location(p.output, run_id)
+    col = cfg.input.partition_column
     dates_scored = [part.date for part in p.inputs.partitions]
-    locks = PartitionLocks(p.output, cfg.input.partition_column, dates_scored, run_id, cfg.output.lock_ttl_s)
+    locks = PartitionLocks(p.output, col, dates_scored, run_id, cfg.output.lock_ttl_s)
     locks.acquire()
     try:
         removed = clean_stale_staging(
@@ -270,18 +285,44 @@ def run_score(
         if removed:
             log.info("removed staging leftovers of dead runs: %s", removed)
         t0 = time.perf_counter()
-        dead_letter = DeadLetterWriter(
-            staging.join(DEAD_LETTER_DIR), cfg.input.partition_column, cfg.output.key_columns, run_id
-        )
-        ds = build_dataset(p, pool, run_id, dead_letter=dead_letter)
+        dead_letter = DeadLetterWriter(staging.join(DEAD_LETTER_DIR), col, cfg.output.key_columns, run_id)
+        counter = start_counter()
+        progress = ProgressView(
+            counter, p.inputs.rows, WrittenRows(staging), cfg.report.progress_interval_s
+        ).start()
         try:
+            ds = build_dataset(p, pool, run_id, dead_letter=dead_letter, progress=counter)
             ds = write_staged(ds, staging, cfg.output, run_id)
         except Exception as e:
             user = _unwrap_user_error(e)
             if user is not None:
                 raise user from None
             raise
+        finally:
+            snapshot = progress.stop()
         t_exec = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        profiles = profile_partitions(staging, col, dates_scored, cfg.output.score_column)
+        drift = evaluate_drift(
+            cfg.drift, p.output, col, profiles, p.model_meta.sha256, p.model_meta.score_reference
+        )
+        t_profile = time.perf_counter() - t0
+        breaches = drift_reasons(drift, col)
+        for line in breaches:
+            log.warning("score drift: %s", line)
+        report = _report(cfg, p, run_id, started, done, pool, snapshot, profiles, drift)
+        report["stages"] = stage_metrics(ds)
+        report["ray_data_stats"] = _stats(ds)
+        if breaches and cfg.drift.on_breach == "fail":
+            report["status"] = "rejected"
+            report["timings_s"] = _timings(p, t_ray, t_exec, t_profile, None, t_start)
+            report["throughput_rows_per_s"] = round(p.inputs.rows / t_exec, 1) if t_exec > 0 else None
+            uri = _write_report(cfg, p, run_id, report)
+            raise DriftError(
+                "score drift over the thresholds with drift.on_breach=fail; nothing published "
+                f"(report: {uri}):\n  " + "\n  ".join(breaches)
+            )
 
         t0 = time.perf_counter()
         manifests = commit_partitions(
@@ -297,19 +338,68 @@ def run_score(
                 cfg.scoring_digest(),
             ),
             CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction),
+            extra={d: {"score_profile": profiles[d], "drift": drift[d]} for d in profiles},
         )
     finally:
         locks.release()
     t_commit = time.perf_counter() - t0
-    total = time.perf_counter() - t_start
-    rows = p.inputs.rows
-    report = {
+    by_date = {m.partition[col]: m for m in manifests}
+    for entry in report["partitions"]:
+        m = by_date[entry["partition"][col]]
+        entry.update(
+            input_files=len(m.input_files),
+            input_rows=m.input_rows,
+            output_rows=m.output_rows,
+            dead_letter_rows=m.dead_letter_rows,
+            output_files=[f.name for f in m.output_files],
+        )
+    report["rows"] = {
+        "input": p.inputs.rows,
+        "output": sum(m.output_rows for m in manifests),
+        "dead_letter": sum(m.dead_letter_rows for m in manifests),
+    }
+    report["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["timings_s"] = _timings(p, t_ray, t_exec, t_profile, t_commit, t_start)
+    report["throughput_rows_per_s"] = round(p.inputs.rows / t_exec, 1) if t_exec > 0 else None
+    report["report_uri"] = _write_report(cfg, p, run_id, report)
+    return report
+
+
+def _timings(p: Prepared, t_ray, t_exec, t_profile, t_commit, t_start) -> dict[str, float | None]:
+    return {
+        **{k: round(v, 3) for k, v in p.timings.items()},
+        "ray_start_s": round(t_ray, 3),
+        "pipeline_s": round(t_exec, 3),
+        "profile_s": round(t_profile, 3),
+        "commit_s": round(t_commit, 3) if t_commit is not None else None,
+        "total_s": round(time.perf_counter() - t_start, 3),
+    }
+
+
+def _report(
+    cfg: JobConfig,
+    p: Prepared,
+    run_id: str,
+    started: datetime,
+    done: list[str],
+    pool: PoolPlan,
+    snapshot: dict[str, Any],
+    profiles: dict[str, dict],
+    drift: dict[str, dict],
+) -> dict[str, Any]:
+    """The report before commit; counts are filled from the manifests once committed."""
+    from pipeline.scorestats import merge_profiles
+
+    col = cfg.input.partition_column
+    rows_by_date = {part.date: part.rows for part in p.inputs.partitions}
+    return {
+        "report_version": REPORT_VERSION,
         "run_id": run_id,
         "job": cfg.name,
         "status": "succeeded",
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dates": dates,
+        "dates": p.dates,
         "skipped_committed": done,
         "config": cfg.model_dump(mode="json"),
         "config_hash": cfg.digest(),
@@ -320,41 +410,50 @@ def run_score(
             "sha256": p.model_meta.sha256,
         },
         "pool": asdict(pool),
+        "replicas": sorted(snapshot.get("replicas", []), key=lambda r: (r["node_id"], r["pid"])),
         "partitions": [
             {
-                "partition": m.partition,
-                "input_files": len(m.input_files),
-                "input_rows": m.input_rows,
-                "output_rows": m.output_rows,
-                "dead_letter_rows": m.dead_letter_rows,
-                "output_files": [f.name for f in m.output_files],
-                "uri": p.output.join(
-                    f"{cfg.input.partition_column}={m.partition[cfg.input.partition_column]}"
-                ).uri,
+                "partition": {col: d},
+                "uri": p.output.join(f"{col}={d}").uri,
+                "input_files": len(part.files),
+                "input_rows": rows_by_date[d],
+                "output_rows": profiles[d].get("count", 0) + profiles[d].get("nan", 0),
+                "dead_letter_rows": None,
+                "output_files": [],
+                "scores": profiles[d],
+                "drift": drift[d],
             }
-            for m in manifests
+            for part in p.inputs.partitions
+            for d in [part.date]
         ],
-        "rows": {
-            "input": rows,
-            "output": sum(m.output_rows for m in manifests),
-            "dead_letter": sum(m.dead_letter_rows for m in manifests),
+        "rows": {"input": p.inputs.rows, "output": None, "dead_letter": None},
+        "scores": merge_profiles(list(profiles.values())),
+        "score_reference": p.model_meta.score_reference,
+        "drift": {
+            "breach": any(c["breach"] for c in drift.values()),
+            "on_breach": cfg.drift.on_breach,
+            "thresholds": cfg.drift.model_dump(mode="json"),
         },
         "skipped_inputs": p.inputs.skipped,
-        "timings_s": {
-            **{k: round(v, 3) for k, v in p.timings.items()},
-            "ray_start_s": round(t_ray, 3),
-            "pipeline_s": round(t_exec, 3),
-            "commit_s": round(t_commit, 3),
-            "total_s": round(total, 3),
-        },
-        "throughput_rows_per_s": round(rows / t_exec, 1) if t_exec > 0 else None,
-        "ray_data_stats": _stats(ds),
     }
-    report_loc = p.output.join(RUNS_DIR, run_id, "report.json")
-    write_bytes(report_loc, json.dumps(report, indent=2).encode())
-    write_bytes(p.output.join(RUNS_DIR, run_id, "config.yaml"), dump_config(cfg).encode())
-    report["report_uri"] = report_loc.uri
-    return report
+
+
+def _write_report(cfg: JobConfig, p: Prepared, run_id: str, report: dict[str, Any]) -> str:
+    run_dir = p.output.join(RUNS_DIR, run_id)
+    loc = run_dir.join("report.json")
+    report["report_uri"] = loc.uri
+    write_bytes(loc, json.dumps(report, indent=2).encode())
+    write_bytes(run_dir.join("config.yaml"), dump_config(cfg).encode())
+    if cfg.report.html:
+        try:
+            from pipeline.htmlreport import render_html
+
+            write_bytes(run_dir.join("report.html"), render_html(report).encode())
+        except Exception as e:  # the JSON report is the record; the page is a view of it
+            log.warning("could not write report.html: %s", e)
+    if cfg.report.prometheus_textfile:
+        write_prometheus(cfg.report.prometheus_textfile, report)
+    return loc.uri
 
 
 def _stats(ds) -> str:

@@ -19,6 +19,7 @@ from models.features import FeatureSpec
 from pipeline.config import JobConfig, StorageConfig
 from pipeline.errors import StageError
 from pipeline.preprocess import tensor_column_to_numpy
+from pipeline.progress import count
 from pipeline.storage import download_dir, is_s3, resolve
 
 
@@ -148,6 +149,7 @@ class Predictor:
         precision: str = "fp32",
         num_threads: float = 1,
         device_column: str | None = None,
+        progress: Any = None,
     ) -> None:
         import torch
 
@@ -181,6 +183,19 @@ class Predictor:
             self.gpu_ids = [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
         except Exception:
             self.gpu_ids = []
+        self.progress = progress  # a pipeline.progress counter actor, or None
+        if progress is not None:
+            with contextlib.suppress(Exception):
+                progress.replica.remote(
+                    f"{self.node_id}:{os.getpid()}",
+                    {
+                        "device": self.device,
+                        "gpu_ids": self.gpu_ids,
+                        "node_id": self.node_id,
+                        "pid": os.getpid(),
+                        "model_load_s": round(self.load_seconds, 3),
+                    },
+                )
 
     def _to_device(self, name: str, arr: np.ndarray):
         """CPU: the batch's memory as-is. GPU: one copy into a reused pinned buffer, then an
@@ -239,6 +254,7 @@ class Predictor:
             )
         scores = out.float().cpu().numpy()
         n = batch.num_rows
+        count(self.progress, "scored", n)
         cols = {c: batch.column(c) for c in self.passthrough}
         cols[self.score_column] = pa.array(scores, type=pa.float32())
         cols["model_version"] = pa.repeat(pa.scalar(self.version), n)

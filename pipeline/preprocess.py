@@ -7,6 +7,7 @@ pass-through columns unchanged (no copies) and one tensor column per model input
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +15,7 @@ import pyarrow as pa
 from models.features import FeatureError, FeatureSpec, reject_reasons, transform_table
 from pipeline.deadletter import DeadLetterWriter
 from pipeline.errors import StageError
+from pipeline.progress import count
 
 
 def to_tensor_column(arr: np.ndarray) -> pa.Array:
@@ -51,6 +53,7 @@ class Preprocessor:
         required: list[str] | None = None,
         key_columns: list[str] | None = None,
         dead_letter: DeadLetterWriter | None = None,
+        progress: Any = None,
     ) -> None:
         if spec is None and function is None:
             raise StageError("preprocess: needs a feature spec or a preprocessing function")
@@ -63,6 +66,7 @@ class Preprocessor:
         self.passthrough = list(passthrough)
         self.key_columns = list(key_columns or [])
         self.dead_letter = dead_letter
+        self.progress = progress  # a pipeline.progress counter actor, or None
         self.required = list(
             dict.fromkeys(
                 self.passthrough + (required or []) + (spec.columns if spec and not function else [])
@@ -83,6 +87,7 @@ class Preprocessor:
             raise StageError(
                 f"stage {self.name!r}: missing columns {missing}; present columns: {batch.column_names}"
             )
+        count(self.progress, "read", batch.num_rows)
         reasons = reject_reasons(batch, self.spec or FeatureSpec(), self.key_columns)
         if reasons is not None:
             bad = np.array([r is not None for r in reasons], dtype=bool)

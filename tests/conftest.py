@@ -135,6 +135,7 @@ def checkpoints(tmp_path_factory) -> Checkpoints:
             feature_spec=result.spec,
             architecture=result.architecture,
             example_inputs=example,
+            score_reference=result.score_reference,
         )
         entries[fmt] = (str(root / fmt), {})
     # A user's own nn.Module class by import path + bare safetensors weights; the feature spec
