@@ -107,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="model version (default: dlrm-<utc date>)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint for --data")
 
+    p = sub.add_parser("report", help="print a run's report summary and write its HTML page")
+    p.add_argument(
+        "target",
+        help="a report.json (path or s3:// URI), a run directory (OUTPUT/_runs/RUN_ID) "
+        "or an output root (its latest run)",
+    )
+    p.add_argument(
+        "--html",
+        metavar="PATH",
+        help="where to write the HTML page (default: report.html next to report.json; "
+        "./report-RUN_ID.html when that is on S3 or not writable)",
+    )
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint for an s3:// TARGET or --html")
+    p.add_argument("--json", action="store_true", help="print report.json instead of the summary table")
+
     sub.add_parser("config-reference", help="print the config reference (docs/config.md) as Markdown")
 
     p = sub.add_parser("generate", help="write synthetic interaction logs (hive-partitioned Parquet)")
@@ -200,6 +215,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from jobs.report import report
+
+    _final_line(report(args))
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from jobs.validate import validate
 
@@ -238,6 +260,7 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 COMMANDS = {
     "backfill": cmd_backfill,
     "config-reference": cmd_config_reference,
+    "report": cmd_report,
     "score": cmd_score,
     "submit": cmd_submit,
     "validate": cmd_validate,
