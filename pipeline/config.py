@@ -163,8 +163,19 @@ class PredictConfig(_Strict):
     max_replicas: int = Field(
         1, ge=1, description="Upper bound of replicas; capped by the cluster's GPUs/CPUs."
     )
-    num_cpus_per_replica: float = Field(
-        1.0, gt=0, description="CPUs per replica; also the replica's torch thread count."
+    num_cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica.")
+    mode: Literal["auto", "actors", "fused"] = Field(
+        "auto",
+        description="actors: a pool of model replicas (actors) fed by separate read/preprocess tasks; "
+        "fused: read, preprocess, predict and write in one CPU task per block, the model cached per "
+        "worker process (no object-store traffic between stages); auto: actors with GPUs, fused on "
+        "CPU-only pools.",
+    )
+    torch_threads: int | Literal["auto"] = Field(
+        "auto",
+        description="Torch intra-op threads per replica. 'auto': on CPU replicas, the cluster's CPUs "
+        "divided among the replicas (reading and writing are mostly waiting on I/O, so the forward pass "
+        "may use the CPUs they leave idle); on GPU replicas, num_cpus_per_replica.",
     )
     num_gpus_per_replica: float | Literal["auto"] = Field(
         "auto", description="GPUs per replica; 'auto' = 1 when the cluster has GPUs, else 0."

@@ -24,7 +24,7 @@ from pipeline.config import JobConfig, dump_config
 from pipeline.deadletter import DEAD_LETTER_DIR, DeadLetterWriter
 from pipeline.errors import UserError, user_error_types
 from pipeline.lock import PartitionLocks, clean_stale_staging
-from pipeline.predict import ModelSource, Predictor
+from pipeline.predict import FusedScorer, ModelSource, Predictor
 from pipeline.preprocess import Preprocessor
 from pipeline.progress import ProgressView, WrittenRows, start_counter
 from pipeline.read import discover, read_dataset
@@ -142,6 +142,34 @@ def build_dataset(
     spec = p.model_meta.spec() if not cfg.preprocessing.function else None
     part_col = cfg.input.partition_column
     ds = read_dataset(p.inputs, list(dict.fromkeys([*p.requirements.columns, part_col])))
+    predictor_kwargs = {
+        "source": p.source,
+        "passthrough": p.passthrough,
+        "run_id": run_id,
+        "score_column": cfg.output.score_column,
+        "device": cfg.predict.device,
+        "precision": cfg.predict.precision,
+        "num_threads": pool.torch_threads,
+        "device_column": device_column,
+        "progress": progress,
+    }
+    if pool.mode == "fused":
+        pre = Preprocessor(
+            spec,
+            p.passthrough,
+            cfg.preprocessing.function,
+            required=p.requirements.columns,
+            key_columns=cfg.output.key_columns,
+            dead_letter=dead_letter,
+            progress=progress,
+        )
+        return ds.map_batches(
+            FusedScorer(pre, predictor_kwargs, cfg.predict.batch_size, cfg.preprocessing.batch_size),
+            batch_format="pyarrow",
+            batch_size=None,  # whole blocks: lets Ray Data fuse read -> score -> write into one task
+            num_cpus=pool.num_cpus,
+            label_selector=cfg.predict.label_selector,
+        )
     ds = ds.map_batches(
         Preprocessor(
             spec,
@@ -159,17 +187,7 @@ def build_dataset(
     )
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={
-            "source": p.source,
-            "passthrough": p.passthrough,
-            "run_id": run_id,
-            "score_column": cfg.output.score_column,
-            "device": cfg.predict.device,
-            "precision": cfg.predict.precision,
-            "num_threads": pool.num_cpus,
-            "device_column": device_column,
-            "progress": progress,
-        },
+        fn_constructor_kwargs=predictor_kwargs,
         compute=ActorPoolStrategy(min_size=pool.min_replicas, max_size=pool.max_replicas),
         batch_size=cfg.predict.batch_size,
         batch_format="pyarrow",
@@ -294,12 +312,12 @@ def run_score(
             ds = build_dataset(p, pool, run_id, dead_letter=dead_letter, progress=counter)
             ds = write_staged(ds, staging, cfg.output, run_id)
         except Exception as e:
+            progress.stop(completed=False)
             user = _unwrap_user_error(e)
             if user is not None:
                 raise user from None
             raise
-        finally:
-            snapshot = progress.stop()
+        snapshot = progress.stop()
         t_exec = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -312,7 +330,7 @@ def run_score(
         for line in breaches:
             log.warning("score drift: %s", line)
         report = _report(cfg, p, run_id, started, done, pool, snapshot, profiles, drift)
-        report["stages"] = stage_metrics(ds)
+        report["stages"] = stage_metrics(ds, p.inputs.rows)
         report["ray_data_stats"] = _stats(ds)
         if breaches and cfg.drift.on_breach == "fail":
             report["status"] = "rejected"

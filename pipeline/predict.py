@@ -263,3 +263,52 @@ class Predictor:
             where = f"{self.device} gpu_ids={','.join(self.gpu_ids)} pid={os.getpid()} node={self.node_id}"
             cols[self.device_column] = pa.repeat(pa.scalar(where), n)
         return pa.table(cols)
+
+
+_FUSED_STAGES: dict[str, tuple[Any, Predictor]] = {}
+
+
+class FusedScorer:
+    """Preprocess and predict inside the read task (CPU-only pools): Ray Data fuses
+    read -> this -> write into one task per input block, so rows never pass through the object
+    store between stages and no actor has to start. The model is loaded once per worker process
+    (a module-level cache holding only the latest run's model) and reused by later tasks.
+
+    Batches are whole blocks; preprocessing runs over slices of `preprocess_batch_size` rows
+    (the unit that goes to the dead-letter output when a user function fails), the forward pass
+    over slices of those of at most `batch_size` rows.
+    """
+
+    name = "score"
+
+    def __init__(
+        self,
+        preprocessor: Any,
+        predictor_kwargs: dict[str, Any],
+        batch_size: int,
+        preprocess_batch_size: int | None = None,
+    ) -> None:
+        import uuid
+
+        self.key = uuid.uuid4().hex
+        self.preprocessor = preprocessor
+        self.predictor_kwargs = predictor_kwargs
+        self.batch_size = batch_size
+        self.preprocess_batch_size = preprocess_batch_size or batch_size
+
+    def _predictor(self) -> Predictor:
+        stages = _FUSED_STAGES.get(self.key)
+        if stages is None:
+            _FUSED_STAGES.clear()  # one model per process: the previous run's is dropped
+            stages = (self.preprocessor, Predictor(**self.predictor_kwargs))
+            _FUSED_STAGES[self.key] = stages
+        return stages[1]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        predictor = self._predictor()
+        outs = []
+        for i in range(0, max(batch.num_rows, 1), self.preprocess_batch_size):
+            features = self.preprocessor(batch.slice(i, self.preprocess_batch_size))
+            for j in range(0, max(features.num_rows, 1), self.batch_size):
+                outs.append(predictor(features.slice(j, self.batch_size)))
+        return outs[0] if len(outs) == 1 else pa.concat_tables(outs)

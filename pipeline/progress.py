@@ -123,12 +123,12 @@ class ProgressView:
         while not self._stop.wait(self.interval):
             self.emit()
 
-    def poll(self) -> dict[str, Any]:
+    def poll(self, timeout: float = 5.0) -> dict[str, Any]:
         import ray
 
         if self.counter is not None:
             with contextlib.suppress(Exception):
-                self.last = ray.get(self.counter.snapshot.remote(), timeout=5)
+                self.last = ray.get(self.counter.snapshot.remote(), timeout=timeout)
         return self.last
 
     def line(self, read: int, scored: int, written: int | None, now: float) -> str:
@@ -156,7 +156,8 @@ class ProgressView:
         return " | ".join(parts)
 
     def emit(self, final: bool = False) -> str:
-        snap = self.poll()
+        # the last poll waits longer: on a busy node the counter actor may have started late
+        snap = self.poll(timeout=30.0 if final else 5.0)
         rows = snap.get("rows", {})
         written = self.written() if self.written is not None else None
         text = self.line(rows.get("read", 0), rows.get("scored", 0), written, time.monotonic())
@@ -168,12 +169,26 @@ class ProgressView:
         self.lines += 1
         return text
 
-    def stop(self) -> dict[str, Any]:
+    def settle(self, timeout_s: float = 15.0) -> None:
+        """Wait until every input row has been counted. Counts are fire-and-forget calls from
+        the workers and may still be in flight when the pipeline ends (a worker's first calls wait
+        until it has resolved the counter actor's address); calls from one worker arrive in order,
+        so once the reads add up, its replica registration and earlier counts are in."""
+        deadline = time.monotonic() + timeout_s
+        while self.counter is not None and time.monotonic() < deadline:
+            if self.poll().get("rows", {}).get("read", 0) >= self.total:
+                time.sleep(0.2)  # the 'scored' call follows its slice's 'read' call
+                return
+            time.sleep(0.2)
+
+    def stop(self, completed: bool = True) -> dict[str, Any]:
         """Stop the thread, print the final line, return the counter's last snapshot."""
         if self._stop.is_set():
             return self.last
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if completed:
+            self.settle()
         self.emit(final=True)
         return self.last

@@ -154,5 +154,9 @@ def read_dataset(plan: InputPlan, columns: list[str]):
         plan.paths,
         filesystem=plan.root.fs,
         partitioning=Partitioning("hive", base_dir=plan.root.path, field_names=None),
+        # One read task per file, and no splitting of its output into extra blocks: a split read
+        # cannot be fused with the scoring stage, and small blocks cost per-block overhead in every
+        # stage (measured on 4 M rows / 16 files, 2 CPUs: pipeline 24 s -> 13.5 s fused).
+        override_num_blocks=max(1, len(plan.paths)),
     )
     return ds.select_columns(columns)  # pushed down into the Parquet reader

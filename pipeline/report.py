@@ -104,8 +104,10 @@ def drift_reasons(drift: dict[str, dict], col: str) -> list[str]:
     return lines
 
 
-def stage_metrics(ds) -> list[dict[str, Any]]:
-    """Per Ray Data operator: tasks, rows out, wall time (first start to last end), task time."""
+def stage_metrics(ds, input_rows: int | None = None) -> list[dict[str, Any]]:
+    """Per Ray Data operator: tasks, rows out, wall time (first start to last end), task time.
+    `input_rows`: the run's input rows, for an operator fused from read to write (whose own
+    counters see neither rows in nor rows out)."""
     try:
         summary = ds.get_stats_summary()  # Ray 2.60 DeveloperAPI; informative only: failure -> []
     except Exception:
@@ -122,6 +124,8 @@ def stage_metrics(ds) -> list[dict[str, Any]]:
             rows_in = int(op.total_input_num_rows) if op.total_input_num_rows else None
             # a write emits one stats row per task: its throughput is in rows consumed
             rows = rows_in if op.operator_name.endswith("Write") else rows_out
+            if op.operator_name.startswith("Read") and op.operator_name.endswith("Write"):
+                rows_in = rows = input_rows
             stages.append(
                 {
                     "name": op.operator_name,

@@ -24,6 +24,8 @@ class PoolPlan:
     num_gpus: float
     cluster_cpus: float
     cluster_gpus: float
+    torch_threads: int = 1
+    mode: str = "actors"
 
 
 def plan_pool(
@@ -70,7 +72,22 @@ def plan_pool(
             predict.max_replicas,
             max_replicas,
         )
-    return PoolPlan(predict.min_replicas, max_replicas, cpus, gpus, total_cpus, total_gpus)
+    mode = predict.mode
+    if mode == "auto":
+        mode = "fused" if gpus == 0 else "actors"
+    if mode == "fused" and gpus > 0:
+        raise ConfigError("predict.mode 'fused' runs on CPU tasks; GPU replicas need predict.mode 'actors'")
+    threads = predict.torch_threads
+    if mode == "fused":  # as many fused tasks as CPUs: one torch thread per task CPU
+        threads = max(1, math.floor(cpus)) if threads == "auto" else threads
+    if threads == "auto":
+        threads = max(1, math.floor(cpus))
+        if gpus == 0 and max_replicas > 0:
+            biggest = max((n.get("CPU", 0.0) for n in nodes), default=cpus)
+            threads = max(threads, min(math.floor(all_cpus / max_replicas), math.floor(biggest)))
+    return PoolPlan(
+        predict.min_replicas, max_replicas, cpus, gpus, total_cpus, total_gpus, int(threads), mode
+    )
 
 
 def cluster_nodes(label_selector: dict[str, str] | None = None) -> list[dict[str, float]]:

@@ -6,7 +6,7 @@ from ray.data import Dataset, SaveMode
 from ray.data.datasource import FilenameProvider
 
 from pipeline.config import OutputConfig
-from pipeline.storage import Location
+from pipeline.storage import Location, is_s3
 
 STAGING_DIR = "_staging"
 
@@ -33,9 +33,15 @@ def staging_location(output: Location, run_id: str) -> Location:
 def write_staged(ds: Dataset, staging: Location, out: OutputConfig, run_id: str) -> Dataset:
     """Executes the whole lazy pipeline: rows stream from read to these files."""
     compression = None if out.compression == "none" else out.compression
-    # Streaming coalesce (no shuffle): small blocks are combined, large ones split, so files
-    # hold about target_rows_per_file rows instead of one small file per block.
-    ds = ds.repartition(target_num_rows_per_block=out.target_rows_per_file)
+    # Ray's file datasink deletes a directory it created when no row reached it: a run whose rows
+    # all went to the dead-letter output (staged under this same directory) would lose them. A
+    # directory that exists before the write is never deleted. (S3 has no directories to delete.)
+    if not is_s3(staging.uri):
+        staging.fs.create_dir(staging.path, recursive=True)
+    # No repartition before the write: Ray 2.60's streaming repartition did not combine blocks
+    # from different tasks and held every write back until the predictor had finished (a 5-7 s
+    # tail on 4 M rows). Blocks are one per input file (see read.py), so files follow the input's
+    # layout, split at target_rows_per_file.
     ds.write_parquet(
         staging.path,
         filesystem=staging.fs,

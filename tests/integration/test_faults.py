@@ -32,11 +32,20 @@ def _slow_cfg(dataset, checkpoints, out, **extra):
     )
 
 
-def test_killed_predictor_actor_run_still_exact(ray_cluster, dataset, checkpoints, tmp_path):
+@pytest.mark.parametrize(
+    "mode,title",
+    [
+        ("actors", "ray::MapWorker(MapBatches(Preprocessor)->MapBatches(Predictor))"),
+        ("fused", "ray::ReadParquet->MapBatches(FusedScorer)->Write"),
+    ],
+)
+def test_killed_model_worker_run_still_exact(ray_cluster, dataset, checkpoints, tmp_path, mode, title):
+    """SIGKILL the process holding the model mid-run: a predictor actor (restarted by Ray, its
+    batches retried) or a fused scoring task's worker (the task retried): output still exact."""
     import psutil
 
     out = tmp_path / "preds"
-    cfg = _slow_cfg(dataset, checkpoints, out)
+    cfg = _slow_cfg(dataset, checkpoints, out, predict={"mode": mode})
     result: dict = {}
 
     def run():
@@ -51,15 +60,12 @@ def test_killed_predictor_actor_run_still_exact(ray_cluster, dataset, checkpoint
     killed = None
     deadline = time.time() + 60
     while time.time() < deadline and killed is None and t.is_alive():
-        # Ray names actor processes after their class: ray::MapWorker(MapBatches(...)...)
+        # Ray sets the process title of a worker to what it runs: ray::<actor class> or ray::<task>
         for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
-            title = " ".join(proc.info["cmdline"] or [])
-            # this run's actor: earlier runs' pools may still be shutting down
-            if (
-                title.startswith("ray::MapWorker")
-                and "Predictor" in title
-                and proc.info["create_time"] >= started - 1
-            ):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            # this run's actor: earlier runs' pools may still be shutting down (task workers are
+            # reused, so for tasks the title alone says it is running this run's task now)
+            if cmd.startswith(title) and (mode == "fused" or proc.info["create_time"] >= started - 1):
                 time.sleep(1.5)  # let it process a few batches first
                 try:
                     os.kill(proc.info["pid"], signal.SIGKILL)
@@ -69,7 +75,7 @@ def test_killed_predictor_actor_run_still_exact(ray_cluster, dataset, checkpoint
                 break
         time.sleep(0.2)
     t.join(timeout=300)
-    assert killed, "no predictor actor was found to kill"
+    assert killed, f"no process titled {title!r} was found to kill"
     assert "error" not in result, result.get("error")
     assert_keys_exact(dataset, out, DATES[0])
 
