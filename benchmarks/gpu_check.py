@@ -247,7 +247,8 @@ def run_pipeline(args, tmp: Path, synth: SyntheticSpec, cuda: bool) -> dict:
         shutil.copytree(tmp / "data" / f"ds={dates[0]}", tmp / "data" / f"ds={d}")
     ncpu = os.cpu_count() or 2
     ray.init(num_cpus=ncpu, include_dashboard=False, logging_level="WARNING")
-    layouts = [(1, 1.0, 2), (4, 0.25, 1)] if cuda else [(1, 0.0, 1)]
+    # (replicas, GPUs each, CPUs each); gpus 0 = the fused CPU-only path on every CPU
+    layouts = [(1, 1.0, 2), (4, 0.25, 1), (8, 0.125, 1), (1, 0.0, 1)] if cuda else [(1, 0.0, 1)]
     out = {}
     for replicas, gpus, cpus in layouts:
         cfg = config_from_dict(
@@ -262,14 +263,15 @@ def run_pipeline(args, tmp: Path, synth: SyntheticSpec, cuda: bool) -> dict:
                     "max_replicas": replicas,
                     "num_cpus_per_replica": cpus,
                     "num_gpus_per_replica": gpus if cuda else 0,
+                    "device": "auto" if gpus else "cpu",
                     "precision": "fp32",
                 },
                 "output": {"uri": str(tmp / "out"), "key_columns": ["event_id"]},
             }
         )
         with GpuSampler() as s:
-            report = run_score(cfg, dates)
-        key = f"pipeline_{replicas}x{gpus:g}gpu"
+            report = run_score(cfg, dates, force=True)
+        key = f"pipeline_{replicas}x{gpus:g}gpu" if gpus else f"pipeline_cpu_{report['pool']['mode']}"
         (Path(args.out) / f"{key}_ray_data_stats.txt").write_text(report.get("ray_data_stats", ""))
         out[key] = {
             "rows": report["rows"]["input"],

@@ -131,3 +131,29 @@ def test_reserve_counts_across_the_cluster():
 def test_no_nodes_refused():
     with pytest.raises(ConfigError, match="0 node"):
         plan_pool(predict(), [])
+
+
+def test_mode_auto_fuses_on_cpu_only_and_uses_actors_with_gpus():
+    assert plan_pool(PredictConfig(), [{"CPU": 2.0}]).mode == "fused"
+    assert plan_pool(PredictConfig(), [{"CPU": 8.0, "GPU": 2.0}]).mode == "actors"
+    assert plan_pool(PredictConfig(mode="actors"), [{"CPU": 2.0}]).mode == "actors"
+
+
+def test_mode_fused_with_gpu_replicas_is_refused():
+    with pytest.raises(ConfigError, match="predict.mode 'actors'"):
+        plan_pool(PredictConfig(mode="fused"), [{"CPU": 8.0, "GPU": 1.0}])
+
+
+def test_torch_threads_auto():
+    # fused: one thread per task CPU; parallelism comes from one task per CPU
+    assert plan_pool(PredictConfig(), [{"CPU": 16.0}]).torch_threads == 1
+    assert plan_pool(PredictConfig(num_cpus_per_replica=2), [{"CPU": 16.0}]).torch_threads == 2
+    # CPU actors: the cluster's CPUs shared among the replicas, at most one node's CPUs
+    actors = PredictConfig(mode="actors", max_replicas=1)
+    assert plan_pool(actors, [{"CPU": 2.0}]).torch_threads == 2
+    four = PredictConfig(mode="actors", max_replicas=4)
+    assert plan_pool(four, [{"CPU": 16.0}]).torch_threads == 4
+    assert plan_pool(PredictConfig(mode="actors"), [{"CPU": 4.0}, {"CPU": 4.0}]).torch_threads == 4
+    # GPU replicas: their own CPUs; an explicit value wins
+    assert plan_pool(PredictConfig(), [{"CPU": 16.0, "GPU": 1.0}]).torch_threads == 1
+    assert plan_pool(PredictConfig(torch_threads=3, mode="actors"), [{"CPU": 16.0}]).torch_threads == 3
