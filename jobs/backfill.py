@@ -1,8 +1,9 @@
 """`batchscore backfill CONFIG --start D1 --end D2`: score a range of dates.
 
 Dates already committed with the same model (sha256) and scoring config are skipped unless
-`--force`. The rest are scored in runs of `--dates-per-run` dates, each committed when its run
-ends, so a backfill killed halfway and started again redoes only what is not committed.
+`--force`. The rest are scored in one streaming run (or runs of `--dates-per-run` dates), and each
+date is committed as soon as all of its rows are written, while the run goes on; a backfill
+killed halfway and started again redoes only what is not committed.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.plan import already_committed, run_score
     from pipeline.predict import ModelSource
 
-    if args.dates_per_run < 1:
-        raise ConfigError("--dates-per-run must be >= 1")
+    if args.dates_per_run < 0:
+        raise ConfigError("--dates-per-run must be >= 0 (0: all dates in one run)")
     cfg = load_config(args.config, args.overrides)
     dates = resolve_dates(args, cfg)
     meta = ModelSource.from_config(cfg).inspect()[0]
@@ -38,10 +39,11 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.dry_run:
         return summary
-    for i in range(0, len(todo), args.dates_per_run):
-        chunk = todo[i : i + args.dates_per_run]
-        runs = -(-len(todo) // args.dates_per_run)
-        print(f"[{i // args.dates_per_run + 1}/{runs}] scoring {', '.join(chunk)}")
+    size = args.dates_per_run or max(1, len(todo))
+    for i in range(0, len(todo), size):
+        chunk = todo[i : i + size]
+        runs = -(-len(todo) // size)
+        print(f"[{i // size + 1}/{runs}] scoring {', '.join(chunk)}")
         report = run_score(cfg, chunk, force=args.force)
         print_summary(report)
         summary["runs"].append(

@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dates-per-run",
         type=int,
-        default=7,
-        help="dates scored and committed together (a killed backfill redoes at most this many)",
+        default=0,
+        help="dates per streaming run (default 0: all in one run; each date is committed as soon as "
+        "its rows are written either way)",
     )
 
     p = sub.add_parser("validate", help="check config, input schema and model without scoring")

@@ -123,12 +123,14 @@ def commit_partitions(
     run: RunIdentity,
     policy: CommitPolicy,
     extra: dict[str, dict[str, Any]] | None = None,
+    cleanup: bool = True,
 ) -> list[PartitionManifest]:
     """Check every partition first; publish only if all pass (a failed run publishes nothing).
 
     Per partition: input rows = output rows + dead-letter rows; with verify='keys' also the
     multiset of keys (hash sums); dead-letter rows within max_bad_row_fraction. `extra[date]` is
-    added to that partition's manifest (e.g. its score profile).
+    added to that partition's manifest (e.g. its score profile). `cleanup`: delete the staging
+    directory afterwards (not while the run still writes other dates into it).
     """
     col = inputs.partition_column
     plans = []
@@ -197,7 +199,8 @@ def commit_partitions(
         _drop_unlisted(dst, staged)
         _drop_unlisted(dl_dst, dead)
         manifests.append(manifest)
-    delete_dir(staging)
+    if cleanup:
+        delete_dir(staging)
     return manifests
 
 

@@ -1,6 +1,8 @@
 """The job plan: the stages folded over one lazy Dataset, then commit and report.
 
     read -> preprocess (CPU tasks) -> predict (actor pool) -> write (staging) -> commit
+    read -> preprocess + predict -> write, fused in one task per file   (predict.mode fused,
+                                                                         CPU-only pools)
 
 Nothing is materialized on the driver; `write_parquet` streams rows through all stages.
 """
@@ -39,6 +41,7 @@ from pipeline.report import (
 )
 from pipeline.resources import PoolPlan, cluster_nodes, plan_pool
 from pipeline.storage import Location, resolve, write_bytes
+from pipeline.streamcommit import DateCommitter, subset
 from pipeline.validate import ColumnRequirements, check_schemas
 from pipeline.write import STAGING_DIR, staging_location, write_staged
 
@@ -304,59 +307,77 @@ def run_score(
             log.info("removed staging leftovers of dead runs: %s", removed)
         t0 = time.perf_counter()
         dead_letter = DeadLetterWriter(staging.join(DEAD_LETTER_DIR), col, cfg.output.key_columns, run_id)
+        run = RunIdentity(
+            run_id, cfg.name, p.model_meta.version, p.model_meta.sha256, cfg.digest(), cfg.scoring_digest()
+        )
+        policy = CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction)
+        committer = DateCommitter(
+            p.output,
+            staging,
+            p.inputs,
+            run,
+            policy,
+            cfg.drift,
+            cfg.output.score_column,
+            p.model_meta.score_reference,
+        )
         counter = start_counter()
         progress = ProgressView(
             counter, p.inputs.rows, WrittenRows(staging), cfg.report.progress_interval_s
         ).start()
+        committer.start()
         try:
             ds = build_dataset(p, pool, run_id, dead_letter=dead_letter, progress=counter)
             ds = write_staged(ds, staging, cfg.output, run_id)
         except Exception as e:
+            committer.stop()
             progress.stop(completed=False)
             user = _unwrap_user_error(e)
             if user is not None:
                 raise user from None
             raise
+        committer.stop()
         snapshot = progress.stop()
         t_exec = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        profiles = profile_partitions(staging, col, dates_scored, cfg.output.score_column)
-        drift = evaluate_drift(
+        early = committer.committed
+        rest = [d for d in dates_scored if d not in early]
+        profiles = {
+            **committer.profiles,
+            **profile_partitions(staging, col, rest, cfg.output.score_column),
+        }
+        checked = evaluate_drift(
             cfg.drift, p.output, col, profiles, p.model_meta.sha256, p.model_meta.score_reference
         )
+        drift = {d: committer.drift.get(d) or checked[d] for d in dates_scored}
         t_profile = time.perf_counter() - t0
-        breaches = drift_reasons(drift, col)
+        breaches = drift_reasons({d: drift[d] for d in rest}, col)
         for line in breaches:
             log.warning("score drift: %s", line)
         report = _report(cfg, p, run_id, started, done, pool, snapshot, profiles, drift)
         report["stages"] = stage_metrics(ds, p.inputs.rows)
         report["ray_data_stats"] = _stats(ds)
+        report["commits"] = committer.summary()
         if breaches and cfg.drift.on_breach == "fail":
             report["status"] = "rejected"
             report["timings_s"] = _timings(p, t_ray, t_exec, t_profile, None, t_start)
             report["throughput_rows_per_s"] = round(p.inputs.rows / t_exec, 1) if t_exec > 0 else None
             uri = _write_report(cfg, p, run_id, report)
+            published = f"; committed before the breach: {', '.join(early)}" if early else ""
             raise DriftError(
                 "score drift over the thresholds with drift.on_breach=fail; nothing published "
-                f"(report: {uri}):\n  " + "\n  ".join(breaches)
+                f"for {', '.join(rest)}{published} (report: {uri}):\n  " + "\n  ".join(breaches)
             )
 
         t0 = time.perf_counter()
-        manifests = commit_partitions(
+        manifests = committer.manifests + commit_partitions(
             p.output,
             staging,
-            p.inputs,
-            RunIdentity(
-                run_id,
-                cfg.name,
-                p.model_meta.version,
-                p.model_meta.sha256,
-                cfg.digest(),
-                cfg.scoring_digest(),
-            ),
-            CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction),
-            extra={d: {"score_profile": profiles[d], "drift": drift[d]} for d in profiles},
+            subset(p.inputs, rest),
+            run,
+            policy,
+            extra={d: {"score_profile": profiles[d], "drift": drift[d]} for d in rest},
         )
     finally:
         locks.release()

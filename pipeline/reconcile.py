@@ -45,7 +45,7 @@ def fingerprint_files(fs, paths: list[str], key_columns: list[str]) -> list[Fing
         return []
     if not ray.is_initialized():
         return [Fingerprint(*_file_fingerprint(fs, p, key_columns)) for p in paths]
-    task = ray.remote(num_cpus=0.5, max_retries=3)(_file_fingerprint)
+    task = ray.remote(num_cpus=1, max_retries=3)(_file_fingerprint)
     fs_ref = ray.put(fs)
     return [Fingerprint(*r) for r in ray.get([task.remote(fs_ref, p, key_columns) for p in paths])]
 

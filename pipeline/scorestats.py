@@ -81,7 +81,7 @@ def partials_of_files(fs, paths: list[str], column: str) -> list[Partial]:
         return []
     if not ray.is_initialized():
         return [_file_partial(fs, p, column) for p in paths]
-    task = ray.remote(num_cpus=0.5, max_retries=3)(_file_partial)
+    task = ray.remote(num_cpus=1, max_retries=3)(_file_partial)
     fs_ref = ray.put(fs)
     return ray.get([task.remote(fs_ref, p, column) for p in paths])
 

@@ -32,7 +32,7 @@ def test_backfill_killed_midway_and_rerun_commits_each_date_once(ray_cluster, da
 
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.backfill", str(config), *span, "--dates-per-run", "1"],
+        [sys.executable, "-m", "jobs.backfill", str(config), *span],  # one streaming run
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -43,11 +43,14 @@ def test_backfill_killed_midway_and_rerun_commits_each_date_once(ray_cluster, da
     while not first_manifest.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert first_manifest.exists(), "the first date was never committed"
+    assert proc.poll() is None, "the run ended before it could be killed"
     time.sleep(1.0)  # into the second date's run
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (out / f"ds={DATES[1]}" / "_manifest.json").exists(), "killed too late to test resume"
     first_run = json.loads(first_manifest.read_text())["run_id"]
+    # committed while the same run was still scoring the next date: no run report exists yet
+    assert not (out / "_runs" / first_run / "report.json").exists()
 
     time.sleep(6)  # past lock_ttl_s
     dry = run_cli(["backfill", str(config), *span, "--dry-run"], ray_cluster.address)

@@ -241,4 +241,4 @@ def test_backfill_arguments_parse():
     args = build_parser().parse_args(
         ["backfill", "configs/demo.yaml", "--start", "2026-10-01", "--end", "2026-10-31", "--dry-run"]
     )
-    assert args.dry_run and not args.force and args.dates_per_run == 7
+    assert args.dry_run and not args.force and args.dates_per_run == 0

@@ -1,0 +1,149 @@
+"""Commit each date of a multi-date run as soon as all of its rows are staged.
+
+A backfill scores many dates in one streaming Ray Data run (the model stays loaded, no start-up
+per date). A driver thread watches the staging area: once the staged prediction rows plus the
+dead-letter rows of the earliest uncommitted date add up to its input rows (files count only when
+their Parquet footer is readable, i.e. complete), that date is profiled, drift-checked and
+committed with the same checks as at the end of a run (key reconciliation included), while the
+pipeline goes on with the next dates. A backfill killed midway keeps every date committed so far.
+
+Dates are committed in date order (a later date that completes first waits), so each date's drift
+check sees the date before it. A date whose early commit is refused (keys differ, too many bad
+rows, drift with on_breach=fail) is left to the end-of-run commit, which reports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline.commit import CommitError, CommitPolicy, PartitionManifest, RunIdentity, commit_partitions
+from pipeline.config import DriftConfig
+from pipeline.deadletter import DEAD_LETTER_DIR
+from pipeline.read import InputPartition, InputPlan
+from pipeline.report import drift_reasons, evaluate_drift, profile_partitions
+from pipeline.storage import Location, list_files
+
+log = logging.getLogger("batchscore")
+
+
+def subset(inputs: InputPlan, dates: list[str]) -> InputPlan:
+    """The input plan restricted to `dates` (with their skipped files)."""
+    keep = set(dates)
+    return InputPlan(
+        inputs.root,
+        inputs.partition_column,
+        [p for p in inputs.partitions if p.date in keep],
+        [s for s in inputs.skipped if s.get("date") in keep],
+    )
+
+
+@dataclass
+class DateCommitter:
+    output: Location
+    staging: Location
+    inputs: InputPlan
+    run: RunIdentity
+    policy: CommitPolicy
+    drift_cfg: DriftConfig
+    score_column: str
+    training_reference: dict | None
+    interval_s: float = 2.0
+    manifests: list[PartitionManifest] = field(default_factory=list)
+    profiles: dict[str, dict] = field(default_factory=dict)
+    drift: dict[str, dict] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)  # date -> why it was left to the final commit
+
+    def __post_init__(self) -> None:
+        self._pending: list[InputPartition] = sorted(self.inputs.partitions, key=lambda p: p.date)
+        self._footers: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def committed(self) -> list[str]:
+        return [m.partition[self.inputs.partition_column] for m in self.manifests]
+
+    def _rows(self, loc: Location) -> int:
+        total = 0
+        for info in list_files(loc, suffix=".parquet"):
+            rows = self._footers.get(info.path)
+            if rows is None:
+                try:
+                    with loc.fs.open_input_file(info.path) as f:
+                        rows = pq.ParquetFile(f).metadata.num_rows
+                except Exception:
+                    continue  # still being written
+                self._footers[info.path] = rows
+            total += rows
+        return total
+
+    def _staged_rows(self, date: str) -> int:
+        col = self.inputs.partition_column
+        return self._rows(self.staging.join(f"{col}={date}")) + self._rows(
+            self.staging.join(DEAD_LETTER_DIR, f"{col}={date}")
+        )
+
+    def step(self) -> None:
+        """Commit every leading date whose rows are all staged."""
+        col = self.inputs.partition_column
+        while self._pending and not self._stop.is_set():
+            part = self._pending[0]
+            if part.date in self.held or self._staged_rows(part.date) != part.rows:
+                return
+            profile = profile_partitions(self.staging, col, [part.date], self.score_column)
+            profiles = {**self.profiles, **profile}
+            drift = evaluate_drift(
+                self.drift_cfg, self.output, col, profiles, self.run.model_sha256, self.training_reference
+            )[part.date]
+            if drift["breach"] and self.drift_cfg.on_breach == "fail":
+                self.held[part.date] = "score drift with drift.on_breach=fail"
+                return
+            try:
+                manifests = commit_partitions(
+                    self.output,
+                    self.staging,
+                    subset(self.inputs, [part.date]),
+                    self.run,
+                    self.policy,
+                    extra={part.date: {"score_profile": profile[part.date], "drift": drift}},
+                    cleanup=False,
+                )
+            except CommitError as e:
+                self.held[part.date] = str(e)
+                return
+            for line in drift_reasons({part.date: drift}, col):
+                log.warning("score drift: %s", line)
+            self.profiles[part.date] = profile[part.date]
+            self.drift[part.date] = drift
+            self.manifests.extend(manifests)
+            self._pending.pop(0)
+            log.info("committed %s=%s while the run goes on (%d rows)", col, part.date, part.rows)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.step()
+            except Exception as e:  # an early commit is an optimization: the final commit decides
+                log.warning("early commit paused: %s", e)
+                return
+
+    def start(self) -> DateCommitter:
+        if len(self._pending) > 1:  # one date: the end-of-run commit is as early
+            self._thread = threading.Thread(target=self._loop, name="batchscore-commit", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            with contextlib.suppress(Exception):
+                self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        return {"committed_during_run": self.committed, "held_for_final_commit": dict(self.held)}
