@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -39,10 +40,12 @@ from pipeline.synthetic import FEATURES, SyntheticSpec, date_range, generate_day
 
 
 class PeakRSS:
-    """Peak resident memory of this process and all its children (Ray workers included)."""
+    """Peak resident memory of this process and all its children (Ray workers included), except
+    `exclude` (the local S3 server, which stands in for remote storage)."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: set[int] | None = None) -> None:
         self.peak = 0
+        self.exclude = exclude or set()
         self._stop = threading.Event()
 
     def _sample(self) -> None:
@@ -50,6 +53,8 @@ class PeakRSS:
         while not self._stop.wait(0.2):
             total = 0
             for p in [me, *me.children(recursive=True)]:
+                if p.pid in self.exclude:
+                    continue
                 with contextlib.suppress(psutil.Error):  # a worker that just exited
                     total += p.memory_info().rss
             self.peak = max(self.peak, total)
@@ -146,15 +151,55 @@ def bench_script(data: Path, spec, model_dir: Path, out: Path, batch: int) -> di
     return {"rows": n, "seconds": round(dt, 2), "rows_per_s": round(n / dt)}
 
 
-def bench_batchscore(data: Path, dates: list[str], model_dir: Path, out: Path, batch: int) -> dict:
+def start_s3_server() -> tuple[subprocess.Popen, str]:
+    """moto's S3-compatible server in its own process on 127.0.0.1 (HTTP)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            break
+        time.sleep(0.1)
+    for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench")):
+        os.environ.setdefault(k, v)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def upload(data: Path, endpoint: str, bucket: str) -> str:
+    import pyarrow.fs as pafs
+
+    s3 = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", region="us-east-1")
+    s3.create_dir(bucket)
+    pafs.copy_files(
+        str(data), f"{bucket}/data", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3
+    )
+    return f"s3://{bucket}/data"
+
+
+def bench_batchscore(
+    data: Path | str,
+    dates: list[str],
+    model_dir: Path,
+    out: Path | str,
+    batch: int,
+    endpoint: str | None = None,
+) -> dict:
     import ray
 
     from pipeline.config import config_from_dict
     from pipeline.plan import run_score
 
-    shutil.rmtree(out, ignore_errors=True)
+    if endpoint is None:
+        shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     t_ray = time.perf_counter() - t0
     cfg = config_from_dict(
         {
@@ -164,9 +209,11 @@ def bench_batchscore(data: Path, dates: list[str], model_dir: Path, out: Path, b
             "preprocessing": {"batch_size": batch},
             "predict": {"batch_size": batch, "min_replicas": 1, "max_replicas": 1},
             "output": {"uri": str(out), "key_columns": ["event_id"], "verify": "keys"},
+            "storage": {"endpoint_url": endpoint},
+            "report": {"html": False},
         }
     )
-    report = run_score(cfg, dates)
+    report = run_score(cfg, dates, force=True)
     total = time.perf_counter() - t0
     ray.shutdown()
     rows = report["rows"]["input"]
@@ -187,6 +234,9 @@ def main() -> int:
     ap.add_argument("--shards", type=int, default=16, help="files per day")
     ap.add_argument("--batch", type=int, default=65_536)
     ap.add_argument("--root", default="bench-data")
+    ap.add_argument(
+        "--s3", action="store_true", help="also run batchscore with input and output on a local S3 server"
+    )
     args = ap.parse_args()
     root = Path(args.root).resolve()
     root.mkdir(exist_ok=True)
@@ -218,9 +268,26 @@ def main() -> int:
         r["peak_rss_gib"] = round(mem.peak / 2**30, 2)
         results[name] = r
         print(name, json.dumps(r), flush=True)
+    names = ["limit", "script", "batchscore"]
+    if args.s3:
+        server, endpoint = start_s3_server()
+        try:
+            t0 = time.perf_counter()
+            uri = upload(data, endpoint, "bench")
+            print(f"uploaded {data} to {uri} on {endpoint} ({time.perf_counter() - t0:.0f} s)")
+            with PeakRSS(exclude={server.pid}) as mem:
+                r = bench_batchscore(uri, dates, root / "model", "s3://bench/out", args.batch, endpoint)
+            r["peak_rss_gib"] = round(mem.peak / 2**30, 2)
+            r["storage"] = "moto S3 server on 127.0.0.1 (HTTP), separate process, not counted in RSS"
+            results["batchscore_s3"] = r
+            names.append("batchscore_s3")
+            print("batchscore_s3", json.dumps(r), flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     limit = results["limit"]["rows_per_s"]
     print("\n| run | rows/s | ratio to limit | peak RSS (GiB) |\n| --- | ---: | ---: | ---: |")
-    for name in ("limit", "script", "batchscore"):
+    for name in names:
         r = results[name]
         print(f"| {name} | {r['rows_per_s']:,} | {r['rows_per_s'] / limit:.2f} | {r['peak_rss_gib']} |")
     (root / "results.json").write_text(json.dumps(results, indent=2))
