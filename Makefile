@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 # Without an NVIDIA GPU, install the CPU build of PyTorch first (a plain `torch` pulls CUDA wheels).
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 
-.PHONY: venv demo test test-slow test-fast lint format bench clean
+.PHONY: venv demo test test-slow test-fast lint format bench bench-scaling clean
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,13 @@ test-fast: venv
 # (8M rows by default; BENCH_ARGS="--rows 16000000" for more). Results: bench-data/results.json.
 bench: venv
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# Throughput and memory vs nodes and rows on a local multi-node Ray cluster (table + PNG in
+# bench-data-scaling/; the recorded 16-CPU figures are benchmarks/scaling.*).
+bench-scaling: venv
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) benchmarks/scaling.py --nodes 1,2 --cpus-per-node 1 --rows 500000,1000000 \
+		--out bench-data-scaling $(BENCH_ARGS)
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

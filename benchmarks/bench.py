@@ -175,7 +175,9 @@ def start_s3_server() -> tuple[subprocess.Popen, str]:
 def upload(data: Path, endpoint: str, bucket: str) -> str:
     import pyarrow.fs as pafs
 
-    s3 = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", region="us-east-1")
+    s3 = pafs.S3FileSystem(
+        endpoint_override=endpoint, scheme="http", region="us-east-1", allow_bucket_creation=True
+    )
     s3.create_dir(bucket)
     pafs.copy_files(
         str(data), f"{bucket}/data", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3

@@ -116,3 +116,13 @@ def test_demo_command_end_to_end(ray_cluster, tmp_path):
     assert auc > 0.6, f"demo model barely learns: AUC {auc}"
     assert "ds=2026-11-02: 8000 rows in -> 8000 predictions" in proc.stdout
     assert read_output(str(work / "predictions"), "2026-11-02").num_rows == 8000
+    assert "run report:" in proc.stdout and "drift vs training (checkpoint): PSI" in proc.stdout
+
+    # what the demo suggests next: the run's report, in the terminal and as an HTML page
+    report = run_cli(["report", str(work / "predictions")], None, timeout=120)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "2026-11-02" in report.stdout and "succeeded" in report.stdout
+    last = json.loads(report.stdout.strip().splitlines()[-1])
+    html = Path(last["html"]).read_text()
+    assert last["rows_out"] == 8000 and last["drift_breach"] is False
+    assert html.count('data-plot="score-histogram"') == 1 and 'data-plot="stage-throughput"' in html
