@@ -156,16 +156,16 @@ def build_dataset(
         "device_column": device_column,
         "progress": progress,
     }
+    pre = Preprocessor(
+        spec,
+        p.passthrough,
+        cfg.preprocessing.function,
+        required=p.requirements.columns,
+        key_columns=cfg.output.key_columns,
+        dead_letter=dead_letter,
+        progress=progress,
+    )
     if pool.mode == "fused":
-        pre = Preprocessor(
-            spec,
-            p.passthrough,
-            cfg.preprocessing.function,
-            required=p.requirements.columns,
-            key_columns=cfg.output.key_columns,
-            dead_letter=dead_letter,
-            progress=progress,
-        )
         return ds.map_batches(
             FusedScorer(pre, predictor_kwargs, cfg.predict.batch_size, cfg.preprocessing.batch_size),
             batch_format="pyarrow",
@@ -174,15 +174,7 @@ def build_dataset(
             label_selector=cfg.predict.label_selector,
         )
     ds = ds.map_batches(
-        Preprocessor(
-            spec,
-            p.passthrough,
-            cfg.preprocessing.function,
-            required=p.requirements.columns,
-            key_columns=cfg.output.key_columns,
-            dead_letter=dead_letter,
-            progress=progress,
-        ),
+        pre,
         batch_format="pyarrow",
         batch_size=cfg.preprocessing.batch_size,
         num_cpus=cfg.preprocessing.num_cpus,

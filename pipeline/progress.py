@@ -67,7 +67,8 @@ def duration(s: float) -> str:
 
 
 class WrittenRows:
-    """Rows in the staged prediction files so far (footers read once per new file)."""
+    """Rows in the complete Parquet files under a directory so far (footers read once per new
+    file; a file still being written has no readable footer yet and counts on a later call)."""
 
     def __init__(self, staging: Location) -> None:
         self.staging = staging

@@ -20,14 +20,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from pipeline.commit import CommitError, CommitPolicy, PartitionManifest, RunIdentity, commit_partitions
 from pipeline.config import DriftConfig
 from pipeline.deadletter import DEAD_LETTER_DIR
+from pipeline.progress import WrittenRows
 from pipeline.read import InputPartition, InputPlan
 from pipeline.report import drift_reasons, evaluate_drift, profile_partitions
-from pipeline.storage import Location, list_files
+from pipeline.storage import Location
 
 log = logging.getLogger("batchscore")
 
@@ -61,7 +60,7 @@ class DateCommitter:
 
     def __post_init__(self) -> None:
         self._pending: list[InputPartition] = sorted(self.inputs.partitions, key=lambda p: p.date)
-        self._footers: dict[str, int] = {}
+        self._counters: dict[str, WrittenRows] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -70,18 +69,10 @@ class DateCommitter:
         return [m.partition[self.inputs.partition_column] for m in self.manifests]
 
     def _rows(self, loc: Location) -> int:
-        total = 0
-        for info in list_files(loc, suffix=".parquet"):
-            rows = self._footers.get(info.path)
-            if rows is None:
-                try:
-                    with loc.fs.open_input_file(info.path) as f:
-                        rows = pq.ParquetFile(f).metadata.num_rows
-                except Exception:
-                    continue  # still being written
-                self._footers[info.path] = rows
-            total += rows
-        return total
+        """Rows in the complete Parquet files under `loc` (footers read once per file)."""
+        if loc.path not in self._counters:
+            self._counters[loc.path] = WrittenRows(loc)
+        return self._counters[loc.path]()
 
     def _staged_rows(self, date: str) -> int:
         col = self.inputs.partition_column
