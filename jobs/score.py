@@ -38,10 +38,17 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"run {report['run_id']}: {report['status']}")
     m, pool = report["model"], report["pool"]
     print(f"  model    {m['version']} ({m['format']}, sha256 {m['sha256'][:12]}…)")
-    print(
-        f"  replicas {pool['min_replicas']}..{pool['max_replicas']} x "
-        f"({pool['num_cpus']:g} CPU, {pool['num_gpus']:g} GPU)"
-    )
+    workers = len(report.get("replicas") or [])
+    if pool.get("mode") == "fused":
+        print(
+            f"  scoring  fused CPU tasks ({pool['num_cpus']:g} CPU, {pool.get('torch_threads', 1)} torch "
+            f"thread(s) each) in {workers} worker process(es)"
+        )
+    else:
+        print(
+            f"  replicas {pool['min_replicas']}..{pool['max_replicas']} x "
+            f"({pool['num_cpus']:g} CPU, {pool['num_gpus']:g} GPU), {workers} started"
+        )
     for p in report["partitions"]:
         key = ",".join(f"{k}={v}" for k, v in p["partition"].items())
         print(

@@ -123,11 +123,17 @@ class PreprocessingConfig(_Strict):
         "fn(batch: pyarrow.Table) -> dict[str, numpy.ndarray] with one entry per model input.",
     )
     batch_size: int = Field(8192, ge=1, description="Rows per preprocessing batch.")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per preprocessing task.")
+    num_cpus: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs per preprocessing task (predict.mode actors; fused tasks use "
+        "predict.num_cpus_per_replica).",
+    )
     label_selector: dict[str, str] | None = Field(
         None,
         description="Run preprocessing only on nodes with these Ray node labels, e.g. {pool: cpu} "
-        "to keep it off GPU nodes (nodes get labels with `ray start --labels`).",
+        "to keep it off GPU nodes (nodes get labels with `ray start --labels`). predict.mode actors "
+        "only: fused tasks follow predict.label_selector.",
     )
 
 
@@ -187,7 +193,9 @@ class PredictConfig(_Strict):
         "fp32", description="Autocast precision on GPU (bf16 also works on CPU)."
     )
     label_selector: dict[str, str] | None = Field(
-        None, description="Place replicas only on nodes with these Ray node labels, e.g. {pool: gpu}."
+        None,
+        description="Place replicas (or, in fused mode, the fused tasks) only on nodes with these Ray "
+        "node labels, e.g. {pool: gpu}.",
     )
     reserve_cpus: float = Field(
         1.0,
