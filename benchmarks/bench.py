@@ -209,7 +209,7 @@ def bench_batchscore(
             "input": {"uri": str(data)},
             "model": {"uri": str(model_dir)},
             "preprocessing": {"batch_size": batch},
-            "predict": {"batch_size": batch, "min_replicas": 1, "max_replicas": 1},
+            "predict": {"batch_size": batch},  # CPU-only: fused tasks on every CPU
             "output": {"uri": str(out), "key_columns": ["event_id"], "verify": "keys"},
             "storage": {"endpoint_url": endpoint},
             "report": {"html": False},

@@ -259,8 +259,8 @@ def run_pipeline(args, tmp: Path, synth: SyntheticSpec, cuda: bool) -> dict:
                 "preprocessing": {"batch_size": args.batch},
                 "predict": {
                     "batch_size": args.batch,
-                    "min_replicas": replicas,
-                    "max_replicas": replicas,
+                    # CPU layout: fused tasks on every CPU (max_replicas would cap them)
+                    **({"min_replicas": replicas, "max_replicas": replicas} if gpus else {}),
                     "num_cpus_per_replica": cpus,
                     "num_gpus_per_replica": gpus if cuda else 0,
                     "device": "auto" if gpus else "cpu",

@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -175,8 +177,12 @@ def read_metadata(directory: str) -> CheckpointMeta:
         raise ModelError(f"{directory}: not a batchscore checkpoint (no {METADATA_FILE})") from e
     except json.JSONDecodeError as e:
         raise ModelError(f"{mpath}: invalid JSON: {e}") from e
+    known = {f.name for f in dataclass_fields(CheckpointMeta)}
+    unknown = sorted(set(raw) - known)
+    if unknown:  # written by a newer batchscore: what this version does not know, it cannot use
+        logging.getLogger("batchscore").warning("%s: ignoring unknown metadata keys %s", mpath, unknown)
     try:
-        meta = CheckpointMeta(**raw)
+        meta = CheckpointMeta(**{k: v for k, v in raw.items() if k in known})
     except TypeError as e:
         raise ModelError(f"{mpath}: {e}") from e
     if meta.format not in FORMATS:

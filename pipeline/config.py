@@ -167,7 +167,10 @@ class PredictConfig(_Strict):
     batch_size: int = Field(8192, ge=1, description="Rows per forward pass.")
     min_replicas: int = Field(1, ge=1, description="Model replicas (actors) kept alive.")
     max_replicas: int = Field(
-        1, ge=1, description="Upper bound of replicas; capped by the cluster's GPUs/CPUs."
+        1,
+        ge=1,
+        description="Upper bound of replicas; capped by the cluster's GPUs/CPUs. In fused mode, when "
+        "set, the most fused tasks at once (each worker holds a copy of the model); unset, one per CPU.",
     )
     num_cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica.")
     mode: Literal["auto", "actors", "fused"] = Field(
@@ -287,8 +290,9 @@ class DriftConfig(_Strict):
     bins: int = Field(10, ge=2, le=100, description="Equal-mass bins of the reference for the PSI.")
     on_breach: Literal["warn", "fail"] = Field(
         "warn",
-        description="warn: flag the breach in the report and log, and publish; fail: publish nothing "
-        "and exit 3 (the report is still written).",
+        description="warn: flag the breach in the report and log, and publish; fail: do not publish the "
+        "flagged date (nor later dates of the run; earlier ones are committed) and exit 3 (the report "
+        "is still written).",
     )
 
 

@@ -526,11 +526,13 @@ def _drift_banner(report: dict[str, Any]) -> str:
                 items.append(
                     f"<li>{_e(date_label(p))} vs {_e(which)} ({_e(c.get('reference'))}): {_e(reasons)}</li>"
                 )
-    action = (
-        "Nothing was published (drift.on_breach: fail)."
-        if report.get("status") == "rejected" or drift.get("on_breach") == "fail"
-        else "The output was published (drift.on_breach: warn)."
-    )
+    early = (report.get("commits") or {}).get("committed_during_run") or []
+    if report.get("status") == "rejected" or drift.get("on_breach") == "fail":
+        action = "The flagged dates and those after them were not published (drift.on_breach: fail)."
+        if early:
+            action += f" Published before the breach: {', '.join(str(d) for d in early)}."
+    else:
+        action = "The output was published (drift.on_breach: warn)."
     return (
         f'<div class="banner" role="alert"><strong>Score drift over the thresholds.</strong> {_e(action)}'
         f"<ul>{''.join(items)}</ul></div>"
@@ -664,7 +666,7 @@ def _skipped_inputs(report: dict[str, Any]) -> str:
     if not skipped:
         return ""
     items = "".join(
-        f"<li>{_e(s.get('path') or s.get('file') or s)}: {_e(s.get('reason', ''))}</li>"
+        f"<li>{_e(s.get('uri') or s.get('path') or s.get('file') or s)}: {_e(s.get('reason', ''))}</li>"
         if isinstance(s, dict)
         else f"<li>{_e(s)}</li>"
         for s in skipped

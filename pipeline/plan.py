@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pipeline.commit import CommitPolicy, RunIdentity, commit_partitions, is_committed_with
+from pipeline.commit import CommitError, CommitPolicy, RunIdentity, commit_partitions, is_committed_with
 from pipeline.config import JobConfig, dump_config
 from pipeline.deadletter import DEAD_LETTER_DIR, DeadLetterWriter
 from pipeline.errors import UserError, user_error_types
@@ -131,6 +131,14 @@ def check_output_writable(cfg: JobConfig, run_id: str) -> None:
         raise StorageError(f"cannot write to the output {output.uri}: {e}") from None
 
 
+def fused_task_cap(cfg: JobConfig, pool: PoolPlan) -> int | None:
+    """Fused mode with predict.max_replicas set: the most tasks (model copies) at once. Read and
+    score get the same cap (Ray Data fuses task-pool stages only when their sizes are equal); the
+    write then runs as its own stage (measured: capping it too split the read off instead)."""
+    capped = pool.mode == "fused" and "max_replicas" in cfg.predict.model_fields_set
+    return pool.max_replicas if capped else None
+
+
 def build_dataset(
     p: Prepared,
     pool: PoolPlan,
@@ -143,8 +151,11 @@ def build_dataset(
 
     cfg = p.cfg
     spec = p.model_meta.spec() if not cfg.preprocessing.function else None
+    from ray.data import TaskPoolStrategy
+
     part_col = cfg.input.partition_column
-    ds = read_dataset(p.inputs, list(dict.fromkeys([*p.requirements.columns, part_col])))
+    cap = fused_task_cap(cfg, pool)
+    ds = read_dataset(p.inputs, list(dict.fromkeys([*p.requirements.columns, part_col])), cap)
     predictor_kwargs = {
         "source": p.source,
         "passthrough": p.passthrough,
@@ -170,6 +181,7 @@ def build_dataset(
             FusedScorer(pre, predictor_kwargs, cfg.predict.batch_size, cfg.preprocessing.batch_size),
             batch_format="pyarrow",
             batch_size=None,  # whole blocks: lets Ray Data fuse read -> score -> write into one task
+            compute=TaskPoolStrategy(size=cap),
             num_cpus=pool.num_cpus,
             label_selector=cfg.predict.label_selector,
         )
@@ -314,24 +326,30 @@ def run_score(
             p.model_meta.score_reference,
         )
         counter = start_counter()
+        staged = WrittenRows(staging)
         progress = ProgressView(
-            counter, p.inputs.rows, WrittenRows(staging), cfg.report.progress_interval_s
+            counter,
+            p.inputs.rows,
+            lambda: staged() + sum(m.output_rows for m in committer.manifests),  # moved out by commits
+            cfg.report.progress_interval_s,
         ).start()
         committer.start()
         try:
             ds = build_dataset(p, pool, run_id, dead_letter=dead_letter, progress=counter)
             ds = write_staged(ds, staging, cfg.output, run_id)
-        except Exception as e:
+        except BaseException as e:  # Ctrl-C too: no commit may run once the locks are released
             committer.stop()
             progress.stop(completed=False)
-            user = _unwrap_user_error(e)
+            user = _unwrap_user_error(e) if isinstance(e, Exception) else None
             if user is not None:
                 raise user from None
             raise
-        committer.stop()
         snapshot = progress.stop()
         t_exec = time.perf_counter() - t0
 
+        t_drain = time.perf_counter()
+        committer.drain()
+        t_drain = time.perf_counter() - t_drain
         t0 = time.perf_counter()
         early = committer.committed
         rest = [d for d in dates_scored if d not in early]
@@ -363,17 +381,26 @@ def run_score(
             )
 
         t0 = time.perf_counter()
-        manifests = committer.manifests + commit_partitions(
-            p.output,
-            staging,
-            subset(p.inputs, rest),
-            run,
-            policy,
-            extra={d: {"score_profile": profiles[d], "drift": drift[d]} for d in rest},
-        )
+        try:
+            manifests = committer.manifests + commit_partitions(
+                p.output,
+                staging,
+                subset(p.inputs, rest),
+                run,
+                policy,
+                extra={d: {"score_profile": profiles[d], "drift": drift[d]} for d in rest},
+            )
+        except CommitError as e:
+            report["status"] = "failed"
+            report["error"] = str(e)
+            report["timings_s"] = _timings(p, t_ray, t_exec, t_profile, None, t_start)
+            uri = _write_report(cfg, p, run_id, report)
+            published = f"; committed by this run before it: {', '.join(early)}" if early else ""
+            where = f"not published: {', '.join(rest)}{published}; report: {uri}"
+            raise CommitError(f"{e}\n  ({where})") from None
     finally:
         locks.release()
-    t_commit = time.perf_counter() - t0
+    t_commit = time.perf_counter() - t0 + t_drain
     by_date = {m.partition[col]: m for m in manifests}
     for entry in report["partitions"]:
         m = by_date[entry["partition"][col]]

@@ -223,12 +223,15 @@ class Predictor:
         import torch
 
         if batch.num_rows == 0:  # every row of the batch went to the dead-letter output
-            return (
+            empty = (
                 batch.select([c for c in self.passthrough if c in batch.column_names])
                 .append_column(self.score_column, pa.array([], type=pa.float32()))
                 .append_column("model_version", pa.array([], type=pa.string()))
                 .append_column("run_id", pa.array([], type=pa.string()))
             )
+            if self.device_column:
+                empty = empty.append_column(self.device_column, pa.array([], type=pa.string()))
+            return empty
         needed = self.passthrough + self.inputs
         missing = [c for c in needed if c not in batch.column_names]
         if missing:

@@ -16,6 +16,7 @@ import contextlib
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from pipeline.storage import Location, list_files
@@ -77,16 +78,17 @@ class WrittenRows:
     def __call__(self) -> int:
         import pyarrow.parquet as pq
 
+        total = 0
         with contextlib.suppress(Exception):
             for info in list_files(self.staging, suffix=".parquet"):
-                if info.path in self.seen:
-                    continue
-                try:
-                    with self.staging.fs.open_input_file(info.path) as f:
-                        self.seen[info.path] = pq.ParquetFile(f).metadata.num_rows
-                except Exception:
-                    continue  # still being written: counted on a later poll
-        return sum(self.seen.values())
+                if info.path not in self.seen:
+                    try:
+                        with self.staging.fs.open_input_file(info.path) as f:
+                            self.seen[info.path] = pq.ParquetFile(f).metadata.num_rows
+                    except Exception:
+                        continue  # still being written: counted on a later poll
+                total += self.seen[info.path]
+        return total
 
 
 class ProgressView:
@@ -96,7 +98,7 @@ class ProgressView:
         self,
         counter,
         total_rows: int,
-        written: WrittenRows | None,
+        written: Callable[[], int] | None,
         interval_s: float = 10.0,
         stream: TextIO | None = None,
         tty: bool | None = None,

@@ -53,7 +53,24 @@ def plan_pool(
         by_gpu = math.floor(node.get("GPU", 0.0) / gpus + 1e-9) if gpus > 0 else by_cpu
         return max(0, min(by_cpu, by_gpu))
 
+    mode = predict.mode
+    if mode == "auto":
+        mode = "fused" if gpus == 0 else "actors"
+    if mode == "fused" and gpus > 0:
+        raise ConfigError("predict.mode 'fused' runs on CPU tasks; GPU replicas need predict.mode 'actors'")
     by_nodes = sum(fits_on(n) for n in nodes)
+    if mode == "fused":
+        # every CPU runs read -> score -> write; nothing to keep free for separate read tasks
+        if by_nodes < 1:
+            raise ConfigError(
+                f"predict.mode fused: no node has predict.num_cpus_per_replica={cpus:g} CPUs "
+                f"({len(nodes)} node(s), {total_cpus:g} CPUs)"
+            )
+        cap = predict.max_replicas if "max_replicas" in predict.model_fields_set else by_nodes
+        threads = max(1, math.floor(cpus)) if predict.torch_threads == "auto" else predict.torch_threads
+        return PoolPlan(
+            predict.min_replicas, min(cap, by_nodes), cpus, gpus, total_cpus, total_gpus, int(threads), mode
+        )
     by_reserve = math.floor((all_cpus - predict.reserve_cpus) / cpus + 1e-9)
     fit = max(0, min(by_nodes, by_reserve))
     if predict.min_replicas > fit:
@@ -72,14 +89,7 @@ def plan_pool(
             predict.max_replicas,
             max_replicas,
         )
-    mode = predict.mode
-    if mode == "auto":
-        mode = "fused" if gpus == 0 else "actors"
-    if mode == "fused" and gpus > 0:
-        raise ConfigError("predict.mode 'fused' runs on CPU tasks; GPU replicas need predict.mode 'actors'")
     threads = predict.torch_threads
-    if mode == "fused":  # as many fused tasks as CPUs: one torch thread per task CPU
-        threads = max(1, math.floor(cpus)) if threads == "auto" else threads
     if threads == "auto":
         threads = max(1, math.floor(cpus))
         if gpus == 0 and max_replicas > 0:

@@ -8,8 +8,11 @@ committed with the same checks as at the end of a run (key reconciliation includ
 pipeline goes on with the next dates. A backfill killed midway keeps every date committed so far.
 
 Dates are committed in date order (a later date that completes first waits), so each date's drift
-check sees the date before it. A date whose early commit is refused (keys differ, too many bad
-rows, drift with on_breach=fail) is left to the end-of-run commit, which reports it.
+check sees the date before it. When the pipeline ends, `drain` commits the remaining dates the
+same way, in order, up to the first one that fails a check (keys differ, too many bad rows, drift
+with on_breach=fail): that date and the later ones are left to the end-of-run commit, which
+reports why and publishes none of them. So a run publishes exactly the dates before its first
+failing date, whatever the timing.
 """
 
 from __future__ import annotations
@@ -80,10 +83,10 @@ class DateCommitter:
             self.staging.join(DEAD_LETTER_DIR, f"{col}={date}")
         )
 
-    def step(self) -> None:
-        """Commit every leading date whose rows are all staged."""
+    def step(self, drain: bool = False) -> None:
+        """Commit every leading date whose rows are all staged (`drain`: also after stop())."""
         col = self.inputs.partition_column
-        while self._pending and not self._stop.is_set():
+        while self._pending and (drain or not self._stop.is_set()):
             part = self._pending[0]
             if part.date in self.held or self._staged_rows(part.date) != part.rows:
                 return
@@ -135,6 +138,13 @@ class DateCommitter:
         if self._thread is not None:
             with contextlib.suppress(Exception):
                 self._thread.join()
+
+    def drain(self) -> None:
+        """After the pipeline: commit, in date order, every date that passes, up to the first one
+        that does not (it and the later dates are left to the caller's final commit, which
+        reports why). Which dates are published does not depend on how far the thread got."""
+        self.stop()
+        self.step(drain=True)
 
     def summary(self) -> dict[str, Any]:
         return {"committed_during_run": self.committed, "held_for_final_commit": dict(self.held)}

@@ -47,7 +47,7 @@ def write_staged(ds: Dataset, staging: Location, out: OutputConfig, run_id: str)
         filesystem=staging.fs,
         partition_cols=list(out.partition_columns),
         max_rows_per_file=out.target_rows_per_file,
-        mode=SaveMode.OVERWRITE,  # the staging directory is this run's own
+        mode=SaveMode.OVERWRITE,  # the staging directory is this run's own; APPEND needs uuid names
         filename_provider=RunFileNames(run_id),
         compression=compression,
     )

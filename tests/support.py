@@ -45,7 +45,7 @@ def make_config(input_uri: str, model_uri: str, output_uri: str, **sections: dic
         "name": "itest",
         "input": {"uri": input_uri},
         "model": {"uri": model_uri},
-        "predict": {"batch_size": 1024, "min_replicas": 1, "max_replicas": 2},
+        "predict": {"batch_size": 1024},
         "preprocessing": {"batch_size": 1024},
         "output": {"uri": output_uri, "key_columns": KEYS, "target_rows_per_file": 2000},
     }

@@ -19,7 +19,11 @@ def test_worker_node_removed_mid_run(ray_cluster, dataset, checkpoints, tmp_path
     model_uri, _ = checkpoints.entries["safetensors"]
     out = tmp_path / "preds"
     cfg = plugin_config(
-        str(dataset), model_uri, str(out), "slow_features", predict={"min_replicas": 2, "max_replicas": 2}
+        str(dataset),
+        model_uri,
+        str(out),
+        "slow_features",
+        predict={"min_replicas": 2, "max_replicas": 2, "mode": "actors"},
     )
     result: dict = {}
 

@@ -173,7 +173,10 @@ def test_wrong_type_is_reported_with_file_and_column(ray_cluster, dataset, check
 def test_unschedulable_pool_is_refused_up_front(ray_cluster, dataset, checkpoints, tmp_path):
     model_uri, _ = checkpoints.entries["safetensors"]
     cfg = make_config(
-        str(dataset), model_uri, str(tmp_path / "preds"), predict={"min_replicas": 3, "max_replicas": 3}
+        str(dataset),
+        model_uri,
+        str(tmp_path / "preds"),
+        predict={"min_replicas": 3, "max_replicas": 3, "mode": "actors"},
     )
     with pytest.raises(ConfigError, match="cannot be scheduled"):
         run_score(cfg, [DATES[0]])

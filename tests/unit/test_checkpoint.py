@@ -473,13 +473,21 @@ def test_missing_weights_file(tmp_path, model):
             json.dumps({"format": "onnx", "weights": "m", "sha256": "", "version": "v"}),
             "format must be one of",
         ),
-        (json.dumps({"format": "export", "weights": "m", "sha256": "", "version": "v", "x": 1}), "'x'"),
+        (json.dumps({"format": "export", "weights": "m", "sha256": ""}), "version"),
     ],
 )
 def test_bad_metadata(tmp_path, content, fragment):
     (tmp_path / METADATA_FILE).write_text(content)
     with pytest.raises(ModelError, match=fragment):
         read_metadata(str(tmp_path))
+
+
+def test_metadata_from_a_newer_version_loads_without_its_unknown_keys(tmp_path, caplog):
+    raw = {"format": "export", "weights": "m", "sha256": "", "version": "v", "future_key": 1}
+    (tmp_path / METADATA_FILE).write_text(json.dumps(raw))
+    meta = read_metadata(str(tmp_path))
+    assert meta.version == "v" and not hasattr(meta, "future_key")
+    assert "ignoring unknown metadata keys ['future_key']" in caplog.text
 
 
 def test_corrupt_export_archive(tmp_path):

@@ -120,7 +120,7 @@ def test_zero_rows_rejected_and_skipped_reports_render():
     empty["scores"] = {"count": 0, "nan": 0}
     empty["drift"] = {"previous": None, "training": None, "breach": False}
     page = render_html(report)
-    assert "rejected" in page and "Nothing was published" in page
+    assert "rejected" in page and "were not published (drift.on_breach: fail)" in page
     hists = parse(page).of("score-histogram")
     assert len(hists) == 3
     assert count(hists[1], "rect", "bar") == 0 and "2026-11-03: no scores" in page

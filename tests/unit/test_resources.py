@@ -12,7 +12,8 @@ from pipeline.resources import plan_pool
 
 
 def predict(**kw) -> PredictConfig:
-    return PredictConfig(**kw)
+    """A CPU actor pool unless the test says otherwise (the sizing rules below are for actors)."""
+    return PredictConfig(**{"mode": "actors", **kw})
 
 
 def test_cpu_only_two_cpu_node_min_two_replicas_refused():
@@ -157,3 +158,16 @@ def test_torch_threads_auto():
     # GPU replicas: their own CPUs; an explicit value wins
     assert plan_pool(PredictConfig(), [{"CPU": 16.0, "GPU": 1.0}]).torch_threads == 1
     assert plan_pool(PredictConfig(torch_threads=3, mode="actors"), [{"CPU": 16.0}]).torch_threads == 3
+
+
+def test_fused_keeps_no_cpus_free_and_caps_only_when_max_replicas_is_set():
+    one_cpu = plan_pool(PredictConfig(), [{"CPU": 1.0}])  # an actor pool would be refused here
+    assert one_cpu.mode == "fused" and one_cpu.max_replicas == 1
+    assert plan_pool(PredictConfig(), [{"CPU": 16.0}]).max_replicas == 16  # one task per CPU
+    assert plan_pool(PredictConfig(max_replicas=2), [{"CPU": 16.0}]).max_replicas == 2
+    assert plan_pool(PredictConfig(num_cpus_per_replica=4), [{"CPU": 16.0}]).max_replicas == 4
+
+
+def test_fused_task_larger_than_any_node_is_refused():
+    with pytest.raises(ConfigError, match="no node has predict.num_cpus_per_replica=4"):
+        plan_pool(PredictConfig(num_cpus_per_replica=4), [{"CPU": 2.0}] * 4)
