@@ -104,14 +104,21 @@ def _finished(loc: Location) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
+_NEWEST = 20
+
+
 def latest_run(runs: Location) -> Location | None:
     """The report.json of the run under `runs` that finished last (then: the last by name)."""
     import pyarrow.fs as pafs
 
     infos = runs.fs.get_file_info(pafs.FileSelector(runs.path, recursive=False, allow_not_found=True))
-    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+    # run ids carry their UTC start (NAME-YYYYmmddTHHMMSSZ-xxxxxx): only the newest few are opened,
+    # so years of nightly runs on S3 cost one listing, not one read per run
+    stamp = re.compile(r"-(\d{8}T\d{6}Z)-")
+    names.sort(key=lambda n: (m.group(1) if (m := stamp.search(n)) else "", n), reverse=True)
     candidates = []
-    for name in names:
+    for name in names[:_NEWEST]:
         rep = runs.join(name, REPORT_NAME)
         if runs.fs.get_file_info(rep.path).type != pafs.FileType.File:
             continue  # a run still going, or one that failed before writing its report

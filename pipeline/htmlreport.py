@@ -526,7 +526,7 @@ def _drift_banner(report: dict[str, Any]) -> str:
                 items.append(
                     f"<li>{_e(date_label(p))} vs {_e(which)} ({_e(c.get('reference'))}): {_e(reasons)}</li>"
                 )
-    early = (report.get("commits") or {}).get("committed_during_run") or []
+    early = (report.get("commits") or {}).get("committed") or []
     if report.get("status") == "rejected" or drift.get("on_breach") == "fail":
         action = "The flagged dates and those after them were not published (drift.on_breach: fail)."
         if early:

@@ -358,9 +358,9 @@ def run_score(
             **profile_partitions(staging, col, rest, cfg.output.score_column),
         }
         checked = evaluate_drift(
-            cfg.drift, p.output, col, profiles, p.model_meta.sha256, p.model_meta.score_reference
+            cfg.drift, p.output, col, profiles, p.model_meta.sha256, p.model_meta.score_reference, only=rest
         )
-        drift = {d: committer.drift.get(d) or checked[d] for d in dates_scored}
+        drift = {d: committer.drift[d] if d in committer.drift else checked[d] for d in dates_scored}
         t_profile = time.perf_counter() - t0
         breaches = drift_reasons({d: drift[d] for d in rest}, col)
         for line in breaches:

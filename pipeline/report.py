@@ -66,13 +66,16 @@ def evaluate_drift(
     profiles: dict[str, dict],
     model_sha256: str,
     training_reference: dict | None,
+    only: list[str] | None = None,
 ) -> dict[str, dict]:
-    """Per date: drift against the previous date of the same model and against training."""
+    """Per date (of `only`, default all of `profiles`): drift against the previous date of the
+    same model (in `profiles` or committed) and against training."""
+    todo = sorted(only if only is not None else profiles)
     if not cfg.enabled:
-        return {d: {"previous": None, "training": None, "breach": False} for d in profiles}
+        return {d: {"previous": None, "training": None, "breach": False} for d in todo}
     on_disk = committed_dates(output, col)
     result = {}
-    for d in sorted(profiles):
+    for d in todo:
         in_run = [r for r in profiles if r < d and profiles[r].get("count")]
         ref_date, ref = (max(in_run), profiles[max(in_run)]) if in_run else (None, None)
         found = previous_profile(

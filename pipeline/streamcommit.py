@@ -60,6 +60,7 @@ class DateCommitter:
     profiles: dict[str, dict] = field(default_factory=dict)
     drift: dict[str, dict] = field(default_factory=dict)
     held: dict[str, str] = field(default_factory=dict)  # date -> why it was left to the final commit
+    during_run: list[str] = field(default_factory=list)  # committed while the pipeline still ran
 
     def __post_init__(self) -> None:
         self._pending: list[InputPartition] = sorted(self.inputs.partitions, key=lambda p: p.date)
@@ -93,7 +94,13 @@ class DateCommitter:
             profile = profile_partitions(self.staging, col, [part.date], self.score_column)
             profiles = {**self.profiles, **profile}
             drift = evaluate_drift(
-                self.drift_cfg, self.output, col, profiles, self.run.model_sha256, self.training_reference
+                self.drift_cfg,
+                self.output,
+                col,
+                profiles,
+                self.run.model_sha256,
+                self.training_reference,
+                only=[part.date],
             )[part.date]
             if drift["breach"] and self.drift_cfg.on_breach == "fail":
                 self.held[part.date] = "score drift with drift.on_breach=fail"
@@ -117,7 +124,11 @@ class DateCommitter:
             self.drift[part.date] = drift
             self.manifests.extend(manifests)
             self._pending.pop(0)
-            log.info("committed %s=%s while the run goes on (%d rows)", col, part.date, part.rows)
+            if drain:
+                log.info("committed %s=%s (%d rows)", col, part.date, part.rows)
+            else:
+                self.during_run.append(part.date)
+                log.info("committed %s=%s while the run goes on (%d rows)", col, part.date, part.rows)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -147,4 +158,8 @@ class DateCommitter:
         self.step(drain=True)
 
     def summary(self) -> dict[str, Any]:
-        return {"committed_during_run": self.committed, "held_for_final_commit": dict(self.held)}
+        return {
+            "committed": self.committed,
+            "committed_during_run": list(self.during_run),
+            "held_for_final_commit": dict(self.held),
+        }

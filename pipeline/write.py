@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from ray.data import Dataset, SaveMode
 from ray.data.datasource import FilenameProvider
 
@@ -42,6 +44,8 @@ def write_staged(ds: Dataset, staging: Location, out: OutputConfig, run_id: str)
     # from different tasks and held every write back until the predictor had finished (a 5-7 s
     # tail on 4 M rows). Blocks are one per input file (see read.py), so files follow the input's
     # layout, split at target_rows_per_file.
+    # Ray logs a warning when OVERWRITE finds the (new, empty) directory created above
+    logging.getLogger("ray.data.datasource.file_datasink").setLevel(logging.ERROR)
     ds.write_parquet(
         staging.path,
         filesystem=staging.fs,
