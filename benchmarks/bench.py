@@ -21,7 +21,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,41 +31,12 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.checkpoint import load_model, save_checkpoint  # noqa: E402
-from models.dlrm import build_dlrm  # noqa: E402
-from models.features import fit_dense_stats, transform_table  # noqa: E402
+from common import PeakMemory, make_model  # noqa: E402
+
+from models.checkpoint import load_model  # noqa: E402
+from models.features import transform_table  # noqa: E402
 from pipeline.storage import resolve  # noqa: E402
-from pipeline.synthetic import FEATURES, SyntheticSpec, date_range, generate_day, write_days  # noqa: E402
-
-
-class PeakRSS:
-    """Peak resident memory of this process and all its children (Ray workers included), except
-    `exclude` (the local S3 server, which stands in for remote storage)."""
-
-    def __init__(self, exclude: set[int] | None = None) -> None:
-        self.peak = 0
-        self.exclude = exclude or set()
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.wait(0.2):
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                if p.pid in self.exclude:
-                    continue
-                with contextlib.suppress(psutil.Error):  # a worker that just exited
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+from pipeline.synthetic import SyntheticSpec, date_range, write_days  # noqa: E402
 
 
 def make_data(root: Path, rows: int, days: int, shards: int) -> tuple[list[str], Path]:
@@ -80,26 +50,6 @@ def make_data(root: Path, rows: int, days: int, shards: int) -> tuple[list[str],
         )
         marker.touch()
     return dates, root / "data"
-
-
-def make_model(root: Path):
-    spec = fit_dense_stats(generate_day("2026-09-30", SyntheticSpec(rows_per_day=50_000)), FEATURES)
-    buckets = [f.buckets for f in spec.categorical]
-    model = build_dlrm(buckets, len(spec.dense), preset="dlrm-demo").eval()
-    arch = {
-        "builtin": "dlrm",
-        "preset": "dlrm-demo",
-        "kwargs": {"buckets": buckets, "num_dense": len(spec.dense)},
-    }
-    save_checkpoint(
-        str(root / "model"),
-        model,
-        format="safetensors",
-        version="bench",
-        feature_spec=spec,
-        architecture=arch,
-    )
-    return spec
 
 
 def bench_limit(data: Path, spec, model_dir: Path, batch: int) -> dict:
@@ -265,9 +215,9 @@ def main() -> int:
             lambda: bench_batchscore(data, dates, root / "model", root / "out-batchscore", args.batch),
         ),
     ):
-        with PeakRSS() as mem:
+        with PeakMemory() as mem:
             r = fn()
-        r["peak_rss_gib"] = round(mem.peak / 2**30, 2)
+        r["peak_rss_gib"] = round(mem.peak_rss / 2**30, 2)
         results[name] = r
         print(name, json.dumps(r), flush=True)
     names = ["limit", "script", "batchscore"]
@@ -277,9 +227,9 @@ def main() -> int:
             t0 = time.perf_counter()
             uri = upload(data, endpoint, "bench")
             print(f"uploaded {data} to {uri} on {endpoint} ({time.perf_counter() - t0:.0f} s)")
-            with PeakRSS(exclude={server.pid}) as mem:
+            with PeakMemory(exclude={server.pid}) as mem:
                 r = bench_batchscore(uri, dates, root / "model", "s3://bench/out", args.batch, endpoint)
-            r["peak_rss_gib"] = round(mem.peak / 2**30, 2)
+            r["peak_rss_gib"] = round(mem.peak_rss / 2**30, 2)
             r["storage"] = "moto S3 server on 127.0.0.1 (HTTP), separate process, not counted in RSS"
             results["batchscore_s3"] = r
             names.append("batchscore_s3")

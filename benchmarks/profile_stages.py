@@ -21,11 +21,13 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pyarrow.fs as pafs  # noqa: E402
+
 from models.checkpoint import load_model  # noqa: E402
-from models.features import row_hash64  # noqa: E402
 from pipeline.config import config_from_dict  # noqa: E402
 from pipeline.predict import ModelSource, Predictor  # noqa: E402
 from pipeline.preprocess import Preprocessor  # noqa: E402
+from pipeline.reconcile import _file_fingerprint  # noqa: E402
 
 
 def timed(fn, repeat: int = 3) -> float:
@@ -84,6 +86,7 @@ def main() -> int:
                 module(cat, dense)
 
     out = pa.concat_tables([predictor(f) for f in feats])
+    local = pafs.LocalFileSystem()
     rows = {
         "read Parquet (needed columns)": timed(lambda: [pq.read_table(f, columns=columns) for f in files]),
         "preprocess (Preprocessor: checks + transforms)": timed(lambda: [pre(b) for b in batches]),
@@ -94,8 +97,8 @@ def main() -> int:
         "write Parquet (zstd)": timed(
             lambda: pq.write_table(out, "/tmp/profile-out.parquet", compression="zstd")
         ),
-        "key fingerprint, one file set (2 hashes)": timed(
-            lambda: [row_hash64([table.column("event_id")], seed=s) for s in (11, 23)]
+        "key fingerprints for the commit (read keys + hash), one file set": timed(
+            lambda: [_file_fingerprint(local, str(f), ["event_id"]) for f in files]
         ),
     }
     torch.set_num_threads(os.cpu_count() or 1)
@@ -106,7 +109,7 @@ def main() -> int:
         print(f"| {name} | {s / n * 1e6:.3f} |")
     print(f"| forward pass, {os.cpu_count()} threads (wall) | {threads / n * 1e6:.3f} |")
     per_row = sum(s for k, s in rows.items() if not k.startswith(("forward", "key"))) / n * 1e6
-    fingerprints = 2 * rows["key fingerprint, one file set (2 hashes)"] / n * 1e6
+    fingerprints = 2 * rows["key fingerprints for the commit (read keys + hash), one file set"] / n * 1e6
     print(f"\none core, read + preprocess + Predictor + write: {per_row:.3f} s per 1 M rows")
     print(f"plus the commit's fingerprints of input and output: {per_row + fingerprints:.3f} s per 1 M rows")
     return 0

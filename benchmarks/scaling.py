@@ -38,7 +38,6 @@ import platform  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -49,111 +48,7 @@ DATES = ["2026-10-01", "2026-10-02"]
 GIB = 2**30
 
 
-# --- memory of the process tree -------------------------------------------------------------------
-
-
-def _proc_children() -> dict[int, list[int]]:
-    """ppid -> pids, from /proc/<pid>/stat (no psutil needed)."""
-    kids: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may contain spaces and parentheses
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        kids.setdefault(int(fields[1]), []).append(int(entry.name))
-    return kids
-
-
-def tree_pids() -> list[int]:
-    """This process and all its descendants."""
-    me = os.getpid()
-    try:
-        import psutil
-
-        procs = psutil.Process(me).children(recursive=True)
-        return [me, *(p.pid for p in procs)]
-    except ImportError:
-        pass
-    kids = _proc_children()
-    out, todo = [], [me]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # not Linux
-        import psutil
-
-        return psutil.Process(pid).memory_info().rss
-    except Exception:
-        return 0  # a worker that just exited
-
-
-def pss_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-class PeakMemory:
-    """Peak summed RSS (every 0.2 s) and PSS (every 1 s) of this process and all its descendants."""
-
-    def __init__(self) -> None:
-        self.peak_rss = 0
-        self.peak_pss: int | None = None
-        self._stop = threading.Event()
-
-    def sample(self, with_pss: bool) -> tuple[int, int | None]:
-        pids = tree_pids()
-        rss = sum(rss_bytes(p) for p in pids)
-        pss = None
-        if with_pss:
-            vals = [pss_bytes(p) for p in pids]
-            if any(v is not None for v in vals):
-                pss = sum(v or 0 for v in vals)
-        return rss, pss
-
-    def _run(self) -> None:
-        tick = 0
-        while True:
-            rss, pss = self.sample(with_pss=tick % 5 == 0)
-            self.peak_rss = max(self.peak_rss, rss)
-            if pss is not None:
-                self.peak_pss = max(self.peak_pss or 0, pss)
-            tick += 1
-            if self._stop.wait(0.2):
-                return
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
+from common import PeakMemory, make_model  # noqa: E402
 
 # --- data and model -------------------------------------------------------------------------------
 
@@ -180,39 +75,13 @@ def make_data(root: Path, rows: int, rows_per_file: int) -> tuple[Path, int]:
     return base / "data", shards * len(DATES)
 
 
-def make_model(root: Path) -> Path:
-    """bench.py's model: the built-in DLRM demo preset, random weights, a fitted feature spec."""
-    import torch
-
-    from models.checkpoint import save_checkpoint
-    from models.dlrm import build_dlrm
-    from models.features import fit_dense_stats
-    from pipeline.synthetic import FEATURES, SyntheticSpec, generate_day
-
-    torch.manual_seed(0)
-    spec = fit_dense_stats(generate_day("2026-09-30", SyntheticSpec(rows_per_day=50_000)), FEATURES)
-    buckets = [f.buckets for f in spec.categorical]
-    model = build_dlrm(buckets, len(spec.dense), preset="dlrm-demo").eval()
-    arch = {
-        "builtin": "dlrm",
-        "preset": "dlrm-demo",
-        "kwargs": {"buckets": buckets, "num_dense": len(spec.dense)},
-    }
-    out = root / "model"
-    shutil.rmtree(out, ignore_errors=True)
-    save_checkpoint(
-        str(out), model, format="safetensors", version="scaling", feature_spec=spec, architecture=arch
-    )
-    return out
-
-
 def job_config(data: Path, model: Path, out: Path, args, total_cpus: int):
     from pipeline.config import config_from_dict
 
     predict = {
         "batch_size": args.batch,
-        "min_replicas": 1,
-        "max_replicas": max(1, total_cpus),  # capped by the cluster; only actors mode uses it
+        # actors: as many replicas as fit; fused: unset, so one task per CPU (set, it would cap them)
+        **({"min_replicas": 1, "max_replicas": max(1, total_cpus)} if args.mode == "actors" else {}),
         "mode": args.mode,
         # fused (the CPU-only default) reads inside the scoring tasks: nothing else needs a free CPU,
         # and 1 node x 1 CPU would otherwise be refused
@@ -546,7 +415,8 @@ def main() -> int:
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     sizes = [(rows, *make_data(root, rows, args.rows_per_file)) for rows in sorted(set(args.rows))]
-    model = make_model(root)
+    make_model(root, version="scaling")
+    model = root / "model"
     results = {
         "command": "python benchmarks/scaling.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "machine": machine_info(),

@@ -147,12 +147,10 @@ def build_dataset(
     dead_letter: DeadLetterWriter | None = None,
     progress: Any = None,
 ):
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     cfg = p.cfg
     spec = p.model_meta.spec() if not cfg.preprocessing.function else None
-    from ray.data import TaskPoolStrategy
-
     part_col = cfg.input.partition_column
     cap = fused_task_cap(cfg, pool)
     ds = read_dataset(p.inputs, list(dict.fromkeys([*p.requirements.columns, part_col])), cap)

@@ -268,7 +268,7 @@ class Predictor:
         return pa.table(cols)
 
 
-_FUSED_STAGES: dict[str, tuple[Any, Predictor]] = {}
+_FUSED_PREDICTORS: dict[str, Predictor] = {}
 
 
 class FusedScorer:
@@ -300,12 +300,11 @@ class FusedScorer:
         self.preprocess_batch_size = preprocess_batch_size or batch_size
 
     def _predictor(self) -> Predictor:
-        stages = _FUSED_STAGES.get(self.key)
-        if stages is None:
-            _FUSED_STAGES.clear()  # one model per process: the previous run's is dropped
-            stages = (self.preprocessor, Predictor(**self.predictor_kwargs))
-            _FUSED_STAGES[self.key] = stages
-        return stages[1]
+        predictor = _FUSED_PREDICTORS.get(self.key)
+        if predictor is None:
+            _FUSED_PREDICTORS.clear()  # one model per process: the previous run's is dropped
+            predictor = _FUSED_PREDICTORS[self.key] = Predictor(**self.predictor_kwargs)
+        return predictor
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         predictor = self._predictor()
