@@ -1,7 +1,8 @@
 """The `batchscore` command. Imports are lazy so `--help` starts without torch or ray.
 
 Exit codes: 0 success; 2 bad config, input or model (the message names the key, file or column);
-1 anything else.
+3 score drift with drift.on_breach=fail; 4 another run committed a date first, with another model
+or inputs; 1 anything else.
 """
 
 from __future__ import annotations
@@ -42,6 +43,20 @@ def _add_date_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--end", help="last date of a range (inclusive)")
 
 
+def _run_id(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", value):
+        raise argparse.ArgumentTypeError(f"{value!r}: use 1-128 letters, digits, '_' and '-'")
+    return value
+
+
+def _add_table_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output", help="the predictions table: a job's output.uri (local path or s3://)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint for an s3:// OUTPUT")
+    p.add_argument("--partition-column", default="ds", help="the date column (default: ds)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchscore",
@@ -53,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score one date or a date range with a config")
     _add_config_args(p)
     _add_date_args(p)
-    p.add_argument("--run-id", help="run id (default: <name>-<utc time>-<random>)")
+    p.add_argument(
+        "--run-id",
+        type=_run_id,
+        help="run id: letters, digits, '_' and '-'; one that already committed is refused "
+        "(default: <name>-<utc time>-<random>)",
+    )
     p.add_argument(
         "--force", action="store_true", help="rescore dates already committed with this model and config"
     )
@@ -122,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--endpoint-url", help="S3-compatible endpoint for an s3:// TARGET or --html")
     p.add_argument("--json", action="store_true", help="print report.json instead of the summary table")
+
+    p = sub.add_parser(
+        "vacuum",
+        help="delete replaced files and files of dead runs older than the retention (both tables)",
+    )
+    _add_table_args(p)
+    p.add_argument(
+        "--retain-hours",
+        type=int,
+        default=168,
+        help="keep what readers of the last N hours need (default: 168, 7 days)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+
+    p = sub.add_parser("history", help="the table's commits: version, date, rows, model, run (time travel)")
+    _add_table_args(p)
+    p.add_argument("--limit", type=int, default=50, help="newest N commits (default: 50)")
 
     sub.add_parser("config-reference", help="print the config reference (docs/config.md) as Markdown")
 
@@ -251,6 +288,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_vacuum(args: argparse.Namespace) -> int:
+    from jobs.tables import vacuum
+
+    _final_line(vacuum(args))
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from jobs.tables import history
+
+    _final_line(history(args))
+    return EXIT_OK
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     from pipeline.config import reference_markdown
 
@@ -261,6 +312,8 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 COMMANDS = {
     "backfill": cmd_backfill,
     "config-reference": cmd_config_reference,
+    "history": cmd_history,
+    "vacuum": cmd_vacuum,
     "report": cmd_report,
     "score": cmd_score,
     "submit": cmd_submit,

@@ -5,10 +5,11 @@ the dates, the scoring config and the model, so submitting the same work again w
 after it succeeded, reports the existing job instead of running it twice. By default it follows
 the job's logs and exits with its outcome (0 succeeded, 1 otherwise); `--no-wait` returns the id.
 
-The project directory is shipped as the job's working_dir (without .venv, data, caches). The
-resolved config travels in the job's environment (configs hold no secrets), so a config file
-outside the project works too. Credentials are never shipped: the cluster's nodes get them from
-their own environment or instance role.
+The project directory is shipped as the job's working_dir (without .venv, data, caches, and
+never .env, .aws/, *.pem, .netrc or other credential files). The resolved config travels as a
+file inside that upload (not in the job's environment or metadata, which the dashboard shows:
+model.kwargs may hold secrets), so a config file outside the project works too. Credentials are
+never shipped: the cluster's nodes get them from their own environment or instance role.
 """
 
 from __future__ import annotations
@@ -24,8 +25,21 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_ENV = "BATCHSCORE_CONFIG_YAML"
+SUBMIT_DIR = ".batchscore-submit"
+# Never uploaded, wherever they are in the tree: credentials and keys.
+SECRET_EXCLUDES = [
+    ".env",
+    ".env.*",
+    ".aws",
+    "*.pem",
+    "*.key",
+    ".netrc",
+    ".git-credentials",
+    "id_rsa*",
+    "id_ed25519*",
+]
 EXCLUDES = [
+    *SECRET_EXCLUDES,
     ".venv",
     ".git",
     "demo",
@@ -76,11 +90,11 @@ def submission_id(cfg, dates: list[str], model: dict[str, str]) -> str:
     return f"batchscore-{cfg.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
 
 
-def runtime_env(cfg_yaml: str, deps: str, image: str | None) -> dict[str, Any]:
+def runtime_env(deps: str, image: str | None) -> dict[str, Any]:
     env: dict[str, Any] = {
         "working_dir": str(PROJECT_ROOT),
         "excludes": EXCLUDES,
-        "env_vars": {CONFIG_ENV: cfg_yaml, "PYTHONUNBUFFERED": "1"},
+        "env_vars": {"PYTHONUNBUFFERED": "1"},
     }
     if image:
         env["image_uri"] = image
@@ -146,18 +160,26 @@ def submit(args: argparse.Namespace) -> dict[str, Any]:
         return result
     else:
         job_id = sid if not ours else f"{sid}-r{len(ours) + 1}"
-        entrypoint = shlex.join(["python", "-m", "jobs.score", f"env:{CONFIG_ENV}", *date_args(dates)])
-        client.submit_job(
-            entrypoint=entrypoint,
-            submission_id=job_id,
-            runtime_env=runtime_env(dump_config(cfg), args.deps, args.image),
-            metadata={
-                "batchscore_job": cfg.name,
-                "dates": ",".join(dates),
-                "model_version": model["version"],
-                "scoring_hash": cfg.scoring_digest(),
-            },
-        )
+        shipped = Path(SUBMIT_DIR) / f"{job_id}.yaml"
+        entrypoint = shlex.join(["python", "-m", "jobs.score", shipped.as_posix(), *date_args(dates)])
+        local = PROJECT_ROOT / shipped
+        local.parent.mkdir(exist_ok=True)
+        local.write_text(dump_config(cfg, redact=False))
+        local.chmod(0o600)
+        try:  # the upload of the working_dir happens inside submit_job
+            client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=job_id,
+                runtime_env=runtime_env(args.deps, args.image),
+                metadata={
+                    "batchscore_job": cfg.name,
+                    "dates": ",".join(dates),
+                    "model_version": model["version"],
+                    "scoring_hash": cfg.scoring_digest(),
+                },
+            )
+        finally:
+            local.unlink(missing_ok=True)
         print(f"submitted {job_id} to {args.address}: {entrypoint}")
         result.update(submission_id=job_id, submitted=True)
     if args.no_wait:

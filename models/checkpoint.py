@@ -296,7 +296,7 @@ def inspect_checkpoint(
     actual = sha256_file(wpath)
     for label, want in (
         ("recorded in the checkpoint", meta.sha256),
-        ("given in the config", expected_sha256),
+        ("expected (config, or the driver's check of this run)", expected_sha256),
     ):
         if want and want.lower() != actual:
             raise ModelError(

@@ -1,65 +1,57 @@
-"""Commit stage: verify each partition's staged output, publish it, write its manifest last.
+"""Commit stage: reconcile each date's written files, then commit them as one Delta transaction.
 
-Layout of a committed partition:
+Per date, before anything is committed:
+  - input rows = this run's prediction rows + dead-letter rows (from the files' footers);
+  - with verify='keys', the multiset of input keys = output keys + dead-letter keys (hash sums);
+  - dead-letter rows within output.max_bad_row_fraction.
+Then the predictions commit (the commit point for every reader: the date's old files out, the
+new ones in), then the dead-letter table's commit of the same date, with the same generation.
 
-    OUT/ds=D/part-<run_id>-<n>.parquet ...   the files of the committing run
-    OUT/ds=D/_manifest.json                  written last: the commit point
-
-Readers that go through the manifest (`committed_files`) see either the old or the new
-partition, never a mix. Files in a partition directory that its manifest does not list are
-leftovers of an interrupted publish and are removed by the next commit of that partition.
+Two runs of one date race on the Delta log and exactly one commits (see pipeline/table.py). The
+loser finds the winner's commit: with the same model, scoring config and inputs it reports the
+date as done by the other run (a no-op); otherwise it stops with exit code 4 and publishes nothing
+of that date. Its own files of the date are deleted either way (they were never in the log).
 """
 
 from __future__ import annotations
 
-import json
-import posixpath
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+import logging
+import math
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.deadletter import DEAD_LETTER_DIR, REASON_COLUMN
+from pipeline.config import JobConfig
+from pipeline.deadletter import REASON_COLUMN, dead_letter_schema
 from pipeline.errors import UserError
-from pipeline.read import InputPlan
+from pipeline.read import InputPartition, InputPlan
 from pipeline.reconcile import fingerprint_files, total
-from pipeline.storage import Location, delete_dir, exists, list_files, read_bytes, write_bytes
+from pipeline.storage import Location, resolve
+from pipeline.table import (
+    DEAD_LETTER_TABLE,
+    CommitConflictError,
+    DateIdentity,
+    DateState,
+    DeltaOutput,
+    TableFile,
+    check_schema,
+    date_app_id,
+    delete_run_files,
+    digest_of,
+    file_schema,
+    run_files,
+    table_schema,
+)
 
-MANIFEST = "_manifest.json"
+log = logging.getLogger("batchscore")
 
 
 class CommitError(UserError):
     """A partition failed its checks; nothing of it was published."""
 
     exit_code = 1
-
-
-@dataclass
-class OutputFile:
-    name: str
-    rows: int
-    bytes: int
-
-
-@dataclass
-class PartitionManifest:
-    partition: dict[str, str]
-    run_id: str
-    job: str
-    model_version: str
-    model_sha256: str
-    config_hash: str
-    input_files: list[dict[str, Any]]
-    input_rows: int
-    output_files: list[OutputFile]
-    output_rows: int
-    dead_letter_rows: int = 0
-    scoring_hash: str = ""
-    committed_at: str = ""
-    format_version: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,18 +64,6 @@ class RunIdentity:
     scoring_hash: str = ""
 
 
-def _staged_files(staging: Location) -> list[OutputFile]:
-    infos = list_files(staging, suffix=".parquet")
-
-    def footer(info):
-        with staging.fs.open_input_file(info.path) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
-        return OutputFile(name=posixpath.relpath(info.path, staging.path), rows=rows, bytes=info.size)
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(footer, infos))
-
-
 @dataclass
 class CommitPolicy:
     key_columns: list[str]
@@ -91,139 +71,278 @@ class CommitPolicy:
     max_bad_row_fraction: float = 0.01
 
 
-def _publish(src: Location, dst: Location, files: list[OutputFile]) -> None:
-    """Move staged files into place, then drop files there that this set does not list."""
-    dst.fs.create_dir(dst.path, recursive=True)
-    for f in files:
-        target = dst.join(f.name)
-        dst.fs.create_dir(posixpath.dirname(target.path), recursive=True)
-        dst.fs.move(src.join(f.name).path, target.path)
+@dataclass
+class DateCommit:
+    """What one date's commit did; `outcome` is 'committed' or 'done by another run'."""
+
+    date: str
+    version: int | None
+    dead_letter_version: int | None
+    input_rows: int
+    output_rows: int
+    dead_letter_rows: int
+    output_files: list[str] = field(default_factory=list)
+    dead_letter_files: list[str] = field(default_factory=list)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    outcome: str = "committed"
 
 
-def _drop_unlisted(dst: Location, files: list[OutputFile]) -> None:
-    keep = {f.name for f in files}
-    for old in list_files(dst, suffix=".parquet"):
-        if posixpath.relpath(old.path, dst.path) not in keep:
-            dst.fs.delete_file(old.path)
+@dataclass
+class OutputTables:
+    """The predictions table (output.uri) and the dead-letter table inside it (_dead_letter)."""
+
+    predictions: DeltaOutput
+    dead_letters: DeltaOutput
+    partition_column: str
+
+    @classmethod
+    def for_config(cls, cfg: JobConfig) -> OutputTables:
+        loc = resolve(cfg.output.uri, cfg.storage)
+        col = cfg.input.partition_column
+        return cls(
+            DeltaOutput(loc, cfg.storage, list(cfg.output.partition_columns)),
+            DeltaOutput(loc.join(DEAD_LETTER_TABLE), cfg.storage, [col]),
+            col,
+        )
+
+    @property
+    def location(self) -> Location:
+        return self.predictions.location
+
+    def state(self, date: str, identity: DateIdentity) -> DateState:
+        return self.predictions.state(
+            self.predictions.open(), self.partition_column, date, identity, self.dead_letters.open()
+        )
 
 
-def _reason_counts(loc: Location, files: list[OutputFile], limit_files: int = 20) -> dict[str, int]:
+def identity_of(part: InputPartition, model_sha256: str, scoring_hash: str) -> DateIdentity:
+    """Model + scoring config, and the date's input files as listed (path, size, mtime), skipped
+    bad files included: the input as it was, so an unchanged input is recognized next time."""
+    files = part.listed or sorted((f.uri, f.size, f.mtime_ns) for f in part.files)
+    return DateIdentity(model=digest_of(model_sha256, scoring_hash), inputs=digest_of(files))
+
+
+@dataclass
+class _Checked:
+    part: InputPartition
+    staged: list[TableFile]
+    dead: list[TableFile]
+
+
+def _reason_counts(loc: Location, files: list[TableFile], limit_files: int = 20) -> dict[str, int]:
     counts: dict[str, int] = {}
     for f in files[:limit_files]:
-        with loc.fs.open_input_file(loc.join(f.name).path) as fh:
+        with loc.fs.open_input_file(loc.join(f.path).path) as fh:
             for r in pq.read_table(fh, columns=[REASON_COLUMN]).column(REASON_COLUMN).to_pylist():
                 counts[r] = counts.get(r, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:10])
 
 
+def _check(tables: OutputTables, inputs: InputPlan, c: _Checked, policy: CommitPolicy) -> str | None:
+    """Why this date's written files do not reconcile with its input, or None."""
+    col, part, staged, dead = tables.partition_column, c.part, c.staged, c.dead
+    preds, dls = tables.predictions.location, tables.dead_letters.location
+    out_rows, dead_rows = sum(f.rows for f in staged), sum(f.rows for f in dead)
+    where = f"{col}={part.date}"
+    if out_rows + dead_rows != part.rows:
+        return f"{where}: {part.rows} input rows but {out_rows} output + {dead_rows} dead-letter rows"
+    if policy.verify == "keys":
+        fp_in = total(fingerprint_files(inputs.root.fs, [f.path for f in part.files], policy.key_columns))
+        fp_out = total(
+            fingerprint_files(preds.fs, [preds.join(f.path).path for f in staged], policy.key_columns)
+            + fingerprint_files(dls.fs, [dls.join(f.path).path for f in dead], policy.key_columns)
+        )
+        if fp_in != fp_out:
+            return (
+                f"{where}: counts match ({part.rows} rows) but the keys differ: some rows are "
+                "duplicated while others are missing"
+            )
+    if part.rows and dead_rows / part.rows > policy.max_bad_row_fraction:
+        return (
+            f"{where}: {dead_rows} of {part.rows} rows ({dead_rows / part.rows:.2%}) cannot be scored, "
+            f"over output.max_bad_row_fraction={policy.max_bad_row_fraction:g}; "
+            f"reasons: {_reason_counts(dls, dead)}"
+        )
+    return None
+
+
+def _json_safe(value: Any) -> Any:
+    """Delta commit metadata is JSON without NaN or Infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _metadata(c: _Checked, run: RunIdentity, inputs: InputPlan, policy, extra: dict) -> dict[str, Any]:
+    return _json_safe(
+        {
+            "date": c.part.date,
+            "run_id": run.run_id,
+            "job": run.job,
+            "model_version": run.model_version,
+            "model_sha256": run.model_sha256,
+            "config_hash": run.config_hash,
+            "scoring_hash": run.scoring_hash,
+            "input_files": [
+                {"uri": f.uri, "rows": f.rows, "bytes": f.size, "mtime_ns": f.mtime_ns} for f in c.part.files
+            ],
+            "skipped_input_files": [s for s in inputs.skipped if s.get("date") == c.part.date],
+            "input_rows": c.part.rows,
+            "output_rows": sum(f.rows for f in c.staged),
+            "dead_letter_rows": sum(f.rows for f in c.dead),
+            "verified": policy.verify,
+            "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **extra,
+        }
+    )
+
+
 def commit_partitions(
-    output: Location,
-    staging: Location,
+    tables: OutputTables,
     inputs: InputPlan,
     run: RunIdentity,
     policy: CommitPolicy,
     extra: dict[str, dict[str, Any]] | None = None,
-    cleanup: bool = True,
-) -> list[PartitionManifest]:
-    """Check every partition first; publish only if all pass (a failed run publishes nothing).
-
-    Per partition: input rows = output rows + dead-letter rows; with verify='keys' also the
-    multiset of keys (hash sums); dead-letter rows within max_bad_row_fraction. `extra[date]` is
-    added to that partition's manifest (e.g. its score profile). `cleanup`: delete the staging
-    directory afterwards (not while the run still writes other dates into it).
-    """
-    col = inputs.partition_column
-    plans = []
-    problems = []
-    for part in inputs.partitions:
-        src = staging.join(f"{col}={part.date}")
-        dl_src = staging.join(DEAD_LETTER_DIR, f"{col}={part.date}")
-        staged, dead = _staged_files(src), _staged_files(dl_src)
-        out_rows, dead_rows = sum(f.rows for f in staged), sum(f.rows for f in dead)
-        where = f"{col}={part.date}"
-        if out_rows + dead_rows != part.rows:
-            problems.append(
-                f"{where}: {part.rows} input rows but {out_rows} output + {dead_rows} dead-letter rows"
-            )
-        elif policy.verify == "keys":
-            fp_in = total(fingerprint_files(inputs.root.fs, [f.path for f in part.files], policy.key_columns))
-            fp_out = total(
-                fingerprint_files(src.fs, [src.join(f.name).path for f in staged], policy.key_columns)
-                + fingerprint_files(dl_src.fs, [dl_src.join(f.name).path for f in dead], policy.key_columns)
-            )
-            if fp_in != fp_out:
-                problems.append(
-                    f"{where}: counts match ({part.rows} rows) but the keys differ: some rows are "
-                    "duplicated while others are missing"
-                )
-        if part.rows and dead_rows / part.rows > policy.max_bad_row_fraction:
-            reasons = _reason_counts(dl_src, dead)
-            problems.append(
-                f"{where}: {dead_rows} of {part.rows} rows ({dead_rows / part.rows:.2%}) cannot be scored, "
-                f"over output.max_bad_row_fraction={policy.max_bad_row_fraction:g}; reasons: {reasons}"
-            )
-        plans.append((part, src, dl_src, staged, dead))
+) -> list[DateCommit]:
+    """Check every date first; commit only if all pass (a failed check publishes nothing), then
+    one transaction per date, in date order. `extra[date]` goes into that commit's metadata."""
+    problems, checked = [], []
+    col = tables.partition_column
+    for part in sorted(inputs.partitions, key=lambda p: p.date):
+        c = _Checked(
+            part,
+            run_files(tables.predictions.location, col, part.date, run.run_id),
+            run_files(tables.dead_letters.location, col, part.date, run.run_id, kind="dl"),
+        )
+        why = _check(tables, inputs, c, policy)
+        if why:
+            problems.append(why)
+        checked.append(c)
     if problems:
         raise CommitError("reconciliation failed, nothing published:\n  " + "\n  ".join(problems))
+    meta = {
+        c.part.date: _metadata(c, run, inputs, policy, (extra or {}).get(c.part.date, {})) for c in checked
+    }
+    done: list[DateCommit] = []
+    for c in checked:
+        try:
+            done.append(_commit_date(tables, c, run, policy, meta[c.part.date]))
+        except CommitConflictError as e:
+            e.committed = done  # the dates before it stay committed
+            raise
+    return done
 
-    manifests = []
-    for part, src, dl_src, staged, dead in plans:
-        dst = output.join(f"{col}={part.date}")
-        dl_dst = output.join(DEAD_LETTER_DIR, f"{col}={part.date}")
-        _publish(src, dst, staged)
-        if dead:
-            _publish(dl_src, dl_dst, dead)
-        manifest = PartitionManifest(
-            partition={col: part.date},
-            run_id=run.run_id,
-            job=run.job,
-            model_version=run.model_version,
-            model_sha256=run.model_sha256,
-            config_hash=run.config_hash,
-            input_files=[{"uri": f.uri, "rows": f.rows, "bytes": f.size} for f in part.files],
-            input_rows=part.rows,
-            output_files=staged,
-            output_rows=sum(f.rows for f in staged),
-            dead_letter_rows=sum(f.rows for f in dead),
-            scoring_hash=run.scoring_hash,
-            committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            extra={
-                "dead_letter_files": [asdict(f) for f in dead],
-                "dead_letter_reasons": _reason_counts(dl_dst, dead) if dead else {},
-                "skipped_input_files": [s for s in inputs.skipped if s.get("date") == part.date],
-                "verified": policy.verify,
-                **(extra or {}).get(part.date, {}),
-            },
+
+def _schemas(tables: OutputTables, c: _Checked, key_columns: list[str]):
+    """The predictions' table schema (None when no row was scored) and the dead letters'."""
+    preds_loc, dl_loc = tables.predictions.location, tables.dead_letters.location
+    col = tables.partition_column
+    preds = None
+    if c.staged:
+        preds = table_schema(file_schema(preds_loc, c.staged[0]), tables.predictions.partition_by)
+    if c.dead:
+        dl = table_schema(file_schema(dl_loc, c.dead[0]), [col])
+    else:
+        dl = dead_letter_schema(c.part.files[0].schema, key_columns, col)
+    return preds, dl
+
+
+def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, meta: dict) -> DateCommit:
+    from deltalake.exceptions import CommitFailedError
+
+    col, date = tables.partition_column, c.part.date
+    preds_schema, dl_schema = _schemas(tables, c, policy.key_columns)
+    preds = tables.predictions.open()
+    if preds is None:
+        if preds_schema is None:  # every row is a dead letter and there is no table yet
+            raise CommitError(f"{col}={date}: no row could be scored, so there is no table schema yet")
+        preds = tables.predictions.open_or_create(preds_schema)
+    schema = preds_schema or _arrow_schema(preds)
+    check_schema(preds, schema)
+    dls = tables.dead_letters.open_or_create(dl_schema)
+    generation = (preds.transaction_version(date_app_id(col, date)) or 0) + 1
+    identity = identity_of(c.part, run.model_sha256, run.scoring_hash)
+    try:
+        version = tables.predictions.commit_date(
+            preds, col, date, c.staged, schema, generation, identity, meta, run.run_id
         )
-        write_bytes(dst.join(MANIFEST), json.dumps(asdict(manifest), indent=2).encode())  # the commit point
-        _drop_unlisted(dst, staged)
-        _drop_unlisted(dl_dst, dead)
-        manifests.append(manifest)
-    if cleanup:
-        delete_dir(staging)
-    return manifests
+    except CommitFailedError as e:
+        return _lost_race(tables, c, run, identity, e)
+    dl_version = _commit_dead_letters(tables, dls, c, dl_schema, generation, meta)
+    return DateCommit(
+        date=date,
+        version=version,
+        dead_letter_version=dl_version,
+        input_rows=c.part.rows,
+        output_rows=sum(f.rows for f in c.staged),
+        dead_letter_rows=sum(f.rows for f in c.dead),
+        output_files=[f.path for f in c.staged],
+        dead_letter_files=[f.path for f in c.dead],
+        dead_letter_reasons=_reason_counts(tables.dead_letters.location, c.dead) if c.dead else {},
+    )
 
 
-def read_manifest(partition_dir: Location) -> dict[str, Any] | None:
-    loc = partition_dir.join(MANIFEST)
-    if not exists(loc):
-        return None
-    return json.loads(read_bytes(loc))
+def _arrow_schema(table) -> Any:
+    import pyarrow as pa
+
+    return pa.schema(table.schema().to_arrow())
 
 
-def is_committed_with(
-    output: Location, partition_column: str, date: str, model_sha256: str, scoring_hash: str
-) -> bool:
-    """The date is committed by a run with this model and this scoring config (so rescoring it
-    would give the same predictions)."""
-    m = read_manifest(output.join(f"{partition_column}={date}"))
-    return bool(m) and m.get("model_sha256") == model_sha256 and m.get("scoring_hash") == scoring_hash
+def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generation: int, meta) -> int | None:
+    """The date's dead letters, with the predictions' generation. A concurrent commit is retried
+    while our predictions are still the date's current ones; once a newer run has replaced them,
+    its dead letters win and ours are dropped."""
+    from deltalake.exceptions import CommitFailedError
+
+    col, date = tables.partition_column, c.part.date
+    for _attempt in range(5):
+        current = tables.predictions.open().transaction_version(date_app_id(col, date))
+        if current != generation:
+            log.warning("%s=%s was replaced by a newer run before its dead letters were committed", col, date)
+            delete_run_files(tables.dead_letters.location, c.dead)
+            return None
+        try:
+            return tables.dead_letters.commit_date(
+                dls,
+                col,
+                date,
+                c.dead,
+                schema,
+                generation,
+                None,
+                {"date": date, "run_id": meta["run_id"]},
+                meta["run_id"],
+            )
+        except CommitFailedError:
+            dls = tables.dead_letters.open()
+    raise CommitError(f"{col}={date}: the dead-letter table kept changing under this run's commit")
 
 
-def committed_files(output: Location, date: str, partition_column: str = "ds") -> list[str]:
-    """Paths of the committed files of one partition (empty if it is not committed)."""
-    part = output.join(f"{partition_column}={date}")
-    manifest = read_manifest(part)
-    if manifest is None:
-        return []
-    return [part.join(f["name"]).path for f in manifest["output_files"]]
+def _lost_race(tables: OutputTables, c: _Checked, run, identity: DateIdentity, err: Exception) -> DateCommit:
+    """Another run committed the date between our read of the log and our commit."""
+    col, date = tables.partition_column, c.part.date
+    preds = tables.predictions.open()
+    state = tables.predictions.state(preds, col, date, identity)
+    if not tables.predictions.ever_committed_by(preds, col, date, run.run_id):
+        delete_run_files(tables.predictions.location, c.staged)
+        delete_run_files(tables.dead_letters.location, c.dead)
+    if state.same_model and state.same_inputs:
+        log.info("%s=%s: another run committed it first with the same model and inputs (a no-op)", col, date)
+        return DateCommit(
+            date=date,
+            version=preds.version(),
+            dead_letter_version=None,
+            input_rows=c.part.rows,
+            output_rows=0,
+            dead_letter_rows=0,
+            outcome="done by another run",
+        )
+    raise CommitConflictError(
+        f"{col}={date}: another run committed this date while this run was scoring it, and it differs "
+        f"from this run's ({state.why_rescored()}; table version {preds.version()}); nothing of this "
+        f"run was published for it. Run again to replace it (delta-rs: {str(err)[:200]})"
+    )

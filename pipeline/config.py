@@ -149,7 +149,14 @@ class ModelConfig(_Strict):
         None,
         description="For bare .safetensors weights: the nn.Module class, 'package.module:Class'.",
     )
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments for class_path.")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Constructor arguments for class_path. Their values are shown as '<redacted>' in "
+        "logs, reports, saved configs and job metadata, except those named in safe_kwargs.",
+    )
+    safe_kwargs: list[str] = Field(
+        default_factory=list, description="Keys of model.kwargs whose values may be shown (not secrets)."
+    )
     sha256: str | None = Field(
         None, description="Expected sha256 of the weights file; a mismatch refuses to load."
     )
@@ -242,12 +249,17 @@ class OutputConfig(_Strict):
         "of input keys equals output + dead-letter keys (hash sums; catches a duplicated block hiding "
         "a lost one); 'counts' checks row counts only (no extra read of the key columns).",
     )
-    lock_ttl_s: int = Field(
-        900,
-        ge=5,
-        description="A run holds a lock per output date, refreshed every lock_ttl_s/4 seconds; a "
-        "lock not refreshed for lock_ttl_s (its run died) can be taken over. A lock whose process "
-        "is gone on this host is taken over at once.",
+    retention_hours: int = Field(
+        168,
+        ge=0,
+        description="How long files replaced or removed from the Delta tables stay readable (time "
+        "travel to last night's version), and how old files of runs that died before committing must "
+        "be before they are deleted; used by `batchscore vacuum` and vacuum_after_run.",
+    )
+    vacuum_after_run: bool = Field(
+        False,
+        description="After a successful run, vacuum both tables with retention_hours (as `batchscore "
+        "vacuum` does).",
     )
 
 
@@ -440,8 +452,22 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> JobConfig:
         raise ConfigError(_format_errors(e, source)) from None
 
 
-def dump_config(cfg: JobConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+REDACTED = "<redacted>"
+
+
+def shown_config(cfg: JobConfig) -> dict[str, Any]:
+    """The config as logs, reports and saved copies show it: model.kwargs values redacted unless
+    listed in model.safe_kwargs (a constructor argument may be a token or a password)."""
+    data = cfg.model_dump(mode="json")
+    safe = set(cfg.model.safe_kwargs)
+    data["model"]["kwargs"] = {k: (v if k in safe else REDACTED) for k, v in cfg.model.kwargs.items()}
+    return data
+
+
+def dump_config(cfg: JobConfig, redact: bool = True) -> str:
+    """YAML of the resolved config; `redact=False` only where the job itself needs the values."""
+    data = shown_config(cfg) if redact else cfg.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def _type_name(annotation: Any) -> str:

@@ -1,7 +1,9 @@
-"""Rows that cannot be scored, written next to the predictions with the reason.
+"""Rows that cannot be scored, written under the dead-letter table (OUTPUT/_dead_letter) with the
+reason; each date's files are committed to that Delta table in the same step as its predictions.
 
-`DeadLetterWriter` is called from the preprocess stage. File names are derived from the rows'
-keys, so a retried block rewrites the same file instead of adding a second copy.
+File names are unique per run, Ray Data task and batch, and deterministic: a retried task (same
+task index, its batches in the same order) rewrites the same files instead of adding copies, and
+two batches never share a name, even when their keys are equal (every null key hashes alike).
 """
 
 from __future__ import annotations
@@ -16,8 +18,27 @@ import pyarrow.parquet as pq
 from models.features import row_hash64
 from pipeline.storage import Location
 
-DEAD_LETTER_DIR = "_dead_letter"
 REASON_COLUMN = "reason"
+
+
+def _task_token() -> str | None:
+    """The current Ray Data task's operator and index (stable across retries of that task)."""
+    try:
+        from ray.data._internal.execution.interfaces.task_context import TaskContext
+    except ImportError:  # pragma: no cover - Ray moved it; the content hash below still works
+        return None
+    ctx = TaskContext.get_current()
+    if ctx is None:
+        return None
+    op = hashlib.sha1(str(ctx.op_name).encode()).hexdigest()[:6]
+    return f"{op}{ctx.task_idx:06d}"
+
+
+def _content_token(batch: pa.Table) -> str:
+    """Outside a Ray Data task: a hash of the whole batch (every column), which tells batches with
+    equal keys apart."""
+    h = row_hash64([batch.column(c) for c in batch.column_names], seed=5)
+    return hashlib.sha1(h.tobytes() + str(batch.num_rows).encode()).hexdigest()[:12]
 
 
 class DeadLetterWriter:
@@ -26,9 +47,17 @@ class DeadLetterWriter:
         self.partition_column = partition_column
         self.key_columns = list(key_columns)
         self.run_id = run_id
+        self._seq: dict[str, int] = {}
 
-    def write(self, rows: pa.Table, reasons: np.ndarray) -> int:
-        """Write `rows` (with one reason each) under root/<partition>=<date>/. Returns rows written."""
+    def _name(self, batch: pa.Table) -> str:
+        token = _task_token() or _content_token(batch)
+        seq = self._seq.get(token, 0)
+        self._seq[token] = seq + 1
+        return f"dl-{self.run_id}-{token}-{seq:04d}"
+
+    def write(self, rows: pa.Table, reasons: np.ndarray, batch: pa.Table | None = None) -> int:
+        """Write `rows` (with one reason each) under root/<partition>=<date>/. `batch`: the whole
+        batch the rows came from (names the file outside Ray). Returns rows written."""
         if rows.num_rows == 0:
             return 0
         keep = [
@@ -37,13 +66,19 @@ class DeadLetterWriter:
         table = rows.select(keep)
         table = table.append_column(REASON_COLUMN, pa.array(reasons.tolist(), type=pa.string()))
         table = table.append_column("run_id", pa.repeat(pa.scalar(self.run_id), table.num_rows))
-        dates = pc.unique(table.column(self.partition_column)).to_pylist()
-        for d in dates:
+        name = self._name(batch if batch is not None else rows)
+        for d in pc.unique(table.column(self.partition_column)).to_pylist():
             part = table.filter(pc.equal(table.column(self.partition_column), d))
             part = part.drop_columns([self.partition_column])
-            digest = hashlib.sha1(row_hash64([part.column(c) for c in self.key_columns], seed=1).tobytes())
-            target = self.root.join(f"{self.partition_column}={d}", f"dl-{digest.hexdigest()[:20]}.parquet")
+            target = self.root.join(f"{self.partition_column}={d}", f"{name}.parquet")
             self.root.fs.create_dir(target.path.rsplit("/", 1)[0], recursive=True)
             with self.root.fs.open_output_stream(target.path) as f:
                 pq.write_table(part, f, compression="zstd")
         return table.num_rows
+
+
+def dead_letter_schema(input_schema: pa.Schema, key_columns: list[str], partition_column: str) -> pa.Schema:
+    """The dead-letter table's columns: the keys as in the input, the reason, the run, the date."""
+    fields = [input_schema.field(c).remove_metadata() for c in key_columns if c in input_schema.names]
+    fields += [pa.field(REASON_COLUMN, pa.string()), pa.field("run_id", pa.string())]
+    return pa.schema([*fields, pa.field(partition_column, pa.string())])

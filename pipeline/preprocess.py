@@ -73,13 +73,13 @@ class Preprocessor:
             )
         )
 
-    def _reject(self, rows: pa.Table, reasons: np.ndarray) -> None:
+    def _reject(self, rows: pa.Table, reasons: np.ndarray, batch: pa.Table) -> None:
         if self.dead_letter is None:
             counts: dict[str, int] = {}
             for r in reasons:
                 counts[r] = counts.get(r, 0) + 1
             raise StageError(f"stage {self.name!r}: {len(reasons)} rows cannot be scored: {counts}")
-        self.dead_letter.write(rows, reasons)
+        self.dead_letter.write(rows, reasons, batch)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         missing = [c for c in self.required if c not in batch.column_names]
@@ -91,7 +91,7 @@ class Preprocessor:
         reasons = reject_reasons(batch, self.spec or FeatureSpec(), self.key_columns)
         if reasons is not None:
             bad = np.array([r is not None for r in reasons], dtype=bool)
-            self._reject(batch.filter(pa.array(bad)), reasons[bad])
+            self._reject(batch.filter(pa.array(bad)), reasons[bad], batch)
             batch = batch.filter(pa.array(~bad))
         try:
             feats = self.function(batch) if self.function else transform_table(batch, self.spec)
@@ -101,7 +101,7 @@ class Preprocessor:
             if self.function is None:
                 raise
             why = f"preprocessing error: {type(e).__name__}: {e}"[:500]
-            self._reject(batch, np.full(batch.num_rows, why, dtype=object))
+            self._reject(batch, np.full(batch.num_rows, why, dtype=object), batch)
             return batch.select(self.passthrough).slice(0, 0)
         if not isinstance(feats, dict):
             raise StageError(

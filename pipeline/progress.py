@@ -2,7 +2,7 @@
 
 Stages count their rows into a `ProgressCounter` actor (fire-and-forget calls, one per batch,
 no CPU reserved); replicas register their device there. Rows written are counted from the
-footers of the files that have appeared in the run's staging area. A driver thread prints:
+footers of the run's files that have appeared under the output table. A driver thread prints:
 
     progress  42% | read 3.4M/8.0M | scored 3.3M | written 2.5M | 131k rows/s | ETA 35s | 26s
 
@@ -68,11 +68,13 @@ def duration(s: float) -> str:
 
 
 class WrittenRows:
-    """Rows in the complete Parquet files under a directory so far (footers read once per new
-    file; a file still being written has no readable footer yet and counts on a later call)."""
+    """Rows in the complete Parquet files under a directory so far whose names start with
+    `prefix` (one run's files), footers read once per new file; a file still being written has
+    no readable footer yet and counts on a later call."""
 
-    def __init__(self, staging: Location) -> None:
-        self.staging = staging
+    def __init__(self, directory: Location, prefix: str = "") -> None:
+        self.directory = directory
+        self.prefix = prefix
         self.seen: dict[str, int] = {}
 
     def __call__(self) -> int:
@@ -80,10 +82,12 @@ class WrittenRows:
 
         total = 0
         with contextlib.suppress(Exception):
-            for info in list_files(self.staging, suffix=".parquet"):
+            for info in list_files(self.directory, suffix=".parquet"):
+                if not info.base_name.startswith(self.prefix):
+                    continue
                 if info.path not in self.seen:
                     try:
-                        with self.staging.fs.open_input_file(info.path) as f:
+                        with self.directory.fs.open_input_file(info.path) as f:
                             self.seen[info.path] = pq.ParquetFile(f).metadata.num_rows
                     except Exception:
                         continue  # still being written: counted on a later poll

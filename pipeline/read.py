@@ -24,6 +24,7 @@ class InputFile:
     size: int
     rows: int
     schema: pa.Schema
+    mtime_ns: int = 0  # with size: the file as it was when scored (input pinning)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class InputPartition:
     date: str
     uri: str
     files: list[InputFile] = field(default_factory=list)
+    listed: list[tuple[str, int, int]] = field(default_factory=list)  # (uri, size, mtime) as listed
 
     @property
     def rows(self) -> int:
@@ -53,42 +55,51 @@ class InputPlan:
         return sum(p.rows for p in self.partitions)
 
 
-def _read_footer(root: Location, path: str) -> tuple[int, pa.Schema] | str:
-    """(rows, schema), or the reason the file cannot be read."""
+def _stored_partition_values(pf: pq.ParquetFile, column: str) -> set[str]:
+    """The distinct values of the partition column stored inside the file (from row-group
+    statistics; the column itself when a row group has none)."""
+    md, idx = pf.metadata, pf.schema_arrow.get_field_index(column)
+    values: set[str] = set()
+    for i in range(md.num_row_groups):
+        stats = md.row_group(i).column(idx).statistics
+        if stats is not None and stats.has_min_max:
+            values |= {str(stats.min), str(stats.max)}
+        else:
+            col = pf.read_row_group(i, columns=[column]).column(0)
+            values |= {str(v) for v in col.unique().to_pylist()}
+    return values
+
+
+def _read_footer(root: Location, path: str, partition: tuple[str, str]) -> tuple[int, pa.Schema] | str:
+    """(rows, schema), or the reason the file cannot be used. A file that stores its own
+    partition column must agree with its directory (ds=D holds only rows of D)."""
     uri = root.uri + "/" + posixpath.relpath(path, root.path)
+    col, date = partition
     try:
         with root.fs.open_input_file(path) as f:
-            md = pq.ParquetFile(f).metadata
-            return md.num_rows, md.schema.to_arrow_schema()
+            pf = pq.ParquetFile(f)
+            md, schema = pf.metadata, pf.schema_arrow
+            if col in schema.names and md.num_rows:
+                stored = _stored_partition_values(pf, col) - {date}
+                if stored:
+                    return (
+                        f"{uri}: its column {col!r} holds {sorted(stored)[:3]} but the file is under "
+                        f"{col}={date}; fix the file or its directory"
+                    )
+            return md.num_rows, schema
     except (pa.ArrowInvalid, OSError) as e:
         return f"{uri}: not a readable Parquet file (corrupt or truncated?): {e}"
 
 
-def discover(
-    root: Location, dates: list[str], partition_column: str = "ds", on_bad_file: str = "fail"
-) -> InputPlan:
-    """List the files of each requested date and read their footers. Errors name the path.
-
-    With on_bad_file='skip', unreadable files and missing or empty dates are left out and
-    recorded in `InputPlan.skipped` instead of failing the run.
-    """
-    if not dates:
-        raise InputError("no dates to score: give --date/--start/--end or input.dates in the config")
-    partitions: list[InputPartition] = []
-    skipped: list[dict[str, str]] = []
-    problems: list[str] = []
+def list_inputs(root: Location, dates: list[str], partition_column: str = "ds") -> dict[str, InputPartition]:
+    """The .parquet files of each requested date, as listed (path, size, mtime; no footers read).
+    Dates with no files are left out."""
+    found = {}
     for d in dates:
         part = root.join(f"{partition_column}={d}")
         files = list_files(part, suffix=".parquet")
-        if not files:
-            what = "has no .parquet files" if exists(part) else "does not exist"
-            if on_bad_file == "skip":
-                skipped.append({"date": d, "uri": part.uri, "reason": f"input partition {what}"})
-                continue
-            problems.append(f"input partition {part.uri} {what}")
-            continue
-        partitions.append(
-            InputPartition(
+        if files:
+            found[d] = InputPartition(
                 date=d,
                 uri=part.uri,
                 files=[
@@ -98,18 +109,53 @@ def discover(
                         size=i.size,
                         rows=0,
                         schema=pa.schema([]),
+                        mtime_ns=int(i.mtime_ns or 0),
                     )
                     for i in files
                 ],
             )
-        )
+            found[d].listed = sorted((f.uri, f.size, f.mtime_ns) for f in found[d].files)
+    return found
+
+
+def discover(
+    root: Location,
+    dates: list[str],
+    partition_column: str = "ds",
+    on_bad_file: str = "fail",
+    listed: dict[str, InputPartition] | None = None,
+) -> InputPlan:
+    """List the files of each requested date and read their footers. Errors name the path.
+
+    With on_bad_file='skip', unreadable files and missing or empty dates are left out and
+    recorded in `InputPlan.skipped` instead of failing the run. `listed`: from `list_inputs`.
+    """
+    if not dates:
+        raise InputError("no dates to score: give --date/--start/--end or input.dates in the config")
+    listed = listed if listed is not None else list_inputs(root, dates, partition_column)
+    partitions: list[InputPartition] = []
+    skipped: list[dict[str, str]] = []
+    problems: list[str] = []
+    for d in dates:
+        if d in listed:
+            partitions.append(listed[d])
+            continue
+        part = root.join(f"{partition_column}={d}")
+        what = "has no .parquet files" if exists(part) else "does not exist"
+        if on_bad_file == "skip":
+            skipped.append({"date": d, "uri": part.uri, "reason": f"input partition {what}"})
+        else:
+            problems.append(f"input partition {part.uri} {what}")
     if problems:
         raise InputError(
             "\n  ".join(problems) if len(problems) == 1 else "input problems:\n  " + "\n  ".join(problems)
         )
-    all_files = [f for p in partitions for f in p.files]
+    all_files = [(f, p.date) for p in partitions for f in p.files]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        footers = list(pool.map(lambda f: _read_footer(root, f.path), all_files))
+        footers = list(
+            pool.map(lambda fd: _read_footer(root, fd[0].path, (partition_column, fd[1])), all_files)
+        )
+    all_files = [f for f, _ in all_files]
     bad = {}
     for f, footer in zip(all_files, footers, strict=True):
         if isinstance(footer, str):

@@ -8,17 +8,16 @@ import os
 import tempfile
 from typing import Any
 
-import pyarrow.fs as pafs
-
-from pipeline.commit import read_manifest
 from pipeline.config import DriftConfig
 from pipeline.errors import UserError
 from pipeline.scorestats import compare, merge, partials_of_files
 from pipeline.storage import Location, list_files
+from pipeline.table import commits_of_history, run_file_prefix
 
 log = logging.getLogger("batchscore")
 REPORT_VERSION = 1
 _LOOKBACK_DATES = 60
+_LOOKBACK_COMMITS = 400
 
 
 class DriftError(UserError):
@@ -27,41 +26,46 @@ class DriftError(UserError):
     exit_code = 3
 
 
-def profile_partitions(staging: Location, col: str, dates: list[str], score_column: str) -> dict[str, dict]:
-    """The score profile of each date's staged prediction files."""
+def profile_partitions(
+    table: Location, col: str, dates: list[str], score_column: str, run_id: str
+) -> dict[str, dict]:
+    """The score profile of each date's prediction files written by this run."""
     out = {}
     for d in dates:
-        src = staging.join(f"{col}={d}")
-        paths = [i.path for i in list_files(src, suffix=".parquet")]
+        src = table.join(f"{col}={d}")
+        prefix = run_file_prefix(run_id)
+        paths = [i.path for i in list_files(src, suffix=".parquet") if i.base_name.startswith(prefix)]
         out[d] = merge(partials_of_files(src.fs, paths, score_column))
     return out
 
 
-def committed_dates(output: Location, col: str) -> list[str]:
-    """Dates with a partition directory under the output root (committed or not), sorted."""
-    infos = output.fs.get_file_info(pafs.FileSelector(output.path, allow_not_found=True))
-    prefix = f"{col}="
-    names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
-    return sorted(n[len(prefix) :] for n in names if n.startswith(prefix))
+def committed_profiles(table, limit: int = _LOOKBACK_COMMITS) -> dict[str, tuple[str, dict]]:
+    """date -> (model sha256, score profile) of each date's latest commit among the table's last
+    `limit` commits (read from the Delta log's commit metadata; no data is read)."""
+    if table is None:
+        return {}
+    found: dict[str, tuple[str, dict]] = {}
+    for c in commits_of_history(table, limit):  # newest first: the first seen is current
+        d = c.get("date")
+        if d and d not in found:
+            found[d] = (c.get("model_sha256", ""), c.get("score_profile") or {})
+    return found
 
 
 def previous_profile(
-    output: Location, col: str, before: str, model_sha256: str, candidates: list[str]
+    committed: dict[str, tuple[str, dict]], before: str, model_sha256: str
 ) -> tuple[str, dict] | None:
     """The most recent date before `before` committed by this model, with its stored profile."""
-    for d in sorted((c for c in candidates if c < before), reverse=True)[:_LOOKBACK_DATES]:
-        m = read_manifest(output.join(f"{col}={d}"))
-        if not m or m.get("model_sha256") != model_sha256:
-            continue
-        profile = (m.get("extra") or {}).get("score_profile")
-        if profile and profile.get("count"):
+    for d in sorted((c for c in committed if c < before), reverse=True)[:_LOOKBACK_DATES]:
+        sha, profile = committed[d]
+        if sha == model_sha256 and profile and profile.get("count"):
             return d, profile
     return None
 
 
 def evaluate_drift(
     cfg: DriftConfig,
-    output: Location,
+    committed: dict[str, tuple[str, dict]],
     col: str,
     profiles: dict[str, dict],
     model_sha256: str,
@@ -69,18 +73,16 @@ def evaluate_drift(
     only: list[str] | None = None,
 ) -> dict[str, dict]:
     """Per date (of `only`, default all of `profiles`): drift against the previous date of the
-    same model (in `profiles` or committed) and against training."""
+    same model (in `profiles` or `committed`, see `committed_profiles`) and against training."""
     todo = sorted(only if only is not None else profiles)
     if not cfg.enabled:
         return {d: {"previous": None, "training": None, "breach": False} for d in todo}
-    on_disk = committed_dates(output, col)
     result = {}
     for d in todo:
         in_run = [r for r in profiles if r < d and profiles[r].get("count")]
         ref_date, ref = (max(in_run), profiles[max(in_run)]) if in_run else (None, None)
-        found = previous_profile(
-            output, col, d, model_sha256, [c for c in on_disk if not ref_date or c > ref_date]
-        )
+        later = {c: v for c, v in committed.items() if not ref_date or c > ref_date}
+        found = previous_profile(later, d, model_sha256)
         if found is not None:
             ref_date, ref = found
         checks: dict[str, Any] = {"previous": None, "training": None}

@@ -1,10 +1,10 @@
 """Commit each date of a multi-date run as soon as all of its rows are staged.
 
 A backfill scores many dates in one streaming Ray Data run (the model stays loaded, no start-up
-per date). A driver thread watches the staging area: once the staged prediction rows plus the
-dead-letter rows of the earliest uncommitted date add up to its input rows (files count only when
-their Parquet footer is readable, i.e. complete), that date is profiled, drift-checked and
-committed with the same checks as at the end of a run (key reconciliation included), while the
+per date). A driver thread watches the run's files under the output tables: once the written
+prediction rows plus the dead-letter rows of the earliest uncommitted date add up to its input
+rows (files count only when their Parquet footer is readable, i.e. complete), that date is
+profiled, drift-checked and committed with the same checks as at the end of a run (key reconciliation included), while the
 pipeline goes on with the next dates. A backfill killed midway keeps every date committed so far.
 
 Dates are committed in date order (a later date that completes first waits), so each date's drift
@@ -23,13 +23,20 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.commit import CommitError, CommitPolicy, PartitionManifest, RunIdentity, commit_partitions
+from pipeline.commit import (
+    CommitError,
+    CommitPolicy,
+    DateCommit,
+    OutputTables,
+    RunIdentity,
+    commit_partitions,
+)
 from pipeline.config import DriftConfig
-from pipeline.deadletter import DEAD_LETTER_DIR
 from pipeline.progress import WrittenRows
 from pipeline.read import InputPartition, InputPlan
 from pipeline.report import drift_reasons, evaluate_drift, profile_partitions
 from pipeline.storage import Location
+from pipeline.table import CommitConflictError, run_file_prefix
 
 log = logging.getLogger("batchscore")
 
@@ -47,16 +54,16 @@ def subset(inputs: InputPlan, dates: list[str]) -> InputPlan:
 
 @dataclass
 class DateCommitter:
-    output: Location
-    staging: Location
+    tables: OutputTables
     inputs: InputPlan
     run: RunIdentity
     policy: CommitPolicy
     drift_cfg: DriftConfig
     score_column: str
     training_reference: dict | None
+    committed_profiles: dict[str, tuple[str, dict]] = field(default_factory=dict)  # from the log
     interval_s: float = 2.0
-    manifests: list[PartitionManifest] = field(default_factory=list)
+    commits: list[DateCommit] = field(default_factory=list)
     profiles: dict[str, dict] = field(default_factory=dict)
     drift: dict[str, dict] = field(default_factory=dict)
     held: dict[str, str] = field(default_factory=dict)  # date -> why it was left to the final commit
@@ -67,21 +74,22 @@ class DateCommitter:
         self._counters: dict[str, WrittenRows] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.conflict: CommitConflictError | None = None
 
     @property
     def committed(self) -> list[str]:
-        return [m.partition[self.inputs.partition_column] for m in self.manifests]
+        return [c.date for c in self.commits]
 
-    def _rows(self, loc: Location) -> int:
-        """Rows in the complete Parquet files under `loc` (footers read once per file)."""
+    def _rows(self, loc: Location, kind: str) -> int:
+        """Rows in this run's complete Parquet files under `loc` (footers read once per file)."""
         if loc.path not in self._counters:
-            self._counters[loc.path] = WrittenRows(loc)
+            self._counters[loc.path] = WrittenRows(loc, run_file_prefix(self.run.run_id, kind))
         return self._counters[loc.path]()
 
     def _staged_rows(self, date: str) -> int:
         col = self.inputs.partition_column
-        return self._rows(self.staging.join(f"{col}={date}")) + self._rows(
-            self.staging.join(DEAD_LETTER_DIR, f"{col}={date}")
+        return self._rows(self.tables.location.join(f"{col}={date}"), "part") + self._rows(
+            self.tables.dead_letters.location.join(f"{col}={date}"), "dl"
         )
 
     def step(self, drain: bool = False) -> None:
@@ -91,11 +99,13 @@ class DateCommitter:
             part = self._pending[0]
             if part.date in self.held or self._staged_rows(part.date) != part.rows:
                 return
-            profile = profile_partitions(self.staging, col, [part.date], self.score_column)
+            profile = profile_partitions(
+                self.tables.location, col, [part.date], self.score_column, self.run.run_id
+            )
             profiles = {**self.profiles, **profile}
             drift = evaluate_drift(
                 self.drift_cfg,
-                self.output,
+                self.committed_profiles,
                 col,
                 profiles,
                 self.run.model_sha256,
@@ -106,14 +116,12 @@ class DateCommitter:
                 self.held[part.date] = "score drift with drift.on_breach=fail"
                 return
             try:
-                manifests = commit_partitions(
-                    self.output,
-                    self.staging,
+                commits = commit_partitions(
+                    self.tables,
                     subset(self.inputs, [part.date]),
                     self.run,
                     self.policy,
                     extra={part.date: {"score_profile": profile[part.date], "drift": drift}},
-                    cleanup=False,
                 )
             except CommitError as e:
                 self.held[part.date] = str(e)
@@ -122,7 +130,7 @@ class DateCommitter:
                 log.warning("score drift: %s", line)
             self.profiles[part.date] = profile[part.date]
             self.drift[part.date] = drift
-            self.manifests.extend(manifests)
+            self.commits.extend(commits)
             self._pending.pop(0)
             if drain:
                 log.info("committed %s=%s (%d rows)", col, part.date, part.rows)
@@ -134,6 +142,9 @@ class DateCommitter:
         while not self._stop.wait(self.interval_s):
             try:
                 self.step()
+            except CommitConflictError as e:  # another run committed a date first: the run stops
+                self.conflict = e
+                return
             except Exception as e:  # an early commit is an optimization: the final commit decides
                 log.warning("early commit paused: %s", e)
                 return
@@ -155,6 +166,8 @@ class DateCommitter:
         that does not (it and the later dates are left to the caller's final commit, which
         reports why). Which dates are published does not depend on how far the thread got."""
         self.stop()
+        if self.conflict is not None:
+            raise self.conflict
         self.step(drain=True)
 
     def summary(self) -> dict[str, Any]:

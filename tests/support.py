@@ -14,8 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.features import FeatureSpec, transform_table
-from pipeline.commit import committed_files
-from pipeline.config import config_from_dict
+from pipeline.config import StorageConfig, config_from_dict
 from pipeline.storage import resolve
 from pipeline.synthetic import FEATURES, SyntheticSpec, date_range
 
@@ -62,11 +61,25 @@ def read_input(root: str, date: str, storage=None) -> pa.Table:
     return pq.read_table(files, filesystem=loc.fs)
 
 
+def delta_options(root: str, storage: StorageConfig | None = None) -> dict[str, str] | None:
+    from pipeline.table import storage_options
+
+    return storage_options(str(root), storage or StorageConfig())
+
+
+def read_delta(root: str, storage=None, version: int | None = None, date: str | None = None) -> pa.Table:
+    """What a Delta reader (deltalake) sees of the table, at `version` (default: the latest)."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(root), version=version, storage_options=delta_options(root, storage))
+    return table.to_pyarrow_table(filters=[("ds", "=", date)] if date else None)
+
+
 def read_output(root: str, date: str, storage=None) -> pa.Table:
-    loc = resolve(root, storage)
-    files = committed_files(loc, date)
-    assert files, f"no committed files for {date} under {root}"
-    return pq.read_table(files, filesystem=loc.fs)
+    """The committed predictions of one date, read through the Delta log."""
+    table = read_delta(root, storage, date=date)
+    assert table.num_rows, f"no committed rows for {date} in the table {root}"
+    return table
 
 
 def direct_scores(model_path: str, table: pa.Table, spec: FeatureSpec, **load_kwargs) -> np.ndarray:

@@ -1,0 +1,330 @@
+"""The output as Delta Lake tables (delta-rs): the predictions and, beside them, the dead letters.
+
+The commit point of a date is one Delta transaction that removes the date's current files and adds
+the new ones (`mode="overwrite"` with a partition filter on the date). Files written by the run but
+not yet in the log are invisible to every Delta reader (Spark, DuckDB, polars, Athena, deltalake).
+
+Concurrency needs no lock service: delta-rs commits optimistically (put-if-absent of the next log
+entry; on S3 a conditional PUT), and two overwrites of one date conflict, so exactly one commits.
+
+What a date was committed with is read from the log, not from side files. Each commit of a date
+records Delta application transactions (`txn` actions, kept in every snapshot):
+
+    batchscore/<col>=<date>                     -> g   the date's generation (1, 2, ...)
+    batchscore/<col>=<date>/model/<digest>      -> g   model sha256 + scoring config
+    batchscore/<col>=<date>/inputs/<digest>     -> g   input files (path, size, mtime)
+    batchscore/<col>=<date>/run/<run id>        -> g   the run that committed it
+
+so "is this date committed with this model and these inputs" is three lookups in the snapshot:
+an identity is current exactly when its version equals the date's generation. The commit's
+metadata (`commitInfo`) carries the run id, model, input files and counts for people and reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import StorageConfig
+from pipeline.errors import UserError
+from pipeline.storage import Location, is_s3, list_files
+
+log = logging.getLogger("batchscore")
+
+APP_PREFIX = "batchscore"
+METADATA_KEY = "batchscore"
+DEAD_LETTER_TABLE = "_dead_letter"
+
+
+class CommitConflictError(UserError):
+    """Another run committed the same date first, with another model, config or inputs."""
+
+    exit_code = 4
+
+
+def storage_options(uri: str, storage: StorageConfig) -> dict[str, str] | None:
+    """delta-rs options for an s3:// table. Credentials are not among them: delta-rs reads them from
+    the environment (AWS_ACCESS_KEY_ID, ..., AWS_PROFILE, web identity, instance metadata)."""
+    if not is_s3(uri):
+        return None
+    opts = {"AWS_REGION": storage.region, "conditional_put": "etag"}
+    if storage.endpoint_url:
+        opts["AWS_ENDPOINT_URL"] = storage.endpoint_url
+        if urlparse(storage.endpoint_url).scheme == "http":
+            opts["AWS_ALLOW_HTTP"] = "true"
+    if storage.anonymous:
+        opts["AWS_SKIP_SIGNATURE"] = "true"
+    return opts
+
+
+def date_app_id(col: str, date: str) -> str:
+    return f"{APP_PREFIX}/{col}={date}"
+
+
+def identity_app_id(col: str, date: str, kind: str, digest: str) -> str:
+    return f"{APP_PREFIX}/{col}={date}/{kind}/{digest}"
+
+
+def digest_of(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class DateIdentity:
+    """What decides a date's predictions: the model and scoring config, and the input files."""
+
+    model: str  # digest of model sha256 + scoring config
+    inputs: str  # digest of the input files (path, size, mtime)
+
+
+@dataclass(frozen=True)
+class DateState:
+    generation: int | None  # None: the date was never committed
+    same_model: bool
+    same_inputs: bool
+    dead_letters_current: bool
+
+    @property
+    def committed_as_asked(self) -> bool:
+        return (
+            self.generation is not None and self.same_model and self.same_inputs and self.dead_letters_current
+        )
+
+    def why_rescored(self) -> str:
+        if self.generation is None:
+            return "not committed yet"
+        if not self.same_model:
+            return "committed with another model or scoring config"
+        if not self.same_inputs:
+            return "its input files changed since the commit (size or modification time)"
+        return "its dead letters were not committed (the last run stopped between the two commits)"
+
+
+@dataclass
+class TableFile:
+    """A Parquet file written under a table's location (path relative to the table root)."""
+
+    path: str
+    size: int
+    rows: int
+    mtime_ms: int
+    partition: dict[str, str]
+
+
+def partition_values(relpath: str) -> dict[str, str]:
+    """`ds=2026-10-01/part-x.parquet` -> {"ds": "2026-10-01"} (hive directory segments)."""
+    values = {}
+    for seg in posixpath.dirname(relpath).split("/"):
+        if "=" in seg:
+            k, v = seg.split("=", 1)
+            values[unquote(k)] = unquote(v)
+    return values
+
+
+def run_file_prefix(run_id: str, kind: str = "part") -> str:
+    """Every file a run writes starts with this (part- predictions, dl- dead letters)."""
+    return f"{kind}-{run_id}-"
+
+
+def run_files(table: Location, col: str, date: str, run_id: str, kind: str = "part") -> list[TableFile]:
+    """This run's complete files of one date under a table (footers read in parallel threads)."""
+    date_dir = table.join(f"{col}={date}")
+    prefix = run_file_prefix(run_id, kind)
+    infos = [i for i in list_files(date_dir, suffix=".parquet") if i.base_name.startswith(prefix)]
+
+    def footer(info) -> TableFile:
+        with table.fs.open_input_file(info.path) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        rel = posixpath.relpath(info.path, table.path)
+        mtime = int(info.mtime.timestamp() * 1000) if info.mtime is not None else 0
+        return TableFile(path=rel, size=info.size, rows=rows, mtime_ms=mtime, partition=partition_values(rel))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(footer, infos))
+
+
+def file_schema(table: Location, f: TableFile):
+    with table.fs.open_input_file(table.join(f.path).path) as fh:
+        return pq.ParquetFile(fh).schema_arrow
+
+
+def delete_run_files(table: Location, files: list[TableFile]) -> None:
+    """Remove files this run wrote but never committed (best effort: vacuum removes leftovers)."""
+    for f in files:
+        try:
+            table.fs.delete_file(table.join(f.path).path)
+        except OSError as e:
+            logging.getLogger("batchscore").debug("could not delete %s: %s", f.path, e)
+
+
+class DeltaOutput:
+    """One Delta table at `location` (the predictions, or the dead letters)."""
+
+    def __init__(self, location: Location, storage: StorageConfig, partition_by: list[str]) -> None:
+        self.location = location
+        self.partition_by = list(partition_by)
+        self.uri = location.uri
+        self.options = storage_options(location.uri, storage)
+
+    def open(self, version: int | None = None):
+        """The table (at `version`, default the latest), or None when there is no table yet."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.uri, version=version, storage_options=self.options)
+        except TableNotFoundError:
+            return None
+
+    def open_or_create(self, schema: pa.Schema):
+        from deltalake import DeltaTable
+
+        table = self.open()
+        if table is not None:
+            return table
+        try:
+            DeltaTable.create(
+                self.uri,
+                schema,
+                mode="ignore",
+                partition_by=self.partition_by,
+                storage_options=self.options,
+            )
+        except Exception as e:  # another run created it at the same moment: use theirs
+            log.debug("table create raced: %s", e)
+        table = self.open()
+        if table is None:
+            raise UserError(f"could not create the Delta table {self.uri}")
+        return table
+
+    def state(self, table, col: str, date: str, identity: DateIdentity, dead_letters=None) -> DateState:
+        if table is None:
+            return DateState(None, False, False, False)
+        g = table.transaction_version(date_app_id(col, date))
+        if g is None:
+            return DateState(None, False, False, False)
+        dl_g = dead_letters.transaction_version(date_app_id(col, date)) if dead_letters is not None else None
+        return DateState(
+            generation=g,
+            same_model=table.transaction_version(identity_app_id(col, date, "model", identity.model)) == g,
+            same_inputs=table.transaction_version(identity_app_id(col, date, "inputs", identity.inputs)) == g,
+            dead_letters_current=dl_g == g,
+        )
+
+    def ever_committed_by(self, table, col: str, date: str, run_id: str) -> bool:
+        """The run committed this date at some version (its files may be in older snapshots)."""
+        return (
+            table is not None
+            and table.transaction_version(identity_app_id(col, date, "run", run_id)) is not None
+        )
+
+    def commit_date(
+        self,
+        table,
+        col: str,
+        date: str,
+        files: list[TableFile],
+        schema: pa.Schema,
+        generation: int,
+        identity: DateIdentity | None,
+        metadata: dict[str, Any],
+        run_id: str,
+    ) -> int:
+        """One transaction: the date's current files out, `files` in. Returns the new version.
+        Raises deltalake's CommitFailedError when a concurrent commit touched the same date."""
+        from deltalake import CommitProperties
+        from deltalake.transaction import AddAction, Transaction
+
+        actions = [
+            AddAction(
+                path=quote(f.path, safe="/="),
+                size=f.size,
+                partition_values=f.partition,
+                modification_time=f.mtime_ms,
+                data_change=True,
+                stats=json.dumps({"numRecords": f.rows}),
+            )
+            for f in files
+        ]
+        txns = [
+            Transaction(date_app_id(col, date), generation),
+            Transaction(identity_app_id(col, date, "run", run_id), generation),
+        ]
+        if identity is not None:
+            txns += [
+                Transaction(identity_app_id(col, date, "model", identity.model), generation),
+                Transaction(identity_app_id(col, date, "inputs", identity.inputs), generation),
+            ]
+        table.create_write_transaction(
+            actions,
+            mode="overwrite",
+            schema=schema,
+            partition_by=self.partition_by,
+            partition_filters=[(col, "=", date)],
+            commit_properties=CommitProperties(
+                custom_metadata={METADATA_KEY: metadata}, app_transactions=txns
+            ),
+        )
+        return table.version()
+
+    def vacuum(self, table, retention_hours: float, dry_run: bool = False) -> list[str]:
+        """Delete files that no version of the last `retention_hours` references: files removed by
+        a commit longer ago, and files never committed (runs that died) once that old. Folders
+        starting with '_' (the dead-letter table, run reports) are not part of this table's files."""
+        return table.vacuum(
+            retention_hours=int(retention_hours) if retention_hours else 0,
+            dry_run=dry_run,
+            enforce_retention_duration=False,
+            full=True,
+        )
+
+
+def table_schema(file_schema: pa.Schema, partition_by: list[str]) -> pa.Schema:
+    """The table's schema: the data files' columns plus the partition columns (strings)."""
+    fields = [f.remove_metadata() for f in file_schema if f.name not in partition_by]
+    fields += [pa.field(c, pa.string()) for c in partition_by]
+    return pa.schema(fields)
+
+
+def check_schema(table, schema: pa.Schema) -> None:
+    """The run's files must match the existing table's columns (names and types)."""
+    from deltalake import Schema as DeltaSchema
+
+    current = table.schema()
+    ours = DeltaSchema.from_arrow(schema)
+    have = {f.name: str(f.type) for f in current.fields}
+    want = {f.name: str(f.type) for f in ours.fields}
+    if have != want:
+        diff = sorted(
+            f"{k}: table has {have.get(k, '-')}, this run writes {want.get(k, '-')}"
+            for k in set(have) | set(want)
+            if have.get(k) != want.get(k)
+        )
+        raise UserError(
+            f"output table {table.table_uri}: the predictions' columns differ from the table's "
+            f"({'; '.join(diff)}); write to a new output.uri or keep the key and score columns as they were"
+        )
+
+
+def commits_of_history(table, limit: int | None = None) -> list[dict[str, Any]]:
+    """batchscore's commits, newest first: each with its table `version` and our metadata."""
+    out = []
+    for entry in table.history(limit):
+        meta = entry.get(METADATA_KEY)
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta)
+            except ValueError:
+                meta = None
+        if isinstance(meta, dict):
+            out.append({**meta, "version": entry["version"]})
+    return out
