@@ -261,8 +261,9 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
         if preds_schema is None:  # every row is a dead letter and there is no table yet
             raise CommitError(f"{col}={date}: no row could be scored, so there is no table schema yet")
         preds = tables.predictions.open_or_create(preds_schema)
-    schema = preds_schema or _arrow_schema(preds)
-    check_schema(preds, schema)
+    if preds_schema is not None:
+        check_schema(preds, preds_schema)
+    schema = _arrow_schema(preds)  # the table's own: a different one would rewrite its metadata
     dls = tables.dead_letters.open_or_create(dl_schema)
     generation = (preds.transaction_version(date_app_id(col, date)) or 0) + 1
     identity = identity_of(c.part, run.model_sha256, run.scoring_hash)

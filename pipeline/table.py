@@ -274,6 +274,15 @@ class DeltaOutput:
                 custom_metadata={METADATA_KEY: metadata}, app_transactions=txns
             ),
         )
+        return self._version_of(table, date, run_id)
+
+    def _version_of(self, table, date: str, run_id: str) -> int:
+        """The version our commit got (the table object is not refreshed by the commit, and other
+        runs may have committed right after it)."""
+        table.update_incremental()
+        for c in commits_of_history(table, 50):
+            if c.get("run_id") == run_id and c.get("date") == date:
+                return int(c["version"])
         return table.version()
 
     def vacuum(self, table, retention_hours: float, dry_run: bool = False) -> list[str]:

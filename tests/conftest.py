@@ -1,7 +1,8 @@
 """Shared fixtures: real parts, started by the tests themselves.
 
-- `s3`: moto's S3-compatible server on 127.0.0.1 over HTTP (ThreadedMotoServer), reached through
-  the same pyarrow S3FileSystem code path production uses; only the endpoint differs.
+- `s3`: moto's S3-compatible server on 127.0.0.1 over HTTP, in its own process (`moto_server`;
+  delta-rs calls against a server inside the test process hang), reached through the same
+  pyarrow S3FileSystem and delta-rs code paths production uses; only the endpoint differs.
 - `ray_cluster`: one local Ray per session, a `ray.cluster_utils.Cluster` so tests can add and
   remove nodes (logical GPUs) without a second Ray.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,15 +77,33 @@ class S3Server:
         )
 
 
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not listen on port {port} within {timeout_s} s")
+
+
 @pytest.fixture(scope="session")
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield S3Server(f"http://{host}:{port}")
-    server.stop()
+    port = _free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, proc)
+        yield S3Server(f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from support import DATES, KEYS, direct_scores, make_config, read_input, read_output, scores_by_key
@@ -55,60 +57,133 @@ def test_pipeline_scores_equal_direct_model_call(ray_cluster, dataset, checkpoin
     assert set(got.column("model_version").to_pylist()) == {want_version}
 
 
-def test_two_dates_partitioned_with_manifests_and_report(ray_cluster, dataset, checkpoints, tmp_path):
+def _commits(out) -> list[dict]:
+    from deltalake import DeltaTable
+
+    from pipeline.table import commits_of_history
+
+    return commits_of_history(DeltaTable(str(out)))
+
+
+def test_two_dates_are_two_delta_commits_with_their_metadata(ray_cluster, dataset, checkpoints, tmp_path):
+    from deltalake import DeltaTable
+
     model_uri, _ = checkpoints.entries["safetensors"]
     out = tmp_path / "preds"
     cfg = make_config(str(dataset), model_uri, str(out))
     report = run_score(cfg, DATES)
 
-    for d in DATES:
+    table = DeltaTable(str(out))
+    assert table.metadata().partition_columns == ["ds"]
+    commits = {c["date"]: c for c in _commits(out)}
+    files = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    for entry in report["partitions"]:
+        d = entry["partition"]["ds"]
         inp, got = read_input(str(dataset), d), read_output(str(out), d)
         assert got.num_rows == inp.num_rows
-        manifest = json.loads((out / f"ds={d}" / "_manifest.json").read_text())
-        assert manifest["input_rows"] == manifest["output_rows"] == inp.num_rows
-        assert manifest["run_id"] == report["run_id"]
-        assert manifest["model_sha256"] == report["model"]["sha256"]
+        c = commits[d]
+        assert c["input_rows"] == c["output_rows"] == inp.num_rows and c["dead_letter_rows"] == 0
+        assert c["run_id"] == report["run_id"] and c["model_sha256"] == report["model"]["sha256"]
+        assert c["version"] == entry["table_version"]
+        assert sorted(f["uri"].rsplit("/", 1)[1] for f in c["input_files"]) == sorted(
+            p.name for p in (dataset / f"ds={d}").glob("*.parquet")
+        )
+        assert all(f["bytes"] > 0 and f["mtime_ns"] > 0 for f in c["input_files"])
         # target_rows_per_file=2000 and 3000 rows: more than one file, none over the target
-        sizes = [f["rows"] for f in manifest["output_files"]]
-        assert max(sizes) <= 2000 and sum(sizes) == inp.num_rows
-        names = sorted(p.name for p in (out / f"ds={d}").glob("*.parquet"))
-        assert names == sorted(f["name"] for f in manifest["output_files"])
-        assert all(n.startswith(f"part-{report['run_id']}-") for n in names)
+        mine = [f for f in files if f["partition.ds"] == d]
+        assert len(mine) > 1 and max(f["num_records"] for f in mine) <= 2000
+        assert sum(f["num_records"] for f in mine) == inp.num_rows
+        assert all(f["path"].split("/")[-1].startswith(f"part-{report['run_id']}-") for f in mine)
     saved = json.loads((out / "_runs" / report["run_id"] / "report.json").read_text())
     assert saved["rows"] == {"input": 2 * 3000, "output": 2 * 3000, "dead_letter": 0}
     assert [p["partition"]["ds"] for p in saved["partitions"]] == DATES
     assert (out / "_runs" / report["run_id"] / "config.yaml").exists()
-    assert not (out / "_staging").exists() or not any((out / "_staging").iterdir())
+    assert not (out / "_staging").exists() and not (out / "_locks").exists()
 
 
 def test_rerun_is_a_no_op_and_force_replaces_never_appends(ray_cluster, dataset, checkpoints, tmp_path):
+    from deltalake import DeltaTable
+
     model_uri, _ = checkpoints.entries["safetensors"]
     out = tmp_path / "preds"
     cfg = make_config(str(dataset), model_uri, str(out))
     first = run_score(cfg, [DATES[0]])
-    manifest = (out / f"ds={DATES[0]}" / "_manifest.json").read_text()
+    version = DeltaTable(str(out)).version()
 
     again = run_score(cfg, [DATES[0]])  # same model, same scoring config: nothing to do
     assert again["status"] == "skipped" and again["skipped_committed"] == [DATES[0]]
-    assert (out / f"ds={DATES[0]}" / "_manifest.json").read_text() == manifest
+    assert DeltaTable(str(out)).version() == version, "a no-op rerun committed something"
 
     # a different batch size does not change the scores: still a no-op
     resized = make_config(str(dataset), model_uri, str(out), predict={"batch_size": 333})
     assert run_score(resized, [DATES[0]])["status"] == "skipped"
 
     second = run_score(cfg, [DATES[0]], force=True)
+    assert second["rescored_because"] == {DATES[0]: "--force"}
     got = read_output(str(out), DATES[0])
     assert got.num_rows == 3000
     assert set(got.column("run_id").to_pylist()) == {second["run_id"]}
-    on_disk = list((out / f"ds={DATES[0]}").glob("*.parquet"))
-    assert on_disk and all(second["run_id"] in p.name for p in on_disk)
-    assert not any(first["run_id"] in p.name for p in on_disk)
+    # the first run's files are still on disk for readers of the older version, not in the table
+    on_disk = {p.name for p in (out / f"ds={DATES[0]}").glob("*.parquet")}
+    assert any(first["run_id"] in n for n in on_disk)
+    live = DeltaTable(str(out)).file_uris()
+    assert live and all(second["run_id"] in u for u in live)
 
-    # another model replaces the partition without --force
+    # another model replaces the partition without --force, and says why
     other_uri, _ = checkpoints.entries["torchscript"]
     third = run_score(make_config(str(dataset), other_uri, str(out)), [DATES[0]])
     assert third["status"] == "succeeded"
+    assert third["rescored_because"] == {DATES[0]: "committed with another model or scoring config"}
     assert set(read_output(str(out), DATES[0]).column("model_version").to_pylist()) == {"test-torchscript"}
+
+
+def test_changed_input_files_are_rescored_not_skipped(ray_cluster, dataset, checkpoints, tmp_path):
+    data = tmp_path / "events"
+    shutil.copytree(dataset, data)
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    cfg = make_config(str(data), model_uri, str(out))
+    run_score(cfg, [DATES[0]])
+    assert run_score(cfg, [DATES[0]])["status"] == "skipped"
+
+    # a late-arriving rewrite of one input file: same size, new modification time
+    f = data / f"ds={DATES[0]}" / "part-00002.parquet"
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    report = run_score(cfg, [DATES[0]])
+    assert report["status"] == "succeeded"
+    assert "input files changed" in report["rescored_because"][DATES[0]]
+    assert read_output(str(out), DATES[0]).num_rows == 3000
+
+
+def test_a_file_whose_date_column_disagrees_with_its_directory_is_an_input_error(
+    ray_cluster, dataset, checkpoints, tmp_path
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "events"
+    shutil.copytree(dataset, data)
+    f = data / f"ds={DATES[0]}" / "part-00001.parquet"
+    t = pq.read_table(f)
+    pq.write_table(t.append_column("ds", pa.array([DATES[1]] * t.num_rows)), f)
+    model_uri, _ = checkpoints.entries["safetensors"]
+    cfg = make_config(str(data), model_uri, str(tmp_path / "preds"))
+    with pytest.raises(InputError, match=rf"part-00001.parquet: its column 'ds' holds \['{DATES[1]}'\]"):
+        run_score(cfg, [DATES[0]])
+
+
+def test_run_ids_are_checked_and_a_committed_one_is_refused(ray_cluster, dataset, checkpoints, tmp_path):
+    from pipeline.errors import UserError
+
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    cfg = make_config(str(dataset), model_uri, str(out))
+    with pytest.raises(UserError, match="--run-id '../x': use 1-128 letters"):
+        run_score(cfg, [DATES[0]], run_id="../x")
+    run_score(cfg, [DATES[0]], run_id="nightly-1")
+    with pytest.raises(UserError, match="--run-id nightly-1: a run with this id already committed"):
+        run_score(cfg, [DATES[1]], run_id="nightly-1")
 
 
 def test_only_the_requested_partitions_are_opened(ray_cluster, dataset, checkpoints, tmp_path):
