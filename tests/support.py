@@ -75,6 +75,18 @@ def read_delta(root: str, storage=None, version: int | None = None, date: str | 
     return table.to_pyarrow_table(filters=[("ds", "=", date)] if date else None)
 
 
+def latest_commit(root: str, date: str, storage=None) -> dict[str, Any] | None:
+    """batchscore's metadata of the date's latest commit in the Delta log (None: never committed)."""
+    from deltalake import DeltaTable
+
+    from pipeline.table import commits_of_history
+
+    if not DeltaTable.is_deltatable(str(root), storage_options=delta_options(root, storage)):
+        return None
+    table = DeltaTable(str(root), storage_options=delta_options(root, storage))
+    return next((c for c in commits_of_history(table) if c.get("date") == date), None)
+
+
 def read_output(root: str, date: str, storage=None) -> pa.Table:
     """The committed predictions of one date, read through the Delta log."""
     table = read_delta(root, storage, date=date)

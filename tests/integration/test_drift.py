@@ -13,9 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from support import DATES, make_config, read_output, run_cli
+from support import DATES, latest_commit, make_config, read_output, run_cli
 
-from pipeline.commit import read_manifest
 from pipeline.plan import run_score
 from pipeline.storage import resolve
 
@@ -72,12 +71,13 @@ def test_unshifted_next_date_passes_against_previous_and_training(
     assert s["count"] == scores.size == part["output_rows"]
     assert s["mean"] == pytest.approx(float(scores.mean()), rel=1e-5)
     assert abs((scores < s["quantiles"]["p50"]).mean() - 0.5) < 0.01
-    # the report on storage is the one returned; the manifest keeps the profile for tomorrow
+    # the report on storage is the one returned; the Delta commit keeps the profile for tomorrow
     saved = json.loads(resolve(report["report_uri"]).fs.open_input_stream(report["report_uri"]).read())
     assert saved["report_version"] == 1 and saved["partitions"][0]["scores"]["count"] == scores.size
-    manifest = read_manifest(resolve(str(out)).join(f"ds={D2}"))
-    assert manifest["extra"]["score_profile"]["count"] == scores.size
-    assert manifest["extra"]["drift"]["breach"] is False
+    commit = latest_commit(str(out), D2)
+    assert commit["score_profile"]["count"] == scores.size
+    assert commit["drift"]["breach"] is False
+    assert commit["version"] == part["table_version"]
     # stages, replicas and timings
     names = [st["name"] for st in report["stages"]]
     # CPU-only: read, preprocess, predict and write fused into one task (predict.mode auto)
@@ -129,7 +129,8 @@ def test_on_breach_fail_publishes_nothing_and_exits_3(
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "drift.on_breach=fail; nothing published" in proc.stderr
     assert f"ds={D2} vs previous (ds={D1}): PSI" in proc.stderr
-    assert read_manifest(resolve(str(out)).join(f"ds={D2}")) is None
+    assert latest_commit(str(out), D2) is None
+    # nothing of the rejected date on disk either: the run removed the files it wrote
     assert not list((out / f"ds={D2}").glob("*.parquet")) if (out / f"ds={D2}").exists() else True
     runs = [json.loads(p.read_text()) for p in (out / "_runs").glob("*/report.json")]
     rejected = [r for r in runs if r["status"] == "rejected"]

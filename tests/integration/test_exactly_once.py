@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from pipeline.lock import LockError
 from support import DATES, make_config, plugin_config, read_input, read_output
 
 from pipeline.commit import CommitError, CommitPolicy, RunIdentity, commit_partitions
-from pipeline.lock import LockError
 from pipeline.plan import run_score
 from pipeline.read import discover
 from pipeline.storage import resolve

@@ -11,7 +11,16 @@ import os
 
 import pyarrow.fs as pafs
 import pytest
-from support import DATES, SYNTH, direct_scores, make_config, read_input, read_output, scores_by_key
+from support import (
+    DATES,
+    SYNTH,
+    delta_options,
+    direct_scores,
+    make_config,
+    read_input,
+    read_output,
+    scores_by_key,
+)
 
 from pipeline.config import StorageConfig
 from pipeline.errors import InputError
@@ -60,14 +69,25 @@ def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints):
         assert got_scores.keys() == expected.keys()
         assert max(abs(got_scores[k] - expected[k]) for k in expected) < 1e-6
     keys = s3.keys(bucket, "predictions/")
-    assert f"predictions/ds={DATES[0]}/_manifest.json" in keys
+    assert "predictions/_delta_log/00000000000000000000.json" in keys
+    assert "predictions/_dead_letter/_delta_log/00000000000000000000.json" in keys
     assert f"predictions/_runs/{report['run_id']}/report.json" in keys
-    leftovers = [k for k in keys if "/_staging/" in k and not k.endswith("/_staging/")]
-    assert not leftovers, "staging leftovers after a successful run"
+    assert not [k for k in keys if "/_staging/" in k or "/_locks/" in k or k.endswith("_manifest.json")]
+    # every data file on the store is in the table: the run wrote nothing it did not commit
+    from deltalake import DeltaTable
+
+    live = {
+        u.split(f"{bucket}/", 1)[1]
+        for u in DeltaTable(
+            f"s3://{bucket}/predictions", storage_options=delta_options(f"s3://{bucket}/predictions", storage)
+        ).file_uris()
+    }
+    on_store = {k for k in keys if k.endswith(".parquet") and "/_" not in k}
+    assert on_store == live
     assert report["report_uri"].startswith(f"s3://{bucket}/predictions/_runs/")
 
 
-def test_credentials_never_reach_reports_or_manifests(ray_cluster, s3, s3_job):
+def test_credentials_never_reach_reports_or_the_delta_log(ray_cluster, s3, s3_job):
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]  # a canary, set by tests/conftest.py
     access_key = os.environ["AWS_ACCESS_KEY_ID"]
     bucket, storage = s3_job
@@ -84,7 +104,9 @@ def test_credentials_never_reach_reports_or_manifests(ray_cluster, s3, s3_job):
             body = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
             assert secret not in body, key
             assert access_key not in body, key
-            if key.endswith(".json"):
+            if "/_delta_log/" in key:  # newline-delimited actions
+                assert all(json.loads(line) for line in body.splitlines() if line)
+            elif key.endswith(".json"):
                 json.loads(body)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 
 import numpy as np
@@ -62,44 +61,36 @@ def test_human_and_duration():
     assert [duration(x) for x in (5, 75, 3700)] == ["5s", "1m15s", "1h01m"]
 
 
-def _commit(out, d, sha, profile):
-    part = out / f"ds={d}"
-    part.mkdir(parents=True)
-    (part / "_manifest.json").write_text(
-        json.dumps({"model_sha256": sha, "extra": {"score_profile": profile}})
-    )
-
-
-def test_drift_compares_with_the_latest_earlier_date_of_the_same_model(tmp_path):
-    out = tmp_path / "out"
+def test_drift_compares_with_the_latest_earlier_date_of_the_same_model():
     base = RNG.beta(2, 20, 20_000)
-    _commit(out, "2026-10-01", "sha-a", profile_array(base))
-    _commit(out, "2026-10-03", "sha-a", profile_array(base + 0.3))  # shifted, and the latest
-    _commit(out, "2026-10-04", "sha-other", profile_array(base))  # another model: ignored
-    _commit(out, "2026-10-09", "sha-a", profile_array(base))  # after the date: ignored
+    committed = {  # date -> (model sha256, profile), as read from the Delta log's commits
+        "2026-10-01": ("sha-a", profile_array(base)),
+        "2026-10-03": ("sha-a", profile_array(base + 0.3)),  # shifted, and the latest
+        "2026-10-04": ("sha-other", profile_array(base)),  # another model: ignored
+        "2026-10-09": ("sha-a", profile_array(base)),  # after the date: ignored
+    }
     today = {"2026-10-05": profile_array(RNG.beta(2, 20, 20_000))}
-    drift = evaluate_drift(DriftConfig(), resolve(str(out)), "ds", today, "sha-a", None)
+    drift = evaluate_drift(DriftConfig(), committed, "ds", today, "sha-a", None)
     prev = drift["2026-10-05"]["previous"]
     assert prev["reference"] == "ds=2026-10-03" and prev["breach"] and drift["2026-10-05"]["breach"]
     assert drift["2026-10-05"]["training"] is None
 
 
-def test_drift_in_a_run_compares_with_the_date_before_and_with_training(tmp_path):
-    out = tmp_path / "out"
+def test_drift_in_a_run_compares_with_the_date_before_and_with_training():
     base = RNG.beta(2, 20, 20_000)
-    _commit(out, "2026-10-01", "sha-a", profile_array(base + 0.5))
+    committed = {"2026-10-01": ("sha-a", profile_array(base + 0.5))}
     run = {
         "2026-10-02": profile_array(RNG.beta(2, 20, 20_000)),
         "2026-10-03": profile_array(RNG.beta(2, 20, 20_000)),
     }
     training = profile_array(RNG.beta(2, 20, 20_000))
-    drift = evaluate_drift(DriftConfig(), resolve(str(out)), "ds", run, "sha-a", training)
+    drift = evaluate_drift(DriftConfig(), committed, "ds", run, "sha-a", training)
     assert drift["2026-10-02"]["previous"]["reference"] == "ds=2026-10-01"
     assert drift["2026-10-02"]["previous"]["breach"]
     assert drift["2026-10-03"]["previous"]["reference"] == "ds=2026-10-02"  # from this run
     assert not drift["2026-10-03"]["breach"]
     assert drift["2026-10-03"]["training"]["psi"] < 0.05
-    off = evaluate_drift(DriftConfig(enabled=False), resolve(str(out)), "ds", run, "sha-a", training)
+    off = evaluate_drift(DriftConfig(enabled=False), committed, "ds", run, "sha-a", training)
     assert not any(d["breach"] for d in off.values())
 
 

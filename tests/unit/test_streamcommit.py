@@ -1,20 +1,20 @@
-"""The per-date committer on real files (no Ray: fingerprints and profiles run inline): a date is
-published only once all its rows are staged, in date order, and a refused date stops the ones
-after it."""
+"""The per-date committer on real files and a real Delta table (no Ray: fingerprints and profiles
+run inline): a date is committed only once all its rows are written, in date order, and a refused
+date stops the ones after it."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from support import latest_commit, read_delta
 
-from pipeline.commit import CommitPolicy, RunIdentity
-from pipeline.config import DriftConfig
+from pipeline.commit import CommitPolicy, OutputTables, RunIdentity
+from pipeline.config import DriftConfig, StorageConfig
 from pipeline.read import discover
 from pipeline.storage import resolve
 from pipeline.streamcommit import DateCommitter
+from pipeline.table import DeltaOutput
 
 DATES = ["2026-10-01", "2026-10-02", "2026-10-03"]
 RNG = np.random.default_rng(3)
@@ -27,10 +27,14 @@ def _setup(tmp_path):
         keys = np.arange(i * 1000, i * 1000 + 1000)
         pq.write_table(pa.table({"event_id": keys}), inp / f"ds={d}" / "a.parquet")
     plan = discover(resolve(str(inp)), DATES, "ds")
-    staging = resolve(str(out)).join("_staging", "run-1")
+    loc = resolve(str(out))
+    tables = OutputTables(
+        DeltaOutput(loc, StorageConfig(), ["ds"]),
+        DeltaOutput(loc.join("_dead_letter"), StorageConfig(), ["ds"]),
+        "ds",
+    )
     committer = DateCommitter(
-        resolve(str(out)),
-        staging,
+        tables,
         plan,
         RunIdentity("run-1", "t", "v1", "sha-1", "cfg", "scoring"),
         CommitPolicy(["event_id"]),
@@ -42,15 +46,16 @@ def _setup(tmp_path):
 
 
 def _stage(out, date, keys, name):
-    d = out / "_staging" / "run-1" / f"ds={date}"
+    """A file of run-1's predictions, written where the pipeline writes them."""
+    d = out / f"ds={date}"
     d.mkdir(parents=True, exist_ok=True)
     table = pa.table({"event_id": keys, "score": RNG.beta(2, 20, len(keys)).astype(np.float32)})
-    pq.write_table(table, d / name)
+    pq.write_table(table, d / f"part-run-1-{name}")
 
 
 def _manifest(out, date):
-    path = out / f"ds={date}" / "_manifest.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    """The date's latest commit in the Delta log, as a reader of the log finds it."""
+    return latest_commit(str(out), date)
 
 
 def test_a_date_is_committed_once_all_its_rows_are_staged_in_date_order(tmp_path):
@@ -64,11 +69,11 @@ def test_a_date_is_committed_once_all_its_rows_are_staged_in_date_order(tmp_path
     c.step()
     assert c.committed == DATES[:2] and c.during_run == DATES[:2]
     m = _manifest(out, DATES[0])
-    assert m["output_rows"] == 1000 and m["extra"]["score_profile"]["count"] == 1000
-    assert m["extra"]["drift"]["previous"] is None
+    assert m["output_rows"] == 1000 and m["score_profile"]["count"] == 1000
+    assert m["drift"]["previous"] is None
     # the second date was compared with the first (committed a moment before)
-    assert _manifest(out, DATES[1])["extra"]["drift"]["previous"]["reference"] == f"ds={DATES[0]}"
-    assert (out / "_staging" / "run-1").exists(), "the run still writes there: no cleanup"
+    assert _manifest(out, DATES[1])["drift"]["previous"]["reference"] == f"ds={DATES[0]}"
+    assert read_delta(str(out), date=DATES[0]).num_rows == 1000
 
     _stage(out, DATES[2], np.arange(2000, 3000), "p0.parquet")
     c.drain()
