@@ -168,7 +168,9 @@ def test_expected_sha256_override(tmp_path, model):
     meta = save(tmp_path, model, "safetensors")
     # the right digest (in any case) loads
     assert load_model(str(tmp_path), expected_sha256=meta.sha256.upper()).meta.sha256 == meta.sha256
-    with pytest.raises(ModelError, match=r"sha256 mismatch: expected \(config, or the driver.s check of this run\)"):
+    with pytest.raises(
+        ModelError, match=r"sha256 mismatch: expected \(config, or the driver.s check of this run\)"
+    ):
         load_model(str(tmp_path), expected_sha256="0" * 64)
     with pytest.raises(ModelError, match="sha256"):
         inspect_checkpoint(str(tmp_path), expected_sha256="ab" * 32)
