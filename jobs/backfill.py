@@ -1,9 +1,10 @@
 """`batchscore backfill CONFIG --start D1 --end D2`: score a range of dates.
 
-Dates already committed with the same model (sha256) and scoring config are skipped unless
-`--force`. The rest are scored in one streaming run (or runs of `--dates-per-run` dates), and each
-date is committed as soon as all of its rows are written, while the run goes on; a backfill
-killed halfway and started again redoes only what is not committed.
+Dates already committed with the same model (sha256), scoring config and input files are skipped
+unless `--force` (read from the Delta log). The rest are scored in one streaming run (or runs of
+`--dates-per-run` dates), and each date is committed as soon as all of its rows are written,
+while the run goes on; a backfill killed halfway and started again redoes only what is not
+committed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
     from jobs.score import print_summary
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
-    from pipeline.plan import already_committed, run_score
+    from pipeline.plan import plan_dates, run_score
     from pipeline.predict import ModelSource
 
     if args.dates_per_run < 0:
@@ -26,15 +27,18 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config(args.config, args.overrides)
     dates = resolve_dates(args, cfg)
     meta = ModelSource.from_config(cfg).inspect()[0]
-    done = [] if args.force else already_committed(cfg, dates, meta.sha256)
-    todo = [d for d in dates if d not in done]
+    dp = plan_dates(cfg, dates, meta.sha256, force=args.force)
+    todo, done = dp.todo, dp.done
     print(f"backfill {cfg.name}: {len(dates)} dates, model {meta.version} (sha256 {meta.sha256[:12]}…)")
     print(f"  to score ({len(todo)}): {', '.join(todo) or '-'}")
     print(f"  already committed, skipped ({len(done)}): {', '.join(done) or '-'}")
+    for d, why in dp.why.items():
+        print(f"  {d}: {why}")
     summary: dict[str, Any] = {
         "status": "dry-run" if args.dry_run else "succeeded",
         "to_score": todo,
         "skipped_committed": done,
+        "why": dp.why,
         "runs": [],
     }
     if args.dry_run:

@@ -62,6 +62,9 @@ class RunIdentity:
     model_sha256: str
     config_hash: str
     scoring_hash: str = ""
+    # each date's generation in the log when the run planned it: a different one at commit time
+    # means another run committed the date meanwhile (see `_lost_race`)
+    seen: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -265,14 +268,17 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
         check_schema(preds, preds_schema)
     schema = _arrow_schema(preds)  # the table's own: a different one would rewrite its metadata
     dls = tables.dead_letters.open_or_create(dl_schema)
-    generation = (preds.transaction_version(date_app_id(col, date)) or 0) + 1
+    current = preds.transaction_version(date_app_id(col, date))
     identity = identity_of(c.part, run.model_sha256, run.scoring_hash)
+    if date in run.seen and current != run.seen[date]:
+        return _lost_race(tables, c, run, identity, "it was committed after this run started")
+    generation = (current or 0) + 1
     try:
         version = tables.predictions.commit_date(
             preds, col, date, c.staged, schema, generation, identity, meta, run.run_id
         )
     except CommitFailedError as e:
-        return _lost_race(tables, c, run, identity, e)
+        return _lost_race(tables, c, run, identity, f"delta-rs: {str(e)[:200]}")
     dl_version = _commit_dead_letters(tables, dls, c, dl_schema, generation, meta)
     return DateCommit(
         date=date,
@@ -323,7 +329,7 @@ def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generat
     raise CommitError(f"{col}={date}: the dead-letter table kept changing under this run's commit")
 
 
-def _lost_race(tables: OutputTables, c: _Checked, run, identity: DateIdentity, err: Exception) -> DateCommit:
+def _lost_race(tables: OutputTables, c: _Checked, run, identity: DateIdentity, how: str) -> DateCommit:
     """Another run committed the date between our read of the log and our commit."""
     col, date = tables.partition_column, c.part.date
     preds = tables.predictions.open()
@@ -345,5 +351,5 @@ def _lost_race(tables: OutputTables, c: _Checked, run, identity: DateIdentity, e
     raise CommitConflictError(
         f"{col}={date}: another run committed this date while this run was scoring it, and it differs "
         f"from this run's ({state.why_rescored()}; table version {preds.version()}); nothing of this "
-        f"run was published for it. Run again to replace it (delta-rs: {str(err)[:200]})"
+        f"run was published for it. Run again to replace it ({how})"
     )

@@ -255,6 +255,7 @@ class DatePlan:
     done: list[str]
     why: dict[str, str]
     listed: dict[str, Any]
+    generations: dict[str, int | None]  # each date's generation in the log at planning time
 
 
 def plan_dates(cfg: JobConfig, dates: list[str], model_sha256: str, force: bool = False) -> DatePlan:
@@ -267,19 +268,20 @@ def plan_dates(cfg: JobConfig, dates: list[str], model_sha256: str, force: bool 
     listed = list_inputs(resolve(cfg.input.uri, cfg.storage), dates, col)
     tables = OutputTables.for_config(cfg)
     preds, dls = tables.predictions.open(), tables.dead_letters.open()
-    todo, done, why = [], [], {}
+    todo, done, why, gens = [], [], {}, {}
     for d in dates:
         if d not in listed:  # nothing to score: discover() reports or skips it
             todo.append(d)
             continue
         identity = identity_of(listed[d], model_sha256, cfg.scoring_digest())
         state = tables.predictions.state(preds, col, d, identity, dls)
+        gens[d] = state.generation
         if state.committed_as_asked and not force:
             done.append(d)
         else:
             todo.append(d)
             why[d] = "--force" if force else state.why_rescored()
-    return DatePlan(todo, done, why, listed)
+    return DatePlan(todo, done, why, listed, gens)
 
 
 def _refuse_committed_run_id(cfg: JobConfig, run_id: str) -> None:
@@ -395,7 +397,13 @@ def _execute(cfg: JobConfig, p: Prepared, run_id: str, started: datetime, t_star
     col = cfg.input.partition_column
     tables = OutputTables.for_config(cfg)
     run = RunIdentity(
-        run_id, cfg.name, p.model_meta.version, p.model_meta.sha256, cfg.digest(), cfg.scoring_digest()
+        run_id,
+        cfg.name,
+        p.model_meta.version,
+        p.model_meta.sha256,
+        cfg.digest(),
+        cfg.scoring_digest(),
+        seen=dict(dp.generations),
     )
     policy = CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction)
     committed = committed_profiles(tables.predictions.open())

@@ -4,8 +4,9 @@ A backfill scores many dates in one streaming Ray Data run (the model stays load
 per date). A driver thread watches the run's files under the output tables: once the written
 prediction rows plus the dead-letter rows of the earliest uncommitted date add up to its input
 rows (files count only when their Parquet footer is readable, i.e. complete), that date is
-profiled, drift-checked and committed with the same checks as at the end of a run (key reconciliation included), while the
-pipeline goes on with the next dates. A backfill killed midway keeps every date committed so far.
+profiled, drift-checked and committed with the same checks as at the end of a run (key
+reconciliation included), while the pipeline goes on with the next dates. A backfill killed
+midway keeps every date committed so far.
 
 Dates are committed in date order (a later date that completes first waits), so each date's drift
 check sees the date before it. When the pipeline ends, `drain` commits the remaining dates the

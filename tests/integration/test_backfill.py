@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import DATES, assert_keys_exact, plugin_config, run_cli
+from support import DATES, assert_keys_exact, latest_commit, plugin_config, read_delta, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_backfill_killed_midway_and_rerun_commits_each_date_once(ray_cluster, dataset, checkpoints, tmp_path):
     model_uri, _ = checkpoints.entries["safetensors"]
     out = tmp_path / "preds"
-    cfg = plugin_config(str(dataset), model_uri, str(out), "slow_features", output={"lock_ttl_s": 5})
+    cfg = plugin_config(str(dataset), model_uri, str(out), "slow_features")
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     span = ["--start", DATES[0], "--end", DATES[-1]]
@@ -38,28 +38,26 @@ def test_backfill_killed_midway_and_rerun_commits_each_date_once(ray_cluster, da
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    first_manifest = out / f"ds={DATES[0]}" / "_manifest.json"
     deadline = time.time() + 180
-    while not first_manifest.exists() and time.time() < deadline and proc.poll() is None:
+    while latest_commit(str(out), DATES[0]) is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert first_manifest.exists(), "the first date was never committed"
+    assert latest_commit(str(out), DATES[0]) is not None, "the first date was never committed"
     assert proc.poll() is None, "the run ended before it could be killed"
     time.sleep(1.0)  # into the second date's run
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert not (out / f"ds={DATES[1]}" / "_manifest.json").exists(), "killed too late to test resume"
-    first_run = json.loads(first_manifest.read_text())["run_id"]
+    assert latest_commit(str(out), DATES[1]) is None, "killed too late to test resume"
+    assert read_delta(str(out), date=DATES[1]).num_rows == 0, "a half-scored date is readable"
+    first_run = latest_commit(str(out), DATES[0])["run_id"]
     # committed while the same run was still scoring the next date: no run report exists yet
     assert not (out / "_runs" / first_run / "report.json").exists()
 
-    time.sleep(6)  # past lock_ttl_s
     dry = run_cli(["backfill", str(config), *span, "--dry-run"], ray_cluster.address)
     plan = json.loads(dry.stdout.strip().splitlines()[-1])
     assert plan["to_score"] == [DATES[1]] and plan["skipped_committed"] == [DATES[0]]
 
     rerun = run_cli(["backfill", str(config), *span], ray_cluster.address)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert json.loads(first_manifest.read_text())["run_id"] == first_run, "a committed date was redone"
+    assert latest_commit(str(out), DATES[0])["run_id"] == first_run, "a committed date was redone"
     for d in DATES:
         assert_keys_exact(str(dataset), str(out), d)
-    assert not list((out / "_staging").glob("*")) if (out / "_staging").exists() else True

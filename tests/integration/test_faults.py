@@ -1,5 +1,6 @@
-"""Faults with real processes: a killed predictor actor, a SIGKILLed driver, S3 errors injected by
-a proxy, an unreachable output, two runs of the same date at once."""
+"""Faults with real processes: a killed predictor actor, a SIGKILLed driver (mid-scoring and right
+after a commit), S3 errors injected by a proxy, an unreachable output, two runs of the same date
+at once (same model: one commits, the other no-ops; different models on S3: one exits 4)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ from pathlib import Path
 import pytest
 import yaml
 from faultproxy import FaultProxy
-from support import DATES, SYNTH, assert_keys_exact, make_config, plugin_config
+from support import (
+    DATES,
+    SYNTH,
+    assert_keys_exact,
+    delta_options,
+    latest_commit,
+    make_config,
+    plugin_config,
+    read_delta,
+)
 
-from pipeline.commit import committed_files
 from pipeline.config import StorageConfig
 from pipeline.plan import StorageError, run_score
 from pipeline.storage import resolve
@@ -80,36 +89,77 @@ def test_killed_model_worker_run_still_exact(ray_cluster, dataset, checkpoints, 
     assert_keys_exact(dataset, out, DATES[0])
 
 
-def test_sigkilled_driver_publishes_nothing_and_a_rerun_is_exact(ray_cluster, dataset, checkpoints, tmp_path):
-    out = tmp_path / "preds"
-    cfg = _slow_cfg(dataset, checkpoints, out, output={"lock_ttl_s": 5})
-    config = tmp_path / "job.yaml"
+def _score_process(cfg, tmp_path, ray_address: str, name: str = "job") -> subprocess.Popen:
+    config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
-    proc = subprocess.Popen(
+    env = dict(os.environ, RAY_ADDRESS=ray_address)
+    return subprocess.Popen(
         [sys.executable, "-m", "jobs.score", str(config), "--date", DATES[0]],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    lock = out / "_locks" / f"ds={DATES[0]}.json"
-    deadline = time.time() + 120
-    while not lock.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert lock.exists(), "the driver never started the run"
-    time.sleep(3)  # mid-run: the slow preprocessing needs ~8 s
+
+
+def _wait_for(cond, proc, timeout_s: float = 120) -> bool:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def _files_on_disk(out) -> set[str]:
+    return {
+        str(p.relative_to(out)) for p in out.rglob("*.parquet") if p.relative_to(out).parts[0] != "_runs"
+    }
+
+
+def _live_files(out) -> set[str]:
+    from deltalake import DeltaTable
+
+    live = set()
+    for sub in ("", "_dead_letter"):
+        root = out / sub if sub else out
+        if (root / "_delta_log").exists():
+            live |= {str(Path(u).relative_to(out)) for u in DeltaTable(str(root)).file_uris()}
+    return live
+
+
+@pytest.mark.parametrize("moment", ["scoring", "right after the commit"])
+def test_sigkilled_driver_leaves_nothing_readable_and_a_rerun_is_exact(
+    ray_cluster, dataset, checkpoints, tmp_path, moment
+):
+    out = tmp_path / "preds"
+    cfg = _slow_cfg(dataset, checkpoints, out)
+    proc = _score_process(cfg, tmp_path, ray_cluster.address)
+    if moment == "scoring":  # files written under the table, the date not committed yet
+        hit = _wait_for(lambda: any(out.glob(f"ds={DATES[0]}/part-*.parquet")), proc)
+    else:  # the commit is in the log; the driver still profiles, reports, cleans up
+        hit = _wait_for(lambda: latest_commit(str(out), DATES[0]) is not None, proc, 180)
+    assert hit and proc.poll() is None, (
+        f"could not catch the driver {moment}: {proc.communicate()[1][-2000:]}"
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
 
-    assert not committed_files(resolve(str(out)), DATES[0]), "a killed run published a partition"
-    assert not list((out / f"ds={DATES[0]}").glob("*.parquet")) if (out / f"ds={DATES[0]}").exists() else True
-    killed_staging = list((out / "_staging").glob("*")) if (out / "_staging").exists() else []
-
-    time.sleep(6)  # past lock_ttl_s: the dead run's staging counts as stale
-    run_score(cfg, [DATES[0]])
+    if moment == "scoring":
+        assert latest_commit(str(out), DATES[0]) is None, "a killed run committed its date"
+        assert read_delta(str(out), date=DATES[0]).num_rows == 0 if (out / "_delta_log").exists() else True
+        assert _files_on_disk(out), "nothing was written before the kill: the test proves nothing"
+    else:
+        assert_keys_exact(dataset, out, DATES[0])  # what a reader sees right after the kill
+    run_score(cfg, [DATES[0]])  # a no-op after the commit, a full run before it
     assert_keys_exact(dataset, out, DATES[0])
-    assert not any(p.exists() for p in killed_staging), "staging of the killed run was left behind"
+    # vacuum with no retention leaves exactly the files the tables reference
+    from jobs.cli import main as cli
+
+    assert cli(["vacuum", str(out), "--retain-hours", "0"]) == 0
+    assert _files_on_disk(out) == _live_files(out)
+    assert_keys_exact(dataset, out, DATES[0])
 
 
 def test_transient_s3_errors_are_retried_to_an_exact_result(ray_cluster, s3, checkpoints, tmp_path):
@@ -146,23 +196,55 @@ def test_output_that_cannot_be_written_fails_fast(ray_cluster, s3, dataset, chec
     assert time.time() - t0 < 60
 
 
-def test_two_runs_of_the_same_date_never_mix(ray_cluster, dataset, checkpoints, tmp_path):
+def test_two_runs_of_the_same_date_with_the_same_model_commit_once(
+    ray_cluster, dataset, checkpoints, tmp_path
+):
     out = tmp_path / "preds"
     cfg = _slow_cfg(dataset, checkpoints, out)
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
-    cmd = [sys.executable, "-m", "jobs.score", str(config), "--date", DATES[0]]
-    procs = [
-        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ]
+    procs = [_score_process(cfg, tmp_path, ray_cluster.address, "a")]
     time.sleep(0.2)
-    procs.append(
-        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    )
+    procs.append(_score_process(cfg, tmp_path, ray_cluster.address, "b"))
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert [r[0] for r in results] == [0, 0], [(r[0], r[2][-1500:]) for r in results]
+    assert_keys_exact(dataset, out, DATES[0])
+    from deltalake import DeltaTable
+
+    # one commit of the date: the second run found it done (same model and inputs) and no-opped
+    commits = [c for c in DeltaTable(str(out)).history() if c.get("batchscore", {}).get("date") == DATES[0]]
+    assert len(commits) == 1
+    assert any("the same model and inputs" in r[2] or "already committed" in r[2] for r in results)
+    assert _files_on_disk(out) == _live_files(out), "the losing run left its files behind"
+
+
+def test_two_runs_of_one_date_with_different_models_on_s3_never_mix(ray_cluster, s3, checkpoints, tmp_path):
+    """Two processes race on the Delta log on the S3 server (conditional PUTs): the date ends whole
+    from one model; the other run exits 4 and publishes nothing."""
+    bucket = s3.make_bucket("race")
+    direct = StorageConfig(endpoint_url=s3.endpoint)
+    write_days(resolve(f"s3://{bucket}/events", direct), DATES[:1], SYNTH)
+    cfgs = [
+        plugin_config(
+            f"s3://{bucket}/events",
+            checkpoints.entries[fmt][0],
+            f"s3://{bucket}/preds",
+            "slow_features",
+            storage={"endpoint_url": s3.endpoint},
+            model={"version": f"model-{fmt}"},
+        )
+        for fmt in ("safetensors", "torchscript")
+    ]
+    procs = [_score_process(c, tmp_path, ray_cluster.address, f"m{i}") for i, c in enumerate(cfgs)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     codes = sorted(r[0] for r in results)
-    assert codes == [0, 1], [(r[0], r[2][-1500:]) for r in results]
-    loser = next(r for r in results if r[0] == 1)
-    assert "another run" in loser[2] and "same date" in loser[2]
-    assert_keys_exact(dataset, out, DATES[0])
+    assert codes == [0, 4], [(r[0], r[2][-1500:]) for r in results]
+    loser = next(r for r in results if r[0] == 4)
+    assert "another run committed this date while this run was scoring it" in loser[2]
+    got = read_delta(f"s3://{bucket}/preds", direct, date=DATES[0])
+    assert len(set(got.column("model_version").to_pylist())) == 1, "a date mixed from two models"
+    assert_keys_exact(f"s3://{bucket}/events", f"s3://{bucket}/preds", DATES[0], direct)
+    from deltalake import DeltaTable
+
+    table = DeltaTable(f"s3://{bucket}/preds", storage_options=delta_options(f"s3://{bucket}/preds", direct))
+    live = {u.split(f"{bucket}/", 1)[1] for u in table.file_uris()}
+    on_store = {k for k in s3.keys(bucket, "preds/ds=") if k.endswith(".parquet")}
+    assert on_store == live, "the losing run left its files behind"
