@@ -113,9 +113,7 @@ def _wait_for(cond, proc, timeout_s: float = 120) -> bool:
 
 
 def _files_on_disk(out) -> set[str]:
-    return {
-        str(p.relative_to(out)) for p in out.rglob("*.parquet") if p.relative_to(out).parts[0] != "_runs"
-    }
+    return {str(p.relative_to(out)) for p in out.rglob("*.parquet") if p.relative_to(out).parts[0] != "_runs"}
 
 
 def _live_files(out) -> set[str]:

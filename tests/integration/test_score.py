@@ -285,3 +285,28 @@ def test_bad_model_checksum_is_refused(ray_cluster, dataset, checkpoints, tmp_pa
     cfg = make_config(str(dataset), model_uri, str(tmp_path / "preds"), model={"sha256": "0" * 64})
     with pytest.raises(ModelError, match="sha256 mismatch"):
         run_score(cfg, [DATES[0]])
+
+
+def test_workers_refuse_weights_other_than_the_drivers(ray_cluster, dataset, checkpoints, tmp_path):
+    """The driver verifies the weights' sha256 once; a replica loading the model later gets that
+    digest and refuses a file that changed in between (the model cache is keyed by URI too)."""
+    from models.checkpoint import ModelError
+    from pipeline.plan import prepare
+    from pipeline.predict import Predictor
+
+    model = tmp_path / "model.ts"
+    shutil.copy(checkpoints.entries["torchscript"][0] + "/model.ts", model)
+    cfg = make_config(  # a bare file: no checksum recorded beside it, only the driver's check
+        str(dataset),
+        str(model),
+        str(tmp_path / "preds"),
+        model={"format": "torchscript"},
+        preprocessing={"features": checkpoints.spec.to_dict()},
+    )
+    p = prepare(cfg, [DATES[0]])
+    assert p.source.sha256 == p.model_meta.sha256  # pinned for the workers
+    Predictor(p.source, p.passthrough, "run-1")  # the same file loads
+    other = checkpoints.root / "export"  # any other bytes
+    model.write_bytes(next(other.glob("*.pt2")).read_bytes())
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        Predictor(p.source, p.passthrough, "run-1")

@@ -335,3 +335,42 @@ def test_dump_config_round_trips(tmp_path):
     again = load_config(path)
     assert again == cfg
     assert again.digest() == cfg.digest()
+
+
+def test_model_kwargs_are_redacted_unless_safe():
+    from pipeline.config import REDACTED, config_from_dict, dump_config, shown_config
+
+    cfg = config_from_dict(
+        {
+            "name": "j",
+            "input": {"uri": "/in"},
+            "model": {
+                "uri": "/m.safetensors",
+                "class_path": "pkg.mod:Model",
+                "kwargs": {"api_token": "tok-3f9a-secret", "dim": 64},
+                "safe_kwargs": ["dim"],
+            },
+            "output": {"uri": "/out", "key_columns": ["id"]},
+        }
+    )
+    shown = shown_config(cfg)
+    assert shown["model"]["kwargs"] == {"api_token": REDACTED, "dim": 64}
+    assert "tok-3f9a-secret" not in dump_config(cfg)
+    assert "tok-3f9a-secret" in dump_config(cfg, redact=False)  # only for the job itself
+    assert cfg.model.kwargs["api_token"] == "tok-3f9a-secret"  # the model still gets it
+
+
+def test_submit_never_uploads_credential_files():
+    from pathlib import Path
+
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    from jobs.submit import PROJECT_ROOT, runtime_env
+
+    env = runtime_env("none", None)
+    assert "env_vars" not in env or not any("CONFIG" in k for k in env["env_vars"])
+    excluded = _get_excludes(PROJECT_ROOT, env["excludes"])  # Ray's own matcher for working_dir
+    for secret in [".env", "sub/.env", ".env.prod", ".aws/credentials", "keys/server.pem", ".netrc"]:
+        assert excluded(PROJECT_ROOT / secret), secret
+    for kept in ["pipeline/plan.py", "configs/demo.yaml", "README.md"]:
+        assert not excluded(Path(PROJECT_ROOT / kept)), kept
