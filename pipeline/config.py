@@ -45,7 +45,7 @@ class InputConfig(_Strict):
         "fail",
         description="A corrupt/truncated file, or one missing a needed column or with an unusable "
         "type: 'fail' stops the run before any model work, naming file and column; 'skip' leaves "
-        "the file out and lists it in the report and manifest.",
+        "the file out and lists it in the report and the date's commit metadata.",
     )
 
     @field_validator("dates", "start_date", "end_date", mode="before")

@@ -53,7 +53,7 @@ def _stage(out, date, keys, name):
     pq.write_table(table, d / f"part-run-1-{name}")
 
 
-def _manifest(out, date):
+def _commit(out, date):
     """The date's latest commit in the Delta log, as a reader of the log finds it."""
     return latest_commit(str(out), date)
 
@@ -63,16 +63,16 @@ def test_a_date_is_committed_once_all_its_rows_are_staged_in_date_order(tmp_path
     _stage(out, DATES[0], np.arange(0, 600), "p0.parquet")
     _stage(out, DATES[1], np.arange(1000, 2000), "p0.parquet")  # complete, but after an incomplete date
     c.step()
-    assert c.committed == [] and _manifest(out, DATES[0]) is None
+    assert c.committed == [] and _commit(out, DATES[0]) is None
 
     _stage(out, DATES[0], np.arange(600, 1000), "p1.parquet")
     c.step()
     assert c.committed == DATES[:2] and c.during_run == DATES[:2]
-    m = _manifest(out, DATES[0])
+    m = _commit(out, DATES[0])
     assert m["output_rows"] == 1000 and m["score_profile"]["count"] == 1000
     assert m["drift"]["previous"] is None
     # the second date was compared with the first (committed a moment before)
-    assert _manifest(out, DATES[1])["drift"]["previous"]["reference"] == f"ds={DATES[0]}"
+    assert _commit(out, DATES[1])["drift"]["previous"]["reference"] == f"ds={DATES[0]}"
     assert read_delta(str(out), date=DATES[0]).num_rows == 1000
 
     _stage(out, DATES[2], np.arange(2000, 3000), "p0.parquet")
@@ -90,4 +90,4 @@ def test_a_refused_date_holds_itself_and_the_dates_after_it(tmp_path):
     c.drain()
     assert c.committed == [DATES[0]]
     assert "keys differ" in c.held[DATES[1]]
-    assert _manifest(out, DATES[1]) is None and _manifest(out, DATES[2]) is None
+    assert _commit(out, DATES[1]) is None and _commit(out, DATES[2]) is None
