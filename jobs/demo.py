@@ -63,7 +63,20 @@ def demo(args: argparse.Namespace) -> dict:
     report = run_score(cfg, [score_date])
     print_summary(report)
 
-    print(f"\npredictions: {preds}/ds={score_date}/  (read them with pyarrow.parquet.read_table)")
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(preds))
+    rows = table.to_pyarrow_table(columns=["ds"], filters=[("ds", "=", score_date)]).num_rows
+    print(
+        f"\npredictions: a Delta Lake table at {preds} (version {table.version()}, {score_date}: {rows} rows)"
+    )
+    print(
+        "  read it:   python -c \"import deltalake; print(deltalake.DeltaTable('"
+        + str(preds)
+        + "').to_pandas())\""
+    )
+    print(f"             polars.read_delta('{preds}'); DuckDB: SELECT * FROM delta_scan('{preds}')")
+    print(f"  versions:  .venv/bin/batchscore history {preds}")
     print(f"run report:  .venv/bin/batchscore report {preds}  (summary here, plots in report.html)")
     return report
 

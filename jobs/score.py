@@ -51,9 +51,12 @@ def print_summary(report: dict[str, Any]) -> None:
         )
     for p in report["partitions"]:
         key = ",".join(f"{k}={v}" for k, v in p["partition"].items())
+        if p.get("outcome") == "done by another run":
+            print(f"  {key}: committed by another run with the same model and inputs (no-op)")
+            continue
         print(
             f"  {key}: {p['input_rows']} rows in -> {p['output_rows']} predictions "
-            f"in {len(p['output_files'])} file(s) at {p['uri']}"
+            f"in {len(p['output_files'])} file(s), table version {p.get('table_version')}"
         )
         s = p.get("scores") or {}
         if s.get("count"):
@@ -69,6 +72,8 @@ def print_summary(report: dict[str, Any]) -> None:
         f"({report['throughput_rows_per_s'] or 0:,.0f} rows/s), {t['total_s']:.1f}s total"
     )
     print(f"  report   {report['report_uri']}")
+    table = report["config"]["output"]["uri"]
+    print(f"  read     deltalake.DeltaTable({table!r}).to_pyarrow_table()  (or polars, DuckDB)")
 
 
 def drift_lines(drift: dict[str, Any]) -> list[str]:

@@ -116,6 +116,10 @@ def test_demo_command_end_to_end(ray_cluster, tmp_path):
     assert auc > 0.6, f"demo model barely learns: AUC {auc}"
     assert "ds=2026-11-02: 8000 rows in -> 8000 predictions" in proc.stdout
     assert read_output(str(work / "predictions"), "2026-11-02").num_rows == 8000
+    import polars as pl  # a reader that is not ours, as the demo suggests
+
+    assert pl.read_delta(str(work / "predictions")).filter(pl.col("ds") == "2026-11-02").height == 8000
+    assert "a Delta Lake table at" in proc.stdout
     assert "run report:" in proc.stdout and "drift vs training (checkpoint): PSI" in proc.stdout
 
     # what the demo suggests next: the run's report, in the terminal and as an HTML page
