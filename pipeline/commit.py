@@ -230,14 +230,7 @@ def commit_partitions(
     meta = {
         c.part.date: _metadata(c, run, inputs, policy, (extra or {}).get(c.part.date, {})) for c in checked
     }
-    done: list[DateCommit] = []
-    for c in checked:
-        try:
-            done.append(_commit_date(tables, c, run, policy, meta[c.part.date]))
-        except CommitConflictError as e:
-            e.committed = done  # the dates before it stay committed
-            raise
-    return done
+    return [_commit_date(tables, c, run, policy, meta[c.part.date]) for c in checked]
 
 
 def _schemas(tables: OutputTables, c: _Checked, key_columns: list[str]):
@@ -268,6 +261,8 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
         check_schema(preds, preds_schema)
     schema = _arrow_schema(preds)  # the table's own: a different one would rewrite its metadata
     dls = tables.dead_letters.open_or_create(dl_schema)
+    check_schema(dls, dl_schema)
+    dl_schema = _arrow_schema(dls)
     current = preds.transaction_version(date_app_id(col, date))
     identity = identity_of(c.part, run.model_sha256, run.scoring_hash)
     if date in run.seen and current != run.seen[date]:

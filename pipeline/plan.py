@@ -294,8 +294,8 @@ def _refuse_committed_run_id(cfg: JobConfig, run_id: str) -> None:
 
 
 def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
-    """Delete this run's files of dates it did not commit (never in the log, so no reader has
-    them); a killed run's files are left for `batchscore vacuum`."""
+    """Delete this run's files of the `dates` it never committed (not in the log, so no reader
+    has them); dates it committed are skipped. A killed run's files are left for vacuum."""
     from pipeline.table import delete_run_files, run_files
 
     col = tables.partition_column
@@ -440,7 +440,11 @@ def _execute(cfg: JobConfig, p: Prepared, run_id: str, started: datetime, t_star
     t_exec = time.perf_counter() - t0
     timings = {"ray": t_ray, "exec": t_exec}
     ctx = _RunContext(cfg, p, run_id, started, t_start, dp, pool, tables, run, policy, committer, timings)
-    return _finish(ctx, ds, snapshot, committed)
+    try:
+        return _finish(ctx, ds, snapshot, committed)
+    except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
+        _discard_uncommitted(tables, dates_scored, run_id)
+        raise
 
 
 @dataclass
@@ -488,7 +492,6 @@ def _finish(c: _RunContext, ds, snapshot: dict, committed: dict) -> dict[str, An
     report["ray_data_stats"] = _stats(ds)
     report["commits"] = c.committer.summary()
     if breaches and cfg.drift.on_breach == "fail":
-        _discard_uncommitted(c.tables, rest, c.run_id)
         uri = _fail_report(c, report, "rejected", None)
         published = f"; committed before the breach: {', '.join(early)}" if early else ""
         raise DriftError(
@@ -518,13 +521,10 @@ def _commit_rest(c: _RunContext, report: dict, rest: list[str], profiles: dict, 
             extra={d: {"score_profile": profiles[d], "drift": drift[d]} for d in rest},
         )
     except CommitError as e:
-        _discard_uncommitted(c.tables, rest, c.run_id)
         uri = _fail_report(c, report, "failed", str(e))
         published = f"; committed by this run before it: {', '.join(early)}" if early else ""
         raise CommitError(f"{e}\n  (not published: {', '.join(rest)}{published}; report: {uri})") from None
     except CommitConflictError as e:
-        done = [x.date for x in getattr(e, "committed", [])]
-        _discard_uncommitted(c.tables, [d for d in rest if d not in done], c.run_id)
         uri = _fail_report(c, report, "conflict", str(e))
         raise CommitConflictError(f"{e}\n  (report: {uri})") from None
 

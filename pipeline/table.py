@@ -319,8 +319,8 @@ def check_schema(table, schema: pa.Schema) -> None:
             if have.get(k) != want.get(k)
         )
         raise UserError(
-            f"output table {table.table_uri}: the predictions' columns differ from the table's "
-            f"({'; '.join(diff)}); write to a new output.uri or keep the key and score columns as they were"
+            f"output table {table.table_uri}: this run's columns differ from the table's "
+            f"({'; '.join(diff)}); write to a new output.uri, or keep the key and score columns as they were"
         )
 
 

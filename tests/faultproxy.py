@@ -1,10 +1,19 @@
-"""An HTTP proxy that injects S3 faults (503 SlowDown, dropped connections) on a schedule."""
+"""An HTTP proxy that injects S3 faults (503 SlowDown, dropped connections) on a schedule.
+
+Run it in its own process (`FaultProxy.spawn`) when delta-rs talks through it: delta-rs calls can
+hold the GIL while they wait for the network, so a proxy thread in the same process would stall.
+`GET /__faultproxy_stats` returns the counts of injected faults as JSON.
+"""
 
 from __future__ import annotations
 
 import http.client
 import itertools
+import json
+import subprocess
+import sys
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -47,8 +56,19 @@ class FaultProxy:
                 n = int(self.headers.get("Content-Length") or 0)
                 return self.rfile.read(n) if n else b""
 
+            def _stats(self) -> None:
+                with proxy.lock:
+                    data = json.dumps(proxy.injected).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def _handle(self) -> None:
                 body = self._body()
+                if self.path == "/__faultproxy_stats":
+                    return self._stats()
                 n = next(proxy.counter)
                 if proxy.enabled and proxy.drop_every and n % proxy.drop_every == 2:
                     with proxy.lock:
@@ -104,3 +124,33 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class SpawnedFaultProxy:
+    """A FaultProxy in a child process (see the module docstring)."""
+
+    def __init__(self, upstream: str, slow_every: int = 4, drop_every: int = 9) -> None:
+        self.args = [sys.executable, __file__, upstream, str(slow_every), str(drop_every)]
+        self.proc: subprocess.Popen | None = None
+        self.endpoint = ""
+
+    def __enter__(self) -> SpawnedFaultProxy:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True)
+        self.endpoint = self.proc.stdout.readline().strip()
+        return self
+
+    @property
+    def injected(self) -> dict[str, int]:
+        with urllib.request.urlopen(self.endpoint + "/__faultproxy_stats", timeout=10) as r:
+            return json.loads(r.read())
+
+    def __exit__(self, *exc) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    proxy = FaultProxy(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    print(proxy.endpoint, flush=True)
+    proxy.server.serve_forever()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from faultproxy import FaultProxy
+from faultproxy import SpawnedFaultProxy
 from support import (
     DATES,
     SYNTH,
@@ -165,7 +165,7 @@ def test_transient_s3_errors_are_retried_to_an_exact_result(ray_cluster, s3, che
     direct = StorageConfig(endpoint_url=s3.endpoint)
     write_days(resolve(f"s3://{bucket}/events", direct), DATES[:1], SYNTH)
     model_uri, _ = checkpoints.entries["safetensors"]
-    with FaultProxy(s3.endpoint, slow_every=4, drop_every=9) as proxy:
+    with SpawnedFaultProxy(s3.endpoint, slow_every=4, drop_every=9) as proxy:
         cfg = make_config(
             f"s3://{bucket}/events", model_uri, f"s3://{bucket}/out", storage={"endpoint_url": proxy.endpoint}
         )

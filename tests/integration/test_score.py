@@ -310,3 +310,18 @@ def test_workers_refuse_weights_other_than_the_drivers(ray_cluster, dataset, che
     model.write_bytes(next(other.glob("*.pt2")).read_bytes())
     with pytest.raises(ModelError, match="sha256 mismatch"):
         Predictor(p.source, p.passthrough, "run-1")
+
+
+def test_a_run_whose_columns_differ_from_the_table_is_refused_naming_them(
+    ray_cluster, dataset, checkpoints, tmp_path
+):
+    from pipeline.errors import UserError
+
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    run_score(make_config(str(dataset), model_uri, str(out)), [DATES[0]])
+    renamed = make_config(str(dataset), model_uri, str(out), output={"score_column": "p_click"})
+    with pytest.raises(UserError, match=r"columns differ from the table's .*p_click: table has -"):
+        run_score(renamed, [DATES[1]])
+    assert read_output(str(out), DATES[0]).num_rows == 3000  # the table is untouched
+    assert not list(out.glob(f"ds={DATES[1]}/*.parquet")), "the refused run left its files"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from support import latest_commit, read_delta
 
 from pipeline.commit import CommitPolicy, OutputTables, RunIdentity
@@ -91,3 +92,25 @@ def test_a_refused_date_holds_itself_and_the_dates_after_it(tmp_path):
     assert c.committed == [DATES[0]]
     assert "keys differ" in c.held[DATES[1]]
     assert _commit(out, DATES[1]) is None and _commit(out, DATES[2]) is None
+
+
+def test_a_run_killed_between_the_predictions_and_dead_letter_commits_is_rescored(tmp_path, monkeypatch):
+    """The window inside a date's commit: the predictions are committed (readers see the date
+    whole), the dead letters are not. The next run must not take the date as done."""
+    import pipeline.commit as commit
+    from pipeline.commit import identity_of
+
+    out, c = _setup(tmp_path)
+    _stage(out, DATES[0], np.arange(0, 1000), "p0.parquet")
+
+    def killed(*args, **kwargs):
+        raise SystemExit("driver killed here")
+
+    monkeypatch.setattr(commit, "_commit_dead_letters", killed)
+    with pytest.raises(SystemExit):
+        c.step(drain=True)
+    assert read_delta(str(out), date=DATES[0]).num_rows == 1000  # readers: the date, whole
+    part = c.inputs.partitions[0]
+    state = c.tables.state(DATES[0], identity_of(part, "sha-1", "scoring"))
+    assert state.same_model and state.same_inputs and not state.committed_as_asked
+    assert "dead letters were not committed" in state.why_rescored()
