@@ -33,15 +33,18 @@ def read_deltalake(uri: str) -> dict[str, list[int]]:
     out = {}
     for d in pc.unique(table.column("ds")).to_pylist():
         rows = table.filter(pc.equal(table.column("ds"), d))
-        out[d] = [rows.num_rows, len(pc.unique(rows.column("model_version")))]
+        models = pc.unique(rows.column("model_version")).to_pylist()
+        out[d] = [rows.num_rows, len(models), min(models)]
     return out
 
 
 def read_duckdb(con, uri: str) -> dict[str, list[int]]:
     rows = con.execute(
-        "SELECT ds, count(*), count(DISTINCT model_version) FROM delta_scan(?) GROUP BY ds", [uri]
+        "SELECT ds, count(*), count(DISTINCT model_version), min(model_version) "
+        "FROM delta_scan(?) GROUP BY ds",
+        [uri],
     ).fetchall()
-    return {d: [n, m] for d, n, m in rows}
+    return {d: [n, m, v] for d, n, m, v in rows}
 
 
 def main() -> None:

@@ -57,7 +57,9 @@ def test_outside_readers_see_each_date_whole_during_a_republish(
         for dates in mine:
             assert sorted(dates) == THREE, dates
             # every date whole (3000 rows) and from one model, old or new, in every read
-            assert all(v == [SYNTH.rows_per_day, 1] for v in dates.values()), dates
+            assert all(v[:2] == [SYNTH.rows_per_day, 1] for v in dates.values()), dates
+        seen = {tuple(v[2] for _, v in sorted(dates.items())) for dates in mine}
+        assert ("test-safetensors",) * 3 in seen and ("test-torchscript",) * 3 in seen, seen
     final = read_delta(str(out))
     assert set(final.column("model_version").to_pylist()) == {"test-torchscript"}
 
@@ -87,3 +89,20 @@ def test_last_nights_version_stays_readable_until_vacuum(ray_cluster, three_days
     with pytest.raises(Exception, match="not found|No such file"):
         read_delta(str(out), version=last_night, date=day)
     assert read_delta(str(out), date=day).num_rows == SYNTH.rows_per_day  # tonight's is untouched
+
+
+def test_vacuum_after_run_keeps_only_what_the_retention_asks(ray_cluster, three_days, checkpoints, tmp_path):
+    out = tmp_path / "preds"
+    day = THREE[1]
+    output = {"vacuum_after_run": True, "retention_hours": 0}
+    first = run_score(
+        make_config(str(three_days), checkpoints.entries["safetensors"][0], str(out), output=output), [day]
+    )
+    assert first["vacuum"]["predictions"] == []  # nothing replaced yet
+    old = {p.name for p in (out / f"ds={day}").glob("*.parquet")}
+    second = run_score(
+        make_config(str(three_days), checkpoints.entries["torchscript"][0], str(out), output=output), [day]
+    )
+    assert len(second["vacuum"]["predictions"]) == len(old)  # the replaced files, past a 0 h retention
+    assert not old & {p.name for p in (out / f"ds={day}").glob("*.parquet")}
+    assert read_delta(str(out), date=day).num_rows == SYNTH.rows_per_day

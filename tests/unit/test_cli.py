@@ -242,3 +242,20 @@ def test_backfill_arguments_parse():
         ["backfill", "configs/demo.yaml", "--start", "2026-10-01", "--end", "2026-10-31", "--dry-run"]
     )
     assert args.dry_run and not args.force and args.dates_per_run == 0
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "with space", "x" * 129, ""])
+def test_run_id_is_checked_when_parsed(bad, capsys):
+    from jobs.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["score", "configs/demo.yaml", "--date", "2026-11-01", "--run-id", bad])
+    assert e.value.code == 2
+    assert "--run-id" in capsys.readouterr().err
+
+
+def test_vacuum_refuses_a_path_that_is_not_a_delta_table(tmp_path, capsys):
+    from jobs.cli import main
+
+    assert main(["vacuum", str(tmp_path)]) == 2
+    assert "not a Delta table (no _delta_log)" in capsys.readouterr().err
