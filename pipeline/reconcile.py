@@ -47,7 +47,9 @@ def fingerprint_files(fs, paths: list[str], key_columns: list[str]) -> list[Fing
         return []
     if not ray.is_initialized():
         return [Fingerprint(*_file_fingerprint(fs, p, key_columns)) for p in paths]
-    task = ray.remote(num_cpus=1, max_retries=3)(_file_fingerprint)
+    # OSError: a storage error that got through the S3 client's own retries (seen: a HEAD answered
+    # 503 with no body, which the AWS SDK does not retry) is retried as a whole task
+    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(_file_fingerprint)
     fs_ref = ray.put(fs)
     return [Fingerprint(*r) for r in ray.get([task.remote(fs_ref, p, key_columns) for p in paths])]
 

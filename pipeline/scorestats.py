@@ -81,7 +81,9 @@ def partials_of_files(fs, paths: list[str], column: str) -> list[Partial]:
         return []
     if not ray.is_initialized():
         return [_file_partial(fs, p, column) for p in paths]
-    task = ray.remote(num_cpus=1, max_retries=3)(_file_partial)
+    # OSError: a storage error that got through the S3 client's own retries (seen: a HEAD answered
+    # 503 with no body, which the AWS SDK does not retry) is retried as a whole task
+    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(_file_partial)
     fs_ref = ray.put(fs)
     return ray.get([task.remote(fs_ref, p, column) for p in paths])
 
