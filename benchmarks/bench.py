@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import PeakMemory, make_model  # noqa: E402
 
+from jobs.synthetic import SyntheticSpec, date_range, write_days
 from models.checkpoint import load_model  # noqa: E402
 from models.features import transform_table  # noqa: E402
 from pipeline.storage import resolve  # noqa: E402
-from pipeline.synthetic import SyntheticSpec, date_range, write_days  # noqa: E402
 
 
 def make_data(root: Path, rows: int, days: int, shards: int) -> tuple[list[str], Path]:
@@ -146,7 +146,7 @@ def bench_batchscore(
     import ray
 
     from pipeline.config import config_from_dict
-    from pipeline.plan import run_score
+    from pipeline.run.score import run_score
 
     if endpoint is None:
         shutil.rmtree(out, ignore_errors=True)

@@ -122,10 +122,10 @@ def make_model(root: Path, version: str = "bench"):
     synthetic day, saved as a safetensors checkpoint in ROOT/model. Returns the feature spec."""
     import torch
 
+    from jobs.synthetic import FEATURES, SyntheticSpec, generate_day
     from models.checkpoint import save_checkpoint
     from models.dlrm import build_dlrm
     from models.features import fit_dense_stats
-    from pipeline.synthetic import FEATURES, SyntheticSpec, generate_day
 
     torch.manual_seed(0)
     spec = fit_dense_stats(generate_day("2026-09-30", SyntheticSpec(rows_per_day=50_000)), FEATURES)

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
+from jobs.synthetic import FEATURES, SyntheticSpec, date_range, generate_day
 from models.dlrm import build_dlrm  # noqa: E402
 from models.features import fit_dense_stats, transform_table  # noqa: E402
-from pipeline.synthetic import FEATURES, SyntheticSpec, date_range, generate_day  # noqa: E402
 
 
 class GpuSampler:
@@ -165,8 +165,8 @@ def main() -> int:
 
     # Predictor stage on preprocessed Arrow batches, as Ray hands them over.
     from models.checkpoint import save_checkpoint
-    from pipeline.predict import ModelSource, Predictor
-    from pipeline.preprocess import Preprocessor
+    from pipeline.stages.predict import ModelSource, Predictor
+    from pipeline.stages.preprocess import Preprocessor
 
     tmp = Path(tempfile.mkdtemp(prefix="gpucheck-"))
     arch = {
@@ -235,10 +235,10 @@ def run_pipeline(args, tmp: Path, synth: SyntheticSpec, cuda: bool) -> dict:
 
     import ray
 
+    from jobs.synthetic import write_days
     from pipeline.config import config_from_dict
-    from pipeline.plan import run_score
+    from pipeline.run.score import run_score
     from pipeline.storage import resolve
-    from pipeline.synthetic import write_days
 
     days = max(1, -(-args.pipeline_rows // synth.rows_per_day))
     dates = date_range("2026-11-02", days)

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyarrow.fs as pafs  # noqa: E402
 
 from models.checkpoint import load_model  # noqa: E402
+from pipeline.commit.reconcile import _file_fingerprint
 from pipeline.config import config_from_dict  # noqa: E402
-from pipeline.predict import ModelSource, Predictor  # noqa: E402
-from pipeline.preprocess import Preprocessor  # noqa: E402
-from pipeline.reconcile import _file_fingerprint  # noqa: E402
+from pipeline.stages.predict import ModelSource, Predictor
+from pipeline.stages.preprocess import Preprocessor
 
 
 def timed(fn, repeat: int = 3) -> float:

@@ -55,8 +55,8 @@ from common import PeakMemory, make_model  # noqa: E402
 
 def make_data(root: Path, rows: int, rows_per_file: int) -> tuple[Path, int]:
     """`rows` rows over DATES in files of about `rows_per_file` rows, made once and reused."""
+    from jobs.synthetic import SyntheticSpec, write_days
     from pipeline.storage import resolve
-    from pipeline.synthetic import SyntheticSpec, write_days
 
     per_day = rows // len(DATES)
     shards = max(1, math.ceil(per_day / rows_per_file))
@@ -125,7 +125,7 @@ def start_cluster(nodes: int, args):
 
 
 def score_once(cfg, rows_expected: int) -> dict:
-    from pipeline.plan import run_score
+    from pipeline.run.score import run_score
 
     with PeakMemory() as mem:
         rss0, pss0 = mem.sample(with_pss=True)

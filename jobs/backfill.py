@@ -19,8 +19,9 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
     from jobs.score import print_summary
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
-    from pipeline.plan import plan_dates, run_score
-    from pipeline.predict import ModelSource
+    from pipeline.run.preflight import plan_dates
+    from pipeline.run.score import run_score
+    from pipeline.stages.predict import ModelSource
 
     if args.dates_per_run < 0:
         raise ConfigError("--dates-per-run must be >= 0 (0: all dates in one run)")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 log = logging.getLogger("batchscore")
 
-EXIT_OK, EXIT_FAILED, EXIT_USER = 0, 1, 2
+from pipeline.errors import EXIT_FAILED, EXIT_OK  # noqa: E402 - light, no torch or ray
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -331,13 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from pipeline.errors import user_error_types
+    from pipeline.errors import exit_code_of, known_error_types
 
     try:
         return COMMANDS[args.command](args)
-    except user_error_types() as e:
+    except known_error_types() as e:
         print(f"batchscore {args.command}: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", EXIT_USER)
+        return exit_code_of(e)
     except KeyboardInterrupt:
         print(f"batchscore {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -19,10 +19,10 @@ def demo(args: argparse.Namespace) -> dict:
 
     from jobs.generate import generate
     from jobs.score import print_summary
+    from jobs.synthetic import date_range
     from jobs.train import train
     from pipeline.config import load_config
-    from pipeline.plan import run_score
-    from pipeline.synthetic import date_range
+    from pipeline.run.score import run_score
 
     work = os.path.abspath(args.workdir)
     data, model, preds = (os.path.join(work, x) for x in ("data", "model", "predictions"))

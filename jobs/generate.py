@@ -7,9 +7,9 @@ import sys
 
 
 def generate(args: argparse.Namespace) -> dict[str, int]:
+    from jobs.synthetic import SyntheticSpec, date_range, write_days
     from pipeline.config import StorageConfig
     from pipeline.storage import resolve
-    from pipeline.synthetic import SyntheticSpec, date_range, write_days
 
     root = resolve(args.out, StorageConfig(endpoint_url=args.endpoint_url))
     spec = SyntheticSpec(rows_per_day=args.rows_per_day, shards_per_day=args.shards_per_day, seed=args.seed)

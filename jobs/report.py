@@ -27,7 +27,7 @@ EXPECTED = "a report.json, a run directory (OUTPUT/_runs/RUN_ID) or an output ro
 def report(args: argparse.Namespace) -> dict[str, Any]:
     """Print the summary (or the report JSON with --json), write the HTML page; key figures back."""
     from pipeline.config import StorageConfig
-    from pipeline.htmlreport import render_html
+    from pipeline.reporting.html import render_html
 
     storage = StorageConfig(endpoint_url=getattr(args, "endpoint_url", None))
     loc = find_report(args.target, storage)

@@ -16,7 +16,7 @@ def score(
 ) -> dict[str, Any]:
     from jobs.cli import resolve_dates
     from pipeline.config import load_config
-    from pipeline.plan import run_score
+    from pipeline.run.score import run_score
 
     cfg = load_config(config, overrides)
     dates = resolve_dates(args, cfg)

@@ -15,10 +15,9 @@ DEFAULT_RETAIN_HOURS = 168
 
 
 def _tables(output: str, endpoint_url: str | None, partition_column: str):
-    from pipeline.commit import OutputTables
+    from pipeline.commit.tables import DEAD_LETTER_TABLE, DeltaOutput, OutputTables
     from pipeline.config import StorageConfig
     from pipeline.storage import resolve
-    from pipeline.table import DEAD_LETTER_TABLE, DeltaOutput
 
     storage = StorageConfig(endpoint_url=endpoint_url)
     loc = resolve(output, storage)
@@ -33,7 +32,7 @@ def _tables(output: str, endpoint_url: str | None, partition_column: str):
 
 
 def vacuum(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.plan import vacuum_tables
+    from pipeline.commit.tables import vacuum_tables
 
     if args.retain_hours < 0:
         from pipeline.errors import ConfigError
@@ -56,7 +55,7 @@ def vacuum(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def history(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.table import commits_of_history
+    from pipeline.commit.tables import commits_of_history
 
     tables = _tables(args.output, args.endpoint_url, args.partition_column)
     commits = commits_of_history(tables.predictions.open(), args.limit)

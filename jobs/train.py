@@ -20,10 +20,10 @@ def load_training_table(data_uri: str, dates: list[str], endpoint_url: str | Non
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from jobs.synthetic import FEATURES, LABEL
     from pipeline.config import StorageConfig
-    from pipeline.read import discover
+    from pipeline.stages.read import discover
     from pipeline.storage import resolve
-    from pipeline.synthetic import FEATURES, LABEL
 
     root = resolve(data_uri, StorageConfig(endpoint_url=endpoint_url))
     plan = discover(root, dates)
@@ -38,9 +38,9 @@ def load_training_table(data_uri: str, dates: list[str], endpoint_url: str | Non
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from jobs.synthetic import FEATURES, LABEL
     from models.checkpoint import save_checkpoint
     from models.training import train_dlrm
-    from pipeline.synthetic import FEATURES, LABEL
 
     table = load_training_table(args.data, args.dates, getattr(args, "endpoint_url", None))
     log.info("training on %d rows of %s (%s)", table.num_rows, args.data, ", ".join(args.dates))

@@ -16,9 +16,9 @@ def validate(config: str, overrides: list[str], args: argparse.Namespace) -> Non
 
     from jobs.cli import resolve_dates
     from pipeline.config import load_config
-    from pipeline.plan import prepare
-    from pipeline.predict import Predictor
-    from pipeline.preprocess import Preprocessor
+    from pipeline.run.preflight import prepare
+    from pipeline.stages.predict import Predictor
+    from pipeline.stages.preprocess import Preprocessor
 
     cfg = load_config(config, overrides)
     print(f"config   {config}: ok ({cfg.name}, config hash {cfg.digest()})")

@@ -52,7 +52,7 @@ class CheckpointMeta:
     feature_spec: dict[str, Any] | None = None
     created_at: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
-    score_reference: dict[str, Any] | None = None  # held-out score profile (pipeline.scorestats)
+    score_reference: dict[str, Any] | None = None  # held-out score profile (models.scoreprofile)
     batchscore_checkpoint: int = 1
 
     def spec(self) -> FeatureSpec | None:

@@ -1,6 +1,6 @@
 """Feature spec and the one implementation of the feature transforms.
 
-Training (`jobs.train`) and scoring (`pipeline.preprocess`) both call `transform_table`, so the
+Training (`jobs.train`) and scoring (`pipeline.stages.preprocess`) both call `transform_table`, so the
 tensors a model sees at scoring time are the tensors it was trained on. Everything here is
 vectorized over whole columns (pyarrow.compute / numpy); there is no per-row Python.
 """

@@ -97,7 +97,7 @@ def train_dlrm(
         "positive_rate": round(float(y.mean()), 4),
         "holdout_score_mean": round(float(p_hold.mean()), 4),
     }
-    from pipeline.scorestats import profile_array
+    from models.scoreprofile import profile_array
 
     # the held-out scores: the reference that scored dates are compared with (drift check)
     reference = profile_array(p_hold)

@@ -1,12 +1,30 @@
-"""Error types that map to exit codes. A `UserError` (bad config, bad input, bad model) exits 2."""
+"""The errors batchscore raises on purpose, and the exit codes they map to (README, operations.md).
+
+    0  success
+    1  the run failed: storage unreachable, a date failed its commit checks, a stage crashed
+    2  bad config, input or model: the message names the key, file or column (UserError)
+    3  score drift over the thresholds with drift.on_breach=fail (DriftError)
+    4  another run committed a date first, with another model, config or inputs (CommitConflictError)
+
+Errors raised inside Ray tasks and actors reach the driver wrapped by Ray; `find_known_error`
+finds the original by following the exception's causes (no parsing of traceback text).
+"""
 
 from __future__ import annotations
 
+EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_DRIFT, EXIT_CONFLICT = 0, 1, 2, 3, 4
 
-class UserError(Exception):
+
+class BatchscoreError(Exception):
+    """An error batchscore reports with its own message (no traceback) and exit code."""
+
+    exit_code = EXIT_FAILED
+
+
+class UserError(BatchscoreError):
     """Something the user can fix: the message names the key, file or column and what was expected."""
 
-    exit_code = 2
+    exit_code = EXIT_USER
 
 
 class ConfigError(UserError):
@@ -21,9 +39,51 @@ class StageError(UserError):
     """A stage got a batch it cannot process (e.g. missing columns)."""
 
 
-def user_error_types() -> tuple[type[Exception], ...]:
-    """Errors that mean bad config, input or model (exit 2), including those raised in models/."""
+class StorageError(BatchscoreError):
+    """The output cannot be written (unreachable, access denied, no such bucket)."""
+
+
+class CommitError(BatchscoreError):
+    """A date failed its checks before its commit; nothing of it was published."""
+
+
+class DriftError(BatchscoreError):
+    """Scores drifted past the thresholds with drift.on_breach=fail: nothing was published."""
+
+    exit_code = EXIT_DRIFT
+
+
+class CommitConflictError(BatchscoreError):
+    """Another run committed the same date first, with another model, config or inputs."""
+
+    exit_code = EXIT_CONFLICT
+
+
+def known_error_types() -> tuple[type[Exception], ...]:
+    """batchscore's own errors and those of models/ (bad checkpoint, bad features: exit 2)."""
     from models.checkpoint import ModelError
     from models.features import FeatureError
 
-    return (UserError, ModelError, FeatureError)
+    return (BatchscoreError, ModelError, FeatureError)
+
+
+def exit_code_of(err: BaseException) -> int:
+    return getattr(err, "exit_code", EXIT_USER if isinstance(err, known_error_types()) else EXIT_FAILED)
+
+
+def find_known_error(exc: BaseException) -> Exception | None:
+    """The known error behind `exc`: itself, or one of its causes. Ray re-raises a task's or an
+    actor's exception as a RayTaskError whose `cause` is the original (or its
+    `as_instanceof_cause()`, which is both); Ray Data chains it as `__cause__`."""
+    known = known_error_types()
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, known):
+            return e  # type: ignore[return-value]
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None

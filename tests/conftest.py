@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from support import DATES, SMALL_FEATURES, SYNTH, Checkpoints
 
+from jobs.synthetic import LABEL, generate_day, write_days
 from pipeline.storage import resolve
-from pipeline.synthetic import LABEL, generate_day, write_days
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = Path(__file__).resolve().parent / "integration" / "plugins"

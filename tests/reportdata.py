@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.scorestats import compare, profile_array
+from models.scoreprofile import compare, profile_array
 
 THRESHOLDS = {"psi_max": 0.25, "quantile_shift_max": 0.5, "bins": 10}
 DATES = ["2026-11-02", "2026-11-03", "2026-11-04"]

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.synthetic import FEATURES, SyntheticSpec, date_range
 from models.features import FeatureSpec, transform_table
 from pipeline.config import StorageConfig, config_from_dict
 from pipeline.storage import resolve
-from pipeline.synthetic import FEATURES, SyntheticSpec, date_range
 
 DATES = date_range("2026-10-01", 2)
 ROWS = 3000
@@ -62,7 +62,7 @@ def read_input(root: str, date: str, storage=None) -> pa.Table:
 
 
 def delta_options(root: str, storage: StorageConfig | None = None) -> dict[str, str] | None:
-    from pipeline.table import storage_options
+    from pipeline.commit.tables import storage_options
 
     return storage_options(str(root), storage or StorageConfig())
 
@@ -79,7 +79,7 @@ def latest_commit(root: str, date: str, storage=None) -> dict[str, Any] | None:
     """batchscore's metadata of the date's latest commit in the Delta log (None: never committed)."""
     from deltalake import DeltaTable
 
-    from pipeline.table import commits_of_history
+    from pipeline.commit.tables import commits_of_history
 
     if not DeltaTable.is_deltatable(str(root), storage_options=delta_options(root, storage)):
         return None

@@ -10,8 +10,9 @@ import pytest
 from ray.data import DataContext
 from support import DATES, make_config, read_input
 
-from pipeline.plan import build_dataset, prepare
-from pipeline.resources import cluster_nodes, plan_pool
+from pipeline.run.execute import build_dataset
+from pipeline.run.preflight import prepare
+from pipeline.run.resources import cluster_nodes, plan_pool
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,7 @@ def test_labels_keep_preprocessing_on_cpu_nodes_and_replicas_on_gpu_nodes(
 
     from support import assert_keys_exact, plugin_config
 
-    from pipeline.plan import run_score
+    from pipeline.run.score import run_score
 
     cpu_node = ray_cluster.add_node(num_cpus=2, labels={"pool": "cpu"})
     gpu_node = ray_cluster.add_node(num_cpus=2, num_gpus=2, labels={"pool": "gpu"})

@@ -8,7 +8,7 @@ import time
 import pytest
 from support import DATES, assert_keys_exact, plugin_config
 
-from pipeline.plan import run_score
+from pipeline.run.score import run_score
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

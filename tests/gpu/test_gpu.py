@@ -14,7 +14,7 @@ pytestmark = [
 def _batch(checkpoints, dataset):
     from support import DATES, read_input
 
-    from pipeline.preprocess import Preprocessor
+    from pipeline.stages.preprocess import Preprocessor
 
     table = read_input(str(dataset), DATES[0])  # carries ds from the hive path
     return Preprocessor(checkpoints.spec, ["event_id", "ds"])(table)
@@ -22,7 +22,7 @@ def _batch(checkpoints, dataset):
 
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("bf16", 3e-2), ("fp16", 5e-3)])
 def test_predictor_on_cuda_matches_cpu(checkpoints, dataset, precision, tol):
-    from pipeline.predict import ModelSource, Predictor
+    from pipeline.stages.predict import ModelSource, Predictor
 
     batch = _batch(checkpoints, dataset)
     src = ModelSource(uri=checkpoints.entries["safetensors"][0])
@@ -43,7 +43,7 @@ def test_predictor_on_cuda_matches_cpu(checkpoints, dataset, precision, tol):
 def test_pipeline_replica_runs_on_the_gpu(ray_cluster, dataset, checkpoints, tmp_path):
     from support import DATES, direct_scores, make_config, read_input, read_output, scores_by_key
 
-    from pipeline.plan import run_score
+    from pipeline.run.score import run_score
 
     model_uri, _ = checkpoints.entries["safetensors"]
     cfg = make_config(str(dataset), model_uri, str(tmp_path / "out"), predict={"max_replicas": 1})

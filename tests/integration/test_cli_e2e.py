@@ -11,9 +11,9 @@ import pytest
 import yaml
 from support import DATES, SYNTH, direct_scores, read_input, read_output, run_cli, scores_by_key
 
+from jobs.synthetic import write_days
 from pipeline.config import StorageConfig
 from pipeline.storage import resolve
-from pipeline.synthetic import write_days
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

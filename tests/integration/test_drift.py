@@ -15,7 +15,7 @@ import pytest
 import yaml
 from support import DATES, latest_commit, make_config, read_output, run_cli
 
-from pipeline.plan import run_score
+from pipeline.run.score import run_score
 from pipeline.storage import resolve
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from support import DATES, latest_commit, make_config, plugin_config, read_delta, read_input, read_output
 
-from pipeline.commit import CommitError, CommitPolicy, OutputTables, RunIdentity, commit_partitions
+from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
+from pipeline.commit.tables import OutputTables
 from pipeline.config import StorageConfig
-from pipeline.plan import run_score
-from pipeline.read import discover
+from pipeline.errors import CommitError
+from pipeline.run.score import run_score
+from pipeline.stages.read import discover
 from pipeline.storage import resolve
 
 pytestmark = pytest.mark.integration
@@ -122,7 +124,7 @@ def test_user_preprocessing_errors_dead_letter_their_batch(ray_cluster, dataset,
 
 
 def _tables(out) -> OutputTables:
-    from pipeline.table import DeltaOutput
+    from pipeline.commit.tables import DeltaOutput
 
     loc = resolve(str(out))
     return OutputTables(

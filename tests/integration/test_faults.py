@@ -26,10 +26,11 @@ from support import (
     read_delta,
 )
 
+from jobs.synthetic import write_days
 from pipeline.config import StorageConfig
-from pipeline.plan import StorageError, run_score
+from pipeline.errors import StorageError
+from pipeline.run.score import run_score
 from pipeline.storage import resolve
-from pipeline.synthetic import write_days
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

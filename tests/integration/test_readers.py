@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from support import SYNTH, make_config, read_delta
 
-from pipeline.plan import run_score
+from jobs.synthetic import date_range, write_days
+from pipeline.run.score import run_score
 from pipeline.storage import resolve
-from pipeline.synthetic import date_range, write_days
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import pytest
 from reportdata import DATES, count, parse, sample_report
 
 from jobs.cli import main
-from pipeline.htmlreport import C_DEAD, C_OUT, C_REF, C_STAGE, C_TODAY, render_html
+from pipeline.reporting.html import C_DEAD, C_OUT, C_REF, C_STAGE, C_TODAY, render_html
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,11 @@ from support import (
     scores_by_key,
 )
 
+from jobs.synthetic import write_days
 from pipeline.config import StorageConfig
 from pipeline.errors import InputError
-from pipeline.plan import run_score
+from pipeline.run.score import run_score
 from pipeline.storage import resolve
-from pipeline.synthetic import write_days
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from support import DATES, KEYS, direct_scores, make_config, read_input, read_ou
 
 from pipeline.config import ConfigError
 from pipeline.errors import InputError
-from pipeline.plan import run_score
+from pipeline.run.score import run_score
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def test_pipeline_scores_equal_direct_model_call(ray_cluster, dataset, checkpoin
 def _commits(out) -> list[dict]:
     from deltalake import DeltaTable
 
-    from pipeline.table import commits_of_history
+    from pipeline.commit.tables import commits_of_history
 
     return commits_of_history(DeltaTable(str(out)))
 
@@ -291,8 +291,8 @@ def test_workers_refuse_weights_other_than_the_drivers(ray_cluster, dataset, che
     """The driver verifies the weights' sha256 once; a replica loading the model later gets that
     digest and refuses a file that changed in between (the model cache is keyed by URI too)."""
     from models.checkpoint import ModelError
-    from pipeline.plan import prepare
-    from pipeline.predict import Predictor
+    from pipeline.run.preflight import prepare
+    from pipeline.stages.predict import Predictor
 
     model = tmp_path / "model.ts"
     shutil.copy(checkpoints.entries["torchscript"][0] + "/model.ts", model)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cli import EXIT_USER, build_parser, main, resolve_dates
+from jobs.cli import build_parser, main, resolve_dates
 from pipeline.config import config_from_dict
-from pipeline.errors import ConfigError
+from pipeline.errors import EXIT_USER, ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -372,5 +372,5 @@ def test_submit_never_uploads_credential_files():
     excluded = _get_excludes(PROJECT_ROOT, env["excludes"])  # Ray's own matcher for working_dir
     for secret in [".env", "sub/.env", ".env.prod", ".aws/credentials", "keys/server.pem", ".netrc"]:
         assert excluded(PROJECT_ROOT / secret), secret
-    for kept in ["pipeline/plan.py", "configs/demo.yaml", "README.md"]:
+    for kept in ["pipeline/run/score.py", "configs/demo.yaml", "README.md"]:
         assert not excluded(Path(PROJECT_ROOT / kept)), kept

@@ -1,4 +1,4 @@
-"""Unit tests for the report page (pipeline.htmlreport) and `batchscore report` (jobs.report)."""
+"""Unit tests for the report page (pipeline.reporting.html) and `batchscore report` (jobs.report)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from reportdata import DATES, count, parse, sample_report
 from jobs.cli import build_parser, main
 from jobs.report import find_report, format_summary
 from pipeline.errors import UserError
-from pipeline.htmlreport import nice_ticks, render_html, score_range
+from pipeline.reporting.html import nice_ticks, render_html, score_range
 
 REPO = Path(__file__).resolve().parents[2]
 

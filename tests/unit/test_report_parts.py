@@ -9,10 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from models.scoreprofile import profile_array
+from pipeline.commit.tables import WrittenRows
 from pipeline.config import DriftConfig
-from pipeline.progress import ProgressView, WrittenRows, duration, human
-from pipeline.report import evaluate_drift, prometheus_text, write_prometheus
-from pipeline.scorestats import profile_array
+from pipeline.quality.drift import evaluate_drift
+from pipeline.reporting.metrics import prometheus_text, write_prometheus
+from pipeline.reporting.progress import ProgressView, duration, human
 from pipeline.storage import resolve
 
 RNG = np.random.default_rng(1)

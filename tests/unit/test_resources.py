@@ -1,4 +1,4 @@
-"""Unit tests for pipeline.resources.plan_pool (pure function of the config and node resources)."""
+"""Unit tests for pipeline.run.resources.plan_pool (pure function of the config and node resources)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import PredictConfig
 from pipeline.errors import ConfigError
-from pipeline.resources import plan_pool
+from pipeline.run.resources import plan_pool
 
 
 def predict(**kw) -> PredictConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.scorestats import (
+from models.scoreprofile import (
     REPORT_PROBS,
     SKETCH_POINTS,
     compare,

@@ -16,8 +16,8 @@ from models.checkpoint import save_checkpoint
 from models.dlrm import build_dlrm
 from models.features import CategoricalFeature, DenseFeature, FeatureSpec, transform_table
 from pipeline.errors import StageError
-from pipeline.predict import ModelSource, Predictor
-from pipeline.preprocess import Preprocessor, tensor_column_to_numpy
+from pipeline.stages.predict import ModelSource, Predictor
+from pipeline.stages.preprocess import Preprocessor, tensor_column_to_numpy
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from support import latest_commit, read_delta
 
-from pipeline.commit import CommitPolicy, OutputTables, RunIdentity
+from pipeline.commit.partitions import CommitPolicy, RunIdentity
+from pipeline.commit.streaming import DateCommitter
+from pipeline.commit.tables import DeltaOutput, OutputTables
 from pipeline.config import DriftConfig, StorageConfig
-from pipeline.read import discover
+from pipeline.stages.read import discover
 from pipeline.storage import resolve
-from pipeline.streamcommit import DateCommitter
-from pipeline.table import DeltaOutput
 
 DATES = ["2026-10-01", "2026-10-02", "2026-10-03"]
 RNG = np.random.default_rng(3)
@@ -97,8 +97,8 @@ def test_a_refused_date_holds_itself_and_the_dates_after_it(tmp_path):
 def test_a_run_killed_between_the_predictions_and_dead_letter_commits_is_rescored(tmp_path, monkeypatch):
     """The window inside a date's commit: the predictions are committed (readers see the date
     whole), the dead letters are not. The next run must not take the date as done."""
-    import pipeline.commit as commit
-    from pipeline.commit import identity_of
+    import pipeline.commit.partitions as commit
+    from pipeline.commit.partitions import identity_of
 
     out, c = _setup(tmp_path)
     _stage(out, DATES[0], np.arange(0, 1000), "p0.parquet")

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 
+from jobs.synthetic import FEATURES
 from models.features import FeatureSpec, transform_table
-from pipeline.synthetic import FEATURES
 
 # Unfitted statistics (mean 0, std 1) on purpose: scores then differ from the checkpoint's own
 # spec, which shows the plug-in was the one applied.

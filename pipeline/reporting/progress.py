@@ -7,8 +7,7 @@ footers of the run's files that have appeared under the output table. A driver t
     progress  42% | read 3.4M/8.0M | scored 3.3M | written 2.5M | 131k rows/s | ETA 35s | 26s
 
 On a terminal the line is redrawn in place every second; otherwise (a log file, a scheduler)
-one plain line is printed every `report.progress_interval_s` seconds, with no control characters.
-"""
+one plain line is printed every `report.progress_interval_s` seconds, with no control characters."""
 
 from __future__ import annotations
 
@@ -18,8 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
-
-from pipeline.storage import Location, list_files
 
 
 class _Counter:
@@ -65,34 +62,6 @@ def duration(s: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-class WrittenRows:
-    """Rows in the complete Parquet files under a directory so far whose names start with
-    `prefix` (one run's files), footers read once per new file; a file still being written has
-    no readable footer yet and counts on a later call."""
-
-    def __init__(self, directory: Location, prefix: str = "") -> None:
-        self.directory = directory
-        self.prefix = prefix
-        self.seen: dict[str, int] = {}
-
-    def __call__(self) -> int:
-        import pyarrow.parquet as pq
-
-        total = 0
-        with contextlib.suppress(Exception):
-            for info in list_files(self.directory, suffix=".parquet"):
-                if not info.base_name.startswith(self.prefix):
-                    continue
-                if info.path not in self.seen:
-                    try:
-                        with self.directory.fs.open_input_file(info.path) as f:
-                            self.seen[info.path] = pq.ParquetFile(f).metadata.num_rows
-                    except Exception:
-                        continue  # still being written: counted on a later poll
-                total += self.seen[info.path]
-        return total
 
 
 class ProgressView:

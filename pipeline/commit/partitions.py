@@ -7,11 +7,10 @@ Per date, before anything is committed:
 Then the predictions commit (the commit point for every reader: the date's old files out, the
 new ones in), then the dead-letter table's commit of the same date, with the same generation.
 
-Two runs of one date race on the Delta log and exactly one commits (see pipeline/table.py). The
-loser finds the winner's commit: with the same model, scoring config and inputs it reports the
+Two runs of one date race on the Delta log and exactly one commits (pipeline/commit/tables.py).
+The loser finds the winner's commit: with the same model, scoring config and inputs it reports the
 date as done by the other run (a no-op); otherwise it stops with exit code 4 and publishes nothing
-of that date. Its own files of the date are deleted either way (they were never in the log).
-"""
+of that date. Its own files of the date are deleted either way (they were never in the log)."""
 
 from __future__ import annotations
 
@@ -23,18 +22,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.config import JobConfig
-from pipeline.deadletter import REASON_COLUMN, dead_letter_schema
-from pipeline.errors import UserError
-from pipeline.read import InputPartition, InputPlan
-from pipeline.reconcile import fingerprint_files, total
-from pipeline.storage import Location, resolve
-from pipeline.table import (
-    DEAD_LETTER_TABLE,
-    CommitConflictError,
+from pipeline.commit.reconcile import fingerprint_files, total
+from pipeline.commit.tables import (
     DateIdentity,
-    DateState,
-    DeltaOutput,
+    OutputTables,
     TableFile,
     check_schema,
     date_app_id,
@@ -44,14 +35,12 @@ from pipeline.table import (
     run_files,
     table_schema,
 )
+from pipeline.errors import CommitConflictError, CommitError
+from pipeline.stages.deadletter import REASON_COLUMN, dead_letter_schema
+from pipeline.stages.read import InputPartition, InputPlan
+from pipeline.storage import Location
 
 log = logging.getLogger("batchscore")
-
-
-class CommitError(UserError):
-    """A partition failed its checks; nothing of it was published."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -88,34 +77,6 @@ class DateCommit:
     dead_letter_files: list[str] = field(default_factory=list)
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     outcome: str = "committed"
-
-
-@dataclass
-class OutputTables:
-    """The predictions table (output.uri) and the dead-letter table inside it (_dead_letter)."""
-
-    predictions: DeltaOutput
-    dead_letters: DeltaOutput
-    partition_column: str
-
-    @classmethod
-    def for_config(cls, cfg: JobConfig) -> OutputTables:
-        loc = resolve(cfg.output.uri, cfg.storage)
-        col = cfg.input.partition_column
-        return cls(
-            DeltaOutput(loc, cfg.storage, list(cfg.output.partition_columns)),
-            DeltaOutput(loc.join(DEAD_LETTER_TABLE), cfg.storage, [col]),
-            col,
-        )
-
-    @property
-    def location(self) -> Location:
-        return self.predictions.location
-
-    def state(self, date: str, identity: DateIdentity) -> DateState:
-        return self.predictions.state(
-            self.predictions.open(), self.partition_column, date, identity, self.dead_letters.open()
-        )
 
 
 def identity_of(part: InputPartition, model_sha256: str, scoring_hash: str) -> DateIdentity:

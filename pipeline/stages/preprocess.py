@@ -1,8 +1,7 @@
 """Preprocess stage: the feature transforms the model was trained with, on CPU tasks.
 
 Input: an Arrow batch with the key, partition and feature columns. Output: an Arrow batch with the
-pass-through columns unchanged (no copies) and one tensor column per model input.
-"""
+pass-through columns unchanged (no copies) and one tensor column per model input."""
 
 from __future__ import annotations
 
@@ -13,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from models.features import FeatureError, FeatureSpec, reject_reasons, transform_table
-from pipeline.deadletter import DeadLetterWriter
 from pipeline.errors import StageError
-from pipeline.progress import count
+from pipeline.reporting.progress import count
+from pipeline.stages.deadletter import DeadLetterWriter
 
 
 def to_tensor_column(arr: np.ndarray) -> pa.Array:
@@ -66,7 +65,7 @@ class Preprocessor:
         self.passthrough = list(passthrough)
         self.key_columns = list(key_columns or [])
         self.dead_letter = dead_letter
-        self.progress = progress  # a pipeline.progress counter actor, or None
+        self.progress = progress  # a pipeline.reporting.progress counter actor, or None
         self.required = list(
             dict.fromkeys(
                 self.passthrough + (required or []) + (spec.columns if spec and not function else [])

@@ -1,8 +1,7 @@
 """Read stage: find the requested ds= partitions, check their footers, and build the lazy read.
 
 Only the requested partitions are listed and opened; only the needed columns are read.
-Footers (row counts, schemas) are read on the driver in parallel threads: metadata only, no rows.
-"""
+Footers (row counts, schemas) are read on the driver in parallel threads: metadata only, no rows."""
 
 from __future__ import annotations
 

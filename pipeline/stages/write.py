@@ -3,17 +3,16 @@
 A file written here is not part of the table until the date's commit adds it to the Delta log, so
 no Delta reader sees it before then, and nothing is copied or renamed afterwards (no staging area:
 on S3 a rename is a copy). Files of runs that died before committing are removed by
-`batchscore vacuum` once they are older than the retention.
-"""
+`batchscore vacuum` once they are older than the retention."""
 
 from __future__ import annotations
 
 from ray.data import Dataset, SaveMode
 from ray.data.datasource import FilenameProvider
 
+from pipeline.commit.tables import run_file_prefix
 from pipeline.config import OutputConfig
 from pipeline.storage import Location, is_s3
-from pipeline.table import run_file_prefix
 
 
 class RunFileNames(FilenameProvider):

@@ -3,8 +3,7 @@ output keys plus dead-letter keys. A retried block that duplicates rows while an
 missing keeps the counts equal but changes the key sums, and is caught here.
 
 Each file is fingerprinted by a Ray task (count, and the sum and the sum of squares of a 64-bit
-hash of each row's key, mod 2**64), so the driver handles a few numbers per file, never the keys.
-"""
+hash of each row's key, mod 2**64), so the driver handles a few numbers per file, never the keys."""
 
 from __future__ import annotations
 

@@ -11,8 +11,7 @@ Plots (each an ``<svg class="plot" data-plot=...>``):
   - ``partition-counts``: output rows and dead-letter rows per date, stacked bars.
 
 The report schema is documented in docs/reports.md; older reports without some of the keys render
-with those parts left out.
-"""
+with those parts left out."""
 
 from __future__ import annotations
 
@@ -21,20 +20,35 @@ import json
 import math
 from typing import Any
 
-from pipeline.scorestats import histogram
+from models.scoreprofile import histogram
 
 HIST_BINS = 40
 
+
 # Colours: bars/series must stay opaque (the browser test looks for these exact pixel colours).
 C_TODAY = "#4c78a8"
+
+
 C_REF = "#e45756"
+
+
 C_OUT = "#54a24b"
+
+
 C_DEAD = "#f58518"
+
+
 C_STAGE = "#72b7b2"
+
+
 C_AXIS = "#555"
+
+
 C_GRID = "#e3e3e3"
 
+
 STATUS_COLOURS = {"succeeded": "#1a7f37", "rejected": "#cf222e", "skipped": "#6e7781"}
+
 
 _CSS = """
 :root { color-scheme: light; }

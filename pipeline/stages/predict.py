@@ -18,8 +18,8 @@ import pyarrow as pa
 from models.features import FeatureSpec
 from pipeline.config import JobConfig, StorageConfig
 from pipeline.errors import StageError
-from pipeline.preprocess import tensor_column_to_numpy
-from pipeline.progress import count
+from pipeline.reporting.progress import count
+from pipeline.stages.preprocess import tensor_column_to_numpy
 from pipeline.storage import download_dir, is_s3, resolve
 
 
@@ -183,7 +183,7 @@ class Predictor:
             self.gpu_ids = [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
         except Exception:
             self.gpu_ids = []
-        self.progress = progress  # a pipeline.progress counter actor, or None
+        self.progress = progress  # a pipeline.reporting.progress counter actor, or None
         if progress is not None:
             with contextlib.suppress(Exception):
                 progress.replica.remote(

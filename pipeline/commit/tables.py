@@ -17,11 +17,11 @@ records Delta application transactions (`txn` actions, kept in every snapshot):
 
 so "is this date committed with this model and these inputs" is three lookups in the snapshot:
 an identity is current exactly when its version equals the date's generation. The commit's
-metadata (`commitInfo`) carries the run id, model, input files and counts for people and reports.
-"""
+metadata (`commitInfo`) carries the run id, model, input files and counts for people and reports."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,21 +34,20 @@ from urllib.parse import quote, unquote, urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import StorageConfig
+from pipeline.config import JobConfig, StorageConfig
 from pipeline.errors import UserError
-from pipeline.storage import Location, is_s3, list_files
+from pipeline.storage import Location, is_s3, list_files, resolve
 
 log = logging.getLogger("batchscore")
 
+
 APP_PREFIX = "batchscore"
+
+
 METADATA_KEY = "batchscore"
+
+
 DEAD_LETTER_TABLE = "_dead_letter"
-
-
-class CommitConflictError(UserError):
-    """Another run committed the same date first, with another model, config or inputs."""
-
-    exit_code = 4
 
 
 def storage_options(uri: str, storage: StorageConfig) -> dict[str, str] | None:
@@ -336,4 +335,70 @@ def commits_of_history(table, limit: int | None = None) -> list[dict[str, Any]]:
                 meta = None
         if isinstance(meta, dict):
             out.append({**meta, "version": entry["version"]})
+    return out
+
+
+@dataclass
+class OutputTables:
+    """The predictions table (output.uri) and the dead-letter table inside it (_dead_letter)."""
+
+    predictions: DeltaOutput
+    dead_letters: DeltaOutput
+    partition_column: str
+
+    @classmethod
+    def for_config(cls, cfg: JobConfig) -> OutputTables:
+        loc = resolve(cfg.output.uri, cfg.storage)
+        col = cfg.input.partition_column
+        return cls(
+            DeltaOutput(loc, cfg.storage, list(cfg.output.partition_columns)),
+            DeltaOutput(loc.join(DEAD_LETTER_TABLE), cfg.storage, [col]),
+            col,
+        )
+
+    @property
+    def location(self) -> Location:
+        return self.predictions.location
+
+    def state(self, date: str, identity: DateIdentity) -> DateState:
+        return self.predictions.state(
+            self.predictions.open(), self.partition_column, date, identity, self.dead_letters.open()
+        )
+
+
+class WrittenRows:
+    """Rows in the complete Parquet files under a directory so far whose names start with
+    `prefix` (one run's files), footers read once per new file; a file still being written has
+    no readable footer yet and counts on a later call."""
+
+    def __init__(self, directory: Location, prefix: str = "") -> None:
+        self.directory = directory
+        self.prefix = prefix
+        self.seen: dict[str, int] = {}
+
+    def __call__(self) -> int:
+        import pyarrow.parquet as pq
+
+        total = 0
+        with contextlib.suppress(Exception):
+            for info in list_files(self.directory, suffix=".parquet"):
+                if not info.base_name.startswith(self.prefix):
+                    continue
+                if info.path not in self.seen:
+                    try:
+                        with self.directory.fs.open_input_file(info.path) as f:
+                            self.seen[info.path] = pq.ParquetFile(f).metadata.num_rows
+                    except Exception:
+                        continue  # still being written: counted on a later poll
+                total += self.seen[info.path]
+        return total
+
+
+def vacuum_tables(tables, retention_hours: float, dry_run: bool = False) -> dict[str, Any]:
+    """Delete files no reader of the last `retention_hours` needs: files removed from both tables
+    longer ago than that, and files of runs that died before committing, once that old."""
+    out: dict[str, Any] = {"retention_hours": retention_hours, "dry_run": dry_run}
+    for name, t in (("predictions", tables.predictions), ("dead_letters", tables.dead_letters)):
+        table = t.open()
+        out[name] = [] if table is None else t.vacuum(table, retention_hours, dry_run)
     return out

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from models.features import FeatureSpec, is_numeric_type, is_text_type
 from pipeline.errors import InputError
-from pipeline.read import InputPlan, drop_files
+from pipeline.stages.read import InputPlan, drop_files
 
 
 @dataclass

@@ -1,8 +1,7 @@
 """Size the predictor pool from the cluster's resources, or refuse it before anything runs.
 
 An actor pool whose replicas take every CPU leaves the read tasks unschedulable and Ray Data
-waits forever without an error. We check up front instead.
-"""
+waits forever without an error. We check up front instead."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 One row = one impression of an item shown to a user, with a click label. Hive-partitioned by
 ds=YYYY-MM-DD, several Parquet shards per day. A planted signal (user-category affinity, item
 quality, position, price, discount, device) drives the click, so a trained model can find it.
-Nulls, NaN and skew are sprinkled in as in real logs. Deterministic for a given seed.
-"""
+Nulls, NaN and skew are sprinkled in as in real logs. Deterministic for a given seed."""
 
 from __future__ import annotations
 
@@ -19,12 +18,22 @@ from models.features import CategoricalFeature, DenseFeature, FeatureSpec
 from pipeline.storage import Location
 
 N_CATEGORIES = 40
+
+
 DEVICES = np.array(["ios", "android", "web", "tv"])
+
+
 COUNTRIES = np.array(["us", "de", "fr", "br", "in", "jp", "gb", "mx", "es", "it", "ca", "au"])
+
+
 CHANNELS = np.array(["home", "search", "email", "push", "related"])
 
+
 KEY_COLUMNS = ["event_id", "user_id", "item_id"]
+
+
 LABEL = "clicked"
+
 
 # The demo model's features. Statistics (mean/std) are fitted at training time.
 FEATURES = FeatureSpec(

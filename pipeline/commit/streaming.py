@@ -13,8 +13,7 @@ check sees the date before it. When the pipeline ends, `drain` commits the remai
 same way, in order, up to the first one that fails a check (keys differ, too many bad rows, drift
 with on_breach=fail): that date and the later ones are left to the end-of-run commit, which
 reports why and publishes none of them. So a run publishes exactly the dates before its first
-failing date, whatever the timing.
-"""
+failing date, whatever the timing."""
 
 from __future__ import annotations
 
@@ -24,20 +23,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.commit import (
-    CommitError,
-    CommitPolicy,
-    DateCommit,
-    OutputTables,
-    RunIdentity,
-    commit_partitions,
-)
+from pipeline.commit.partitions import CommitPolicy, DateCommit, RunIdentity, commit_partitions
+from pipeline.commit.tables import OutputTables, WrittenRows, run_file_prefix
 from pipeline.config import DriftConfig
-from pipeline.progress import WrittenRows
-from pipeline.read import InputPartition, InputPlan
-from pipeline.report import drift_reasons, evaluate_drift, profile_partitions
+from pipeline.errors import CommitConflictError, CommitError
+from pipeline.quality.drift import drift_reasons, evaluate_drift
+from pipeline.quality.profiles import profile_partitions
+from pipeline.stages.read import InputPartition, InputPlan
 from pipeline.storage import Location
-from pipeline.table import CommitConflictError, run_file_prefix
 
 log = logging.getLogger("batchscore")
 

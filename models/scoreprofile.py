@@ -16,8 +16,7 @@ Drift compares a profile with a reference profile:
   - PSI (population stability index) over bins cut at the reference's quantiles
     (equal-mass bins, `bins` of them), with a 1e-4 floor on bin fractions;
   - quantile shift: the largest |q_today(p) - q_ref(p)| over p in QUANTILE_SHIFT_PROBS,
-    in units of the reference's standard deviation.
-"""
+    in units of the reference's standard deviation."""
 
 from __future__ import annotations
 
@@ -28,9 +27,17 @@ from typing import Any
 import numpy as np
 
 SKETCH_POINTS = 257
+
+
 REPORT_PROBS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+
+
 QUANTILE_SHIFT_PROBS = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
 HISTOGRAM_BINS = 40
+
+
 _PSI_FLOOR = 1e-4
 
 
@@ -63,29 +70,6 @@ def partial_of(values: np.ndarray) -> Partial:
         max=float(finite.max()),
         sketch=[float(x) for x in sketch],
     )
-
-
-def _file_partial(fs, path: str, column: str) -> Partial:
-    import pyarrow.parquet as pq
-
-    with fs.open_input_file(path) as f:
-        col = pq.read_table(f, columns=[column]).column(column)
-    return partial_of(col.to_numpy(zero_copy_only=False))
-
-
-def partials_of_files(fs, paths: list[str], column: str) -> list[Partial]:
-    """One partial per file, by parallel Ray tasks (inline without Ray)."""
-    import ray
-
-    if not paths:
-        return []
-    if not ray.is_initialized():
-        return [_file_partial(fs, p, column) for p in paths]
-    # OSError: a storage error that got through the S3 client's own retries (seen: a HEAD answered
-    # 503 with no body, which the AWS SDK does not retry) is retried as a whole task
-    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(_file_partial)
-    fs_ref = ray.put(fs)
-    return ray.get([task.remote(fs_ref, p, column) for p in paths])
 
 
 def _cdf(sketch: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -3,8 +3,7 @@ reason; each date's files are committed to that Delta table in the same step as 
 
 File names are unique per run, Ray Data task and batch, and deterministic: a retried task (same
 task index, its batches in the same order) rewrites the same files instead of adding copies, and
-two batches never share a name, even when their keys are equal (every null key hashes alike).
-"""
+two batches never share a name, even when their keys are equal (every null key hashes alike)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,30 @@
+"""What the phases of one run share once the pipeline has run: config, inputs, the tables, the
+run's identity and policy, the committer, and the timings measured so far."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pipeline.commit.partitions import CommitPolicy, RunIdentity
+from pipeline.commit.streaming import DateCommitter
+from pipeline.config import JobConfig
+from pipeline.run.preflight import DatePlan, Prepared
+from pipeline.run.resources import PoolPlan
+
+
+@dataclass
+class RunContext:
+    cfg: JobConfig
+    p: Prepared
+    run_id: str
+    started: datetime
+    t_start: float
+    dp: DatePlan
+    pool: PoolPlan
+    tables: Any
+    run: RunIdentity
+    policy: CommitPolicy
+    committer: DateCommitter
+    timings: dict[str, float | None]

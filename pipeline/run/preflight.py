@@ -1,0 +1,146 @@
+"""The preflight phase: everything checked before any model work, and nothing written but a probe:
+the model (sha256), the output (writable), each date's state in the Delta log (skip or score,
+and why), the input files (footers, schemas, columns)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline.config import JobConfig
+from pipeline.errors import StorageError, UserError
+from pipeline.stages.predict import ModelSource
+from pipeline.stages.read import discover
+from pipeline.stages.validate import ColumnRequirements, check_schemas
+from pipeline.storage import Location, resolve, write_bytes
+
+log = logging.getLogger("batchscore")
+
+
+@dataclass
+class Prepared:
+    """Everything checked on the driver before any model work: inputs, schema, model, columns."""
+
+    cfg: JobConfig
+    dates: list[str]
+    inputs: Any
+    requirements: ColumnRequirements
+    source: ModelSource
+    model_meta: Any
+    output: Location
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passthrough(self) -> list[str]:
+        return list(dict.fromkeys([*self.cfg.output.key_columns, self.cfg.input.partition_column]))
+
+
+def new_run_id(cfg: JobConfig) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{cfg.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def prepare(
+    cfg: JobConfig, dates: list[str], model_meta: Any = None, listed: dict[str, Any] | None = None
+) -> Prepared:
+    """Check config, input partitions and schemas, and the model (metadata + sha256). The
+    workers get the sha256 verified here and refuse weights that differ (e.g. replaced since)."""
+    t0 = time.perf_counter()
+    source = ModelSource.from_config(cfg)
+    meta = model_meta if model_meta is not None else source.inspect()[0]
+    source = replace(source, sha256=meta.sha256)
+    spec = meta.spec()
+    if spec is None and not cfg.preprocessing.function:
+        raise UserError(
+            f"model {cfg.model.uri}: has no feature spec; set preprocessing.features in the config "
+            "or preprocessing.function"
+        )
+    if cfg.preprocessing.function:
+        spec = None
+    t1 = time.perf_counter()
+    inputs = discover(
+        resolve(cfg.input.uri, cfg.storage),
+        dates,
+        cfg.input.partition_column,
+        cfg.input.on_bad_file,
+        listed=listed,
+    )
+    req = ColumnRequirements.for_job(cfg.output.key_columns, spec, cfg.input.columns)
+    check_schemas(inputs, req, cfg.input.on_bad_file)
+    for s in inputs.skipped:
+        log.warning("skipped (input.on_bad_file=skip): %s: %s", s["uri"], s["reason"])
+    t2 = time.perf_counter()
+    prepared = Prepared(cfg, dates, inputs, req, source, meta, resolve(cfg.output.uri, cfg.storage))
+    prepared.timings = {"model_check_s": t1 - t0, "input_check_s": t2 - t1}
+    return prepared
+
+
+def check_output_writable(cfg: JobConfig, run_id: str) -> None:
+    """Write and delete a probe object before any work, so a bad output fails in seconds."""
+    output = resolve(cfg.output.uri, cfg.storage, quick=True)
+    probe = output.join(f".batchscore-probe-{run_id}")  # at the root: leaves no directories behind
+    try:
+        write_bytes(probe, b"")
+        probe.fs.delete_file(probe.path)
+    except OSError as e:
+        raise StorageError(f"cannot write to the output {output.uri}: {e}") from None
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID.fullmatch(run_id) or len(run_id) > 128:
+        raise UserError(f"--run-id {run_id!r}: use 1-128 letters, digits, '_' and '-'")
+    return run_id
+
+
+@dataclass
+class DatePlan:
+    """Which dates to score, which are already committed as asked, and why each is (re)scored."""
+
+    todo: list[str]
+    done: list[str]
+    why: dict[str, str]
+    listed: dict[str, Any]
+    generations: dict[str, int | None]  # each date's generation in the log at planning time
+
+
+def plan_dates(cfg: JobConfig, dates: list[str], model_sha256: str, force: bool = False) -> DatePlan:
+    """Dates committed with this model, scoring config and unchanged input files are done (read
+    from the Delta log); the others are scored, each with the reason."""
+    from pipeline.commit.partitions import identity_of
+    from pipeline.commit.tables import OutputTables
+    from pipeline.stages.read import list_inputs
+
+    col = cfg.input.partition_column
+    listed = list_inputs(resolve(cfg.input.uri, cfg.storage), dates, col)
+    tables = OutputTables.for_config(cfg)
+    preds, dls = tables.predictions.open(), tables.dead_letters.open()
+    todo, done, why, gens = [], [], {}, {}
+    for d in dates:
+        if d not in listed:  # nothing to score: discover() reports or skips it
+            todo.append(d)
+            continue
+        identity = identity_of(listed[d], model_sha256, cfg.scoring_digest())
+        state = tables.predictions.state(preds, col, d, identity, dls)
+        gens[d] = state.generation
+        if state.committed_as_asked and not force:
+            done.append(d)
+        else:
+            todo.append(d)
+            why[d] = "--force" if force else state.why_rescored()
+    return DatePlan(todo, done, why, listed, gens)
+
+
+def refuse_committed_run_id(cfg: JobConfig, run_id: str) -> None:
+    from pipeline.commit.tables import OutputTables, commits_of_history
+
+    table = OutputTables.for_config(cfg).predictions.open()
+    if table is not None and any(c.get("run_id") == run_id for c in commits_of_history(table)):
+        raise UserError(f"--run-id {run_id}: a run with this id already committed to {cfg.output.uri}")

@@ -1,0 +1,234 @@
+"""One scoring run, as its phases:
+
+    preflight  pipeline/run/preflight.py   model, output probe, each date's state in the log, inputs
+    execute    pipeline/run/execute.py     Ray, the pool, the stages folded over one lazy Dataset,
+                                           written under the table (dates commit as they complete)
+    commit     pipeline/commit/            the remaining dates: reconciled, drift-checked, one Delta
+                                           transaction each
+    finalize   pipeline/run/finalize.py    the run report
+
+`run_score` reads as that list; what a phase measures goes into the shared `RunContext`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
+from pipeline.commit.streaming import DateCommitter, subset
+from pipeline.commit.tables import WrittenRows, run_file_prefix, vacuum_tables
+from pipeline.config import JobConfig, dump_config
+from pipeline.errors import CommitError, DriftError, find_known_error
+from pipeline.quality.drift import committed_profiles, drift_reasons, evaluate_drift
+from pipeline.quality.profiles import profile_partitions
+from pipeline.reporting.metrics import stage_metrics
+from pipeline.reporting.progress import ProgressView, start_counter
+from pipeline.run.context import RunContext
+from pipeline.run.execute import build_dataset, start_ray
+from pipeline.run.finalize import (
+    build_report,
+    fail_report,
+    fill_report,
+    ray_data_stats,
+    skipped_report,
+    write_report,
+)
+from pipeline.run.preflight import (
+    DatePlan,
+    Prepared,
+    check_output_writable,
+    check_run_id,
+    new_run_id,
+    plan_dates,
+    prepare,
+    refuse_committed_run_id,
+)
+from pipeline.stages.deadletter import DeadLetterWriter
+from pipeline.stages.predict import ModelSource
+from pipeline.stages.write import write_predictions
+
+log = logging.getLogger("batchscore")
+
+
+def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
+    """Delete this run's files of the `dates` it never committed (not in the log, so no reader
+    has them); dates it committed are skipped. A killed run's files are left for vacuum."""
+    from pipeline.commit.tables import delete_run_files, run_files
+
+    col = tables.partition_column
+    preds = tables.predictions.open()
+    for d in dates:
+        if tables.predictions.ever_committed_by(preds, col, d, run_id):
+            continue  # its files are in the log (maybe only in older versions): never delete them
+        try:
+            delete_run_files(tables.location, run_files(tables.location, col, d, run_id))
+            delete_run_files(
+                tables.dead_letters.location, run_files(tables.dead_letters.location, col, d, run_id, "dl")
+            )
+        except Exception as e:  # best effort: vacuum removes them later
+            log.debug("could not remove uncommitted files of %s: %s", d, e)
+
+
+def run_score(
+    cfg: JobConfig, dates: list[str], run_id: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Score `dates`: prepare, run the streaming pipeline into the table's location, commit each
+    date as one Delta transaction, write the report.
+
+    Dates already committed with the same model, scoring config and input files are skipped (the
+    run is a no-op for them) unless `force`; other committed dates are replaced.
+    """
+    started = datetime.now(timezone.utc)
+    t_start = time.perf_counter()
+    if run_id:
+        check_run_id(run_id)
+        refuse_committed_run_id(cfg, run_id)
+    run_id = run_id or new_run_id(cfg)
+    log.debug("run %s: resolved config:\n%s", run_id, dump_config(cfg))
+    meta = ModelSource.from_config(cfg).inspect()[0]
+    check_output_writable(cfg, run_id)  # an unreachable or unwritable output fails here, in seconds
+    dp = plan_dates(cfg, dates, meta.sha256, force)
+    if dp.done:
+        log.info(
+            "already committed with this model, config and inputs, skipped: %s (--force rescores)", dp.done
+        )
+    for d, why in dp.why.items():
+        log.info("scoring %s=%s: %s", cfg.input.partition_column, d, why)
+    if not dp.todo:
+        return skipped_report(cfg, run_id, meta, dp.done)
+    p = prepare(cfg, dp.todo, model_meta=meta, listed=dp.listed)
+    return _execute(cfg, p, run_id, started, t_start, dp)
+
+
+def _execute(cfg: JobConfig, p: Prepared, run_id: str, started: datetime, t_start: float, dp: DatePlan):
+    from pipeline.commit.tables import OutputTables
+
+    log.info(
+        "run %s: %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
+        run_id,
+        p.inputs.rows,
+        len(p.inputs.paths),
+        len(p.dates),
+        p.model_meta.version,
+        p.model_meta.sha256[:12],
+    )
+    t_ray, pool = start_ray(cfg)
+    col = cfg.input.partition_column
+    tables = OutputTables.for_config(cfg)
+    run = RunIdentity(
+        run_id,
+        cfg.name,
+        p.model_meta.version,
+        p.model_meta.sha256,
+        cfg.digest(),
+        cfg.scoring_digest(),
+        seen=dict(dp.generations),
+    )
+    policy = CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction)
+    committed = committed_profiles(tables.predictions.open())
+    committer = DateCommitter(
+        tables,
+        p.inputs,
+        run,
+        policy,
+        cfg.drift,
+        cfg.output.score_column,
+        p.model_meta.score_reference,
+        committed,
+    )
+    dates_scored = [part.date for part in p.inputs.partitions]
+    written = [WrittenRows(tables.location.join(f"{col}={d}"), run_file_prefix(run_id)) for d in dates_scored]
+    progress = ProgressView(
+        start_counter(), p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
+    ).start()
+    committer.start()
+    t0 = time.perf_counter()
+    try:
+        dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, run_id)
+        ds = build_dataset(p, pool, run_id, dead_letter=dead_letter, progress=progress.counter)
+        ds = write_predictions(ds, tables.location, cfg.output, run_id)
+    except BaseException as e:  # Ctrl-C too: the committer stops before the run ends
+        committer.stop()
+        progress.stop(completed=False)
+        _discard_uncommitted(tables, [d for d in dates_scored if d not in committer.committed], run_id)
+        user = find_known_error(e) if isinstance(e, Exception) else None
+        if user is not None:
+            raise user from None
+        raise
+    snapshot = progress.stop()
+    t_exec = time.perf_counter() - t0
+    timings = {"ray": t_ray, "exec": t_exec}
+    ctx = RunContext(cfg, p, run_id, started, t_start, dp, pool, tables, run, policy, committer, timings)
+    try:
+        return _finish(ctx, ds, snapshot, committed)
+    except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
+        _discard_uncommitted(tables, dates_scored, run_id)
+        raise
+
+
+def _finish(c: RunContext, ds, snapshot: dict, committed: dict) -> dict[str, Any]:
+    """After the pipeline: the early committer drains, the rest is profiled, drift-checked and
+    committed; the report records what happened in any case."""
+    cfg, p = c.cfg, c.p
+    col = cfg.input.partition_column
+    dates_scored = [part.date for part in p.inputs.partitions]
+    t0 = time.perf_counter()
+    c.committer.drain()
+    t_drain = time.perf_counter() - t0
+    early = c.committer.committed
+    rest = [d for d in dates_scored if d not in early]
+    t0 = time.perf_counter()
+    profiles = {
+        **c.committer.profiles,
+        **profile_partitions(c.tables.location, col, rest, cfg.output.score_column, c.run_id),
+    }
+    checked = evaluate_drift(
+        cfg.drift, committed, col, profiles, p.model_meta.sha256, p.model_meta.score_reference, only=rest
+    )
+    drift = {d: c.committer.drift[d] if d in c.committer.drift else checked[d] for d in dates_scored}
+    c.timings["profile"] = time.perf_counter() - t0
+    breaches = drift_reasons({d: drift[d] for d in rest}, col)
+    for line in breaches:
+        log.warning("score drift: %s", line)
+    report = build_report(cfg, p, c.run_id, c.started, c.dp, c.pool, snapshot, profiles, drift)
+    report["stages"] = stage_metrics(ds, p.inputs.rows)
+    report["ray_data_stats"] = ray_data_stats(ds)
+    report["commits"] = c.committer.summary()
+    if breaches and cfg.drift.on_breach == "fail":
+        uri = fail_report(c, report, "rejected", None)
+        published = f"; committed before the breach: {', '.join(early)}" if early else ""
+        raise DriftError(
+            "score drift over the thresholds with drift.on_breach=fail; nothing published "
+            f"for {', '.join(rest)}{published} (report: {uri}):\n  " + "\n  ".join(breaches)
+        )
+    t0 = time.perf_counter()
+    commits = c.committer.commits + _commit_rest(c, report, rest, profiles, drift)
+    c.timings["commit"] = time.perf_counter() - t0 + t_drain
+    fill_report(report, c, commits)
+    if cfg.output.vacuum_after_run:
+        report["vacuum"] = vacuum_tables(c.tables, cfg.output.retention_hours)
+    report["report_uri"] = write_report(cfg, p, c.run_id, report)
+    return report
+
+
+def _commit_rest(c: RunContext, report: dict, rest: list[str], profiles: dict, drift: dict) -> list:
+    from pipeline.errors import CommitConflictError
+
+    early = c.committer.committed
+    try:
+        return commit_partitions(
+            c.tables,
+            subset(c.p.inputs, rest),
+            c.run,
+            c.policy,
+            extra={d: {"score_profile": profiles[d], "drift": drift[d]} for d in rest},
+        )
+    except CommitError as e:
+        uri = fail_report(c, report, "failed", str(e))
+        published = f"; committed by this run before it: {', '.join(early)}" if early else ""
+        raise CommitError(f"{e}\n  (not published: {', '.join(rest)}{published}; report: {uri})") from None
+    except CommitConflictError as e:
+        uri = fail_report(c, report, "conflict", str(e))
+        raise CommitConflictError(f"{e}\n  (report: {uri})") from None
