@@ -85,6 +85,37 @@ def model_identity(cfg) -> dict[str, str]:
     }
 
 
+LOCAL_PATH_KEYS = ("input.uri", "model.uri", "output.uri")
+
+
+def absolute_local_paths(cfg, address: str):
+    """The config with its relative local paths made absolute, as the client resolved them: the
+    job runs inside the uploaded working_dir, where `demo/model` would name another (missing)
+    path. A local path only works on a cluster whose machines all see it (one machine, or a
+    shared filesystem at the same path): a warning says so when the cluster is not local."""
+    import os
+    from urllib.parse import urlparse
+
+    from pipeline.config import config_from_dict
+    from pipeline.storage import is_s3
+
+    raw = cfg.model_dump(mode="json")
+    local_cluster = urlparse(address).hostname in ("127.0.0.1", "localhost", "::1")
+    for key in LOCAL_PATH_KEYS:
+        section, name = key.split(".")
+        value = raw[section][name]
+        if is_s3(value):
+            continue
+        raw[section][name] = os.path.abspath(os.path.expanduser(value.removeprefix("file://")))
+        if not local_cluster:
+            print(
+                f"warning: {key} is a local path ({raw[section][name]}); the job's workers on other "
+                "machines can read it only from a shared filesystem mounted at the same path",
+                file=sys.stderr,
+            )
+    return config_from_dict(raw, source="the submitted config")
+
+
 def submission_id(cfg, dates: list[str], model: dict[str, str]) -> str:
     what = json.dumps({"dates": dates, "scoring": cfg.scoring_digest(), "model": model}, sort_keys=True)
     return f"batchscore-{cfg.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
@@ -134,7 +165,7 @@ def submit(args: argparse.Namespace) -> dict[str, Any]:
     from jobs.cli import resolve_dates
     from pipeline.config import dump_config, load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = absolute_local_paths(load_config(args.config, args.overrides), args.address)
     dates = resolve_dates(args, cfg)
     model = model_identity(cfg)
     sid = submission_id(cfg, dates, model)

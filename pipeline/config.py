@@ -173,11 +173,12 @@ class ModelConfig(_Strict):
 class PredictConfig(_Strict):
     batch_size: int = Field(8192, ge=1, description="Rows per forward pass.")
     min_replicas: int = Field(1, ge=1, description="Model replicas (actors) kept alive.")
-    max_replicas: int = Field(
-        1,
+    max_replicas: int | None = Field(
+        None,
         ge=1,
-        description="Upper bound of replicas; capped by the cluster's GPUs/CPUs. In fused mode, when "
-        "set, the most fused tasks at once (each worker holds a copy of the model); unset, one per CPU.",
+        description="Upper bound of replicas (actors mode; unset: min_replicas), capped by the "
+        "cluster's GPUs/CPUs. In fused mode the most fused tasks at once (each worker holds a copy of "
+        "the model); unset: one per CPU.",
     )
     num_cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica.")
     mode: Literal["auto", "actors", "fused"] = Field(
@@ -216,7 +217,7 @@ class PredictConfig(_Strict):
 
     @model_validator(mode="after")
     def _replicas(self) -> PredictConfig:
-        if self.max_replicas < self.min_replicas:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
             raise ValueError(
                 f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
             )

@@ -138,18 +138,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(
-    args: list[str], ray_address: str | None, timeout: int = 300, module: str = "jobs.cli"
+    args: list[str],
+    ray_address: str | None,
+    timeout: int = 300,
+    module: str = "jobs.cli",
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS` from the repo root, as a user runs it (`jobs.cli` or a command's
+    """`python -m MODULE ARGS` from the repo root (or `cwd`), as a user runs it (`jobs.cli` or a command's
     own module, e.g. `jobs.score`); connected to the session's Ray when `ray_address` is given,
     else with no RAY_ADDRESS at all."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
     if ray_address:
         env["RAY_ADDRESS"] = ray_address
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", module, *args],
-        cwd=ROOT,
+        cwd=cwd or ROOT,
         env=env,
         capture_output=True,
         text=True,

@@ -42,7 +42,7 @@ def fused_task_cap(cfg: JobConfig, pool: PoolPlan) -> int | None:
     """Fused mode with predict.max_replicas set: the most tasks (model copies) at once. Read and
     score get the same cap (Ray Data fuses task-pool stages only when their sizes are equal); the
     write then runs as its own stage (measured: capping it too split the read off instead)."""
-    capped = pool.mode == "fused" and "max_replicas" in cfg.predict.model_fields_set
+    capped = pool.mode == "fused" and cfg.predict.max_replicas is not None
     return pool.max_replicas if capped else None
 
 

@@ -65,7 +65,7 @@ def plan_pool(
                 f"predict.mode fused: no node has predict.num_cpus_per_replica={cpus:g} CPUs "
                 f"({len(nodes)} node(s), {total_cpus:g} CPUs)"
             )
-        cap = predict.max_replicas if "max_replicas" in predict.model_fields_set else by_nodes
+        cap = predict.max_replicas if predict.max_replicas is not None else by_nodes
         threads = max(1, math.floor(cpus)) if predict.torch_threads == "auto" else predict.torch_threads
         return PoolPlan(
             predict.min_replicas, min(cap, by_nodes), cpus, gpus, total_cpus, total_gpus, int(threads), mode
@@ -81,13 +81,10 @@ def plan_pool(
             f"{total_cpus:g} CPUs and {total_gpus:g} GPUs ({len(nodes)} node(s)); at most {fit} "
             "replica(s) fit. Lower predict.min_replicas or predict.num_cpus_per_replica, or add nodes."
         )
-    max_replicas = min(predict.max_replicas, fit)
-    if max_replicas < predict.max_replicas:
-        log.info(
-            "predict.max_replicas %d capped to %d by the cluster's resources",
-            predict.max_replicas,
-            max_replicas,
-        )
+    wanted = predict.max_replicas if predict.max_replicas is not None else predict.min_replicas
+    max_replicas = min(wanted, fit)
+    if max_replicas < wanted:
+        log.info("predict.max_replicas %d capped to %d by the cluster's resources", wanted, max_replicas)
     threads = predict.torch_threads
     if threads == "auto":
         threads = max(1, math.floor(cpus))

@@ -78,9 +78,9 @@ def ray_head(tmp_path):
     log.close()
 
 
-def _submit(address, config, *extra):
+def _submit(address, config, *extra, cwd=None):
     args = ["submit", "--address", address, str(config), "--date", DATES[0], "--deps", "none", *extra]
-    return run_cli(args, ray_address=None, timeout=400)
+    return run_cli(args, ray_address=None, timeout=400, cwd=cwd)
 
 
 def test_submit_runs_the_job_once_and_reports_the_existing_one(ray_head, dataset, checkpoints, tmp_path):
@@ -88,13 +88,21 @@ def test_submit_runs_the_job_once_and_reports_the_existing_one(ray_head, dataset
 
     from jobs.submit import auth_headers
 
-    model_uri, _ = checkpoints.entries["safetensors"]
+    # as a user writes it: paths relative to where they run `batchscore submit`, outside the
+    # project (so not inside the uploaded working_dir), and a model with constructor kwargs
+    model_uri, extra = checkpoints.entries["class_path"]
     out = tmp_path / "preds"
-    cfg = make_config(str(dataset), model_uri, str(out), predict={"max_replicas": 1})
+    cfg = make_config(
+        os.path.relpath(dataset, tmp_path),
+        os.path.relpath(model_uri, tmp_path),
+        "preds",
+        predict={"max_replicas": 1},
+        **extra,
+    )
     config = tmp_path / "outside_the_project.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
 
-    first = _submit(ray_head, config)
+    first = _submit(ray_head, config, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     result = json.loads(first.stdout.strip().splitlines()[-1])
     assert result["submitted"] and result["status"] == "SUCCEEDED"
@@ -102,7 +110,7 @@ def test_submit_runs_the_job_once_and_reports_the_existing_one(ray_head, dataset
     inp, got = read_input(str(dataset), DATES[0]), read_output(str(out), DATES[0])
     assert sorted(got.column("event_id").to_pylist()) == sorted(inp.column("event_id").to_pylist())
 
-    again = _submit(ray_head, config, "--no-wait")
+    again = _submit(ray_head, config, "--no-wait", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already succeeded" in again.stdout
     assert json.loads(again.stdout.strip().splitlines()[-1])["submission_id"] == result["submission_id"]
@@ -117,3 +125,5 @@ def test_submit_runs_the_job_once_and_reports_the_existing_one(ray_head, dataset
     )
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in blob
     assert os.environ["AWS_ACCESS_KEY_ID"] not in blob
+    assert "kwargs" not in blob and "class_path" not in blob  # the config travels in the upload
+    assert not (ROOT / ".batchscore-submit").exists() or not any((ROOT / ".batchscore-submit").iterdir())

@@ -26,3 +26,36 @@ def test_readme_shows_the_two_setup_commands_first():
     first_block = readme.split("```")[1]
     assert "make demo" in first_block and "make test" in first_block
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_layout_table_matches_the_tree():
+    """Every path the README's layout table names exists, and every package under pipeline/ is
+    named there."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "README.md").read_text()
+    table = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"^\| `([^`]+)`", table, re.M))
+    assert named and all((root / p).exists() for p in named), [p for p in named if not (root / p).exists()]
+    packages = {f"pipeline/{p.name}/" for p in (root / "pipeline").iterdir() if (p / "__init__.py").exists()}
+    assert packages <= named, packages - named
+
+
+def test_models_and_pipeline_import_only_what_the_layout_allows():
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+
+    def imported(folder: str) -> set[str]:
+        mods = set()
+        for f in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    mods.add(node.module.split(".")[0])
+                elif isinstance(node, ast.Import):
+                    mods |= {a.name.split(".")[0] for a in node.names}
+        return mods
+
+    assert not imported("models") & {"pipeline", "jobs"}
+    assert "jobs" not in imported("pipeline")
