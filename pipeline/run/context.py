@@ -27,4 +27,10 @@ class RunContext:
     run: RunIdentity
     policy: CommitPolicy
     committer: DateCommitter
+    committed: dict[str, tuple[str, dict]]  # date -> (model sha256, score profile), from the log
     timings: dict[str, float | None]
+
+    @property
+    def dates(self) -> list[str]:
+        """The dates this run scores."""
+        return [part.date for part in self.p.inputs.partitions]

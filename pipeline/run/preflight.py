@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from pipeline.config import JobConfig
+from pipeline.config import JobConfig, dump_config
 from pipeline.errors import StorageError, UserError
 from pipeline.stages.predict import ModelSource
 from pipeline.stages.read import discover
@@ -144,3 +144,34 @@ def refuse_committed_run_id(cfg: JobConfig, run_id: str) -> None:
     table = OutputTables.for_config(cfg).predictions.open()
     if table is not None and any(c.get("run_id") == run_id for c in commits_of_history(table)):
         raise UserError(f"--run-id {run_id}: a run with this id already committed to {cfg.output.uri}")
+
+
+@dataclass
+class Preflight:
+    """What the preflight found: the model, the dates to score (and why), the checked inputs
+    (None when every date is already committed as asked)."""
+
+    run_id: str
+    model_meta: Any
+    dates: DatePlan
+    prepared: Prepared | None
+
+
+def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool) -> Preflight:
+    """Model, output, dates and inputs checked; nothing written but the output probe."""
+    if run_id:
+        check_run_id(run_id)
+        refuse_committed_run_id(cfg, run_id)
+    run_id = run_id or new_run_id(cfg)
+    log.debug("run %s: resolved config:\n%s", run_id, dump_config(cfg))
+    meta = ModelSource.from_config(cfg).inspect()[0]
+    check_output_writable(cfg, run_id)  # an unreachable or unwritable output fails here, in seconds
+    dp = plan_dates(cfg, dates, meta.sha256, force)
+    if dp.done:
+        log.info(
+            "already committed with this model, config and inputs, skipped: %s (--force rescores)", dp.done
+        )
+    for d, why in dp.why.items():
+        log.info("scoring %s=%s: %s", cfg.input.partition_column, d, why)
+    prepared = prepare(cfg, dp.todo, model_meta=meta, listed=dp.listed) if dp.todo else None
+    return Preflight(run_id, meta, dp, prepared)

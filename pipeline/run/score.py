@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
 from pipeline.commit.streaming import DateCommitter, subset
 from pipeline.commit.tables import WrittenRows, run_file_prefix, vacuum_tables
-from pipeline.config import JobConfig, dump_config
+from pipeline.config import JobConfig
 from pipeline.errors import CommitError, DriftError, find_known_error
 from pipeline.quality.drift import committed_profiles, drift_reasons, evaluate_drift
 from pipeline.quality.profiles import profile_partitions
@@ -35,18 +35,8 @@ from pipeline.run.finalize import (
     skipped_report,
     write_report,
 )
-from pipeline.run.preflight import (
-    DatePlan,
-    Prepared,
-    check_output_writable,
-    check_run_id,
-    new_run_id,
-    plan_dates,
-    prepare,
-    refuse_committed_run_id,
-)
+from pipeline.run.preflight import Preflight, preflight
 from pipeline.stages.deadletter import DeadLetterWriter
-from pipeline.stages.predict import ModelSource
 from pipeline.stages.write import write_predictions
 
 log = logging.getLogger("batchscore")
@@ -74,37 +64,30 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
 def run_score(
     cfg: JobConfig, dates: list[str], run_id: str | None = None, force: bool = False
 ) -> dict[str, Any]:
-    """Score `dates`: prepare, run the streaming pipeline into the table's location, commit each
-    date as one Delta transaction, write the report.
+    """Score `dates`: preflight, execute the streaming pipeline into the table's location (dates
+    commit as they complete), commit the rest (one Delta transaction per date), finalize.
 
     Dates already committed with the same model, scoring config and input files are skipped (the
     run is a no-op for them) unless `force`; other committed dates are replaced.
     """
-    started = datetime.now(timezone.utc)
-    t_start = time.perf_counter()
-    if run_id:
-        check_run_id(run_id)
-        refuse_committed_run_id(cfg, run_id)
-    run_id = run_id or new_run_id(cfg)
-    log.debug("run %s: resolved config:\n%s", run_id, dump_config(cfg))
-    meta = ModelSource.from_config(cfg).inspect()[0]
-    check_output_writable(cfg, run_id)  # an unreachable or unwritable output fails here, in seconds
-    dp = plan_dates(cfg, dates, meta.sha256, force)
-    if dp.done:
-        log.info(
-            "already committed with this model, config and inputs, skipped: %s (--force rescores)", dp.done
-        )
-    for d, why in dp.why.items():
-        log.info("scoring %s=%s: %s", cfg.input.partition_column, d, why)
-    if not dp.todo:
-        return skipped_report(cfg, run_id, meta, dp.done)
-    p = prepare(cfg, dp.todo, model_meta=meta, listed=dp.listed)
-    return _execute(cfg, p, run_id, started, t_start, dp)
+    started, t_start = datetime.now(timezone.utc), time.perf_counter()
+    pre = preflight(cfg, dates, run_id, force)
+    if pre.prepared is None:
+        return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
+    ctx = _start(cfg, pre, started, t_start)
+    ds, snapshot = _execute(ctx)
+    try:
+        return _finish(ctx, ds, snapshot)
+    except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
+        _discard_uncommitted(ctx.tables, ctx.dates, ctx.run_id)
+        raise
 
 
-def _execute(cfg: JobConfig, p: Prepared, run_id: str, started: datetime, t_start: float, dp: DatePlan):
+def _start(cfg: JobConfig, pre: Preflight, started: datetime, t_start: float) -> RunContext:
+    """Ray and the pool; the run's identity, its commit policy and its committer thread."""
     from pipeline.commit.tables import OutputTables
 
+    p, run_id = pre.prepared, pre.run_id
     log.info(
         "run %s: %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
         run_id,
@@ -115,65 +98,63 @@ def _execute(cfg: JobConfig, p: Prepared, run_id: str, started: datetime, t_star
         p.model_meta.sha256[:12],
     )
     t_ray, pool = start_ray(cfg)
-    col = cfg.input.partition_column
     tables = OutputTables.for_config(cfg)
+    meta = p.model_meta
     run = RunIdentity(
         run_id,
         cfg.name,
-        p.model_meta.version,
-        p.model_meta.sha256,
+        meta.version,
+        meta.sha256,
         cfg.digest(),
         cfg.scoring_digest(),
-        seen=dict(dp.generations),
+        seen=pre.dates.generations,
     )
     policy = CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction)
     committed = committed_profiles(tables.predictions.open())
     committer = DateCommitter(
-        tables,
-        p.inputs,
-        run,
-        policy,
-        cfg.drift,
-        cfg.output.score_column,
-        p.model_meta.score_reference,
-        committed,
+        tables, p.inputs, run, policy, cfg.drift, cfg.output.score_column, meta.score_reference, committed
     )
-    dates_scored = [part.date for part in p.inputs.partitions]
-    written = [WrittenRows(tables.location.join(f"{col}={d}"), run_file_prefix(run_id)) for d in dates_scored]
+    timings: dict[str, float | None] = {"ray": t_ray}
+    return RunContext(
+        cfg, p, run_id, started, t_start, pre.dates, pool, tables, run, policy, committer, committed, timings
+    )
+
+
+def _execute(ctx: RunContext):
+    """The pipeline, streaming from the input files to files under the table, with progress on
+    stderr; the committer commits each date as soon as its rows are all written."""
+    cfg, col, tables = ctx.cfg, ctx.cfg.input.partition_column, ctx.tables
+    written = [
+        WrittenRows(tables.location.join(f"{col}={d}"), run_file_prefix(ctx.run_id)) for d in ctx.dates
+    ]
     progress = ProgressView(
-        start_counter(), p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
+        start_counter(), ctx.p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
     ).start()
-    committer.start()
+    ctx.committer.start()
     t0 = time.perf_counter()
     try:
-        dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, run_id)
-        ds = build_dataset(p, pool, run_id, dead_letter=dead_letter, progress=progress.counter)
-        ds = write_predictions(ds, tables.location, cfg.output, run_id)
+        dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id)
+        ds = build_dataset(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=progress.counter)
+        ds = write_predictions(ds, tables.location, cfg.output, ctx.run_id)
     except BaseException as e:  # Ctrl-C too: the committer stops before the run ends
-        committer.stop()
+        ctx.committer.stop()
         progress.stop(completed=False)
-        _discard_uncommitted(tables, [d for d in dates_scored if d not in committer.committed], run_id)
-        user = find_known_error(e) if isinstance(e, Exception) else None
-        if user is not None:
-            raise user from None
+        _discard_uncommitted(tables, [d for d in ctx.dates if d not in ctx.committer.committed], ctx.run_id)
+        known = find_known_error(e) if isinstance(e, Exception) else None
+        if known is not None:
+            raise known from None
         raise
     snapshot = progress.stop()
-    t_exec = time.perf_counter() - t0
-    timings = {"ray": t_ray, "exec": t_exec}
-    ctx = RunContext(cfg, p, run_id, started, t_start, dp, pool, tables, run, policy, committer, timings)
-    try:
-        return _finish(ctx, ds, snapshot, committed)
-    except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
-        _discard_uncommitted(tables, dates_scored, run_id)
-        raise
+    ctx.timings["exec"] = time.perf_counter() - t0
+    return ds, snapshot
 
 
-def _finish(c: RunContext, ds, snapshot: dict, committed: dict) -> dict[str, Any]:
+def _finish(c: RunContext, ds, snapshot: dict) -> dict[str, Any]:
     """After the pipeline: the early committer drains, the rest is profiled, drift-checked and
     committed; the report records what happened in any case."""
     cfg, p = c.cfg, c.p
     col = cfg.input.partition_column
-    dates_scored = [part.date for part in p.inputs.partitions]
+    dates_scored = c.dates
     t0 = time.perf_counter()
     c.committer.drain()
     t_drain = time.perf_counter() - t0
@@ -185,7 +166,7 @@ def _finish(c: RunContext, ds, snapshot: dict, committed: dict) -> dict[str, Any
         **profile_partitions(c.tables.location, col, rest, cfg.output.score_column, c.run_id),
     }
     checked = evaluate_drift(
-        cfg.drift, committed, col, profiles, p.model_meta.sha256, p.model_meta.score_reference, only=rest
+        cfg.drift, c.committed, col, profiles, p.model_meta.sha256, p.model_meta.score_reference, only=rest
     )
     drift = {d: c.committer.drift[d] if d in c.committer.drift else checked[d] for d in dates_scored}
     c.timings["profile"] = time.perf_counter() - t0
