@@ -54,13 +54,13 @@ def build_dataset(
     dead_letter: DeadLetterWriter | None = None,
     progress: Any = None,
 ):
-    from ray.data import ActorPoolStrategy, TaskPoolStrategy
-
+    """The stages folded over the lazy read: fused into one task per file, or preprocess tasks
+    feeding an actor pool of model replicas (resources from the config and the pool plan)."""
     cfg = p.cfg
-    spec = p.model_meta.spec() if not cfg.preprocessing.function else None
-    part_col = cfg.input.partition_column
     cap = fused_task_cap(cfg, pool)
-    ds = read_dataset(p.inputs, list(dict.fromkeys([*p.requirements.columns, part_col])), cap)
+    ds = read_dataset(
+        p.inputs, list(dict.fromkeys([*p.requirements.columns, cfg.input.partition_column])), cap
+    )
     predictor_kwargs = {
         "source": p.source,
         "passthrough": p.passthrough,
@@ -73,7 +73,7 @@ def build_dataset(
         "progress": progress,
     }
     pre = Preprocessor(
-        spec,
+        p.model_meta.spec() if not cfg.preprocessing.function else None,
         p.passthrough,
         cfg.preprocessing.function,
         required=p.requirements.columns,
@@ -82,14 +82,26 @@ def build_dataset(
         progress=progress,
     )
     if pool.mode == "fused":
-        return ds.map_batches(
-            FusedScorer(pre, predictor_kwargs, cfg.predict.batch_size, cfg.preprocessing.batch_size),
-            batch_format="pyarrow",
-            batch_size=None,  # whole blocks: lets Ray Data fuse read -> score -> write into one task
-            compute=TaskPoolStrategy(size=cap),
-            num_cpus=pool.num_cpus,
-            label_selector=cfg.predict.label_selector,
-        )
+        return _fused(ds, cfg, pool, cap, pre, predictor_kwargs)
+    return _actor_pool(ds, cfg, pool, pre, predictor_kwargs)
+
+
+def _fused(ds, cfg: JobConfig, pool: PoolPlan, cap: int | None, pre: Preprocessor, predictor_kwargs: dict):
+    from ray.data import TaskPoolStrategy
+
+    return ds.map_batches(
+        FusedScorer(pre, predictor_kwargs, cfg.predict.batch_size, cfg.preprocessing.batch_size),
+        batch_format="pyarrow",
+        batch_size=None,  # whole blocks: lets Ray Data fuse read -> score -> write into one task
+        compute=TaskPoolStrategy(size=cap),
+        num_cpus=pool.num_cpus,
+        label_selector=cfg.predict.label_selector,
+    )
+
+
+def _actor_pool(ds, cfg: JobConfig, pool: PoolPlan, pre: Preprocessor, predictor_kwargs: dict):
+    from ray.data import ActorPoolStrategy
+
     ds = ds.map_batches(
         pre,
         batch_format="pyarrow",

@@ -106,8 +106,6 @@ def build_report(
     """The report before commit; counts and table versions are filled in once committed."""
     from models.scoreprofile import merge_profiles
 
-    col = cfg.input.partition_column
-    rows_by_date = {part.date: part.rows for part in p.inputs.partitions}
     return {
         "report_version": REPORT_VERSION,
         "run_id": run_id,
@@ -128,22 +126,7 @@ def build_report(
         },
         "pool": asdict(pool),
         "replicas": sorted(snapshot.get("replicas", []), key=lambda r: (r["node_id"], r["pid"])),
-        "partitions": [
-            {
-                "partition": {col: d},
-                "uri": p.output.join(f"{col}={d}").uri,
-                "input_files": len(part.files),
-                "input_rows": rows_by_date[d],
-                "output_rows": profiles[d].get("count", 0) + profiles[d].get("nan", 0),
-                "dead_letter_rows": None,
-                "output_files": [],
-                "table_version": None,
-                "scores": profiles[d],
-                "drift": drift[d],
-            }
-            for part in p.inputs.partitions
-            for d in [part.date]
-        ],
+        "partitions": [_partition_entry(p, part, profiles, drift) for part in p.inputs.partitions],
         "rows": {"input": p.inputs.rows, "output": None, "dead_letter": None},
         "scores": merge_profiles(list(profiles.values())),
         "score_reference": p.model_meta.score_reference,
@@ -153,6 +136,22 @@ def build_report(
             "thresholds": cfg.drift.model_dump(mode="json"),
         },
         "skipped_inputs": p.inputs.skipped,
+    }
+
+
+def _partition_entry(p: Prepared, part, profiles: dict[str, dict], drift: dict[str, dict]) -> dict[str, Any]:
+    col, d = p.cfg.input.partition_column, part.date
+    return {
+        "partition": {col: d},
+        "uri": p.output.join(f"{col}={d}").uri,
+        "input_files": len(part.files),
+        "input_rows": part.rows,
+        "output_rows": profiles[d].get("count", 0) + profiles[d].get("nan", 0),
+        "dead_letter_rows": None,
+        "output_files": [],
+        "table_version": None,
+        "scores": profiles[d],
+        "drift": drift[d],
     }
 
 

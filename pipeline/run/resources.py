@@ -36,40 +36,56 @@ def plan_pool(
     total_cpus = sum(n.get("CPU", 0.0) for n in nodes)
     all_cpus = total_cpus if cluster_cpus is None else cluster_cpus
     total_gpus = sum(n.get("GPU", 0.0) for n in nodes)
-    gpus = predict.num_gpus_per_replica
-    if gpus == "auto":
-        gpus = 1.0 if total_gpus > 0 and predict.device != "cpu" else 0.0
-    gpus = float(gpus)
+    gpus = _gpus_per_replica(predict, total_gpus)
     cpus = float(predict.num_cpus_per_replica)
-    if predict.device == "cuda" and (gpus == 0 or total_gpus == 0):
-        raise ConfigError(
-            f"predict.device is 'cuda' but the cluster has {total_gpus:g} GPUs and "
-            f"predict.num_gpus_per_replica is {gpus:g}"
-        )
-
-    def fits_on(node: dict[str, float]) -> int:
-        by_cpu = math.floor(node.get("CPU", 0.0) / cpus + 1e-9)
-        by_gpu = math.floor(node.get("GPU", 0.0) / gpus + 1e-9) if gpus > 0 else by_cpu
-        return max(0, min(by_cpu, by_gpu))
-
     mode = predict.mode
     if mode == "auto":
         mode = "fused" if gpus == 0 else "actors"
     if mode == "fused" and gpus > 0:
         raise ConfigError("predict.mode 'fused' runs on CPU tasks; GPU replicas need predict.mode 'actors'")
-    by_nodes = sum(fits_on(n) for n in nodes)
+    by_nodes = sum(_fits_on(n, cpus, gpus) for n in nodes)
+    totals = (total_cpus, total_gpus)
     if mode == "fused":
-        # every CPU runs read -> score -> write; nothing to keep free for separate read tasks
-        if by_nodes < 1:
-            raise ConfigError(
-                f"predict.mode fused: no node has predict.num_cpus_per_replica={cpus:g} CPUs "
-                f"({len(nodes)} node(s), {total_cpus:g} CPUs)"
-            )
-        cap = predict.max_replicas if predict.max_replicas is not None else by_nodes
-        threads = max(1, math.floor(cpus)) if predict.torch_threads == "auto" else predict.torch_threads
-        return PoolPlan(
-            predict.min_replicas, min(cap, by_nodes), cpus, gpus, total_cpus, total_gpus, int(threads), mode
+        return _fused_plan(predict, len(nodes), by_nodes, cpus, totals)
+    return _actor_plan(predict, nodes, by_nodes, cpus, gpus, totals, all_cpus)
+
+
+def _gpus_per_replica(predict: PredictConfig, total_gpus: float) -> float:
+    gpus = predict.num_gpus_per_replica
+    if gpus == "auto":
+        gpus = 1.0 if total_gpus > 0 and predict.device != "cpu" else 0.0
+    gpus = float(gpus)
+    if predict.device == "cuda" and (gpus == 0 or total_gpus == 0):
+        raise ConfigError(
+            f"predict.device is 'cuda' but the cluster has {total_gpus:g} GPUs and "
+            f"predict.num_gpus_per_replica is {gpus:g}"
         )
+    return gpus
+
+
+def _fits_on(node: dict[str, float], cpus: float, gpus: float) -> int:
+    by_cpu = math.floor(node.get("CPU", 0.0) / cpus + 1e-9)
+    by_gpu = math.floor(node.get("GPU", 0.0) / gpus + 1e-9) if gpus > 0 else by_cpu
+    return max(0, min(by_cpu, by_gpu))
+
+
+def _fused_plan(predict: PredictConfig, n_nodes: int, by_nodes: int, cpus: float, totals) -> PoolPlan:
+    """Every CPU runs read -> score -> write; nothing to keep free for separate read tasks."""
+    total_cpus, total_gpus = totals
+    if by_nodes < 1:
+        raise ConfigError(
+            f"predict.mode fused: no node has predict.num_cpus_per_replica={cpus:g} CPUs "
+            f"({n_nodes} node(s), {total_cpus:g} CPUs)"
+        )
+    cap = predict.max_replicas if predict.max_replicas is not None else by_nodes
+    threads = max(1, math.floor(cpus)) if predict.torch_threads == "auto" else predict.torch_threads
+    return PoolPlan(
+        predict.min_replicas, min(cap, by_nodes), cpus, 0.0, total_cpus, total_gpus, int(threads), "fused"
+    )
+
+
+def _actor_plan(predict: PredictConfig, nodes, by_nodes: int, cpus: float, gpus: float, totals, all_cpus):
+    total_cpus, total_gpus = totals
     by_reserve = math.floor((all_cpus - predict.reserve_cpus) / cpus + 1e-9)
     fit = max(0, min(by_nodes, by_reserve))
     if predict.min_replicas > fit:
@@ -92,7 +108,7 @@ def plan_pool(
             biggest = max((n.get("CPU", 0.0) for n in nodes), default=cpus)
             threads = max(threads, min(math.floor(all_cpus / max_replicas), math.floor(biggest)))
     return PoolPlan(
-        predict.min_replicas, max_replicas, cpus, gpus, total_cpus, total_gpus, int(threads), mode
+        predict.min_replicas, max_replicas, cpus, gpus, total_cpus, total_gpus, int(threads), "actors"
     )
 
 
