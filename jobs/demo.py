@@ -63,6 +63,12 @@ def demo(args: argparse.Namespace) -> dict:
     report = run_score(cfg, [score_date])
     print_summary(report)
 
+    _how_to_read(preds, score_date)
+    return report
+
+
+def _how_to_read(preds: str, score_date: str) -> None:
+    """The table as a Delta reader sees it, and how to read it."""
     from deltalake import DeltaTable
 
     table = DeltaTable(str(preds))
@@ -78,7 +84,6 @@ def demo(args: argparse.Namespace) -> dict:
     print(f"             polars.read_delta('{preds}'); DuckDB: SELECT * FROM delta_scan('{preds}')")
     print(f"  versions:  .venv/bin/batchscore history {preds}")
     print(f"run report:  .venv/bin/batchscore report {preds}  (summary here, plots in report.html)")
-    return report
 
 
 def main() -> int:

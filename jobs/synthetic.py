@@ -111,12 +111,23 @@ def generate_day(date: str, spec: SyntheticSpec) -> pa.Table:
         + 4.0 * (user_clicks / np.maximum(user_impr, 1) - 0.05)
     )
     clicked = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
+    nan_rating = np.where(rng.random(n) < 0.01, np.nan, rating)  # NaN, not null: real logs have both
+    return _columns(date, spec, rng, locals())
+
+
+def _columns(date: str, spec: SyntheticSpec, rng, v: dict) -> pa.Table:
+    """The day's table; nulls drawn from `rng` in column order (the data stays as it was)."""
+    n = spec.rows_per_day
+    user, item, category, brand = v["user"], v["item"], v["category"], v["brand"]
+    device_idx, country_idx, channel_idx = v["device_idx"], v["country_idx"], v["channel_idx"]
+    hour, price, discount, position = v["hour"], v["price"], v["discount"], v["position"]
+    item_ctr, user_clicks, user_impr = v["item_ctr"], v["user_clicks"], v["user_impr"]
+    nan_rating, days_since, clicked = v["nan_rating"], v["days_since"], v["clicked"]
 
     def with_nulls(values: np.ndarray, frac: float) -> pa.Array:
         mask = rng.random(n) < frac
         return pa.array(values, mask=mask)
 
-    nan_rating = np.where(rng.random(n) < 0.01, np.nan, rating)  # NaN, not null: real logs have both
     event_ids = pa.array(np.char.add(f"{date}-", np.arange(n).astype(str)))
     return pa.table(
         {

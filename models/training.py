@@ -35,6 +35,25 @@ class TrainResult:
     score_reference: dict | None = None
 
 
+def _fit(model, tensors, train: np.ndarray, epochs: int, batch_size: int, lr: float, rng) -> None:
+    """Adam on the logits with binary cross-entropy, over shuffled mini-batches of `train` rows."""
+    import torch
+
+    cat, dense, target = tensors
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    for _ in range(epochs):
+        rng.shuffle(train)
+        for i in range(0, len(train), batch_size):
+            idx = torch.from_numpy(train[i : i + batch_size])
+            opt.zero_grad()
+            loss = loss_fn(model.logits(cat[idx], dense[idx]), target[idx])
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
 def train_dlrm(
     table: pa.Table,
     spec: FeatureSpec,
@@ -72,18 +91,7 @@ def train_dlrm(
         "kwargs": {"buckets": buckets, "num_dense": len(spec.dense)},
     }
     model = build_dlrm(buckets, len(spec.dense), preset=preset)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    model.train()
-    for _ in range(epochs):
-        rng.shuffle(train)
-        for i in range(0, len(train), batch_size):
-            idx = torch.from_numpy(train[i : i + batch_size])
-            opt.zero_grad()
-            loss = loss_fn(model.logits(cat[idx], dense[idx]), target[idx])
-            loss.backward()
-            opt.step()
-    model.eval()
+    _fit(model, (cat, dense, target), train, epochs, batch_size, lr, rng)
     with torch.inference_mode():
         h = torch.from_numpy(hold)
         p_hold = model(cat[h], dense[h]).numpy()
