@@ -258,10 +258,17 @@ def _drift_pair(check: dict[str, Any] | None) -> tuple[str, str]:
 
 def format_summary(report: dict[str, Any], color: bool = False) -> str:
     """The terminal summary: status, model, per-date counts, scores and drift, stages, timings."""
-    out = []
+    out = _summary_header(report, color) + [""]
+    parts = report.get("partitions") or []
+    out += _partition_lines(parts, color) if parts else ["  no partitions scored\n"]
+    out += _stage_lines(report)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _summary_header(report: dict[str, Any], color: bool) -> list[str]:
     status = str(report.get("status") or "unknown")
     colour = {"succeeded": "green", "rejected": "red"}.get(status, "yellow")
-    out.append(f"run {report.get('run_id')}: {_paint(status, colour, color)}   (job {report.get('job')})")
+    out = [f"run {report.get('run_id')}: {_paint(status, colour, color)}   (job {report.get('job')})"]
     m = report.get("model") or {}
     sha = str(m.get("sha256") or "")
     out.append(
@@ -283,8 +290,7 @@ def format_summary(report: dict[str, Any], color: bool = False) -> str:
     drift = report.get("drift") or {}
     if drift:
         verdict = _paint("BREACH", "red", color) if drift.get("breach") else "ok"
-        limits = drift.get("thresholds") or {}
-        lim = ", ".join(f"{k} {v}" for k, v in limits.items())
+        lim = ", ".join(f"{k} {v}" for k, v in (drift.get("thresholds") or {}).items())
         out.append(
             f"  drift    {verdict} (on_breach: {drift.get('on_breach', '-')}"
             + (f"; {lim}" if lim else "")
@@ -292,64 +298,58 @@ def format_summary(report: dict[str, Any], color: bool = False) -> str:
         )
     if report.get("skipped_committed"):
         out.append(f"  skipped  already committed: {', '.join(map(str, report['skipped_committed']))}")
-    out.append("")
+    return out
 
-    parts = report.get("partitions") or []
-    if parts:
-        headers = ["date", "in", "out", "dead", "mean", "p50", "p90", "p99"]
-        headers += ["PSI prev", "shift prev", "PSI train", "shift train", "drift"]
-        body = []
-        for p in parts:
-            s = p.get("scores") or {}
-            q = s.get("quantiles") or {}
-            d = p.get("drift") or {}
-            breach = bool(d.get("breach"))
-            prev, train = _drift_pair(d.get("previous")), _drift_pair(d.get("training"))
-            body.append(
-                [
-                    _date(p),
-                    _n(p.get("input_rows")),
-                    _n(p.get("output_rows")),
-                    _n(p.get("dead_letter_rows")),
-                    _n(s.get("mean")),
-                    _n(q.get("p50")),
-                    _n(q.get("p90")),
-                    _n(q.get("p99")),
-                    *prev,
-                    *train,
-                    _paint("BREACH", "red", color) if breach else ("ok" if d else "-"),
-                ]
-            )
-        out.append(table(headers, body, right=set(range(1, len(headers) - 1))))
-        for p in parts:
-            for which in ("previous", "training"):
-                c = (p.get("drift") or {}).get(which)
-                if c and c.get("breach"):
-                    reasons = "; ".join(map(str, c.get("reasons") or []))
-                    flag = _paint("BREACH", "red", color)
-                    out.append(f"  {flag} {_date(p)} vs {which} ({c.get('reference')}): {reasons}")
-        if any((p.get("drift") or {}).get("breach") for p in parts):
-            out.append("")
-    else:
-        out.append("  no partitions scored\n")
 
+def _partition_row(p: dict[str, Any], color: bool) -> list[str]:
+    s = p.get("scores") or {}
+    q = s.get("quantiles") or {}
+    d = p.get("drift") or {}
+    verdict = _paint("BREACH", "red", color) if d.get("breach") else ("ok" if d else "-")
+    counts = [_n(p.get(k)) for k in ("input_rows", "output_rows", "dead_letter_rows")]
+    scores = [_n(s.get("mean")), _n(q.get("p50")), _n(q.get("p90")), _n(q.get("p99"))]
+    return [
+        _date(p),
+        *counts,
+        *scores,
+        *_drift_pair(d.get("previous")),
+        *_drift_pair(d.get("training")),
+        verdict,
+    ]
+
+
+def _partition_lines(parts: list[dict[str, Any]], color: bool) -> list[str]:
+    headers = ["date", "in", "out", "dead", "mean", "p50", "p90", "p99"]
+    headers += ["PSI prev", "shift prev", "PSI train", "shift train", "drift"]
+    body = [_partition_row(p, color) for p in parts]
+    out = [table(headers, body, right=set(range(1, len(headers) - 1)))]
+    for p in parts:
+        for which in ("previous", "training"):
+            c = (p.get("drift") or {}).get(which)
+            if c and c.get("breach"):
+                reasons = "; ".join(map(str, c.get("reasons") or []))
+                flag = _paint("BREACH", "red", color)
+                out.append(f"  {flag} {_date(p)} vs {which} ({c.get('reference')}): {reasons}")
+    if any((p.get("drift") or {}).get("breach") for p in parts):
+        out.append("")
+    return out
+
+
+def _stage_lines(report: dict[str, Any]) -> list[str]:
+    out = []
     stages = report.get("stages") or []
     if stages:
+        keys = ("tasks", "rows_out", "wall_s", "task_time_s", "rows_per_s")
+        fmt = (_n, _n, _s, _s, _n)
         body = [
-            [
-                str(s.get("name") or "?"),
-                _n(s.get("tasks")),
-                _n(s.get("rows_out")),
-                _s(s.get("wall_s")),
-                _s(s.get("task_time_s")),
-                _n(s.get("rows_per_s")),
-            ]
+            [str(s.get("name") or "?"), *(f(s.get(k)) for f, k in zip(fmt, keys, strict=True))]
             for s in stages
         ]
         out.append(table(["stage", "tasks", "rows out", "wall", "task time", "rows/s"], body))
+    t = report.get("timings_s") or {}
     if t:
         out.append("  timings  " + "  ".join(f"{k.removesuffix('_s')} {_s(v)}" for k, v in t.items()))
-    return "\n".join(out).rstrip("\n") + "\n"
+    return out
 
 
 def main() -> int:
