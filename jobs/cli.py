@@ -44,10 +44,11 @@ def _add_date_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_id(value: str) -> str:
-    import re
+    from pipeline.reporting.runs import bad_run_id
 
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", value):
-        raise argparse.ArgumentTypeError(f"{value!r}: use 1-128 letters, digits, '_' and '-'")
+    why = bad_run_id(value)
+    if why:
+        raise argparse.ArgumentTypeError(why)
     return value
 
 

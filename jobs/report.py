@@ -16,10 +16,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.reporting.runs import REPORT_NAME, RUNS_DIR, run_stamp
 from pipeline.storage import Location
 
-RUNS_DIR = "_runs"
-REPORT_NAME = "report.json"
 HTML_NAME = "report.html"
 EXPECTED = "a report.json, a run directory (OUTPUT/_runs/RUN_ID) or an output root (OUTPUT with _runs/)"
 
@@ -115,8 +114,7 @@ def latest_run(runs: Location) -> Location | None:
     names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
     # run ids carry their UTC start (NAME-YYYYmmddTHHMMSSZ-xxxxxx): only the newest few are opened,
     # so years of nightly runs on S3 cost one listing, not one read per run
-    stamp = re.compile(r"-(\d{8}T\d{6}Z)-")
-    names.sort(key=lambda n: (m.group(1) if (m := stamp.search(n)) else "", n), reverse=True)
+    names.sort(key=lambda n: (run_stamp(n), n), reverse=True)
     candidates = []
     for name in names[:_NEWEST]:
         rep = runs.join(name, REPORT_NAME)

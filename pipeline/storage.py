@@ -141,3 +141,19 @@ def download_dir(loc: Location, dest: str) -> str:
     os.makedirs(dest, exist_ok=True)
     pafs.copy_files(loc.path, dest, source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
     return dest
+
+
+def map_files(fn, fs: pafs.FileSystem, paths: list[str], *args) -> list:
+    """`fn(fs, path, *args)` for each path: one Ray task per file when Ray is running (a few
+    numbers come back per file, never its rows), inline otherwise."""
+    import ray
+
+    if not paths:
+        return []
+    if not ray.is_initialized():
+        return [fn(fs, p, *args) for p in paths]
+    # OSError: a storage error that got through the S3 client's own retries (seen: a HEAD answered
+    # 503 with no body, which the AWS SDK does not retry) is retried as a whole task
+    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(fn)
+    fs_ref = ray.put(fs)
+    return ray.get([task.remote(fs_ref, p, *args) for p in paths])

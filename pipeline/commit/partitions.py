@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -94,12 +95,11 @@ class _Checked:
 
 
 def _reason_counts(loc: Location, files: list[TableFile], limit_files: int = 20) -> dict[str, int]:
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for f in files[:limit_files]:
         with loc.fs.open_input_file(loc.join(f.path).path) as fh:
-            for r in pq.read_table(fh, columns=[REASON_COLUMN]).column(REASON_COLUMN).to_pylist():
-                counts[r] = counts.get(r, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:10])
+            counts.update(pq.read_table(fh, columns=[REASON_COLUMN]).column(REASON_COLUMN).to_pylist())
+    return dict(counts.most_common(10))
 
 
 def _check(tables: OutputTables, inputs: InputPlan, c: _Checked, policy: CommitPolicy) -> str | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.storage import map_files
+
 MASK = (1 << 64) - 1
 
 
@@ -40,17 +42,7 @@ def _file_fingerprint(fs, path: str, key_columns: list[str]) -> tuple[int, int, 
 
 def fingerprint_files(fs, paths: list[str], key_columns: list[str]) -> list[Fingerprint]:
     """One fingerprint per file, computed by parallel Ray tasks (or inline without Ray)."""
-    import ray
-
-    if not paths:
-        return []
-    if not ray.is_initialized():
-        return [Fingerprint(*_file_fingerprint(fs, p, key_columns)) for p in paths]
-    # OSError: a storage error that got through the S3 client's own retries (seen: a HEAD answered
-    # 503 with no body, which the AWS SDK does not retry) is retried as a whole task
-    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(_file_fingerprint)
-    fs_ref = ray.put(fs)
-    return [Fingerprint(*r) for r in ray.get([task.remote(fs_ref, p, key_columns) for p in paths])]
+    return [Fingerprint(*r) for r in map_files(_file_fingerprint, fs, paths, key_columns)]
 
 
 def total(fps: list[Fingerprint]) -> Fingerprint:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from models.scoreprofile import Partial, merge, partial_of
 from pipeline.commit.tables import run_file_prefix
-from pipeline.storage import Location, list_files
+from pipeline.storage import Location, list_files, map_files
 
 
 def profile_partitions(
@@ -31,14 +31,4 @@ def _file_partial(fs, path: str, column: str) -> Partial:
 
 def partials_of_files(fs, paths: list[str], column: str) -> list[Partial]:
     """One partial per file, by parallel Ray tasks (inline without Ray)."""
-    import ray
-
-    if not paths:
-        return []
-    if not ray.is_initialized():
-        return [_file_partial(fs, p, column) for p in paths]
-    # OSError: a storage error that got through the S3 client's own retries (seen: a HEAD answered
-    # 503 with no body, which the AWS SDK does not retry) is retried as a whole task
-    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(_file_partial)
-    fs_ref = ray.put(fs)
-    return ray.get([task.remote(fs_ref, p, column) for p in paths])
+    return map_files(_file_partial, fs, paths, column)

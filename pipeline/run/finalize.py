@@ -12,13 +12,11 @@ from typing import Any
 
 from pipeline.config import JobConfig, dump_config, shown_config
 from pipeline.reporting.metrics import REPORT_VERSION, write_prometheus
+from pipeline.reporting.runs import REPORT_NAME, RUNS_DIR
 from pipeline.run.context import RunContext
 from pipeline.run.preflight import DatePlan, Prepared
 from pipeline.run.resources import PoolPlan
 from pipeline.storage import write_bytes
-
-RUNS_DIR = "_runs"
-
 
 log = logging.getLogger("batchscore")
 
@@ -157,7 +155,7 @@ def _partition_entry(p: Prepared, part, profiles: dict[str, dict], drift: dict[s
 
 def write_report(cfg: JobConfig, p: Prepared, run_id: str, report: dict[str, Any]) -> str:
     run_dir = p.output.join(RUNS_DIR, run_id)
-    loc = run_dir.join("report.json")
+    loc = run_dir.join(REPORT_NAME)
     report["report_uri"] = loc.uri
     write_bytes(loc, json.dumps(report, indent=2).encode())
     write_bytes(run_dir.join("config.yaml"), dump_config(cfg).encode())

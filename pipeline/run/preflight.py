@@ -5,15 +5,13 @@ and why), the input files (footers, schemas, columns)."""
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.config import JobConfig, dump_config
 from pipeline.errors import StorageError, UserError
+from pipeline.reporting.runs import bad_run_id, new_run_id
 from pipeline.stages.predict import ModelSource
 from pipeline.stages.read import discover
 from pipeline.stages.validate import ColumnRequirements, check_schemas
@@ -38,11 +36,6 @@ class Prepared:
     @property
     def passthrough(self) -> list[str]:
         return list(dict.fromkeys([*self.cfg.output.key_columns, self.cfg.input.partition_column]))
-
-
-def new_run_id(cfg: JobConfig) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{cfg.name}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 def prepare(
@@ -91,12 +84,10 @@ def check_output_writable(cfg: JobConfig, run_id: str) -> None:
         raise StorageError(f"cannot write to the output {output.uri}: {e}") from None
 
 
-RUN_ID = re.compile(r"[A-Za-z0-9_-]+")
-
-
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID.fullmatch(run_id) or len(run_id) > 128:
-        raise UserError(f"--run-id {run_id!r}: use 1-128 letters, digits, '_' and '-'")
+    why = bad_run_id(run_id)
+    if why:
+        raise UserError(f"--run-id {why}")
     return run_id
 
 
@@ -162,7 +153,7 @@ def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool)
     if run_id:
         check_run_id(run_id)
         refuse_committed_run_id(cfg, run_id)
-    run_id = run_id or new_run_id(cfg)
+    run_id = run_id or new_run_id(cfg.name)
     log.debug("run %s: resolved config:\n%s", run_id, dump_config(cfg))
     meta = ModelSource.from_config(cfg).inspect()[0]
     check_output_writable(cfg, run_id)  # an unreachable or unwritable output fails here, in seconds

@@ -5,6 +5,7 @@ pass-through columns unchanged (no copies) and one tensor column per model input
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -74,9 +75,7 @@ class Preprocessor:
 
     def _reject(self, rows: pa.Table, reasons: np.ndarray, batch: pa.Table) -> None:
         if self.dead_letter is None:
-            counts: dict[str, int] = {}
-            for r in reasons:
-                counts[r] = counts.get(r, 0) + 1
+            counts = dict(Counter(reasons.tolist()))
             raise StageError(f"stage {self.name!r}: {len(reasons)} rows cannot be scored: {counts}")
         self.dead_letter.write(rows, reasons, batch)
 
