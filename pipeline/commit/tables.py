@@ -186,6 +186,7 @@ class DeltaOutput:
 
     def open_or_create(self, schema: pa.Schema):
         from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
 
         table = self.open()
         if table is not None:
@@ -198,7 +199,7 @@ class DeltaOutput:
                 partition_by=self.partition_by,
                 storage_options=self.options,
             )
-        except Exception as e:  # another run created it at the same moment: use theirs
+        except DeltaError as e:  # another run created it at the same moment: use theirs
             log.debug("table create raced: %s", e)
         table = self.open()
         if table is None:
@@ -380,7 +381,7 @@ class WrittenRows:
         import pyarrow.parquet as pq
 
         total = 0
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError):  # progress only: a failed listing counts on a later poll
             for info in list_files(self.directory, suffix=".parquet"):
                 if not info.base_name.startswith(self.prefix):
                     continue
@@ -388,7 +389,7 @@ class WrittenRows:
                     try:
                         with self.directory.fs.open_input_file(info.path) as f:
                             self.seen[info.path] = pq.ParquetFile(f).metadata.num_rows
-                    except Exception:
+                    except (OSError, pa.ArrowInvalid):
                         continue  # still being written: counted on a later poll
                 total += self.seen[info.path]
         return total

@@ -38,6 +38,7 @@ from pipeline.run.finalize import (
 from pipeline.run.preflight import Preflight, preflight
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.write import write_predictions
+from pipeline.storage import list_files
 
 log = logging.getLogger("batchscore")
 
@@ -45,20 +46,19 @@ log = logging.getLogger("batchscore")
 def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
     """Delete this run's files of the `dates` it never committed (not in the log, so no reader
     has them); dates it committed are skipped. A killed run's files are left for vacuum."""
-    from pipeline.commit.tables import delete_run_files, run_files
-
     col = tables.partition_column
     preds = tables.predictions.open()
     for d in dates:
         if tables.predictions.ever_committed_by(preds, col, d, run_id):
             continue  # its files are in the log (maybe only in older versions): never delete them
-        try:
-            delete_run_files(tables.location, run_files(tables.location, col, d, run_id))
-            delete_run_files(
-                tables.dead_letters.location, run_files(tables.dead_letters.location, col, d, run_id, "dl")
-            )
-        except Exception as e:  # best effort: vacuum removes them later
-            log.debug("could not remove uncommitted files of %s: %s", d, e)
+        for loc, kind in ((tables.location, "part"), (tables.dead_letters.location, "dl")):
+            prefix = run_file_prefix(run_id, kind)
+            try:  # by name only: a file cut short by the failure has no footer to read
+                for info in list_files(loc.join(f"{col}={d}"), suffix=".parquet"):
+                    if info.base_name.startswith(prefix):
+                        loc.fs.delete_file(info.path)
+            except OSError as e:  # best effort: vacuum removes them later
+                log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
 def run_score(
