@@ -66,8 +66,8 @@ def history(args: argparse.Namespace) -> dict[str, Any]:
             f"{str(c.get('model_version', ''))[:24]:24}  {c.get('run_id', '')}"
         )
     print(
-        "read a version: deltalake.DeltaTable(URI, version=V).to_pyarrow_table(), "
-        "DuckDB delta_scan, polars.read_delta(URI, version=V)"
+        "read a version: deltalake.DeltaTable(URI, version=V).to_pyarrow_table() or "
+        "polars.read_delta(URI, version=V)"
     )
     return {"commits": len(commits)}
 

@@ -64,7 +64,9 @@ def test_outside_readers_see_each_date_whole_during_a_republish(
     assert set(final.column("model_version").to_pylist()) == {"test-torchscript"}
 
 
-def test_last_nights_version_stays_readable_until_vacuum(ray_cluster, three_days, checkpoints, tmp_path):
+def test_last_nights_version_stays_readable_until_vacuum(
+    ray_cluster, three_days, checkpoints, tmp_path, capsys
+):
     import polars as pl
     from deltalake import DeltaTable
 
@@ -76,6 +78,10 @@ def test_last_nights_version_stays_readable_until_vacuum(ray_cluster, three_days
     last_night = DeltaTable(str(out)).version()
     run_score(make_config(str(three_days), checkpoints.entries["torchscript"][0], str(out)), [day])
 
+    capsys.readouterr()
+    assert cli(["history", str(out)]) == 0  # the versions a user would time-travel to
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == [str(last_night), day] and "test-safetensors" in line for line in lines)
     old = read_delta(str(out), version=last_night, date=day)
     assert old.num_rows == SYNTH.rows_per_day
     assert set(old.column("model_version").to_pylist()) == {"test-safetensors"}
