@@ -7,7 +7,12 @@ footers of the run's files that have appeared under the output table. A driver t
     progress  42% | read 3.4M/8.0M | scored 3.3M | written 2.5M | 131k rows/s | ETA 35s | 26s
 
 On a terminal the line is redrawn in place every second; otherwise (a log file, a scheduler)
-one plain line is printed every `report.progress_interval_s` seconds, with no control characters."""
+one plain line is printed every `report.progress_interval_s` seconds, with no control characters.
+
+Why not a progress library: tqdm and rich redraw with carriage returns even when the stream is a
+log file or `kubectl logs` (the plain-lines mode above is the point), and Ray Data's own progress
+is per operator, which in fused mode is one operator from read to write, and it cannot see rows
+that went to the dead letters. What is ours is the counting; the rendering is twenty lines."""
 
 from __future__ import annotations
 
