@@ -28,7 +28,7 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config(args.config, args.overrides)
     dates = resolve_dates(args, cfg)
     meta = ModelSource.from_config(cfg).inspect()[0]
-    dp = plan_dates(cfg, dates, meta.sha256, force=args.force)
+    dp = plan_dates(cfg, dates, meta, force=args.force)
     todo, done = dp.todo, dp.done
     print(f"backfill {cfg.name}: {len(dates)} dates, model {meta.version} (sha256 {meta.sha256[:12]}…)")
     print(f"  to score ({len(todo)}): {', '.join(todo) or '-'}")

@@ -352,6 +352,16 @@ class JobConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _input_outside_output(self) -> JobConfig:
+        out, inp = self.output.uri.rstrip("/"), self.input.uri.rstrip("/")
+        if inp == out or inp.startswith(out + "/"):
+            raise ValueError(
+                f"input.uri {self.input.uri!r} is inside output.uri {self.output.uri!r}: `batchscore "
+                "vacuum` deletes files there that are not in the predictions table; keep them apart"
+            )
+        return self
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:

@@ -28,11 +28,13 @@ from pipeline.commit.tables import (
     DateIdentity,
     OutputTables,
     TableFile,
+    check_partitioning,
     check_schema,
     date_app_id,
     delete_run_files,
     digest_of,
     file_schema,
+    identity_app_id,
     run_files,
     table_schema,
 )
@@ -78,6 +80,7 @@ class DateCommit:
     dead_letter_files: list[str] = field(default_factory=list)
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     outcome: str = "committed"
+    file_sizes: dict[str, int] = field(default_factory=dict)  # the committed files, as committed
 
 
 def identity_of(part: InputPartition, model_sha256: str, scoring_hash: str) -> DateIdentity:
@@ -208,9 +211,9 @@ def _schemas(tables: OutputTables, c: _Checked, key_columns: list[str]):
     return preds, dl
 
 
-def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, meta: dict) -> DateCommit:
-    from deltalake.exceptions import CommitFailedError
-
+def _open_tables(tables: OutputTables, c: _Checked, policy: CommitPolicy):
+    """Both tables (created on first use), checked against this run's columns and partitioning;
+    returns them with the schemas to commit with (the tables' own)."""
     col, date = tables.partition_column, c.part.date
     preds_schema, dl_schema = _schemas(tables, c, policy.key_columns)
     preds = tables.predictions.open()
@@ -220,21 +223,43 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
         preds = tables.predictions.open_or_create(preds_schema)
     if preds_schema is not None:
         check_schema(preds, preds_schema)
-    schema = _arrow_schema(preds)  # the table's own: a different one would rewrite its metadata
+    check_partitioning(preds, tables.predictions.partition_by)
     dls = tables.dead_letters.open_or_create(dl_schema)
     check_schema(dls, dl_schema)
-    dl_schema = _arrow_schema(dls)
+    # the tables' own schemas: a different one would rewrite their metadata
+    return preds, dls, _arrow_schema(preds), _arrow_schema(dls)
+
+
+def _committed_by_this_run(tables: OutputTables, preds, date: str, run_id: str) -> int | None:
+    """The date's generation when its current commit is this run's own (a commit that landed
+    although its reply was lost, or one made before an error later in the same step)."""
+    col = tables.partition_column
     current = preds.transaction_version(date_app_id(col, date))
+    mine = preds.transaction_version(identity_app_id(col, date, "run", run_id))
+    return current if current is not None and mine == current else None
+
+
+def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, meta: dict) -> DateCommit:
+    from deltalake.exceptions import CommitFailedError
+
+    col, date = tables.partition_column, c.part.date
+    preds, dls, schema, dl_schema = _open_tables(tables, c, policy)
     identity = identity_of(c.part, run.model_sha256, run.scoring_hash)
-    if date in run.seen and current != run.seen[date]:
-        return _lost_race(tables, c, run, identity, "it was committed after this run started")
-    generation = (current or 0) + 1
-    try:
-        version = tables.predictions.commit_date(
-            preds, col, date, c.staged, schema, generation, identity, meta, run.run_id
-        )
-    except CommitFailedError as e:
-        return _lost_race(tables, c, run, identity, f"delta-rs: {str(e)[:200]}")
+    generation = _committed_by_this_run(tables, preds, date, run.run_id)
+    if generation is None:
+        current = preds.transaction_version(date_app_id(col, date))
+        if date in run.seen and current != run.seen[date]:
+            return _lost_race(tables, c, run, identity, "it was committed after this run started")
+        generation = (current or 0) + 1
+        try:
+            tables.predictions.commit_date(
+                preds, col, date, c.staged, schema, generation, identity, meta, run.run_id
+            )
+        except CommitFailedError as e:
+            preds = tables.predictions.open()
+            if _committed_by_this_run(tables, preds, date, run.run_id) != generation:
+                return _lost_race(tables, c, run, identity, f"delta-rs: {str(e)[:200]}")
+    version = tables.predictions.version_of(tables.predictions.open(), date, run.run_id)
     dl_version = _commit_dead_letters(tables, dls, c, dl_schema, generation, meta)
     return DateCommit(
         date=date,
@@ -246,6 +271,7 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
         output_files=[f.path for f in c.staged],
         dead_letter_files=[f.path for f in c.dead],
         dead_letter_reasons=_reason_counts(tables.dead_letters.location, c.dead) if c.dead else {},
+        file_sizes={f.path: f.size for f in c.staged},
     )
 
 
@@ -266,10 +292,14 @@ def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generat
         current = tables.predictions.open().transaction_version(date_app_id(col, date))
         if current != generation:
             log.warning("%s=%s was replaced by a newer run before its dead letters were committed", col, date)
-            delete_run_files(tables.dead_letters.location, c.dead)
+            if not tables.dead_letters.ever_committed_by(dls, col, date, meta["run_id"]):
+                delete_run_files(tables.dead_letters.location, c.dead)
             return None
+        mine = dls.transaction_version(identity_app_id(col, date, "run", meta["run_id"]))
+        if mine == generation:  # our commit landed although delta-rs reported a conflict
+            return tables.dead_letters.version_of(dls, date, meta["run_id"])
         try:
-            return tables.dead_letters.commit_date(
+            tables.dead_letters.commit_date(
                 dls,
                 col,
                 date,
@@ -280,6 +310,7 @@ def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generat
                 {"date": date, "run_id": meta["run_id"]},
                 meta["run_id"],
             )
+            return tables.dead_letters.version_of(tables.dead_letters.open(), date, meta["run_id"])
         except CommitFailedError:
             dls = tables.dead_letters.open()
     raise CommitError(f"{col}={date}: the dead-letter table kept changing under this run's commit")

@@ -139,6 +139,9 @@ class DateCommitter:
             except CommitConflictError as e:  # another run committed a date first: the run stops
                 self.conflict = e
                 return
+            except OSError as e:  # storage hiccup: the next poll tries again
+                log.warning("early commit failed, retrying: %s", e)
+                continue
             except Exception as e:  # an early commit is an optimization: the final commit decides
                 log.warning("early commit paused: %s", e)
                 return

@@ -48,6 +48,7 @@ METADATA_KEY = "batchscore"
 
 
 DEAD_LETTER_TABLE = "_dead_letter"
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 
 def storage_options(uri: str, storage: StorageConfig) -> dict[str, str] | None:
@@ -116,22 +117,24 @@ class TableFile:
     size: int
     rows: int
     mtime_ms: int
-    partition: dict[str, str]
+    partition: dict[str, str | None]
 
 
-def partition_values(relpath: str) -> dict[str, str]:
+def partition_values(relpath: str) -> dict[str, str | None]:
     """`ds=2026-10-01/part-x.parquet` -> {"ds": "2026-10-01"} (hive directory segments)."""
-    values = {}
+    values: dict[str, str | None] = {}
     for seg in posixpath.dirname(relpath).split("/"):
         if "=" in seg:
             k, v = seg.split("=", 1)
-            values[unquote(k)] = unquote(v)
+            # pyarrow's hive writer names a null partition value like Hive does; Delta wants null
+            values[unquote(k)] = None if v == HIVE_NULL else unquote(v)
     return values
 
 
 def run_file_prefix(run_id: str, kind: str = "part") -> str:
-    """Every file a run writes starts with this (part- predictions, dl- dead letters)."""
-    return f"{kind}-{run_id}-"
+    """Every file a run writes starts with this (part- predictions, dl- dead letters). The '.'
+    after the run id cannot occur in a run id, so run `a` never claims the files of run `a-b`."""
+    return f"{kind}-{run_id}."
 
 
 def run_files(table: Location, col: str, date: str, run_id: str, kind: str = "part") -> list[TableFile]:
@@ -274,9 +277,9 @@ class DeltaOutput:
                 custom_metadata={METADATA_KEY: metadata}, app_transactions=txns
             ),
         )
-        return self._version_of(table, date, run_id)
+        return self.version_of(table, date, run_id)
 
-    def _version_of(self, table, date: str, run_id: str) -> int:
+    def version_of(self, table, date: str, run_id: str) -> int:
         """The version our commit got (the table object is not refreshed by the commit, and other
         runs may have committed right after it)."""
         table.update_incremental()
@@ -321,6 +324,17 @@ def check_schema(table, schema: pa.Schema) -> None:
         raise UserError(
             f"output table {table.table_uri}: this run's columns differ from the table's "
             f"({'; '.join(diff)}); write to a new output.uri, or keep the key and score columns as they were"
+        )
+
+
+def check_partitioning(table, partition_by: list[str]) -> None:
+    """output.partition_columns must be the table's: files laid out otherwise would commit
+    partition values the table does not declare (or lack ones it does)."""
+    have = list(table.metadata().partition_columns)
+    if have != list(partition_by):
+        raise UserError(
+            f"output table {table.table_uri}: partitioned by {have}, but output.partition_columns is "
+            f"{list(partition_by)}; keep the table's partitioning or write to a new output.uri"
         )
 
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pipeline.commit.tables import digest_of
 from pipeline.config import JobConfig, dump_config
 from pipeline.errors import StorageError, UserError
 from pipeline.reporting.runs import bad_run_id, new_run_id
@@ -102,7 +103,16 @@ class DatePlan:
     generations: dict[str, int | None]  # each date's generation in the log at planning time
 
 
-def plan_dates(cfg: JobConfig, dates: list[str], model_sha256: str, force: bool = False) -> DatePlan:
+def scoring_identity(cfg: JobConfig, meta: Any) -> str:
+    """What decides the scores besides the weights: the scoring config and the checkpoint's own
+    metadata (feature spec with its statistics, architecture, inputs). A checkpoint re-exported
+    with new normalisation statistics but the same weights is a new identity. (The code of a
+    preprocessing.function or class_path module is not hashed: rescore with --force after
+    changing it.)"""
+    return digest_of(cfg.scoring_digest(), meta.format, meta.feature_spec, meta.architecture, meta.inputs)
+
+
+def plan_dates(cfg: JobConfig, dates: list[str], meta: Any, force: bool = False) -> DatePlan:
     """Dates committed with this model, scoring config and unchanged input files are done (read
     from the Delta log); the others are scored, each with the reason."""
     from pipeline.commit.partitions import identity_of
@@ -118,7 +128,7 @@ def plan_dates(cfg: JobConfig, dates: list[str], model_sha256: str, force: bool 
         if d not in listed:  # nothing to score: discover() reports or skips it
             todo.append(d)
             continue
-        identity = identity_of(listed[d], model_sha256, cfg.scoring_digest())
+        identity = identity_of(listed[d], meta.sha256, scoring_identity(cfg, meta))
         state = tables.predictions.state(preds, col, d, identity, dls)
         gens[d] = state.generation
         if state.committed_as_asked and not force:
@@ -157,7 +167,7 @@ def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool)
     log.debug("run %s: resolved config:\n%s", run_id, dump_config(cfg))
     meta = ModelSource.from_config(cfg).inspect()[0]
     check_output_writable(cfg, run_id)  # an unreachable or unwritable output fails here, in seconds
-    dp = plan_dates(cfg, dates, meta.sha256, force)
+    dp = plan_dates(cfg, dates, meta, force)
     if dp.done:
         log.info(
             "already committed with this model, config and inputs, skipped: %s (--force rescores)", dp.done

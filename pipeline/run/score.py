@@ -35,7 +35,7 @@ from pipeline.run.finalize import (
     skipped_report,
     write_report,
 )
-from pipeline.run.preflight import Preflight, preflight
+from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.write import write_predictions
 from pipeline.storage import list_files
@@ -106,7 +106,7 @@ def _start(cfg: JobConfig, pre: Preflight, started: datetime, t_start: float) ->
         meta.version,
         meta.sha256,
         cfg.digest(),
-        cfg.scoring_digest(),
+        scoring_identity(cfg, meta),
         seen=pre.dates.generations,
     )
     policy = CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction)
@@ -157,6 +157,7 @@ def _finish(c: RunContext, ds, snapshot: dict) -> dict[str, Any]:
     dates_scored = c.dates
     t0 = time.perf_counter()
     c.committer.drain()
+    _check_early_commits_unchanged(c)
     t_drain = time.perf_counter() - t0
     early = c.committer.committed
     rest = [d for d in dates_scored if d not in early]
@@ -192,6 +193,21 @@ def _finish(c: RunContext, ds, snapshot: dict) -> dict[str, Any]:
         report["vacuum"] = vacuum_tables(c.tables, cfg.output.retention_hours)
     report["report_uri"] = write_report(cfg, p, c.run_id, report)
     return report
+
+
+def _check_early_commits_unchanged(c: RunContext) -> None:
+    """A date committed while the run went on must not have changed since: file names are
+    deterministic so that a retried task rewrites its own file, and a task re-run after the
+    commit (lineage reconstruction after a node loss) would rewrite committed files."""
+    loc, col = c.tables.location, c.cfg.input.partition_column
+    for x in c.committer.commits:
+        for path, size in x.file_sizes.items():
+            now = loc.fs.get_file_info(loc.join(path).path).size
+            if now != size:
+                raise CommitError(
+                    f"{col}={x.date}: {path} changed after the date was committed ({size} -> {now} bytes; "
+                    "a task ran again after the commit); rerun with --force to rewrite the date"
+                )
 
 
 def _commit_rest(c: RunContext, report: dict, rest: list[str], profiles: dict, drift: dict) -> list:

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from models.features import row_hash64
+from pipeline.commit.tables import run_file_prefix
 from pipeline.storage import Location
 
 REASON_COLUMN = "reason"
@@ -52,7 +53,7 @@ class DeadLetterWriter:
         token = _task_token() or _content_token(batch)
         seq = self._seq.get(token, 0)
         self._seq[token] = seq + 1
-        return f"dl-{self.run_id}-{token}-{seq:04d}"
+        return f"{run_file_prefix(self.run_id, 'dl')}{token}-{seq:04d}"
 
     def write(self, rows: pa.Table, reasons: np.ndarray, batch: pa.Table | None = None) -> int:
         """Write `rows` (with one reason each) under root/<partition>=<date>/. `batch`: the whole

@@ -16,7 +16,7 @@ from pipeline.storage import Location, is_s3
 
 
 class RunFileNames(FilenameProvider):
-    """Names per run: part-<run_id>-<write uuid>-<task>-<i>.parquet. The write uuid is fixed for the
+    """Names per run: part-<run_id>.<write uuid>-<task>-<i>.parquet. The write uuid is fixed for the
     run's one write (Ray's APPEND mode requires it), so a retried write task rewrites its own file,
     and the run's files are found by their prefix."""
 

@@ -138,7 +138,7 @@ def _write_run_files(out, date, tables, run_id="run-x"):
     d = out / f"ds={date}"
     d.mkdir(parents=True, exist_ok=True)
     for i, t in enumerate(tables):
-        pq.write_table(t, d / f"part-{run_id}-{i:06d}-0.parquet")
+        pq.write_table(t, d / f"part-{run_id}.{i:06d}-0.parquet")
 
 
 def test_reconciliation_catches_a_duplicated_block_hiding_a_lost_one(dataset, tmp_path):
@@ -215,3 +215,20 @@ def test_files_of_a_dead_run_are_invisible_and_vacuum_removes_them_past_retentio
     assert not orphan.exists() and not dl_orphan.exists()
     assert {p.name for p in (out / f"ds={DATES[0]}").glob("*.parquet")} == live
     assert (out / "_runs").exists() and read_output(str(out), DATES[0]).num_rows == 3000
+
+
+def test_a_run_id_that_prefixes_another_never_touches_its_files(ray_cluster, dataset, checkpoints, tmp_path):
+    """`--run-id itest` after an automatic `itest-2026...` run of the same job: the new run must
+    neither count nor delete the first run's (committed, time-travel-readable) files."""
+    from deltalake import DeltaTable
+
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    cfg = make_config(str(dataset), model_uri, str(out))
+    first = run_score(cfg, [DATES[0]])
+    assert first["run_id"].startswith("itest-")
+    version = DeltaTable(str(out)).version()
+    second = run_score(cfg, [DATES[0]], run_id="itest", force=True)
+    assert second["status"] == "succeeded" and second["rows"]["output"] == 3000
+    assert read_output(str(out), DATES[0]).num_rows == 3000
+    assert read_delta(str(out), version=version, date=DATES[0]).num_rows == 3000  # first run's files kept

@@ -51,7 +51,7 @@ def _stage(out, date, keys, name):
     d = out / f"ds={date}"
     d.mkdir(parents=True, exist_ok=True)
     table = pa.table({"event_id": keys, "score": RNG.beta(2, 20, len(keys)).astype(np.float32)})
-    pq.write_table(table, d / f"part-run-1-{name}")
+    pq.write_table(table, d / f"part-run-1.{name}")
 
 
 def _commit(out, date):
