@@ -99,35 +99,15 @@ def generate_day(date: str, spec: SyntheticSpec) -> pa.Table:
     rating = np.clip(3.5 + quality + rng.normal(0, 0.3, n), 0, 5)
     days_since = rng.exponential(5.0, n)
 
-    logit = (
-        -2.2
-        + 1.6 * (category == favorite)
-        + 1.2 * quality
-        - 0.5 * np.log1p(position)
-        - 0.25 * (np.log1p(price) - 3.0)
-        + 0.02 * discount
-        + 0.3 * (DEVICES[device_idx] == "ios")
-        + 0.4 * (CHANNELS[channel_idx] == "search")
-        + 4.0 * (user_clicks / np.maximum(user_impr, 1) - 0.05)
-    )
+    item_side = (category == favorite, quality, position, price, discount)
+    logit = _click_logit(*item_side, device_idx, channel_idx, user_clicks, user_impr)
     clicked = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
-    nan_rating = np.where(rng.random(n) < 0.01, np.nan, rating)  # NaN, not null: real logs have both
-    return _columns(date, spec, rng, locals())
-
-
-def _columns(date: str, spec: SyntheticSpec, rng, v: dict) -> pa.Table:
-    """The day's table; nulls drawn from `rng` in column order (the data stays as it was)."""
-    n = spec.rows_per_day
-    user, item, category, brand = v["user"], v["item"], v["category"], v["brand"]
-    device_idx, country_idx, channel_idx = v["device_idx"], v["country_idx"], v["channel_idx"]
-    hour, price, discount, position = v["hour"], v["price"], v["discount"], v["position"]
-    item_ctr, user_clicks, user_impr = v["item_ctr"], v["user_clicks"], v["user_impr"]
-    nan_rating, days_since, clicked = v["nan_rating"], v["days_since"], v["clicked"]
 
     def with_nulls(values: np.ndarray, frac: float) -> pa.Array:
         mask = rng.random(n) < frac
         return pa.array(values, mask=mask)
 
+    nan_rating = np.where(rng.random(n) < 0.01, np.nan, rating)  # NaN, not null: real logs have both
     event_ids = pa.array(np.char.add(f"{date}-", np.arange(n).astype(str)))
     return pa.table(
         {
@@ -150,6 +130,21 @@ def _columns(date: str, spec: SyntheticSpec, rng, v: dict) -> pa.Table:
             "days_since_last_visit": with_nulls(days_since, spec.null_fraction),
             LABEL: pa.array(clicked),
         }
+    )
+
+
+def _click_logit(same_category, quality, position, price, discount, device_idx, channel_idx, clicks, impr):
+    """The ground truth the demo model learns: the click log-odds of each row."""
+    return (
+        -2.2
+        + 1.6 * same_category
+        + 1.2 * quality
+        - 0.5 * np.log1p(position)
+        - 0.25 * (np.log1p(price) - 3.0)
+        + 0.02 * discount
+        + 0.3 * (DEVICES[device_idx] == "ios")
+        + 0.4 * (CHANNELS[channel_idx] == "search")
+        + 4.0 * (clicks / np.maximum(impr, 1) - 0.05)
     )
 
 

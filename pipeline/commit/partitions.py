@@ -259,7 +259,7 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
             preds = tables.predictions.open()
             if _committed_by_this_run(tables, preds, date, run.run_id) != generation:
                 return _lost_race(tables, c, run, identity, f"delta-rs: {str(e)[:200]}")
-    version = tables.predictions.version_of(tables.predictions.open(), date, run.run_id)
+    version = tables.predictions.version_of(preds, date, run.run_id)  # refreshes `preds`
     dl_version = _commit_dead_letters(tables, dls, c, dl_schema, generation, meta)
     return DateCommit(
         date=date,
@@ -310,7 +310,7 @@ def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generat
                 {"date": date, "run_id": meta["run_id"]},
                 meta["run_id"],
             )
-            return tables.dead_letters.version_of(tables.dead_letters.open(), date, meta["run_id"])
+            return tables.dead_letters.version_of(dls, date, meta["run_id"])  # refreshes `dls`
         except CommitFailedError:
             dls = tables.dead_letters.open()
     raise CommitError(f"{col}={date}: the dead-letter table kept changing under this run's commit")

@@ -137,11 +137,19 @@ def run_file_prefix(run_id: str, kind: str = "part") -> str:
     return f"{kind}-{run_id}."
 
 
+def list_run_files(table: Location, col: str, date: str, run_id: str, kind: str = "part") -> list:
+    """This run's files of one date under a table, as listed (names only, no footer read)."""
+    prefix = run_file_prefix(run_id, kind)
+    return [
+        i
+        for i in list_files(table.join(f"{col}={date}"), suffix=".parquet")
+        if i.base_name.startswith(prefix)
+    ]
+
+
 def run_files(table: Location, col: str, date: str, run_id: str, kind: str = "part") -> list[TableFile]:
     """This run's complete files of one date under a table (footers read in parallel threads)."""
-    date_dir = table.join(f"{col}={date}")
-    prefix = run_file_prefix(run_id, kind)
-    infos = [i for i in list_files(date_dir, suffix=".parquet") if i.base_name.startswith(prefix)]
+    infos = list_run_files(table, col, date, run_id, kind)
 
     def footer(info) -> TableFile:
         with table.fs.open_input_file(info.path) as f:
@@ -241,9 +249,10 @@ class DeltaOutput:
         identity: DateIdentity | None,
         metadata: dict[str, Any],
         run_id: str,
-    ) -> int:
-        """One transaction: the date's current files out, `files` in. Returns the new version.
-        Raises deltalake's CommitFailedError when a concurrent commit touched the same date."""
+    ) -> None:
+        """One transaction: the date's current files out, `files` in (`version_of` tells the
+        version it got). Raises deltalake's CommitFailedError when a concurrent commit touched the
+        same date."""
         from deltalake import CommitProperties
         from deltalake.transaction import AddAction, Transaction
 
@@ -277,7 +286,6 @@ class DeltaOutput:
                 custom_metadata={METADATA_KEY: metadata}, app_transactions=txns
             ),
         )
-        return self.version_of(table, date, run_id)
 
     def version_of(self, table, date: str, run_id: str) -> int:
         """The version our commit got (the table object is not refreshed by the commit, and other

@@ -4,8 +4,8 @@ summarizes it (models.scoreprofile); the driver merges a few hundred numbers per
 from __future__ import annotations
 
 from models.scoreprofile import Partial, merge, partial_of
-from pipeline.commit.tables import run_file_prefix
-from pipeline.storage import Location, list_files, map_files
+from pipeline.commit.tables import list_run_files
+from pipeline.storage import Location, map_files
 
 
 def profile_partitions(
@@ -14,10 +14,8 @@ def profile_partitions(
     """The score profile of each date's prediction files written by this run."""
     out = {}
     for d in dates:
-        src = table.join(f"{col}={d}")
-        prefix = run_file_prefix(run_id)
-        paths = [i.path for i in list_files(src, suffix=".parquet") if i.base_name.startswith(prefix)]
-        out[d] = merge(partials_of_files(src.fs, paths, score_column))
+        paths = [i.path for i in list_run_files(table, col, d, run_id)]
+        out[d] = merge(partials_of_files(table.fs, paths, score_column))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
 from pipeline.commit.streaming import DateCommitter, subset
-from pipeline.commit.tables import WrittenRows, run_file_prefix, vacuum_tables
+from pipeline.commit.tables import WrittenRows, list_run_files, run_file_prefix, vacuum_tables
 from pipeline.config import JobConfig
 from pipeline.errors import CommitError, DriftError, find_known_error
 from pipeline.quality.drift import committed_profiles, drift_reasons, evaluate_drift
@@ -38,7 +38,6 @@ from pipeline.run.finalize import (
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.write import write_predictions
-from pipeline.storage import list_files
 
 log = logging.getLogger("batchscore")
 
@@ -52,11 +51,9 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
         if tables.predictions.ever_committed_by(preds, col, d, run_id):
             continue  # its files are in the log (maybe only in older versions): never delete them
         for loc, kind in ((tables.location, "part"), (tables.dead_letters.location, "dl")):
-            prefix = run_file_prefix(run_id, kind)
             try:  # by name only: a file cut short by the failure has no footer to read
-                for info in list_files(loc.join(f"{col}={d}"), suffix=".parquet"):
-                    if info.base_name.startswith(prefix):
-                        loc.fs.delete_file(info.path)
+                for info in list_run_files(loc, col, d, run_id, kind):
+                    loc.fs.delete_file(info.path)
             except OSError as e:  # best effort: vacuum removes them later
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
