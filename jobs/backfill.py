@@ -51,9 +51,7 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{i // size + 1}/{runs}] scoring {', '.join(chunk)}")
         report = run_score(cfg, chunk, force=args.force)
         print_summary(report)
-        summary["runs"].append(
-            {"run_id": report["run_id"], "dates": report["dates"], "report": report["report_uri"]}
-        )
+        summary["runs"].append({"run_id": report.run_id, "dates": report.dates, "report": report.report_uri})
     return summary
 
 

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="newest N commits (default: 50)")
 
     sub.add_parser("config-reference", help="print the config reference (docs/config.md) as Markdown")
+    sub.add_parser(
+        "report-reference", help="print the report.json reference (the generated part of docs/reports.md)"
+    )
 
     p = sub.add_parser("generate", help="write synthetic interaction logs (hive-partitioned Parquet)")
     p.add_argument("--out", required=True, help="dataset root (local or s3://)")
@@ -241,14 +244,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     report = score(args.config, args.overrides, args, run_id=args.run_id, force=args.force)
     _final_line(
         {
-            "status": report["status"],
-            "run_id": report["run_id"],
-            "report": report["report_uri"],
-            "rows_in": report["rows"]["input"],
-            "rows_out": report["rows"]["output"],
-            "rows_dead_letter": report["rows"]["dead_letter"],
-            "dates": report["dates"],
-            "skipped_committed": report.get("skipped_committed", []),
+            "status": report.status,
+            "run_id": report.run_id,
+            "report": report.report_uri,
+            "rows_in": report.rows.input,
+            "rows_out": report.rows.output,
+            "rows_dead_letter": report.rows.dead_letter,
+            "dates": report.dates,
+            "skipped_committed": report.skipped_committed,
         }
     )
     return EXIT_OK
@@ -310,9 +313,17 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report_reference(args: argparse.Namespace) -> int:
+    from pipeline.reporting.schema import reference_markdown
+
+    sys.stdout.write(reference_markdown())
+    return EXIT_OK
+
+
 COMMANDS = {
     "backfill": cmd_backfill,
     "config-reference": cmd_config_reference,
+    "report-reference": cmd_report_reference,
     "history": cmd_history,
     "vacuum": cmd_vacuum,
     "report": cmd_report,

@@ -160,3 +160,11 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def summary_row(stdout: str, date: str) -> list[str]:
+    """The cells of `date`'s row in a run summary (pipeline/reporting/summary.py): date, rows in,
+    out, dead letter, mean, p50, p90, p99, PSI/shift vs previous and training, version, drift."""
+    rows = [line.split() for line in stdout.splitlines() if line.startswith(f"  {date} ")]
+    assert len(rows) == 1, f"no single summary row for {date} in:\n{stdout[-3000:]}"
+    return rows[0]

@@ -3,18 +3,18 @@ The report's schema is documented in docs/reports.md."""
 
 from __future__ import annotations
 
+import calendar
 import logging
 import os
 import tempfile
-from typing import Any
+from datetime import datetime
 
-REPORT_VERSION = 1
-
+from pipeline.reporting.schema import RunReport, Stage
 
 log = logging.getLogger("batchscore")
 
 
-def stage_metrics(ds, input_rows: int | None = None) -> list[dict[str, Any]]:
+def stage_metrics(ds, input_rows: int | None = None) -> list[Stage]:
     """Per Ray Data operator: tasks, rows out, wall time (first start to last end), task time.
     `input_rows`: the run's input rows, for an operator fused from read to write (whose own
     counters see neither rows in nor rows out)."""
@@ -37,15 +37,15 @@ def stage_metrics(ds, input_rows: int | None = None) -> list[dict[str, Any]]:
             if op.operator_name.startswith("Read") and op.operator_name.endswith("Write"):
                 rows_in = rows = input_rows
             stages.append(
-                {
-                    "name": op.operator_name,
-                    "tasks": int(op.wall_time.count) if op.wall_time else None,
-                    "rows_in": rows_in,
-                    "rows_out": rows_out,
-                    "wall_s": round(wall, 3) if wall else None,
-                    "task_time_s": round(op.wall_time.sum, 3) if op.wall_time else None,
-                    "rows_per_s": round(rows / wall, 1) if rows and wall else None,
-                }
+                Stage(
+                    name=op.operator_name,
+                    tasks=int(op.wall_time.count) if op.wall_time else None,
+                    rows_in=rows_in,
+                    rows_out=rows_out,
+                    wall_s=round(wall, 3) if wall else None,
+                    task_time_s=round(op.wall_time.sum, 3) if op.wall_time else None,
+                    rows_per_s=round(rows / wall, 1) if rows and wall else None,
+                )
             )
 
     try:
@@ -59,8 +59,8 @@ def _label(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
-def prometheus_text(report: dict[str, Any]) -> str:
-    job = str(report.get("job", ""))
+def prometheus_text(report: RunReport) -> str:
+    job = report.job or ""
     lines = []
 
     def metric(name: str, help_: str, samples: list[tuple[dict[str, str], float]]) -> None:
@@ -70,47 +70,45 @@ def prometheus_text(report: dict[str, Any]) -> str:
             lbl = ",".join(f'{k}="{_label(str(v))}"' for k, v in {"job": job, **labels}.items())
             lines.append(f"{name}{{{lbl}}} {float(value)!r}")
 
-    import calendar
-    from datetime import datetime
-
-    finished = report.get("finished_at")
+    finished = report.finished_at
     ts = calendar.timegm(datetime.fromisoformat(finished).utctimetuple()) if finished else 0
     metric("batchscore_last_run_timestamp_seconds", "End of the last run (Unix time).", [({}, ts)])
-    ok = 1.0 if report.get("status") in ("succeeded", "skipped") else 0.0
+    ok = 1.0 if report.status in ("succeeded", "skipped") else 0.0
     metric("batchscore_last_run_success", "1 if the last run published its output.", [({}, ok)])
     metric(
         "batchscore_last_run_duration_seconds",
         "Wall time of the last run.",
-        [({}, report.get("timings_s", {}).get("total_s", 0.0))],
+        [({}, report.timings_s.total_s or 0.0)],
     )
-    rows = report.get("rows", {})
+    rows = report.rows
     metric(
         "batchscore_rows_total",
         "Rows of the last run.",
-        [({"kind": k}, rows.get(k, 0)) for k in ("input", "output", "dead_letter")],
+        [({"kind": k}, getattr(rows, k) or 0) for k in ("input", "output", "dead_letter")],
     )
     metric(
         "batchscore_throughput_rows_per_second",
         "Input rows per second of pipeline time in the last run.",
-        [({}, report.get("throughput_rows_per_s") or 0.0)],
+        [({}, report.throughput_rows_per_s or 0.0)],
     )
     metric(
         "batchscore_drift_breach",
         "1 if a scored date breached a drift threshold.",
-        [({}, 1.0 if report.get("drift", {}).get("breach") else 0.0)],
+        [({}, 1.0 if report.drift_breach else 0.0)],
     )
-    psi = []
-    for p in report.get("partitions", []):
-        for which in ("previous", "training"):
-            c = (p.get("drift") or {}).get(which)
-            if c and c.get("psi") is not None:
-                psi.append(({"date": next(iter(p["partition"].values())), "reference": which}, c["psi"]))
+    psi = [
+        ({"date": p.label, "reference": which}, c.psi)
+        for p in report.partitions
+        if p.drift
+        for which, c in p.drift.checks()
+        if c.psi is not None
+    ]
     if psi:
         metric("batchscore_score_psi", "Population stability index of a date's scores.", psi)
     return "\n".join(lines) + "\n"
 
 
-def write_prometheus(path: str, report: dict[str, Any]) -> None:
+def write_prometheus(path: str, report: RunReport) -> None:
     """Write the textfile atomically (node_exporter must never read half a file)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any
 
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
 from pipeline.commit.streaming import DateCommitter, subset
@@ -25,6 +24,7 @@ from pipeline.quality.drift import committed_profiles, drift_reasons, evaluate_d
 from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import ProgressView, start_counter
+from pipeline.reporting.schema import RunReport
 from pipeline.run.context import RunContext
 from pipeline.run.execute import build_dataset, start_ray
 from pipeline.run.finalize import (
@@ -58,9 +58,7 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
-def run_score(
-    cfg: JobConfig, dates: list[str], run_id: str | None = None, force: bool = False
-) -> dict[str, Any]:
+def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force: bool = False) -> RunReport:
     """Score `dates`: preflight, execute the streaming pipeline into the table's location (dates
     commit as they complete), commit the rest (one Delta transaction per date), finalize.
 
@@ -146,7 +144,7 @@ def _execute(ctx: RunContext):
     return ds, snapshot
 
 
-def _finish(c: RunContext, ds, snapshot: dict) -> dict[str, Any]:
+def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
     """After the pipeline: the early committer drains, the rest is profiled, drift-checked and
     committed; the report records what happened in any case."""
     cfg, p = c.cfg, c.p
@@ -171,10 +169,10 @@ def _finish(c: RunContext, ds, snapshot: dict) -> dict[str, Any]:
     breaches = drift_reasons({d: drift[d] for d in rest}, col)
     for line in breaches:
         log.warning("score drift: %s", line)
-    report = build_report(cfg, p, c.run_id, c.started, c.dp, c.pool, snapshot, profiles, drift)
-    report["stages"] = stage_metrics(ds, p.inputs.rows)
-    report["ray_data_stats"] = ray_data_stats(ds)
-    report["commits"] = c.committer.summary()
+    report = build_report(c, snapshot, profiles, drift)
+    report.stages = stage_metrics(ds, p.inputs.rows)
+    report.ray_data_stats = ray_data_stats(ds)
+    report.commits = c.committer.summary()
     if breaches and cfg.drift.on_breach == "fail":
         uri = fail_report(c, report, "rejected", None)
         published = f"; committed before the breach: {', '.join(early)}" if early else ""
@@ -187,8 +185,8 @@ def _finish(c: RunContext, ds, snapshot: dict) -> dict[str, Any]:
     c.timings["commit"] = time.perf_counter() - t0 + t_drain
     fill_report(report, c, commits)
     if cfg.output.vacuum_after_run:
-        report["vacuum"] = vacuum_tables(c.tables, cfg.output.retention_hours)
-    report["report_uri"] = write_report(cfg, p, c.run_id, report)
+        report.vacuum = vacuum_tables(c.tables, cfg.output.retention_hours)
+    write_report(cfg, p, c.run_id, report)
     return report
 
 
@@ -207,7 +205,7 @@ def _check_early_commits_unchanged(c: RunContext) -> None:
                 )
 
 
-def _commit_rest(c: RunContext, report: dict, rest: list[str], profiles: dict, drift: dict) -> list:
+def _commit_rest(c: RunContext, report: RunReport, rest: list[str], profiles: dict, drift: dict) -> list:
     from pipeline.errors import CommitConflictError
 
     early = c.committer.committed

@@ -95,7 +95,7 @@ def test_labels_keep_preprocessing_on_cpu_nodes_and_replicas_on_gpu_nodes(
             predict={"min_replicas": 2, "max_replicas": 2, "label_selector": {"pool": "gpu"}},
         )
         report = run_score(cfg, DATES)
-        assert report["pool"]["num_gpus"] == 1.0 and report["pool"]["max_replicas"] == 2
+        assert report.pool.num_gpus == 1.0 and report.pool.max_replicas == 2
         for d in DATES:
             assert_keys_exact(str(dataset), str(out), d)
         nodes = {f.read_text() for f in log.iterdir()}

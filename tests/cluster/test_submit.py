@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import DATES, make_config, read_input, read_output, run_cli
+from support import DATES, make_config, read_input, read_output, run_cli, summary_row
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +106,7 @@ def test_submit_runs_the_job_once_and_reports_the_existing_one(ray_head, dataset
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     result = json.loads(first.stdout.strip().splitlines()[-1])
     assert result["submitted"] and result["status"] == "SUCCEEDED"
-    assert f"ds={DATES[0]}: 3000 rows in -> 3000 predictions" in first.stdout  # the job's own log, followed
+    assert summary_row(first.stdout, DATES[0])[1:4] == ["3,000", "3,000", "0"]  # the job's own log, followed
     inp, got = read_input(str(dataset), DATES[0]), read_output(str(out), DATES[0])
     assert sorted(got.column("event_id").to_pylist()) == sorted(inp.column("event_id").to_pylist())
 

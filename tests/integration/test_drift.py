@@ -13,8 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from support import DATES, latest_commit, make_config, read_output, run_cli
+from support import DATES, latest_commit, make_config, read_output, run_cli, summary_row
 
+from pipeline.reporting.schema import load
 from pipeline.run.score import run_score
 from pipeline.storage import resolve
 
@@ -58,34 +59,37 @@ def test_unshifted_next_date_passes_against_previous_and_training(
         report={"prometheus_textfile": str(prom)},
     )
     report = run_score(cfg, [D2])
-    part = report["partitions"][0]
-    prev, train = part["drift"]["previous"], part["drift"]["training"]
-    assert prev["reference"] == f"ds={D1}" and train["reference"] == "checkpoint"
-    assert prev["psi"] < 0.05 and not prev["breach"], prev
-    assert train["psi"] < 0.1 and not train["breach"], train
-    assert report["drift"]["breach"] is False
+    part = report.partitions[0]
+    prev, train = part.drift.previous, part.drift.training
+    assert prev.reference == f"ds={D1}" and train.reference == "checkpoint"
+    assert prev.psi < 0.05 and not prev.breach, prev
+    assert train.psi < 0.1 and not train.breach, train
+    assert report.drift.breach is False
 
     # score statistics agree with the committed scores
     scores = read_output(str(out), D2).column("score").to_numpy()
-    s = part["scores"]
-    assert s["count"] == scores.size == part["output_rows"]
-    assert s["mean"] == pytest.approx(float(scores.mean()), rel=1e-5)
-    assert abs((scores < s["quantiles"]["p50"]).mean() - 0.5) < 0.01
+    s = part.scores
+    assert s.count == scores.size == part.output_rows
+    assert s.mean == pytest.approx(float(scores.mean()), rel=1e-5)
+    assert abs((scores < s.quantiles["p50"]).mean() - 0.5) < 0.01
     # the report on storage is the one returned; the Delta commit keeps the profile for tomorrow
-    saved = json.loads(resolve(report["report_uri"]).fs.open_input_stream(report["report_uri"]).read())
+    saved = json.loads(resolve(report.report_uri).fs.open_input_stream(report.report_uri).read())
     assert saved["report_version"] == 1 and saved["partitions"][0]["scores"]["count"] == scores.size
+    assert load(json.dumps(saved)).model_dump() == report.model_dump()
     commit = latest_commit(str(out), D2)
     assert commit["score_profile"]["count"] == scores.size
     assert commit["drift"]["breach"] is False
-    assert commit["version"] == part["table_version"]
+    assert commit["version"] == part.table_version
     # stages, replicas and timings
-    names = [st["name"] for st in report["stages"]]
+    names = [st.name for st in report.stages]
     # CPU-only: read, preprocess, predict and write fused into one task (predict.mode auto)
     assert names == ["ReadParquet->MapBatches(FusedScorer)->Write"], names
-    assert report["stages"][0]["rows_in"] == scores.size and report["stages"][0]["rows_per_s"] > 0
-    assert report["replicas"] and all(r["device"] == "cpu" for r in report["replicas"])
-    assert {"ray_start_s", "pipeline_s", "profile_s", "commit_s", "total_s"} <= set(report["timings_s"])
-    assert (out / "_runs" / report["run_id"] / "report.html").stat().st_size > 1000
+    assert report.stages[0].rows_in == scores.size and report.stages[0].rows_per_s > 0
+    assert report.replicas and all(r.device == "cpu" for r in report.replicas)
+    assert {"ray_start_s", "pipeline_s", "profile_s", "commit_s", "total_s"} <= set(
+        report.timings_s.model_dump()
+    )
+    assert (out / "_runs" / report.run_id / "report.html").stat().st_size > 1000
     # Prometheus textfile
     text = prom.read_text()
     assert 'batchscore_last_run_success{job="itest"} 1.0' in text
@@ -99,15 +103,15 @@ def test_planted_shift_in_a_backfill_is_flagged_against_the_date_before(
     out = tmp_path / "out"
     cfg = make_config(str(shifted), checkpoints.entries["safetensors"][0], str(out))
     report = run_score(cfg, DATES)  # on_breach: warn (the default): flagged, and published
-    first, second = report["partitions"]
-    assert first["drift"]["previous"] is None and not first["drift"]["breach"]
-    prev = second["drift"]["previous"]
-    assert prev["reference"] == f"ds={D1}" and prev["breach"] and second["drift"]["breach"]
-    assert prev["psi"] > 0.25 and prev["quantile_shift"]["max_in_std"] > 0.5
-    assert any("PSI" in r for r in prev["reasons"])
-    assert second["drift"]["training"]["breach"]
-    assert report["drift"]["breach"] is True and report["status"] == "succeeded"
-    assert read_output(str(out), D2).num_rows == second["input_rows"]
+    first, second = report.partitions
+    assert first.drift.previous is None and not first.drift.breach
+    prev = second.drift.previous
+    assert prev.reference == f"ds={D1}" and prev.breach and second.drift.breach
+    assert prev.psi > 0.25 and prev.quantile_shift.max_in_std > 0.5
+    assert any("PSI" in r for r in prev.reasons)
+    assert second.drift.training.breach
+    assert report.drift.breach is True and report.status == "succeeded"
+    assert read_output(str(out), D2).num_rows == second.input_rows
 
 
 def test_on_breach_fail_publishes_nothing_and_exits_3(
@@ -144,5 +148,8 @@ def test_on_breach_fail_publishes_nothing_and_exits_3(
     # the same shift, accepted with on_breach=warn, publishes
     proc = run_cli(["score", str(path), "--date", D2, "--set", "drift.on_breach=warn"], ray_cluster.address)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "DRIFT: PSI" in proc.stdout
+    assert (
+        summary_row(proc.stdout, D2)[-1] == "BREACH"
+        and f"BREACH {D2} vs previous (ds={D1}): PSI" in proc.stdout
+    )
     assert read_output(str(out), D2).num_rows == 3000

@@ -74,8 +74,8 @@ def test_rows_that_cannot_be_scored_go_to_dead_letter_with_a_reason(
     assert not scored & dead_ids
     assert scored | dead_ids == {k for k in inp.column("event_id").to_pylist() if k is not None}
     commit = latest_commit(str(out), DATES[0])
-    assert commit["dead_letter_rows"] == dead.num_rows == report["rows"]["dead_letter"]
-    reasons = report["partitions"][0]["dead_letter_reasons"]
+    assert commit["dead_letter_rows"] == dead.num_rows == report.rows.dead_letter
+    reasons = report.partitions[0].dead_letter_reasons
     assert reasons["null key column 'event_id'"] == null_key.num_rows
 
 
@@ -175,11 +175,11 @@ def test_bad_files_are_skipped_and_listed_when_configured(ray_cluster, dataset, 
     cfg = make_config(str(data), model_uri, str(out), input={"on_bad_file": "skip"})
     report = run_score(cfg, [DATES[0], "2031-02-02"])
 
-    assert [s["date"] for s in report["skipped_inputs"]] == ["2031-02-02", DATES[0]]
-    assert "does not exist" in report["skipped_inputs"][0]["reason"]
-    assert "part-00001.parquet" in report["skipped_inputs"][1]["uri"]
+    assert [s.date for s in report.skipped_inputs] == ["2031-02-02", DATES[0]]
+    assert "does not exist" in report.skipped_inputs[0].reason
+    assert "part-00001.parquet" in report.skipped_inputs[1].uri
     commit = latest_commit(str(out), DATES[0])
-    assert [s["uri"] for s in commit["skipped_input_files"]] == [report["skipped_inputs"][1]["uri"]]
+    assert [s["uri"] for s in commit["skipped_input_files"]] == [report.skipped_inputs[1].uri]
     assert read_output(str(out), DATES[0]).num_rows == 2000  # the two good shards of 1000 rows
 
     with pytest.raises(Exception, match=r"part-00001.parquet: not a readable Parquet file"):
@@ -226,9 +226,9 @@ def test_a_run_id_that_prefixes_another_never_touches_its_files(ray_cluster, dat
     out = tmp_path / "preds"
     cfg = make_config(str(dataset), model_uri, str(out))
     first = run_score(cfg, [DATES[0]])
-    assert first["run_id"].startswith("itest-")
+    assert first.run_id.startswith("itest-")
     version = DeltaTable(str(out)).version()
     second = run_score(cfg, [DATES[0]], run_id="itest", force=True)
-    assert second["status"] == "succeeded" and second["rows"]["output"] == 3000
+    assert second.status == "succeeded" and second.rows.output == 3000
     assert read_output(str(out), DATES[0]).num_rows == 3000
     assert read_delta(str(out), version=version, date=DATES[0]).num_rows == 3000  # first run's files kept

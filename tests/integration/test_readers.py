@@ -104,11 +104,11 @@ def test_vacuum_after_run_keeps_only_what_the_retention_asks(ray_cluster, three_
     first = run_score(
         make_config(str(three_days), checkpoints.entries["safetensors"][0], str(out), output=output), [day]
     )
-    assert first["vacuum"]["predictions"] == []  # nothing replaced yet
+    assert first.vacuum["predictions"] == []  # nothing replaced yet
     old = {p.name for p in (out / f"ds={day}").glob("*.parquet")}
     second = run_score(
         make_config(str(three_days), checkpoints.entries["torchscript"][0], str(out), output=output), [day]
     )
-    assert len(second["vacuum"]["predictions"]) == len(old)  # the replaced files, past a 0 h retention
+    assert len(second.vacuum["predictions"]) == len(old)  # the replaced files, past a 0 h retention
     assert not old & {p.name for p in (out / f"ds={day}").glob("*.parquet")}
     assert read_delta(str(out), date=day).num_rows == SYNTH.rows_per_day

@@ -18,7 +18,9 @@ import pytest
 from reportdata import DATES, count, parse, sample_report
 
 from jobs.cli import main
-from pipeline.reporting.html import C_DEAD, C_OUT, C_REF, C_STAGE, C_TODAY, render_html
+from pipeline.reporting.html import render_html
+from pipeline.reporting.plots import C_DEAD, C_OUT, C_REF, C_STAGE, C_TODAY
+from pipeline.reporting.schema import load
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +59,7 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def page(tmp_path) -> Path:
     path = tmp_path / "report.html"
-    path.write_text(render_html(sample_report()), encoding="utf-8")
+    path.write_text(render_html(load(sample_report())), encoding="utf-8")
     return path
 
 
@@ -178,13 +180,13 @@ def test_rendered_dom_has_the_plots(page, tmp_path):
     hists = plots.of("score-histogram")
     assert [h["attrs"]["data-date"] for h in hists] == DATES
     for h in hists:
-        assert count(h, "rect", "bar") >= 10, h["attrs"]
-        assert count(h, "polyline") == 1, h["attrs"]
+        assert count(h, "g", "bar") >= 10, h["attrs"]
+        assert count(h, "g", "reference") == 1, h["attrs"]
         assert count(h, "title") >= 1 and "viewbox" in h["attrs"]
     (stages,) = plots.of("stage-throughput")
-    assert count(stages, "rect", "bar") == 4
+    assert count(stages, "g", "bar") == 4
     (parts,) = plots.of("partition-counts")
-    assert count(parts, "rect", "output") == 3 and count(parts, "rect", "dead-letter") == 2
+    assert count(parts, "g", "output") == 3 and count(parts, "g", "dead-letter") == 2
     assert "<script" not in dom.lower()
 
 

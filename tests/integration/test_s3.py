@@ -71,7 +71,7 @@ def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints):
     keys = s3.keys(bucket, "predictions/")
     assert "predictions/_delta_log/00000000000000000000.json" in keys
     assert "predictions/_dead_letter/_delta_log/00000000000000000000.json" in keys
-    assert f"predictions/_runs/{report['run_id']}/report.json" in keys
+    assert f"predictions/_runs/{report.run_id}/report.json" in keys
     assert not [k for k in keys if "/_staging/" in k or "/_locks/" in k or k.endswith("_manifest.json")]
     # every data file on the store is in the table: the run wrote nothing it did not commit
     from deltalake import DeltaTable
@@ -84,7 +84,7 @@ def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints):
     }
     on_store = {k for k in keys if k.endswith(".parquet") and "/_" not in k}
     assert on_store == live
-    assert report["report_uri"].startswith(f"s3://{bucket}/predictions/_runs/")
+    assert report.report_uri.startswith(f"s3://{bucket}/predictions/_runs/")
 
 
 def test_credentials_never_reach_reports_or_the_delta_log(ray_cluster, s3, s3_job):

@@ -52,7 +52,7 @@ def test_pipeline_scores_equal_direct_model_call(ray_cluster, dataset, checkpoin
     got = read_output(str(out), DATES[0])
     expected = direct_scores(model_uri, inp, checkpoints.spec, **_load_kwargs(extra))
     assert_exact_output(inp, got, expected)
-    assert set(got.column("run_id").to_pylist()) == {report["run_id"]}
+    assert set(got.column("run_id").to_pylist()) == {report.run_id}
     want_version = f"test-{fmt}" if fmt != "class_path" else "weights.safetensors"
     assert set(got.column("model_version").to_pylist()) == {want_version}
 
@@ -77,14 +77,14 @@ def test_two_dates_are_two_delta_commits_with_their_metadata(ray_cluster, datase
     assert table.metadata().partition_columns == ["ds"]
     commits = {c["date"]: c for c in _commits(out)}
     files = pa.table(table.get_add_actions(flatten=True)).to_pylist()
-    for entry in report["partitions"]:
-        d = entry["partition"]["ds"]
+    for entry in report.partitions:
+        d = entry.partition["ds"]
         inp, got = read_input(str(dataset), d), read_output(str(out), d)
         assert got.num_rows == inp.num_rows
         c = commits[d]
         assert c["input_rows"] == c["output_rows"] == inp.num_rows and c["dead_letter_rows"] == 0
-        assert c["run_id"] == report["run_id"] and c["model_sha256"] == report["model"]["sha256"]
-        assert c["version"] == entry["table_version"]
+        assert c["run_id"] == report.run_id and c["model_sha256"] == report.model.sha256
+        assert c["version"] == entry.table_version
         assert sorted(f["uri"].rsplit("/", 1)[1] for f in c["input_files"]) == sorted(
             p.name for p in (dataset / f"ds={d}").glob("*.parquet")
         )
@@ -93,11 +93,11 @@ def test_two_dates_are_two_delta_commits_with_their_metadata(ray_cluster, datase
         mine = [f for f in files if f["partition.ds"] == d]
         assert len(mine) > 1 and max(f["num_records"] for f in mine) <= 2000
         assert sum(f["num_records"] for f in mine) == inp.num_rows
-        assert all(f["path"].split("/")[-1].startswith(f"part-{report['run_id']}.") for f in mine)
-    saved = json.loads((out / "_runs" / report["run_id"] / "report.json").read_text())
+        assert all(f["path"].split("/")[-1].startswith(f"part-{report.run_id}.") for f in mine)
+    saved = json.loads((out / "_runs" / report.run_id / "report.json").read_text())
     assert saved["rows"] == {"input": 2 * 3000, "output": 2 * 3000, "dead_letter": 0}
     assert [p["partition"]["ds"] for p in saved["partitions"]] == DATES
-    assert (out / "_runs" / report["run_id"] / "config.yaml").exists()
+    assert (out / "_runs" / report.run_id / "config.yaml").exists()
     assert not (out / "_staging").exists() and not (out / "_locks").exists()
 
 
@@ -111,7 +111,7 @@ def test_rerun_is_a_no_op_and_force_replaces_never_appends(ray_cluster, dataset,
     version = DeltaTable(str(out)).version()
 
     again = run_score(cfg, [DATES[0]])  # same model, same scoring config: nothing to do
-    assert again["status"] == "skipped" and again["skipped_committed"] == [DATES[0]]
+    assert again.status == "skipped" and again.skipped_committed == [DATES[0]]
     assert DeltaTable(str(out)).version() == version, "a no-op rerun committed something"
 
     # a different batch size does not change the scores: still a no-op
@@ -119,21 +119,21 @@ def test_rerun_is_a_no_op_and_force_replaces_never_appends(ray_cluster, dataset,
     assert run_score(resized, [DATES[0]])["status"] == "skipped"
 
     second = run_score(cfg, [DATES[0]], force=True)
-    assert second["rescored_because"] == {DATES[0]: "--force"}
+    assert second.rescored_because == {DATES[0]: "--force"}
     got = read_output(str(out), DATES[0])
     assert got.num_rows == 3000
-    assert set(got.column("run_id").to_pylist()) == {second["run_id"]}
+    assert set(got.column("run_id").to_pylist()) == {second.run_id}
     # the first run's files are still on disk for readers of the older version, not in the table
     on_disk = {p.name for p in (out / f"ds={DATES[0]}").glob("*.parquet")}
-    assert any(first["run_id"] in n for n in on_disk)
+    assert any(first.run_id in n for n in on_disk)
     live = DeltaTable(str(out)).file_uris()
-    assert live and all(second["run_id"] in u for u in live)
+    assert live and all(second.run_id in u for u in live)
 
     # another model replaces the partition without --force, and says why
     other_uri, _ = checkpoints.entries["torchscript"]
     third = run_score(make_config(str(dataset), other_uri, str(out)), [DATES[0]])
-    assert third["status"] == "succeeded"
-    assert third["rescored_because"] == {DATES[0]: "committed with another model or scoring config"}
+    assert third.status == "succeeded"
+    assert third.rescored_because == {DATES[0]: "committed with another model or scoring config"}
     assert set(read_output(str(out), DATES[0]).column("model_version").to_pylist()) == {"test-torchscript"}
 
 
@@ -151,8 +151,8 @@ def test_changed_input_files_are_rescored_not_skipped(ray_cluster, dataset, chec
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     report = run_score(cfg, [DATES[0]])
-    assert report["status"] == "succeeded"
-    assert "input files changed" in report["rescored_because"][DATES[0]]
+    assert report.status == "succeeded"
+    assert "input files changed" in report.rescored_because[DATES[0]]
     assert read_output(str(out), DATES[0]).num_rows == 3000
 
 

@@ -15,6 +15,35 @@ def test_config_reference_is_generated_from_the_models():
     )
 
 
+def test_report_reference_is_generated_from_the_report_model():
+    from pipeline.reporting.schema import docs_section
+    from pipeline.reporting.schema import reference_markdown as report_reference
+
+    text = (ROOT / "docs" / "reports.md").read_text()
+    assert docs_section(text) == report_reference(), (
+        "docs/reports.md is stale: replace its generated part with `batchscore report-reference`"
+    )
+
+
+def test_every_key_of_a_report_is_in_the_model():
+    """The sample report (the shape docs/reports.md describes) has no key the model does not know."""
+    from pydantic import BaseModel
+    from reportdata import sample_report
+
+    from pipeline.reporting.schema import RunReport
+
+    def extras(m: BaseModel, path: str) -> list[str]:
+        found = [f"{path}.{k}" for k in (m.model_extra or {})]
+        for name in type(m).model_fields:
+            value = getattr(m, name)
+            for i, v in enumerate(value if isinstance(value, list) else [value]):
+                if isinstance(v, BaseModel):
+                    found += extras(v, f"{path}.{name}[{i}]" if isinstance(value, list) else f"{path}.{name}")
+        return found
+
+    assert extras(RunReport.model_validate(sample_report()), "report") == []
+
+
 def test_config_reference_lists_every_top_level_section():
     text = (ROOT / "docs" / "config.md").read_text()
     for name in JobConfig.model_fields:

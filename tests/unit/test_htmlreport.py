@@ -13,9 +13,11 @@ import pytest
 from reportdata import DATES, count, parse, sample_report
 
 from jobs.cli import build_parser, main
-from jobs.report import find_report, format_summary
+from jobs.report import find_report
 from pipeline.errors import UserError
-from pipeline.reporting.html import nice_ticks, render_html, score_range
+from pipeline.reporting.html import render_html, score_range
+from pipeline.reporting.schema import load
+from pipeline.reporting.summary import format_summary
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_page_has_every_plot_kind_and_one_histogram_per_date():
     report = sample_report()
-    page = render_html(report)
+    page = render_html(load(report))
     plots = parse(page)
     hists = plots.of("score-histogram")
     assert [h["attrs"]["data-date"] for h in hists] == DATES
@@ -35,19 +37,19 @@ def test_page_has_every_plot_kind_and_one_histogram_per_date():
         assert "plot" in h["attrs"]["class"].split()
         assert "viewBox" in h["attrs"] or "viewbox" in h["attrs"]
         assert count(h, "title") >= 1
-        assert count(h, "rect", "bar") >= 10  # the date's density
-        assert count(h, "polyline", "reference") == 1  # the training reference
+        assert count(h, "g", "bar") >= 10  # the date's density
+        assert count(h, "g", "reference") == 1  # the training reference
     (stages,) = plots.of("stage-throughput")
-    assert count(stages, "rect", "bar") == len(report["stages"])
+    assert count(stages, "g", "bar") == len(report["stages"])
     (parts,) = plots.of("partition-counts")
-    assert count(parts, "rect", "output") == 3
-    assert count(parts, "rect", "dead-letter") == 2  # the first date has no dead letter
+    assert count(parts, "g", "output") == 3
+    assert count(parts, "g", "dead-letter") == 2  # the first date has no dead letter
     assert "training reference" in page
 
 
 def test_header_table_and_drift_banner():
     report = sample_report()
-    page = render_html(report)
+    page = render_html(load(report))
     assert "ctr-daily-20261105T020000Z-ab12cd" in page
     assert "dlrm-2026-11-01" in page and report["model"]["sha256"][:16] in page
     assert "succeeded" in page and "2026-11-05T02:07:41+00:00" in page
@@ -59,19 +61,25 @@ def test_header_table_and_drift_banner():
     assert "32,006" in row and "32,000" in row  # counts in / out
 
     calm = sample_report(drifted_last_date=False)
-    page = render_html(calm)
+    page = render_html(load(calm))
     assert 'class="banner"' not in page and 'class="breach"' not in page
 
 
 def test_page_is_self_contained():
-    page = render_html(sample_report())
+    page = render_html(load(sample_report()))
     assert page.startswith("<!DOCTYPE html>")
     assert "<style>" in page
     low = page.lower()
     assert "<script" not in low
     assert "http://" not in low and "https://" not in low
-    for needle in ("src=", "href=", "url(", "@import", "<link", "<iframe", "<img"):
+    for needle in ("src=", "@import", "<link", "<iframe", "<img"):
         assert needle not in low, needle
+    # matplotlib's SVG refers to its own markers and clip paths (href="#id", url(#id)), nothing else
+    assert not re.findall(r'href="(?!#)', low) and not re.findall(r"url\((?!#)", low)
+    ids = re.findall(r'\bid="#?([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "an id repeated on the page (several plots)"
+    refs = {a or b for a, b in re.findall(r'href="#([^"]+)"|url\(#([^)]+)\)', page)}
+    assert refs and refs <= set(ids)
 
 
 def test_text_from_the_report_is_escaped():
@@ -80,7 +88,7 @@ def test_text_from_the_report_is_escaped():
     report["stages"][0]["name"] = "<script>stage</script>"
     report["partitions"][0]["partition"] = {"ds": "<b>2026</b>"}
     report["drift"]["on_breach"] = "<i>warn</i>"
-    page = render_html(report)
+    page = render_html(load(report))
     low = page.lower()
     assert "<script" not in low and "<img" not in low and "<b>" not in low and "<i>" not in low
     assert "&lt;script&gt;alert(&#x27;job&#x27;)&lt;/script&gt;" in page
@@ -91,23 +99,23 @@ def test_text_from_the_report_is_escaped():
 
 def test_report_without_stages_or_reference_falls_back_to_the_run_profile():
     report = sample_report(with_reference=False, with_stages=False)
-    page = render_html(report)
+    page = render_html(load(report))
     plots = parse(page)
     assert len(plots.of("score-histogram")) == 3
     for h in plots.of("score-histogram"):
-        assert count(h, "polyline", "reference") == 1  # the run-wide profile
+        assert count(h, "g", "reference") == 1  # the run-wide profile
     assert "all dates of this run" in page
     (stages,) = plots.of("stage-throughput")
-    assert count(stages, "rect", "bar") == 0
+    assert count(stages, "g", "bar") == 0
     assert "no per-stage statistics" in page
 
 
 def test_report_without_any_reference_has_bars_only():
     report = sample_report(with_reference=False)
     report["scores"] = None
-    page = render_html(report)
+    page = render_html(load(report))
     for h in parse(page).of("score-histogram"):
-        assert count(h, "rect", "bar") >= 10 and count(h, "polyline") == 0
+        assert count(h, "g", "bar") >= 10 and count(h, "g", "reference") == 0
     assert "bars only" in page
 
 
@@ -119,11 +127,11 @@ def test_zero_rows_rejected_and_skipped_reports_render():
     empty.update(input_rows=0, output_rows=0, dead_letter_rows=0, output_files=[])
     empty["scores"] = {"count": 0, "nan": 0}
     empty["drift"] = {"previous": None, "training": None, "breach": False}
-    page = render_html(report)
+    page = render_html(load(report))
     assert "rejected" in page and "were not published (drift.on_breach: fail)" in page
     hists = parse(page).of("score-histogram")
     assert len(hists) == 3
-    assert count(hists[1], "rect", "bar") == 0 and "2026-11-03: no scores" in page
+    assert count(hists[1], "g", "bar") == 0 and "2026-11-03: no scores" in page
 
     skipped = {
         "run_id": "r1",
@@ -134,27 +142,25 @@ def test_zero_rows_rejected_and_skipped_reports_render():
         "partitions": [],
         "rows": {"input": 0, "output": 0, "dead_letter": 0},
     }
-    page = render_html(skipped)
+    page = render_html(load(skipped))
     plots = parse(page)
     assert not plots.of("score-histogram")
     assert len(plots.of("stage-throughput")) == 1 and len(plots.of("partition-counts")) == 1
     assert "nothing scored" in page
 
     # a report from before report_version 1 (no scores, drift, stages) and an empty one
-    assert "<svg" in render_html({"run_id": "old", "partitions": [{"partition": {"ds": "2026-11-01"}}]})
-    assert "<svg" in render_html({})
+    assert "<svg" in render_html(load({"run_id": "old", "partitions": [{"partition": {"ds": "2026-11-01"}}]}))
+    assert "<svg" in render_html(load({"run_id": "empty"}))
 
 
-def test_score_range_and_ticks():
+def test_score_range_covers_every_profile_on_round_ticks():
     report = sample_report()
-    lo, hi = score_range(report)
+    lo, hi = score_range(load(report))
     mins = [p["scores"]["min"] for p in report["partitions"]] + [report["score_reference"]["min"]]
     maxs = [p["scores"]["max"] for p in report["partitions"]] + [report["score_reference"]["max"]]
     assert lo <= min(mins) and hi >= max(maxs)
     assert (lo, hi) == (0.0, 1.0)  # scores in (0, 1) widen to round ticks
-    assert nice_ticks(0, 77_500, 5) == [0, 20_000, 40_000, 60_000]
-    assert nice_ticks(0.0, 1.0, 5) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert score_range({"partitions": [{"scores": {"count": 0}}]}) is None
+    assert score_range(load({"run_id": "r", "partitions": [{"scores": {"count": 0}}]})) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +243,7 @@ def main_raising(argv: list[str]) -> None:
 
 
 def test_terminal_summary_marks_the_breached_date():
-    text = format_summary(sample_report(), color=False)
+    text = format_summary(load(sample_report()), color=False)
     assert "\033[" not in text
     rows = {line.split()[0]: line for line in text.splitlines() if line.strip().startswith("2026-11-")}
     assert set(rows) == set(DATES)
@@ -251,8 +257,8 @@ def test_terminal_summary_marks_the_breached_date():
     assert len({len(line) - len(line.split()[-1]) for line in part_table}) == 1
     for stage in ("ReadParquet", "MapBatches(Predictor)", "44,290"):
         assert stage in text
-    assert "dlrm-2026-11-01" in text and "succeeded" in text and "total 17.50s" in text
-    coloured = format_summary(sample_report(), color=True)
+    assert "dlrm-2026-11-01" in text and "succeeded" in text and "total 17.5 s" in text
+    coloured = format_summary(load(sample_report()), color=True)
     assert "\033[31;1mBREACH\033[0m" in coloured
 
 

@@ -15,6 +15,7 @@ from pipeline.config import DriftConfig
 from pipeline.quality.drift import evaluate_drift
 from pipeline.reporting.metrics import prometheus_text, write_prometheus
 from pipeline.reporting.progress import ProgressView, duration, human
+from pipeline.reporting.schema import load
 from pipeline.storage import resolve
 
 RNG = np.random.default_rng(1)
@@ -98,6 +99,7 @@ def test_drift_in_a_run_compares_with_the_date_before_and_with_training():
 
 def _report():
     return {
+        "run_id": "nightly-1",
         "job": 'nightly"x',
         "status": "succeeded",
         "finished_at": "2026-11-26T07:00:00+00:00",
@@ -112,7 +114,7 @@ def _report():
 
 
 def test_prometheus_textfile_format(tmp_path):
-    text = prometheus_text(_report())
+    text = prometheus_text(load(_report()))
     samples = [line for line in text.splitlines() if not line.startswith("#")]
     pattern = re.compile(r'^[a-z_]+\{(?:[a-z_]+="(?:[^"\\]|\\.)*",?)+\} [-+0-9.e]+$')
     assert all(pattern.match(s) for s in samples), samples
@@ -121,6 +123,6 @@ def test_prometheus_textfile_format(tmp_path):
     assert 'batchscore_score_psi{job="nightly\\"x",date="2026-11-25",reference="previous"} 0.31' in text
     assert 'batchscore_drift_breach{job="nightly\\"x"} 1.0' in text
     path = tmp_path / "textfile" / "batchscore.prom"
-    write_prometheus(str(path), _report())
+    write_prometheus(str(path), load(_report()))
     assert path.read_text() == text
     assert [p.name for p in path.parent.iterdir()] == ["batchscore.prom"]  # no temp file left
