@@ -116,7 +116,7 @@ def test_rerun_is_a_no_op_and_force_replaces_never_appends(ray_cluster, dataset,
 
     # a different batch size does not change the scores: still a no-op
     resized = make_config(str(dataset), model_uri, str(out), predict={"batch_size": 333})
-    assert run_score(resized, [DATES[0]])["status"] == "skipped"
+    assert run_score(resized, [DATES[0]]).status == "skipped"
 
     second = run_score(cfg, [DATES[0]], force=True)
     assert second.rescored_because == {DATES[0]: "--force"}
@@ -144,7 +144,7 @@ def test_changed_input_files_are_rescored_not_skipped(ray_cluster, dataset, chec
     out = tmp_path / "preds"
     cfg = make_config(str(data), model_uri, str(out))
     run_score(cfg, [DATES[0]])
-    assert run_score(cfg, [DATES[0]])["status"] == "skipped"
+    assert run_score(cfg, [DATES[0]]).status == "skipped"
 
     # a late-arriving rewrite of one input file: same size, new modification time
     f = data / f"ds={DATES[0]}" / "part-00002.parquet"
