@@ -1,8 +1,14 @@
-"""Feature spec and the one implementation of the feature transforms.
+"""Feature spec, and the CPU half of the built-in feature transforms.
 
-Training (`jobs.train`) and scoring (`pipeline.stages.preprocess`) both call `transform_table`, so the
-tensors a model sees at scoring time are the tensors it was trained on. Everything here is
-vectorized over whole columns (pyarrow.compute / numpy); there is no per-row Python.
+The transforms are split where the data has to be: `encode_table` does on CPU what needs the Arrow
+buffers (FNV-1a over string bytes, integer keys out of their buffers, null bitmaps, numbers as
+float64) and returns three plain arrays; `models.transforms.FeatureTransform` (torch) maps them to
+the model inputs on any device. The predict stage runs that half on the replica's device, just
+before the forward pass. `transform_table` runs both halves on the CPU, for training (`jobs.train`,
+`fit_dense_stats`) and for anyone who wants the model inputs as numpy arrays, so the tensors a model
+sees at scoring time are the tensors it was trained on. Everything is vectorized over whole columns
+(pyarrow.compute / numpy / torch); there is no per-row Python, and torch is imported only by the
+functions that run the transforms.
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ class FeatureSpec:
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 in numpy, for `row_hash64`: key fingerprints, computed and compared on CPU only.
+    The bucket ids use models.transforms.splitmix64 (torch), the one the models were trained with."""
     x = x.astype(np.uint64, copy=True)
     x ^= x >> np.uint64(30)
     x *= np.uint64(0xBF58476D1CE4E5B9)
@@ -88,20 +96,44 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def _fnv1a_strings(arr: pa.Array) -> np.ndarray:
-    """FNV-1a over the bytes of each value, vectorized across rows (loops over byte positions)."""
-    arr = arr.cast(pa.large_binary())
+    """FNV-1a over the bytes of each value (uint64), vectorized across rows, looping over byte
+    positions. What a null slot hashes to is unspecified (callers mask nulls).
+
+    Positions every non-null value has are one gather + xor + multiply over all rows; only the
+    positions past the shortest value need to find the rows still going."""
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        off_type = np.int32
+    else:
+        if not (pa.types.is_large_string(t) or pa.types.is_large_binary(t)):
+            arr = arr.cast(pa.large_binary())  # string_view / binary_view, other string-likes
+        off_type = np.int64
     n = len(arr)
-    _, off_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset : arr.offset + n + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    starts = offsets[:-1]
-    lengths = np.diff(offsets)
     h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
     if n == 0:
         return h
-    for j in range(int(lengths.max())):
+    _, off_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(off_buf, dtype=off_type)[arr.offset : arr.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
+    if len(data) == 0:
+        data = np.zeros(1, np.uint8)
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    valid = lengths if not arr.null_count else lengths[~arr.is_null().to_numpy(zero_copy_only=False)]
+    common = int(valid.min()) if len(valid) else 0
+    byte = np.empty(n, dtype=np.uint8)
+    pos = starts.copy()
+    for _ in range(common):
+        np.take(data, pos, out=byte, mode="clip")  # clip: a null slot may be shorter (masked later)
+        np.bitwise_xor(h, byte, out=h)
+        h *= _FNV_PRIME
+        pos += 1
+    for j in range(common, int(lengths.max())):
         idx = np.flatnonzero(lengths > j)
-        h[idx] = (h[idx] ^ data[starts[idx] + j].astype(np.uint64)) * _FNV_PRIME
+        hi = h[idx]
+        hi ^= data[starts[idx] + j]
+        hi *= _FNV_PRIME
+        h[idx] = hi
     return h
 
 
@@ -122,43 +154,97 @@ def is_numeric_type(t: pa.DataType) -> bool:
     )
 
 
-def hash_buckets(column: pa.Array | pa.ChunkedArray, buckets: int, name: str = "?") -> np.ndarray:
-    """Stable hash of ints or strings into [1, buckets); nulls map to 0. Same result in any process."""
-    if buckets < 2:
-        raise FeatureError(f"categorical feature {name!r}: buckets must be >= 2, got {buckets}")
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    t = column.type
-    if pa.types.is_dictionary(t):
-        column = column.dictionary_decode()
-        t = column.type
+# The encoded batch that `encode_table` hands to `models.transforms.FeatureTransform`.
+CAT_KEY = "cat_key"  # int64 [N, C]: integer values, or FNV-1a of string bytes (uint64 bits)
+CAT_NULL = "cat_null"  # bool [N, C]: the value is null (its key is then meaningless)
+DENSE_RAW = "dense_raw"  # float64 [N, D]: the values as float64, null -> NaN
+ENCODED_COLUMNS = (CAT_KEY, CAT_NULL, DENSE_RAW)
+
+# Strings hash fastest through a dictionary when they repeat: sampled rows decide.
+_DICT_SAMPLE_ROWS = 1024
+_DICT_MAX_DISTINCT = 64  # per sample slice: a cheap hash table and few values to hash
+
+
+def check_spec(spec: FeatureSpec) -> None:
+    """Refuse parameters the transforms cannot apply (before any data is touched)."""
+    for f in spec.categorical:
+        if not 2 <= f.buckets <= 2**63:
+            raise FeatureError(
+                f"categorical feature {f.name!r}: buckets must be >= 2 (and <= 2**63), got {f.buckets}"
+            )
+
+
+def _mostly_repeats(arr: pa.Array) -> bool:
+    n = len(arr)
+    if n < 8 * _DICT_SAMPLE_ROWS:
+        return False
+    for start in (0, n // 2, n - _DICT_SAMPLE_ROWS):
+        if pc.count_distinct(arr.slice(start, _DICT_SAMPLE_ROWS)).as_py() > _DICT_MAX_DISTINCT:
+            return False
+    return True
+
+
+def _key_chunk(arr: pa.Array, name: str) -> np.ndarray:
+    """One chunk's 64-bit keys (int64 holding uint64 bits); values at null slots unspecified."""
+    t = arr.type
+    if pa.types.is_dictionary(t):  # hash each distinct value once (nulls in it: see callers)
+        keys = _key_chunk(arr.dictionary, name)
+        if len(keys) == 0:
+            return np.zeros(len(arr), dtype=np.int64)
+        idx = arr.indices
+        codes = np.frombuffer(idx.buffers()[1], dtype=idx.type.to_pandas_dtype())
+        return np.take(keys, codes[idx.offset : idx.offset + len(idx)], mode="clip")
     if pa.types.is_integer(t):
-        raw = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-        h = _splitmix64(raw)
-    elif is_text_type(t):
-        h = _splitmix64(_fnv1a_strings(column.fill_null("")))
-    else:
+        buf = arr.buffers()[1]
+        if len(arr) == 0 or buf is None:
+            return np.zeros(len(arr), dtype=np.int64)
+        # the values buffer as it is: no fill_null copy, a null slot's value is masked later
+        values = np.frombuffer(buf, dtype=t.to_pandas_dtype())[arr.offset : arr.offset + len(arr)]
+        return values.astype(np.int64)  # uint64 wraps to the same bits
+    if is_text_type(t):
+        if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+            arr = arr.cast(pa.large_binary())  # offsets + one data buffer, as the hashing reads them
+        if _mostly_repeats(arr):
+            return _key_chunk(pc.dictionary_encode(arr), name)
+        return _fnv1a_strings(arr).view(np.int64)
+    raise FeatureError(f"categorical feature {name!r}: expected an integer or string column, got {t}")
+
+
+def categorical_keys(
+    column: pa.Array | pa.ChunkedArray, name: str = "?"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(int64 keys, null mask or None when no value is null) of a categorical column.
+
+    The CPU half of the bucket mapping: integers as they are, strings (plain, large, view,
+    binary, dictionary-encoded) as FNV-1a of their bytes; the rest happens in
+    `models.transforms.FeatureTransform.categorical`."""
+    t = column.type
+    if not (pa.types.is_integer(t) or is_text_type(t) or pa.types.is_dictionary(t)):
         raise FeatureError(f"categorical feature {name!r}: expected an integer or string column, got {t}")
-    out = (h % np.uint64(buckets - 1)).astype(np.int64) + 1
-    if column.null_count:
-        out[column.is_null().to_numpy(zero_copy_only=False)] = 0
-    return out
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    # a null inside a dictionary is a null value too: decode those (rare) chunks
+    chunks = [
+        c.dictionary_decode() if pa.types.is_dictionary(t) and c.dictionary.null_count else c
+        for c in chunks
+        if len(c)
+    ]
+    if len(chunks) == 1:
+        keys = _key_chunk(chunks[0], name)
+    else:
+        keys = np.concatenate([np.zeros(0, dtype=np.int64), *(_key_chunk(c, name) for c in chunks)])
+    if not any(c.null_count for c in chunks):
+        return keys, None
+    nulls = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in chunks])
+    return keys, nulls
 
 
-def dense_values(column: pa.Array | pa.ChunkedArray, feat: DenseFeature) -> np.ndarray:
-    """One dense column through fill -> clip -> log1p -> standardize, as float32."""
+def dense_raw(column: pa.Array | pa.ChunkedArray, feat: DenseFeature) -> np.ndarray:
+    """The CPU half of a dense feature: its values as float64, null -> NaN."""
     t = column.type
     if not is_numeric_type(t):
         raise FeatureError(f"dense feature {feat.name!r}: expected a numeric column, got {t}")
-    x = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    # to_numpy turns nulls into NaN for floats; NaN and +-inf are filled alike.
-    x = np.where(np.isfinite(x), x, feat.fill)
-    if feat.clip_min is not None or feat.clip_max is not None:
-        x = np.clip(x, feat.clip_min, feat.clip_max)
-    if feat.log1p:
-        x = np.log1p(np.maximum(x, 0.0))
-    x = (x - feat.mean) / (feat.std if feat.std > 0 else 1.0)
-    return x.astype(np.float32)
+    # to_numpy turns nulls into NaN for floats; the device half fills null, NaN and +-inf alike.
+    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
 
 
 def check_columns(present: list[str] | set[str], required: list[str], where: str, error=FeatureError) -> None:
@@ -167,17 +253,65 @@ def check_columns(present: list[str] | set[str], required: list[str], where: str
         raise error(f"{where}: missing columns {missing}; present columns: {sorted(present)}")
 
 
-def transform_table(table: pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """Feature tensors for a batch: `cat` int64 [N, C] and `dense` float32 [N, D]."""
+def encode_table(table: pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """The CPU half of the transforms for a batch: `cat_key` int64 [N, C], `cat_null` bool [N, C],
+    `dense_raw` float64 [N, D] (see `models.transforms.FeatureTransform` for the other half)."""
+    check_spec(spec)
     check_columns(table.column_names, spec.columns, "feature transform")
     n = table.num_rows
-    cat = np.empty((n, len(spec.categorical)), dtype=np.int64)
+    key = np.empty((n, len(spec.categorical)), dtype=np.int64)
+    null = np.zeros((n, len(spec.categorical)), dtype=bool)
     for i, f in enumerate(spec.categorical):
-        cat[:, i] = hash_buckets(table.column(f.name), f.buckets, f.name)
-    dense = np.empty((n, len(spec.dense)), dtype=np.float32)
+        k, isnull = categorical_keys(table.column(f.name), f.name)
+        key[:, i] = k
+        if isnull is not None:
+            null[:, i] = isnull
+    dense = np.empty((n, len(spec.dense)), dtype=np.float64)
     for i, f in enumerate(spec.dense):
-        dense[:, i] = dense_values(table.column(f.name), f)
-    return {"cat": cat, "dense": dense}
+        dense[:, i] = dense_raw(table.column(f.name), f)
+    return {CAT_KEY: key, CAT_NULL: null, DENSE_RAW: dense}
+
+
+def apply_transform(encoded: dict[str, np.ndarray], spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """The torch half on the CPU, numpy in and out: `cat` int64 [N, C], `dense` float32 [N, D]."""
+    import torch
+
+    from models.transforms import FeatureTransform, from_numpy
+
+    with torch.inference_mode():
+        out = FeatureTransform(spec)(*(from_numpy(encoded[c]) for c in ENCODED_COLUMNS))
+    return {name: t.numpy() for name, t in out.items()}
+
+
+def transform_table(table: pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """Feature tensors for a batch: `cat` int64 [N, C] and `dense` float32 [N, D], computed on CPU."""
+    return apply_transform(encode_table(table, spec), spec)
+
+
+def hash_buckets(column: pa.Array | pa.ChunkedArray, buckets: int, name: str = "?") -> np.ndarray:
+    """Stable hash of ints or strings into [1, buckets); nulls map to 0. Same result in any process."""
+    spec = FeatureSpec(categorical=[CategoricalFeature(name, buckets)])
+    check_spec(spec)
+    keys, nulls = categorical_keys(column, name)
+    n = len(keys)
+    encoded = {
+        CAT_KEY: keys.reshape(n, 1),
+        CAT_NULL: (nulls if nulls is not None else np.zeros(n, dtype=bool)).reshape(n, 1),
+        DENSE_RAW: np.empty((n, 0), dtype=np.float64),
+    }
+    return apply_transform(encoded, spec)["cat"][:, 0].copy()
+
+
+def dense_values(column: pa.Array | pa.ChunkedArray, feat: DenseFeature) -> np.ndarray:
+    """One dense column through fill -> clip -> log1p -> standardize, as float32."""
+    x = dense_raw(column, feat)
+    n = len(x)
+    encoded = {
+        CAT_KEY: np.empty((n, 0), dtype=np.int64),
+        CAT_NULL: np.empty((n, 0), dtype=bool),
+        DENSE_RAW: x.reshape(n, 1),
+    }
+    return apply_transform(encoded, FeatureSpec(dense=[feat]))["dense"][:, 0].copy()
 
 
 def reject_reasons(table: pa.Table, spec: FeatureSpec, key_columns: list[str]) -> np.ndarray | None:
