@@ -1,4 +1,9 @@
-"""Predict stage: one model replica per actor, loaded once, on the GPU Ray assigned (or the CPU)."""
+"""Predict stage: one model replica per actor, loaded once, on the GPU Ray assigned (or the CPU).
+
+Batches of encoded features (the built-in spec, `models.features.ENCODED_COLUMNS`) go through the
+numeric feature transforms (`models.transforms.FeatureTransform`, parameters from the model's
+feature spec) on the replica's device just before the forward pass; batches that already hold the
+model inputs (a user's preprocessing function) go to the model as they are."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from models.features import FeatureSpec
+from models.features import ENCODED_COLUMNS, FeatureSpec
 from pipeline.config import JobConfig, StorageConfig
 from pipeline.errors import StageError
 from pipeline.reporting.progress import count
@@ -170,6 +175,7 @@ class Predictor:
         if self.dtype is torch.float16 and not self.device.startswith("cuda"):
             raise StageError("predict.precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on CPU")
         self._pinned: dict[str, Any] = {}
+        self.transform: Any = None  # models.transforms.FeatureTransform, made on the first encoded batch
         self.node_id = ""
         with contextlib.suppress(Exception):
             import ray
@@ -197,12 +203,17 @@ class Predictor:
                     },
                 )
 
-    def _to_device(self, name: str, arr: np.ndarray):
+    def _to_device(self, name: str, arr: np.ndarray, read_only: bool = False):
         """CPU: the batch's memory as-is. GPU: one copy into a reused pinned buffer, then an
-        asynchronous host-to-device copy (pinned memory is what makes it asynchronous)."""
+        asynchronous host-to-device copy (pinned memory is what makes it asynchronous).
+        `read_only`: the consumer never writes to the tensor, so read-only memory is used as is."""
         import torch
 
         if not self.device.startswith("cuda"):
+            if read_only:
+                from models.transforms import from_numpy
+
+                return from_numpy(arr)
             if not arr.flags.writeable:
                 arr = arr.copy()  # zero-copy batches are read-only; torch wants writable memory
             return torch.from_numpy(arr)
@@ -232,20 +243,25 @@ class Predictor:
             if self.device_column:
                 empty = empty.append_column(self.device_column, pa.array([], type=pa.string()))
             return empty
-        needed = self.passthrough + self.inputs
+        encoded = ENCODED_COLUMNS[0] in batch.column_names
+        needed = self.passthrough + (list(ENCODED_COLUMNS) if encoded else self.inputs)
         missing = [c for c in needed if c not in batch.column_names]
         if missing:
             raise StageError(
                 f"stage {self.name!r}: missing columns {missing}; present columns: {batch.column_names}"
             )
-        tensors = [self._to_device(c, tensor_column_to_numpy(batch.column(c))) for c in self.inputs]
         autocast = (
             torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype)
             if self.dtype is not None
             else contextlib.nullcontext()
         )
-        with torch.inference_mode(), autocast:
-            out = self.model(*tensors)
+        with torch.inference_mode():
+            if encoded:
+                tensors = self._features_on_device(batch)
+            else:
+                tensors = [self._to_device(c, tensor_column_to_numpy(batch.column(c))) for c in self.inputs]
+            with autocast:
+                out = self.model(*tensors)
         if not isinstance(out, torch.Tensor):
             raise StageError(f"stage {self.name!r}: model returned {type(out).__name__}, expected a Tensor")
         if out.dim() == 2 and out.shape[1] == 1:
@@ -266,6 +282,34 @@ class Predictor:
             where = f"{self.device} gpu_ids={','.join(self.gpu_ids)} pid={os.getpid()} node={self.node_id}"
             cols[self.device_column] = pa.repeat(pa.scalar(where), n)
         return pa.table(cols)
+
+    def _features_on_device(self, batch: pa.Table) -> list:
+        """The model inputs from the encoded columns: copied to the device as they are (hashes,
+        raw numbers, null flags), transformed there in full precision (float64 for the numbers,
+        outside any autocast), in the order of the model's inputs."""
+        if self.transform is None:
+            from models.transforms import FeatureTransform
+
+            spec = self.loaded.meta.spec()
+            if spec is None:
+                raise StageError(
+                    f"stage {self.name!r}: the batch holds encoded features but the model has no feature "
+                    "spec (set preprocessing.features or use a checkpoint that has one)"
+                )
+            self.transform = FeatureTransform(spec, self.device)
+        staged = [
+            self._to_device(c, tensor_column_to_numpy(batch.column(c)), read_only=True)
+            for c in ENCODED_COLUMNS
+        ]
+        feats = self.transform(*staged)
+        unknown = [name for name in self.inputs if name not in feats]
+        if unknown:
+            raise StageError(
+                f"stage {self.name!r}: model inputs {unknown} are not made by the built-in feature "
+                f"transforms (they make {sorted(feats)}); use model.inputs from those or a "
+                "preprocessing.function"
+            )
+        return [feats[name] for name in self.inputs]
 
 
 _FUSED_PREDICTORS: dict[str, Predictor] = {}
