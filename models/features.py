@@ -154,15 +154,24 @@ def is_numeric_type(t: pa.DataType) -> bool:
     )
 
 
-# The encoded batch that `encode_table` hands to `models.transforms.FeatureTransform`.
-CAT_KEY = "cat_key"  # int64 [N, C]: integer values, or FNV-1a of string bytes (uint64 bits)
-CAT_NULL = "cat_null"  # bool [N, C]: the value is null (its key is then meaningless)
-DENSE_RAW = "dense_raw"  # float64 [N, D]: the values as float64, null -> NaN
-ENCODED_COLUMNS = (CAT_KEY, CAT_NULL, DENSE_RAW)
+# The CPU half hands over one plain Arrow column per feature, named after it: int64 keys of a
+# categorical feature (integer values, or FNV-1a of the string bytes as uint64 bits), float64
+# values of a dense one; a null stays a null (the column's validity bitmap). Columns that are
+# already int64 or float64 go over as they are, without a copy.
+CAT_KEY_PREFIX = "cat_key:"
+DENSE_RAW_PREFIX = "dense_raw:"
+ENCODED_PREFIXES = (CAT_KEY_PREFIX, DENSE_RAW_PREFIX)
 
 # Strings hash fastest through a dictionary when they repeat: sampled rows decide.
 _DICT_SAMPLE_ROWS = 1024
 _DICT_MAX_DISTINCT = 64  # per sample slice: a cheap hash table and few values to hash
+
+
+def encoded_columns(spec: FeatureSpec) -> list[str]:
+    """The names of the encoded columns of a spec, categorical first, in spec order."""
+    return [CAT_KEY_PREFIX + f.name for f in spec.categorical] + [
+        DENSE_RAW_PREFIX + f.name for f in spec.dense
+    ]
 
 
 def check_spec(spec: FeatureSpec) -> None:
@@ -184,67 +193,69 @@ def _mostly_repeats(arr: pa.Array) -> bool:
     return True
 
 
-def _key_chunk(arr: pa.Array, name: str) -> np.ndarray:
+def _values(arr: pa.Array, dtype) -> np.ndarray:
+    """The values buffer of a fixed-width array as numpy (zero-copy; null slots hold anything)."""
+    buf = arr.buffers()[1]
+    if buf is None or len(arr) == 0:
+        return np.zeros(len(arr), dtype=dtype)
+    return np.frombuffer(buf, dtype=dtype)[arr.offset : arr.offset + len(arr)]
+
+
+def _key_values(arr: pa.Array, name: str) -> np.ndarray:
     """One chunk's 64-bit keys (int64 holding uint64 bits); values at null slots unspecified."""
     t = arr.type
     if pa.types.is_dictionary(t):  # hash each distinct value once (nulls in it: see callers)
-        keys = _key_chunk(arr.dictionary, name)
+        keys = _key_values(arr.dictionary, name)
         if len(keys) == 0:
             return np.zeros(len(arr), dtype=np.int64)
-        idx = arr.indices
-        codes = np.frombuffer(idx.buffers()[1], dtype=idx.type.to_pandas_dtype())
-        return np.take(keys, codes[idx.offset : idx.offset + len(idx)], mode="clip")
+        return np.take(keys, _values(arr.indices, arr.indices.type.to_pandas_dtype()), mode="clip")
     if pa.types.is_integer(t):
-        buf = arr.buffers()[1]
-        if len(arr) == 0 or buf is None:
-            return np.zeros(len(arr), dtype=np.int64)
-        # the values buffer as it is: no fill_null copy, a null slot's value is masked later
-        values = np.frombuffer(buf, dtype=t.to_pandas_dtype())[arr.offset : arr.offset + len(arr)]
-        return values.astype(np.int64)  # uint64 wraps to the same bits
+        return _values(arr, t.to_pandas_dtype()).astype(np.int64)  # uint64 wraps to the same bits
     if is_text_type(t):
         if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
             arr = arr.cast(pa.large_binary())  # offsets + one data buffer, as the hashing reads them
         if _mostly_repeats(arr):
-            return _key_chunk(pc.dictionary_encode(arr), name)
+            return _key_values(pc.dictionary_encode(arr), name)
         return _fnv1a_strings(arr).view(np.int64)
     raise FeatureError(f"categorical feature {name!r}: expected an integer or string column, got {t}")
 
 
-def categorical_keys(
-    column: pa.Array | pa.ChunkedArray, name: str = "?"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(int64 keys, null mask or None when no value is null) of a categorical column.
+def _with_nulls_of(values: np.ndarray, like: pa.Array) -> pa.Array:
+    """`values` as an Arrow array with the nulls of `like` (its validity bitmap reused if it can be)."""
+    if not like.null_count:
+        return pa.array(values)
+    if like.offset == 0 and not pa.types.is_dictionary(like.type):
+        typ = pa.from_numpy_dtype(values.dtype)
+        return pa.Array.from_buffers(
+            typ, len(like), [like.buffers()[0], pa.py_buffer(values)], like.null_count
+        )
+    return pa.array(values, mask=like.is_null().to_numpy(zero_copy_only=False))
 
-    The CPU half of the bucket mapping: integers as they are, strings (plain, large, view,
-    binary, dictionary-encoded) as FNV-1a of their bytes; the rest happens in
-    `models.transforms.FeatureTransform.categorical`."""
+
+def categorical_key_column(column: pa.Array | pa.ChunkedArray, name: str = "?") -> pa.Array | pa.ChunkedArray:
+    """The CPU half of a categorical feature: its int64 keys, nulls kept. int64 goes as it is;
+    other integers are widened; strings (plain, large, view, binary, dictionary-encoded) become
+    FNV-1a of their bytes. `models.transforms` maps keys to bucket ids."""
     t = column.type
+    if pa.types.is_int64(t):
+        return column
     if not (pa.types.is_integer(t) or is_text_type(t) or pa.types.is_dictionary(t)):
         raise FeatureError(f"categorical feature {name!r}: expected an integer or string column, got {t}")
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    # a null inside a dictionary is a null value too: decode those (rare) chunks
-    chunks = [
-        c.dictionary_decode() if pa.types.is_dictionary(t) and c.dictionary.null_count else c
-        for c in chunks
-        if len(c)
-    ]
-    if len(chunks) == 1:
-        keys = _key_chunk(chunks[0], name)
-    else:
-        keys = np.concatenate([np.zeros(0, dtype=np.int64), *(_key_chunk(c, name) for c in chunks)])
-    if not any(c.null_count for c in chunks):
-        return keys, None
-    nulls = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in chunks])
-    return keys, nulls
+    out = []
+    for c in chunks:
+        if pa.types.is_dictionary(t) and c.dictionary.null_count:  # a null value inside: decode (rare)
+            c = c.dictionary_decode()
+        out.append(_with_nulls_of(_key_values(c, name), c))
+    return pa.chunked_array(out, type=pa.int64()) if isinstance(column, pa.ChunkedArray) else out[0]
 
 
-def dense_raw(column: pa.Array | pa.ChunkedArray, feat: DenseFeature) -> np.ndarray:
-    """The CPU half of a dense feature: its values as float64, null -> NaN."""
+def dense_raw_column(column: pa.Array | pa.ChunkedArray, feat: DenseFeature) -> pa.Array | pa.ChunkedArray:
+    """The CPU half of a dense feature: its values as float64, nulls kept (float64 goes as it is)."""
     t = column.type
     if not is_numeric_type(t):
         raise FeatureError(f"dense feature {feat.name!r}: expected a numeric column, got {t}")
-    # to_numpy turns nulls into NaN for floats; the device half fills null, NaN and +-inf alike.
-    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    return column if pa.types.is_float64(t) else pc.cast(column, pa.float64())
 
 
 def check_columns(present: list[str] | set[str], required: list[str], where: str, error=FeatureError) -> None:
@@ -253,65 +264,98 @@ def check_columns(present: list[str] | set[str], required: list[str], where: str
         raise error(f"{where}: missing columns {missing}; present columns: {sorted(present)}")
 
 
-def encode_table(table: pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """The CPU half of the transforms for a batch: `cat_key` int64 [N, C], `cat_null` bool [N, C],
-    `dense_raw` float64 [N, D] (see `models.transforms.FeatureTransform` for the other half)."""
+def encode_table(table: pa.Table, spec: FeatureSpec) -> dict[str, pa.Array | pa.ChunkedArray]:
+    """The CPU half of the transforms for a batch: one plain column per feature, named as in
+    `encoded_columns(spec)` (see `stack_encoded` and `models.transforms` for the rest)."""
     check_spec(spec)
     check_columns(table.column_names, spec.columns, "feature transform")
-    n = table.num_rows
-    key = np.empty((n, len(spec.categorical)), dtype=np.int64)
-    null = np.zeros((n, len(spec.categorical)), dtype=bool)
+    out: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for f in spec.categorical:
+        out[CAT_KEY_PREFIX + f.name] = categorical_key_column(table.column(f.name), f.name)
+    for f in spec.dense:
+        out[DENSE_RAW_PREFIX + f.name] = dense_raw_column(table.column(f.name), f)
+    return out
+
+
+def _copy_rows(column: pa.Array | pa.ChunkedArray, name: str, typ: pa.DataType, values: np.ndarray, nulls):
+    """Copy an encoded column into a row of a feature-major array; null flags into `nulls`
+    (an array row), or NaN into the values where `nulls` is None."""
+    if column.type != typ:
+        raise FeatureError(f"encoded column {name!r}: expected {typ}, got {column.type}")
+    if len(column) != len(values):
+        raise FeatureError(f"encoded column {name!r}: {len(column)} rows, expected {len(values)}")
+    pos = 0
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        end = pos + len(chunk)
+        values[pos:end] = _values(chunk, values.dtype)
+        if chunk.null_count:
+            isnull = chunk.is_null().to_numpy(zero_copy_only=False)
+            if nulls is None:
+                values[pos:end][isnull] = np.nan
+            else:
+                nulls[pos:end] = isnull
+        elif nulls is not None:
+            nulls[pos:end] = False
+        pos = end
+
+
+def stack_encoded(
+    columns: pa.Table | dict[str, pa.Array | pa.ChunkedArray],
+    spec: FeatureSpec,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The encoded columns as the feature-major arrays `models.transforms.FeatureTransform` takes:
+    keys int64 [C, N], null flags bool [C, N], values float64 [D, N] (a null value -> NaN).
+    Each feature is one contiguous copy; `out` (e.g. views of pinned host memory) receives them."""
+    names = encoded_columns(spec)
+    present = columns.column_names if isinstance(columns, pa.Table) else list(columns)
+    check_columns(present, names, "encoded features")
+    n = len(columns[names[0]]) if names else (columns.num_rows if isinstance(columns, pa.Table) else 0)
+    c, d = len(spec.categorical), len(spec.dense)
+    if out is None:
+        out = (np.empty((c, n), np.int64), np.empty((c, n), np.bool_), np.empty((d, n), np.float64))
+    key, null, raw = out
     for i, f in enumerate(spec.categorical):
-        k, isnull = categorical_keys(table.column(f.name), f.name)
-        key[:, i] = k
-        if isnull is not None:
-            null[:, i] = isnull
-    dense = np.empty((n, len(spec.dense)), dtype=np.float64)
+        name = CAT_KEY_PREFIX + f.name
+        _copy_rows(columns[name], name, pa.int64(), key[i], null[i])
     for i, f in enumerate(spec.dense):
-        dense[:, i] = dense_raw(table.column(f.name), f)
-    return {CAT_KEY: key, CAT_NULL: null, DENSE_RAW: dense}
+        name = DENSE_RAW_PREFIX + f.name
+        _copy_rows(columns[name], name, pa.float64(), raw[i], None)
+    return key, null, raw
 
 
-def apply_transform(encoded: dict[str, np.ndarray], spec: FeatureSpec) -> dict[str, np.ndarray]:
+def apply_transform(
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray], spec: FeatureSpec
+) -> dict[str, np.ndarray]:
     """The torch half on the CPU, numpy in and out: `cat` int64 [N, C], `dense` float32 [N, D]."""
     import torch
 
     from models.transforms import FeatureTransform, from_numpy
 
     with torch.inference_mode():
-        out = FeatureTransform(spec)(*(from_numpy(encoded[c]) for c in ENCODED_COLUMNS))
+        out = FeatureTransform(spec)(*(from_numpy(a) for a in arrays))
     return {name: t.numpy() for name, t in out.items()}
 
 
 def transform_table(table: pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """Feature tensors for a batch: `cat` int64 [N, C] and `dense` float32 [N, D], computed on CPU."""
-    return apply_transform(encode_table(table, spec), spec)
+    """Feature tensors for a batch: `cat` int64 [N, C] and `dense` float32 [N, D], computed on CPU
+    by the same code as on a replica's device (`encode_table` -> `stack_encoded` -> torch)."""
+    return apply_transform(stack_encoded(encode_table(table, spec), spec), spec)
 
 
 def hash_buckets(column: pa.Array | pa.ChunkedArray, buckets: int, name: str = "?") -> np.ndarray:
     """Stable hash of ints or strings into [1, buckets); nulls map to 0. Same result in any process."""
     spec = FeatureSpec(categorical=[CategoricalFeature(name, buckets)])
     check_spec(spec)
-    keys, nulls = categorical_keys(column, name)
-    n = len(keys)
-    encoded = {
-        CAT_KEY: keys.reshape(n, 1),
-        CAT_NULL: (nulls if nulls is not None else np.zeros(n, dtype=bool)).reshape(n, 1),
-        DENSE_RAW: np.empty((n, 0), dtype=np.float64),
-    }
-    return apply_transform(encoded, spec)["cat"][:, 0].copy()
+    encoded = {CAT_KEY_PREFIX + name: categorical_key_column(column, name)}
+    return apply_transform(stack_encoded(encoded, spec), spec)["cat"][:, 0].copy()
 
 
 def dense_values(column: pa.Array | pa.ChunkedArray, feat: DenseFeature) -> np.ndarray:
     """One dense column through fill -> clip -> log1p -> standardize, as float32."""
-    x = dense_raw(column, feat)
-    n = len(x)
-    encoded = {
-        CAT_KEY: np.empty((n, 0), dtype=np.int64),
-        CAT_NULL: np.empty((n, 0), dtype=bool),
-        DENSE_RAW: x.reshape(n, 1),
-    }
-    return apply_transform(encoded, FeatureSpec(dense=[feat]))["dense"][:, 0].copy()
+    spec = FeatureSpec(dense=[feat])
+    encoded = {DENSE_RAW_PREFIX + feat.name: dense_raw_column(column, feat)}
+    return apply_transform(stack_encoded(encoded, spec), spec)["dense"][:, 0].copy()
 
 
 def reject_reasons(table: pa.Table, spec: FeatureSpec, key_columns: list[str]) -> np.ndarray | None:

@@ -1,9 +1,9 @@
 """Predict stage: one model replica per actor, loaded once, on the GPU Ray assigned (or the CPU).
 
-Batches of encoded features (the built-in spec, `models.features.ENCODED_COLUMNS`) go through the
-numeric feature transforms (`models.transforms.FeatureTransform`, parameters from the model's
-feature spec) on the replica's device just before the forward pass; batches that already hold the
-model inputs (a user's preprocessing function) go to the model as they are."""
+Batches of encoded features (the built-in spec: `models.features.encode_table`'s columns) go
+through the numeric feature transforms (`models.transforms.FeatureTransform`, parameters from the
+model's feature spec) on the replica's device just before the forward pass; batches that already
+hold the model inputs (a user's preprocessing function) go to the model as they are."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from models.features import ENCODED_COLUMNS, FeatureSpec
+from models.features import ENCODED_PREFIXES, FeatureSpec, encoded_columns, stack_encoded
 from pipeline.config import JobConfig, StorageConfig
 from pipeline.errors import StageError
 from pipeline.reporting.progress import count
@@ -203,17 +203,12 @@ class Predictor:
                     },
                 )
 
-    def _to_device(self, name: str, arr: np.ndarray, read_only: bool = False):
+    def _to_device(self, name: str, arr: np.ndarray):
         """CPU: the batch's memory as-is. GPU: one copy into a reused pinned buffer, then an
-        asynchronous host-to-device copy (pinned memory is what makes it asynchronous).
-        `read_only`: the consumer never writes to the tensor, so read-only memory is used as is."""
+        asynchronous host-to-device copy (pinned memory is what makes it asynchronous)."""
         import torch
 
         if not self.device.startswith("cuda"):
-            if read_only:
-                from models.transforms import from_numpy
-
-                return from_numpy(arr)
             if not arr.flags.writeable:
                 arr = arr.copy()  # zero-copy batches are read-only; torch wants writable memory
             return torch.from_numpy(arr)
@@ -243,8 +238,8 @@ class Predictor:
             if self.device_column:
                 empty = empty.append_column(self.device_column, pa.array([], type=pa.string()))
             return empty
-        encoded = ENCODED_COLUMNS[0] in batch.column_names
-        needed = self.passthrough + (list(ENCODED_COLUMNS) if encoded else self.inputs)
+        encoded = any(c.startswith(ENCODED_PREFIXES) for c in batch.column_names)
+        needed = self.passthrough + (self._encoded_names() if encoded else self.inputs)
         missing = [c for c in needed if c not in batch.column_names]
         if missing:
             raise StageError(
@@ -283,10 +278,7 @@ class Predictor:
             cols[self.device_column] = pa.repeat(pa.scalar(where), n)
         return pa.table(cols)
 
-    def _features_on_device(self, batch: pa.Table) -> list:
-        """The model inputs from the encoded columns: copied to the device as they are (hashes,
-        raw numbers, null flags), transformed there in full precision (float64 for the numbers,
-        outside any autocast), in the order of the model's inputs."""
+    def _feature_transform(self):
         if self.transform is None:
             from models.transforms import FeatureTransform
 
@@ -297,11 +289,33 @@ class Predictor:
                     "spec (set preprocessing.features or use a checkpoint that has one)"
                 )
             self.transform = FeatureTransform(spec, self.device)
-        staged = [
-            self._to_device(c, tensor_column_to_numpy(batch.column(c)), read_only=True)
-            for c in ENCODED_COLUMNS
-        ]
-        feats = self.transform(*staged)
+        return self.transform
+
+    def _encoded_names(self) -> list[str]:
+        return encoded_columns(self._feature_transform().spec)
+
+    def _features_on_device(self, batch: pa.Table) -> list:
+        """The model inputs from the encoded columns: laid out feature-major (one contiguous copy
+        per feature, into reused pinned buffers on a GPU), copied to the device as they are
+        (keys, null flags, float64 values), transformed there in full precision (outside any
+        autocast), in the order of the model's inputs."""
+        import torch
+
+        transform = self._feature_transform()
+        spec = transform.spec
+        n = batch.num_rows
+        shapes = {
+            "cat_key": (len(spec.categorical), n, torch.int64),
+            "cat_null": (len(spec.categorical), n, torch.bool),
+            "dense_raw": (len(spec.dense), n, torch.float64),
+        }
+        if self.device.startswith("cuda"):
+            staged = [self._pinned_rows(name, *shape) for name, shape in shapes.items()]
+            stack_encoded(batch, spec, tuple(t.numpy() for t in staged))
+            tensors = [t.to(self.device, non_blocking=True) for t in staged]
+        else:
+            tensors = [torch.from_numpy(a) for a in stack_encoded(batch, spec)]
+        feats = transform(*tensors)
         unknown = [name for name in self.inputs if name not in feats]
         if unknown:
             raise StageError(
@@ -310,6 +324,16 @@ class Predictor:
                 "preprocessing.function"
             )
         return [feats[name] for name in self.inputs]
+
+    def _pinned_rows(self, name: str, features: int, n: int, dtype):
+        """A contiguous [features, n] view of a reused pinned buffer (grown when a batch is larger)."""
+        import torch
+
+        buf = self._pinned.get(name)
+        if buf is None or buf.numel() < features * n:
+            buf = torch.empty(max(features * n, 1), dtype=dtype, pin_memory=True)
+            self._pinned[name] = buf
+        return buf[: features * n].view(features, n)
 
 
 _FUSED_PREDICTORS: dict[str, Predictor] = {}

@@ -1,10 +1,10 @@
 """Preprocess stage: the CPU part of the feature transforms the model was trained with.
 
 Input: an Arrow batch with the key, partition and feature columns. Output: an Arrow batch with the
-pass-through columns unchanged (no copies) and tensor columns: in the pipeline the encoded features
-(`models.features.encode_table`: string hashes, integer keys, numbers), which the predict stage
-turns into the model inputs on the replica's device; otherwise (and with a user's
-`preprocessing.function`) one column per model input."""
+pass-through columns unchanged (no copies) and, in the pipeline, the encoded features
+(`models.features.encode_table`: one plain column per feature, string hashes or the original
+int64/float64 column), which the predict stage turns into the model inputs on the replica's
+device; otherwise (and with a user's `preprocessing.function`) one tensor column per model input."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from models.features import (
-    ENCODED_COLUMNS,
+    ENCODED_PREFIXES,
     FeatureError,
     FeatureSpec,
     encode_table,
@@ -73,11 +73,11 @@ class Preprocessor:
     ) -> None:
         if spec is None and function is None:
             raise StageError("preprocess: needs a feature spec or a preprocessing function")
-        clash = [c for c in passthrough if c in ENCODED_COLUMNS]
+        clash = [c for c in passthrough if c.startswith(ENCODED_PREFIXES)]
         if device_transforms and clash:
             raise StageError(
-                f"preprocess: pass-through columns {clash} clash with the encoded feature columns "
-                f"{list(ENCODED_COLUMNS)}"
+                f"preprocess: pass-through columns {clash} look like encoded feature columns "
+                f"(names starting with {list(ENCODED_PREFIXES)}); rename them"
             )
         if isinstance(function, str):
             from models.checkpoint import import_object
@@ -117,8 +117,9 @@ class Preprocessor:
         try:
             if self.function:
                 feats = self.function(batch)
-            elif self.device_transforms:
-                feats = encode_table(batch, self.spec)
+            elif self.device_transforms:  # plain Arrow columns: no tensor conversion, no copies
+                encoded = encode_table(batch, self.spec)
+                return pa.table({**{c: batch.column(c) for c in self.passthrough}, **encoded})
             else:
                 feats = transform_table(batch, self.spec)
         except FeatureError as e:

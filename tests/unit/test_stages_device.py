@@ -13,7 +13,14 @@ from feature_parity import transform_table as np_transform_table
 
 from models.checkpoint import save_checkpoint
 from models.dlrm import build_dlrm
-from models.features import ENCODED_COLUMNS, CategoricalFeature, DenseFeature, FeatureSpec, encode_table
+from models.features import (
+    CategoricalFeature,
+    DenseFeature,
+    FeatureSpec,
+    encode_table,
+    encoded_columns,
+    stack_encoded,
+)
 from models.transforms import FeatureTransform
 from pipeline.errors import StageError
 from pipeline.stages.predict import ModelSource, Predictor
@@ -81,12 +88,16 @@ class CollectDeadLetters:
         return rows.num_rows
 
 
-def test_preprocess_hands_over_encoded_columns(clean, spec):
+def test_preprocess_hands_over_plain_encoded_columns(clean, spec):
     out = Preprocessor(spec, PASSTHROUGH, device_transforms=True)(clean)
-    assert out.column_names == [*PASSTHROUGH, *ENCODED_COLUMNS]
-    enc = encode_table(clean, spec)
-    for c in ENCODED_COLUMNS:
-        np.testing.assert_array_equal(tensor_column_to_numpy(out.column(c)), enc[c])
+    assert out.column_names == [*PASSTHROUGH, *encoded_columns(spec)]
+    for got, want in zip(
+        stack_encoded(out, spec), stack_encoded(encode_table(clean, spec), spec), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)  # NaN equal to NaN
+    # the int64 key and the float64 values are the input columns themselves, not copies
+    for c, src in (("cat_key:user_id", "user_id"), ("dense_raw:price", "price")):
+        assert out.column(c).chunk(0).buffers()[1].address == clean.column(src).chunk(0).buffers()[1].address
 
 
 def test_dead_letters_identical_with_and_without_device_transforms(table, spec):
@@ -109,16 +120,14 @@ def test_dead_letters_identical_with_and_without_device_transforms(table, spec):
     assert "non-finite value in 'age' (spec says reject)" in dl_enc.reasons
     assert len(dl_enc.reasons) == 1 + sum(1 for i in range(300) if i % 23 == 0 or i == 40) - (77 % 23 == 0)
     assert full.select(PASSTHROUGH).equals(encoded.select(PASSTHROUGH))
-    feats = FeatureTransform(spec)(
-        *(torch.from_numpy(tensor_column_to_numpy(encoded.column(c))) for c in ENCODED_COLUMNS)
-    )
+    feats = FeatureTransform(spec)(*(torch.from_numpy(a) for a in stack_encoded(encoded, spec)))
     np.testing.assert_array_equal(feats["cat"].numpy(), tensor_column_to_numpy(full.column("cat")))
     np.testing.assert_array_equal(feats["dense"].numpy(), tensor_column_to_numpy(full.column("dense")))
 
 
 def test_preprocess_refuses_passthrough_named_like_encoded_columns(spec):
-    with pytest.raises(StageError, match=r"\['dense_raw'\] clash"):
-        Preprocessor(spec, ["event_id", "dense_raw"], device_transforms=True)
+    with pytest.raises(StageError, match=r"\['dense_raw:age'\] look like encoded feature columns"):
+        Preprocessor(spec, ["event_id", "dense_raw:age"], device_transforms=True)
 
 
 @pytest.fixture
@@ -155,8 +164,35 @@ def test_predict_encoded_batch_needs_a_spec_and_cat_dense_inputs(clean, spec, ch
     with pytest.raises(StageError, match=r"model inputs \['extra'\] are not made by the built-in"):
         pred(batch)
     pred = Predictor(ModelSource(uri=checkpoint), [], run_id="r", device="cpu")
-    with pytest.raises(StageError, match=r"missing columns \['dense_raw'\]"):
-        pred(batch.drop_columns(["dense_raw"]))
+    with pytest.raises(StageError, match=r"missing columns \['dense_raw:age'\]"):
+        pred(batch.drop_columns(["dense_raw:age"]))
+    pred = Predictor(ModelSource(uri=checkpoint), [], run_id="r", device="cpu")
     pred.loaded.meta.feature_spec = None  # as for a bare model file without preprocessing.features
     with pytest.raises(StageError, match="has no feature spec"):
         pred(batch)
+
+
+def test_staging_buffers_for_a_gpu_are_reused_and_filled_in_place(clean, spec, checkpoint, monkeypatch):
+    """The GPU path's host side, on CPU: feature-major views of reused buffers, filled by
+    stack_encoded (pinning itself needs CUDA; tests/gpu covers the copy to the device)."""
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **kw: real_empty(*a, **kw))
+    pred = Predictor(ModelSource(uri=checkpoint), [], run_id="r", device="cpu")
+    batch = Preprocessor(spec, PASSTHROUGH, device_transforms=True)(clean)
+    n, c, d = batch.num_rows, len(spec.categorical), len(spec.dense)
+    views = [
+        pred._pinned_rows("cat_key", c, n, torch.int64),
+        pred._pinned_rows("cat_null", c, n, torch.bool),
+        pred._pinned_rows("dense_raw", d, n, torch.float64),
+    ]
+    assert [tuple(v.shape) for v in views] == [(c, n), (c, n), (d, n)] and all(
+        v.is_contiguous() for v in views
+    )
+    stack_encoded(batch, spec, tuple(v.numpy() for v in views))
+    for got, want in zip(views, stack_encoded(batch, spec), strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)
+    small = pred._pinned_rows("cat_key", c, n // 2, torch.int64)  # a smaller batch: same memory
+    assert small.data_ptr() == views[0].data_ptr() and small.shape == (c, n // 2) and small.is_contiguous()
+    bigger = pred._pinned_rows("cat_key", c, 2 * n, torch.int64)  # a bigger one: grown
+    assert bigger.shape == (c, 2 * n)
+    assert pred._pinned_rows("cat_key", 0, n, torch.int64).shape == (0, n)

@@ -26,19 +26,16 @@ from feature_parity import hash_buckets as np_hash_buckets
 from feature_parity import transform_table as np_transform_table
 
 from models.features import (
-    CAT_KEY,
-    CAT_NULL,
-    DENSE_RAW,
-    ENCODED_COLUMNS,
     CategoricalFeature,
     DenseFeature,
     FeatureError,
     FeatureSpec,
-    categorical_keys,
     dense_values,
     encode_table,
+    encoded_columns,
     fit_dense_stats,
     hash_buckets,
+    stack_encoded,
     transform_table,
 )
 from models.transforms import FeatureTransform, splitmix64, umod
@@ -151,10 +148,10 @@ def test_transform_table_parity_on_the_demo_features():
 def test_empty_batch():
     table, spec = mixed_table()
     empty = table.slice(0, 0)
-    enc = encode_table(empty, spec)
-    assert enc[CAT_KEY].shape == (0, len(spec.categorical)) and enc[CAT_KEY].dtype == np.int64
-    assert enc[CAT_NULL].shape == (0, len(spec.categorical)) and enc[CAT_NULL].dtype == np.bool_
-    assert enc[DENSE_RAW].shape == (0, len(spec.dense)) and enc[DENSE_RAW].dtype == np.float64
+    key, null, raw = stack_encoded(encode_table(empty, spec), spec)
+    assert key.shape == (len(spec.categorical), 0) and key.dtype == np.int64
+    assert null.shape == (len(spec.categorical), 0) and null.dtype == np.bool_
+    assert raw.shape == (len(spec.dense), 0) and raw.dtype == np.float64
     out = transform_table(empty, spec)
     assert out["cat"].shape == (0, len(spec.categorical)) and out["dense"].shape == (0, len(spec.dense))
     assert out["dense"].dtype == np.float32
@@ -163,23 +160,23 @@ def test_empty_batch():
 def test_cpu_blocks_do_not_change_results():
     """The CPU runs the rows in cache-sized blocks; any block size gives the same tensors."""
     table, spec = mixed_table()
-    enc = {k: torch.from_numpy(v) for k, v in encode_table(table, spec).items()}
+    arrays = [torch.from_numpy(a) for a in stack_encoded(encode_table(table, spec), spec)]
     whole = FeatureTransform(spec)
     whole.cpu_block_elements = 1 << 40
     blocked = FeatureTransform(spec)
     blocked.cpu_block_elements = 7 * max(len(spec.categorical), len(spec.dense))  # 64-row minimum
-    a = whole(*(enc[c] for c in ENCODED_COLUMNS))
-    b = blocked(*(enc[c] for c in ENCODED_COLUMNS))
+    a, b = whole(*arrays), blocked(*arrays)
     assert torch.equal(a["cat"], b["cat"]) and torch.equal(a["dense"], b["dense"])
+    assert a["cat"].is_contiguous() and a["dense"].is_contiguous()
 
 
 def test_transform_leaves_its_inputs_alone():
     table, spec = mixed_table(500)
-    enc = encode_table(table, spec)
-    before = {k: v.copy() for k, v in enc.items()}
-    FeatureTransform(spec)(*(torch.from_numpy(enc[c]) for c in ENCODED_COLUMNS))
-    for k in enc:
-        np.testing.assert_array_equal(enc[k], before[k])
+    arrays = stack_encoded(encode_table(table, spec), spec)
+    before = [a.copy() for a in arrays]
+    FeatureTransform(spec)(*(torch.from_numpy(a) for a in arrays))
+    for got, want in zip(arrays, before, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,13 +184,44 @@ def test_transform_leaves_its_inputs_alone():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_categorical_keys_are_values_or_string_hashes():
-    keys, nulls = categorical_keys(pa.array([5, None, -1], pa.int64()))
-    assert keys[0] == 5 and keys[2] == -1 and nulls.tolist() == [False, True, False]
-    keys, nulls = categorical_keys(pa.array([2**64 - 1], pa.uint64()))
-    assert keys.tolist() == [-1] and nulls is None  # the same 64 bits
-    # FNV-1a of b"a": 0xaf63dc4c8601ec8c
-    assert categorical_keys(pa.array(["a"]))[0].view(np.uint64).tolist() == [0xAF63DC4C8601EC8C]
+def test_encoded_columns_are_plain_columns_and_numbers_go_without_a_copy():
+    ints = pa.chunked_array([pa.array([5, None, -1], pa.int64())])
+    prices = pa.chunked_array([pa.array([1.5, None, float("nan")])])
+    table = pa.table(
+        {"u": ints, "s": pa.array(["a", None, "a"]), "n": pa.array([1, 2, None], pa.uint64()), "p": prices}
+    )
+    spec = FeatureSpec(
+        [CategoricalFeature("u", 10), CategoricalFeature("s", 10), CategoricalFeature("n", 10)],
+        [DenseFeature("p")],
+    )
+    enc = encode_table(table, spec)
+    assert list(enc) == encoded_columns(spec) == ["cat_key:u", "cat_key:s", "cat_key:n", "dense_raw:p"]
+    for name, col in (("cat_key:u", "u"), ("dense_raw:p", "p")):  # the same memory
+        assert enc[name].chunk(0).buffers()[1].address == table.column(col).chunk(0).buffers()[1].address
+    assert enc["cat_key:s"].type == pa.int64() and enc["cat_key:s"].null_count == 1
+    # FNV-1a of b"a" is 0xaf63dc4c8601ec8c; uint64 values keep their 64 bits
+    assert enc["cat_key:s"][0].as_py() == 0xAF63DC4C8601EC8C - (1 << 64)
+    assert enc["cat_key:n"].to_pylist() == [1, 2, None]
+    assert encode_table(
+        pa.table({"n": pa.array([2**64 - 1], pa.uint64())}), FeatureSpec([CategoricalFeature("n", 3)])
+    )["cat_key:n"].to_pylist() == [-1]
+    key, null, raw = stack_encoded(enc, spec)
+    assert key[0, [0, 2]].tolist() == [5, -1] and null.tolist() == [
+        [False, True, False],
+        [False, True, False],
+        [False, False, True],
+    ]
+    assert raw[0, 0] == 1.5 and np.isnan(raw[0, 1:]).all()  # null -> NaN, like the NaN beside it
+
+
+def test_stack_encoded_checks_its_columns():
+    spec = FeatureSpec([CategoricalFeature("c", 10)], [DenseFeature("d")])
+    with pytest.raises(FeatureError, match=r"missing columns \['dense_raw:d'\]"):
+        stack_encoded({"cat_key:c": pa.array([1])}, spec)
+    with pytest.raises(FeatureError, match=r"'cat_key:c': expected int64, got int32"):
+        stack_encoded({"cat_key:c": pa.array([1], pa.int32()), "dense_raw:d": pa.array([1.0])}, spec)
+    with pytest.raises(FeatureError, match=r"'dense_raw:d': 2 rows, expected 1"):
+        stack_encoded({"cat_key:c": pa.array([1]), "dense_raw:d": pa.array([1.0, 2.0])}, spec)
 
 
 def test_encode_table_errors_name_the_column():
@@ -214,13 +242,15 @@ def test_transform_checks_what_it_is_given():
     spec = FeatureSpec([CategoricalFeature("c", 10)], [DenseFeature("d")])
     ft = FeatureTransform(spec)
     key, null, raw = (
-        torch.zeros(3, 1, dtype=torch.int64),
-        torch.zeros(3, 1, dtype=torch.bool),
-        torch.zeros(3, 1),
+        torch.zeros(1, 3, dtype=torch.int64),
+        torch.zeros(1, 3, dtype=torch.bool),
+        torch.zeros(1, 3),
     )
-    with pytest.raises(FeatureError, match=r"'dense_raw' must be torch.float64 \[N, 1\], got torch.float32"):
+    with pytest.raises(
+        FeatureError, match=r"values must be torch.float64 \[1, N\] \(feature-major\), got torch.float32"
+    ):
         ft(key, null, raw)
     with pytest.raises(FeatureError, match="row counts differ"):
-        ft(key, null, torch.zeros(2, 1, dtype=torch.float64))
-    with pytest.raises(FeatureError, match=r"'cat_key' must be torch.int64 \[N, 1\]"):
-        ft(torch.zeros(3, 2, dtype=torch.int64), null, raw.double())
+        ft(key, null, torch.zeros(1, 2, dtype=torch.float64))
+    with pytest.raises(FeatureError, match=r"keys must be torch.int64 \[1, N\]"):
+        ft(torch.zeros(3, 1, dtype=torch.int64), null, raw.double())
