@@ -11,9 +11,12 @@ best of --repeat, one torch thread:
 - torch on CPU: `FeatureTransform` on the CPU (CPU-only replicas, training);
 - encode + torch on CPU: `transform_table`, the whole path on a CPU-only machine;
 - torch on CUDA (when there is a GPU): host-to-device copy of the encoded arrays + `FeatureTransform`
-  on the GPU, synchronized.
+  on the GPU, synchronized;
+- the preprocess stage as a CPU task runs it (`Preprocessor`, dead-letter checks and output
+  columns included, batches of --batch rows): before (numpy transforms, tensor columns) and now
+  (encoded plain columns). The figure that sizes the CPUs feeding a GPU.
 
-    python benchmarks/transforms.py [--rows 1000000] [--repeat 3]
+    python benchmarks/transforms.py [--rows 1000000] [--repeat 3] [--batch 65536]
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=65_536)
     args = ap.parse_args()
     torch.set_num_threads(1)
     table = generate_day("2026-10-01", SyntheticSpec(rows_per_day=args.rows))
@@ -80,7 +84,28 @@ def main() -> int:
         runs["FeatureTransform on CUDA (with host-to-device copy)"] = torch_cuda
     c, d = len(spec.categorical), len(spec.dense)
     print(f"{args.rows:,} rows, demo feature spec ({c} categorical, {d} dense)")
-    print(f"torch {torch.__version__}, 1 torch thread, best of {args.repeat}")
+    import pyarrow as pa
+
+    import pipeline.stages.preprocess as preprocess
+
+    staged = table.append_column("ds", pa.array(["2026-10-01"] * table.num_rows))
+    batches = [staged.slice(i, args.batch) for i in range(0, staged.num_rows, args.batch)]
+    before = preprocess.Preprocessor(spec, ["event_id", "ds"], key_columns=["event_id"])
+    now = preprocess.Preprocessor(spec, ["event_id", "ds"], key_columns=["event_id"], device_transforms=True)
+
+    def stage_before():
+        real = preprocess.transform_table
+        preprocess.transform_table = numpy_transform_table  # the stage as it was
+        try:
+            [before(b) for b in batches]
+        finally:
+            preprocess.transform_table = real
+
+    runs["Preprocessor stage before (numpy, tensor columns)"] = stage_before
+    runs["Preprocessor stage now (encoded plain columns)"] = lambda: [now(b) for b in batches]
+    print(
+        f"torch {torch.__version__}, 1 torch thread, best of {args.repeat}, stage batches of {args.batch:,}"
+    )
     for name, fn in runs.items():
         s = best_of(fn, args.repeat)
         print(f"{name:55s} {s:8.3f} s  {args.rows / s / 1e6:7.2f} M rows/s")
