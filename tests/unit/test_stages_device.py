@@ -196,3 +196,39 @@ def test_staging_buffers_for_a_gpu_are_reused_and_filled_in_place(clean, spec, c
     bigger = pred._pinned_rows("cat_key", c, 2 * n, torch.int64)  # a bigger one: grown
     assert bigger.shape == (c, 2 * n)
     assert pred._pinned_rows("cat_key", 0, n, torch.int64).shape == (0, n)
+
+
+def test_sliced_and_multi_chunk_encoded_batches_score_the_same(clean, spec, checkpoint):
+    """The fused scorer slices the preprocessed block and Ray concatenates blocks: the encoded
+    columns then have offsets and several chunks; the scores do not change."""
+    pred = Predictor(ModelSource(uri=checkpoint), ["event_id"], run_id="r", device="cpu")
+    encoded = Preprocessor(spec, PASSTHROUGH, device_transforms=True)(clean)
+    whole = pred(encoded).column("score").to_numpy()
+    parts = pa.concat_tables([encoded.slice(0, 50), encoded.slice(50, 1), encoded.slice(51)])
+    assert parts.column("cat_key:item").num_chunks == 3
+    np.testing.assert_array_equal(pred(parts).column("score").to_numpy(), whole)
+    # a slice: the same model inputs (scores of another batch size may differ in the last bit: matmul)
+    cat, dense = pred._features_on_device(encoded)
+    part_cat, part_dense = pred._features_on_device(encoded.slice(7, 90))
+    assert torch.equal(part_cat, cat[7:97]) and torch.equal(part_dense, dense[7:97])
+
+
+def test_preprocess_tasks_do_not_need_torch(tmp_path):
+    """A CPU preprocessing task of the pipeline hashes and hands over plain columns: torch is not
+    even imported there (it is in the replica)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from models.features import CategoricalFeature, DenseFeature, FeatureSpec\n"
+        "from pipeline.stages.preprocess import Preprocessor\n"
+        "cats = [CategoricalFeature('u', 10), CategoricalFeature('s', 10)]\n"
+        "spec = FeatureSpec(cats, [DenseFeature('p')])\n"
+        "t = pa.table({'k': [1, 2], 'u': [3, None], 's': ['a', None], 'p': [1.0, None]})\n"
+        "out = Preprocessor(spec, ['k'], key_columns=['k'], device_transforms=True)(t)\n"
+        "assert out.num_rows == 2, out\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
