@@ -60,7 +60,9 @@ def main() -> int:
     n = table.num_rows
     batches = [table.slice(i, args.batch) for i in range(0, n, args.batch)]
     torch.set_num_threads(1)
-    pre = Preprocessor(spec, ["event_id"], key_columns=["event_id"])
+    pre = Preprocessor(
+        spec, ["event_id"], key_columns=["event_id"], device_transforms=True
+    )  # as the pipeline
     cfg = config_from_dict(
         {
             "name": "p",

@@ -1,8 +1,8 @@
 """`batchscore train --data URI --dates D... --out CKPT`: train the built-in DLRM model.
 
-Reads the training dates with pyarrow, applies `models.features.transform_table` (the transform
-the scoring job uses), trains, reports held-out AUC and writes a checkpoint with the fitted
-feature spec.
+Reads the training dates with pyarrow, applies `models.features.transform_table` (the code the
+scoring job runs, split there between CPU tasks and the replicas' device), trains, reports
+held-out AUC and writes a checkpoint with the fitted feature spec.
 """
 
 from __future__ import annotations

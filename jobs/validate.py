@@ -43,9 +43,13 @@ def validate(config: str, overrides: list[str], args: argparse.Namespace) -> Non
         cfg.input.partition_column, pa.array([p.inputs.partitions[0].date] * sample.num_rows)
     )
     spec = meta.spec() if not cfg.preprocessing.function else None
-    batch = Preprocessor(spec, p.passthrough, cfg.preprocessing.function, required=p.requirements.columns)(
-        sample
-    )
+    batch = Preprocessor(
+        spec,
+        p.passthrough,
+        cfg.preprocessing.function,
+        required=p.requirements.columns,
+        device_transforms=True,  # as in `score`: the predictor applies the numeric transforms
+    )(sample)
     out = Predictor(
         p.source,
         p.passthrough,

@@ -1,8 +1,14 @@
-"""Feature spec and the one implementation of the feature transforms.
+"""Feature spec, and the CPU half of the built-in feature transforms.
 
-Training (`jobs.train`) and scoring (`pipeline.stages.preprocess`) both call `transform_table`, so the
-tensors a model sees at scoring time are the tensors it was trained on. Everything here is
-vectorized over whole columns (pyarrow.compute / numpy); there is no per-row Python.
+The transforms are split where the data has to be: `encode_table` does on CPU what needs the Arrow
+buffers (FNV-1a over string bytes, integer keys out of their buffers, null bitmaps, numbers as
+float64) and returns three plain arrays; `models.transforms.FeatureTransform` (torch) maps them to
+the model inputs on any device. The predict stage runs that half on the replica's device, just
+before the forward pass. `transform_table` runs both halves on the CPU, for training (`jobs.train`,
+`fit_dense_stats`) and for anyone who wants the model inputs as numpy arrays, so the tensors a model
+sees at scoring time are the tensors it was trained on. Everything is vectorized over whole columns
+(pyarrow.compute / numpy / torch); there is no per-row Python, and torch is imported only by the
+functions that run the transforms.
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ class FeatureSpec:
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 in numpy, for `row_hash64`: key fingerprints, computed and compared on CPU only.
+    The bucket ids use models.transforms.splitmix64 (torch), the one the models were trained with."""
     x = x.astype(np.uint64, copy=True)
     x ^= x >> np.uint64(30)
     x *= np.uint64(0xBF58476D1CE4E5B9)
@@ -88,20 +96,44 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def _fnv1a_strings(arr: pa.Array) -> np.ndarray:
-    """FNV-1a over the bytes of each value, vectorized across rows (loops over byte positions)."""
-    arr = arr.cast(pa.large_binary())
+    """FNV-1a over the bytes of each value (uint64), vectorized across rows, looping over byte
+    positions. What a null slot hashes to is unspecified (callers mask nulls).
+
+    Positions every non-null value has are one gather + xor + multiply over all rows; only the
+    positions past the shortest value need to find the rows still going."""
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        off_type = np.int32
+    else:
+        if not (pa.types.is_large_string(t) or pa.types.is_large_binary(t)):
+            arr = arr.cast(pa.large_binary())  # string_view / binary_view, other string-likes
+        off_type = np.int64
     n = len(arr)
-    _, off_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset : arr.offset + n + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    starts = offsets[:-1]
-    lengths = np.diff(offsets)
     h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
     if n == 0:
         return h
-    for j in range(int(lengths.max())):
+    _, off_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(off_buf, dtype=off_type)[arr.offset : arr.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
+    if len(data) == 0:
+        data = np.zeros(1, np.uint8)
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    valid = lengths if not arr.null_count else lengths[~arr.is_null().to_numpy(zero_copy_only=False)]
+    common = int(valid.min()) if len(valid) else 0
+    byte = np.empty(n, dtype=np.uint8)
+    pos = starts.copy()
+    for _ in range(common):
+        np.take(data, pos, out=byte, mode="clip")  # clip: a null slot may be shorter (masked later)
+        np.bitwise_xor(h, byte, out=h)
+        h *= _FNV_PRIME
+        pos += 1
+    for j in range(common, int(lengths.max())):
         idx = np.flatnonzero(lengths > j)
-        h[idx] = (h[idx] ^ data[starts[idx] + j].astype(np.uint64)) * _FNV_PRIME
+        hi = h[idx]
+        hi ^= data[starts[idx] + j]
+        hi *= _FNV_PRIME
+        h[idx] = hi
     return h
 
 
@@ -122,43 +154,108 @@ def is_numeric_type(t: pa.DataType) -> bool:
     )
 
 
-def hash_buckets(column: pa.Array | pa.ChunkedArray, buckets: int, name: str = "?") -> np.ndarray:
-    """Stable hash of ints or strings into [1, buckets); nulls map to 0. Same result in any process."""
-    if buckets < 2:
-        raise FeatureError(f"categorical feature {name!r}: buckets must be >= 2, got {buckets}")
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    t = column.type
-    if pa.types.is_dictionary(t):
-        column = column.dictionary_decode()
-        t = column.type
+# The CPU half hands over one plain Arrow column per feature, named after it: int64 keys of a
+# categorical feature (integer values, or FNV-1a of the string bytes as uint64 bits), float64
+# values of a dense one; a null stays a null (the column's validity bitmap). Columns that are
+# already int64 or float64 go over as they are, without a copy.
+CAT_KEY_PREFIX = "cat_key:"
+DENSE_RAW_PREFIX = "dense_raw:"
+ENCODED_PREFIXES = (CAT_KEY_PREFIX, DENSE_RAW_PREFIX)
+
+# Strings hash fastest through a dictionary when they repeat: sampled rows decide.
+_DICT_SAMPLE_ROWS = 1024
+_DICT_MAX_DISTINCT = 64  # per sample slice: a cheap hash table and few values to hash
+
+
+def encoded_columns(spec: FeatureSpec) -> list[str]:
+    """The names of the encoded columns of a spec, categorical first, in spec order."""
+    return [CAT_KEY_PREFIX + f.name for f in spec.categorical] + [
+        DENSE_RAW_PREFIX + f.name for f in spec.dense
+    ]
+
+
+def check_spec(spec: FeatureSpec) -> None:
+    """Refuse parameters the transforms cannot apply (before any data is touched)."""
+    for f in spec.categorical:
+        if not 2 <= f.buckets <= 2**63:
+            raise FeatureError(
+                f"categorical feature {f.name!r}: buckets must be >= 2 (and <= 2**63), got {f.buckets}"
+            )
+
+
+def _mostly_repeats(arr: pa.Array) -> bool:
+    n = len(arr)
+    if n < 8 * _DICT_SAMPLE_ROWS:
+        return False
+    for start in (0, n // 2, n - _DICT_SAMPLE_ROWS):
+        if pc.count_distinct(arr.slice(start, _DICT_SAMPLE_ROWS)).as_py() > _DICT_MAX_DISTINCT:
+            return False
+    return True
+
+
+def _values(arr: pa.Array, dtype) -> np.ndarray:
+    """The values buffer of a fixed-width array as numpy (zero-copy; null slots hold anything)."""
+    buf = arr.buffers()[1]
+    if buf is None or len(arr) == 0:
+        return np.zeros(len(arr), dtype=dtype)
+    return np.frombuffer(buf, dtype=dtype)[arr.offset : arr.offset + len(arr)]
+
+
+def _key_values(arr: pa.Array, name: str) -> np.ndarray:
+    """One chunk's 64-bit keys (int64 holding uint64 bits); values at null slots unspecified."""
+    t = arr.type
+    if pa.types.is_dictionary(t):  # hash each distinct value once (nulls in it: see callers)
+        keys = _key_values(arr.dictionary, name)
+        if len(keys) == 0:
+            return np.zeros(len(arr), dtype=np.int64)
+        return np.take(keys, _values(arr.indices, arr.indices.type.to_pandas_dtype()), mode="clip")
     if pa.types.is_integer(t):
-        raw = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-        h = _splitmix64(raw)
-    elif is_text_type(t):
-        h = _splitmix64(_fnv1a_strings(column.fill_null("")))
-    else:
+        return _values(arr, t.to_pandas_dtype()).astype(np.int64)  # uint64 wraps to the same bits
+    if is_text_type(t):
+        if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+            arr = arr.cast(pa.large_binary())  # offsets + one data buffer, as the hashing reads them
+        if _mostly_repeats(arr):
+            return _key_values(pc.dictionary_encode(arr), name)
+        return _fnv1a_strings(arr).view(np.int64)
+    raise FeatureError(f"categorical feature {name!r}: expected an integer or string column, got {t}")
+
+
+def _with_nulls_of(values: np.ndarray, like: pa.Array) -> pa.Array:
+    """`values` as an Arrow array with the nulls of `like` (its validity bitmap reused if it can be)."""
+    if not like.null_count:
+        return pa.array(values)
+    if like.offset == 0 and not pa.types.is_dictionary(like.type):
+        typ = pa.from_numpy_dtype(values.dtype)
+        return pa.Array.from_buffers(
+            typ, len(like), [like.buffers()[0], pa.py_buffer(values)], like.null_count
+        )
+    return pa.array(values, mask=like.is_null().to_numpy(zero_copy_only=False))
+
+
+def categorical_key_column(column: pa.Array | pa.ChunkedArray, name: str = "?") -> pa.Array | pa.ChunkedArray:
+    """The CPU half of a categorical feature: its int64 keys, nulls kept. int64 goes as it is;
+    other integers are widened; strings (plain, large, view, binary, dictionary-encoded) become
+    FNV-1a of their bytes. `models.transforms` maps keys to bucket ids."""
+    t = column.type
+    if pa.types.is_int64(t):
+        return column
+    if not (pa.types.is_integer(t) or is_text_type(t) or pa.types.is_dictionary(t)):
         raise FeatureError(f"categorical feature {name!r}: expected an integer or string column, got {t}")
-    out = (h % np.uint64(buckets - 1)).astype(np.int64) + 1
-    if column.null_count:
-        out[column.is_null().to_numpy(zero_copy_only=False)] = 0
-    return out
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out = []
+    for c in chunks:
+        if pa.types.is_dictionary(t) and c.dictionary.null_count:  # a null value inside: decode (rare)
+            c = c.dictionary_decode()
+        out.append(_with_nulls_of(_key_values(c, name), c))
+    return pa.chunked_array(out, type=pa.int64()) if isinstance(column, pa.ChunkedArray) else out[0]
 
 
-def dense_values(column: pa.Array | pa.ChunkedArray, feat: DenseFeature) -> np.ndarray:
-    """One dense column through fill -> clip -> log1p -> standardize, as float32."""
+def dense_raw_column(column: pa.Array | pa.ChunkedArray, feat: DenseFeature) -> pa.Array | pa.ChunkedArray:
+    """The CPU half of a dense feature: its values as float64, nulls kept (float64 goes as it is)."""
     t = column.type
     if not is_numeric_type(t):
         raise FeatureError(f"dense feature {feat.name!r}: expected a numeric column, got {t}")
-    x = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    # to_numpy turns nulls into NaN for floats; NaN and +-inf are filled alike.
-    x = np.where(np.isfinite(x), x, feat.fill)
-    if feat.clip_min is not None or feat.clip_max is not None:
-        x = np.clip(x, feat.clip_min, feat.clip_max)
-    if feat.log1p:
-        x = np.log1p(np.maximum(x, 0.0))
-    x = (x - feat.mean) / (feat.std if feat.std > 0 else 1.0)
-    return x.astype(np.float32)
+    return column if pa.types.is_float64(t) else pc.cast(column, pa.float64())
 
 
 def check_columns(present: list[str] | set[str], required: list[str], where: str, error=FeatureError) -> None:
@@ -167,17 +264,98 @@ def check_columns(present: list[str] | set[str], required: list[str], where: str
         raise error(f"{where}: missing columns {missing}; present columns: {sorted(present)}")
 
 
-def transform_table(table: pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """Feature tensors for a batch: `cat` int64 [N, C] and `dense` float32 [N, D]."""
+def encode_table(table: pa.Table, spec: FeatureSpec) -> dict[str, pa.Array | pa.ChunkedArray]:
+    """The CPU half of the transforms for a batch: one plain column per feature, named as in
+    `encoded_columns(spec)` (see `stack_encoded` and `models.transforms` for the rest)."""
+    check_spec(spec)
     check_columns(table.column_names, spec.columns, "feature transform")
-    n = table.num_rows
-    cat = np.empty((n, len(spec.categorical)), dtype=np.int64)
+    out: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for f in spec.categorical:
+        out[CAT_KEY_PREFIX + f.name] = categorical_key_column(table.column(f.name), f.name)
+    for f in spec.dense:
+        out[DENSE_RAW_PREFIX + f.name] = dense_raw_column(table.column(f.name), f)
+    return out
+
+
+def _copy_rows(column: pa.Array | pa.ChunkedArray, name: str, typ: pa.DataType, values: np.ndarray, nulls):
+    """Copy an encoded column into a row of a feature-major array; null flags into `nulls`
+    (an array row), or NaN into the values where `nulls` is None."""
+    if column.type != typ:
+        raise FeatureError(f"encoded column {name!r}: expected {typ}, got {column.type}")
+    if len(column) != len(values):
+        raise FeatureError(f"encoded column {name!r}: {len(column)} rows, expected {len(values)}")
+    pos = 0
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        end = pos + len(chunk)
+        values[pos:end] = _values(chunk, values.dtype)
+        if chunk.null_count:
+            isnull = chunk.is_null().to_numpy(zero_copy_only=False)
+            if nulls is None:
+                values[pos:end][isnull] = np.nan
+            else:
+                nulls[pos:end] = isnull
+        elif nulls is not None:
+            nulls[pos:end] = False
+        pos = end
+
+
+def stack_encoded(
+    columns: pa.Table | dict[str, pa.Array | pa.ChunkedArray],
+    spec: FeatureSpec,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The encoded columns as the feature-major arrays `models.transforms.FeatureTransform` takes:
+    keys int64 [C, N], null flags bool [C, N], values float64 [D, N] (a null value -> NaN).
+    Each feature is one contiguous copy; `out` (e.g. views of pinned host memory) receives them."""
+    names = encoded_columns(spec)
+    present = columns.column_names if isinstance(columns, pa.Table) else list(columns)
+    check_columns(present, names, "encoded features")
+    n = len(columns[names[0]]) if names else (columns.num_rows if isinstance(columns, pa.Table) else 0)
+    c, d = len(spec.categorical), len(spec.dense)
+    if out is None:
+        out = (np.empty((c, n), np.int64), np.empty((c, n), np.bool_), np.empty((d, n), np.float64))
+    key, null, raw = out
     for i, f in enumerate(spec.categorical):
-        cat[:, i] = hash_buckets(table.column(f.name), f.buckets, f.name)
-    dense = np.empty((n, len(spec.dense)), dtype=np.float32)
+        name = CAT_KEY_PREFIX + f.name
+        _copy_rows(columns[name], name, pa.int64(), key[i], null[i])
     for i, f in enumerate(spec.dense):
-        dense[:, i] = dense_values(table.column(f.name), f)
-    return {"cat": cat, "dense": dense}
+        name = DENSE_RAW_PREFIX + f.name
+        _copy_rows(columns[name], name, pa.float64(), raw[i], None)
+    return key, null, raw
+
+
+def apply_transform(
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray], spec: FeatureSpec
+) -> dict[str, np.ndarray]:
+    """The torch half on the CPU, numpy in and out: `cat` int64 [N, C], `dense` float32 [N, D]."""
+    import torch
+
+    from models.transforms import FeatureTransform, from_numpy
+
+    with torch.inference_mode():
+        out = FeatureTransform(spec)(*(from_numpy(a) for a in arrays))
+    return {name: t.numpy() for name, t in out.items()}
+
+
+def transform_table(table: pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """Feature tensors for a batch: `cat` int64 [N, C] and `dense` float32 [N, D], computed on CPU
+    by the same code as on a replica's device (`encode_table` -> `stack_encoded` -> torch)."""
+    return apply_transform(stack_encoded(encode_table(table, spec), spec), spec)
+
+
+def hash_buckets(column: pa.Array | pa.ChunkedArray, buckets: int, name: str = "?") -> np.ndarray:
+    """Stable hash of ints or strings into [1, buckets); nulls map to 0. Same result in any process."""
+    spec = FeatureSpec(categorical=[CategoricalFeature(name, buckets)])
+    check_spec(spec)
+    encoded = {CAT_KEY_PREFIX + name: categorical_key_column(column, name)}
+    return apply_transform(stack_encoded(encoded, spec), spec)["cat"][:, 0].copy()
+
+
+def dense_values(column: pa.Array | pa.ChunkedArray, feat: DenseFeature) -> np.ndarray:
+    """One dense column through fill -> clip -> log1p -> standardize, as float32."""
+    spec = FeatureSpec(dense=[feat])
+    encoded = {DENSE_RAW_PREFIX + feat.name: dense_raw_column(column, feat)}
+    return apply_transform(stack_encoded(encoded, spec), spec)["dense"][:, 0].copy()
 
 
 def reject_reasons(table: pa.Table, spec: FeatureSpec, key_columns: list[str]) -> np.ndarray | None:

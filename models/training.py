@@ -1,5 +1,7 @@
-"""Training for the built-in model. Uses `models.features.transform_table`, the same transform the
-scoring pipeline applies, so training and scoring tensors are identical for the same rows."""
+"""Training for the built-in model. Uses `models.features.transform_table`: the CPU half and the
+torch half of the transforms the scoring pipeline splits between its preprocess tasks and its
+replicas (models.transforms), run here on the CPU, so training and scoring tensors are identical
+for the same rows."""
 
 from __future__ import annotations
 

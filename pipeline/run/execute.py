@@ -4,6 +4,10 @@ Dataset:
     read -> preprocess (CPU tasks) -> predict (actor pool) -> write
     read -> preprocess + predict -> write, fused in one task per file   (CPU-only pools)
 
+Preprocessing on CPU does only what needs the Arrow data (string hashes, keys, numbers out of
+their buffers, dead-letter checks); the numeric feature transforms run in the predictor, on the
+replica's device (models.transforms).
+
 Nothing is materialized on the driver; the write streams rows through all stages."""
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ def build_dataset(
         key_columns=cfg.output.key_columns,
         dead_letter=dead_letter,
         progress=progress,
+        device_transforms=True,  # the numeric transforms run in the predictor, on its device
     )
     if pool.mode == "fused":
         return _fused(ds, cfg, pool, cap, pre, predictor_kwargs)

@@ -1,4 +1,9 @@
-"""Predict stage: one model replica per actor, loaded once, on the GPU Ray assigned (or the CPU)."""
+"""Predict stage: one model replica per actor, loaded once, on the GPU Ray assigned (or the CPU).
+
+Batches of encoded features (the built-in spec: `models.features.encode_table`'s columns) go
+through the numeric feature transforms (`models.transforms.FeatureTransform`, parameters from the
+model's feature spec) on the replica's device just before the forward pass; batches that already
+hold the model inputs (a user's preprocessing function) go to the model as they are."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from models.features import FeatureSpec
+from models.features import ENCODED_PREFIXES, FeatureSpec, encoded_columns, stack_encoded
 from pipeline.config import JobConfig, StorageConfig
 from pipeline.errors import StageError
 from pipeline.reporting.progress import count
@@ -170,6 +175,7 @@ class Predictor:
         if self.dtype is torch.float16 and not self.device.startswith("cuda"):
             raise StageError("predict.precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on CPU")
         self._pinned: dict[str, Any] = {}
+        self.transform: Any = None  # models.transforms.FeatureTransform, made on the first encoded batch
         self.node_id = ""
         with contextlib.suppress(Exception):
             import ray
@@ -232,20 +238,25 @@ class Predictor:
             if self.device_column:
                 empty = empty.append_column(self.device_column, pa.array([], type=pa.string()))
             return empty
-        needed = self.passthrough + self.inputs
+        encoded = any(c.startswith(ENCODED_PREFIXES) for c in batch.column_names)
+        needed = self.passthrough + (self._encoded_names() if encoded else self.inputs)
         missing = [c for c in needed if c not in batch.column_names]
         if missing:
             raise StageError(
                 f"stage {self.name!r}: missing columns {missing}; present columns: {batch.column_names}"
             )
-        tensors = [self._to_device(c, tensor_column_to_numpy(batch.column(c))) for c in self.inputs]
         autocast = (
             torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype)
             if self.dtype is not None
             else contextlib.nullcontext()
         )
-        with torch.inference_mode(), autocast:
-            out = self.model(*tensors)
+        with torch.inference_mode():
+            if encoded:
+                tensors = self._features_on_device(batch)
+            else:
+                tensors = [self._to_device(c, tensor_column_to_numpy(batch.column(c))) for c in self.inputs]
+            with autocast:
+                out = self.model(*tensors)
         if not isinstance(out, torch.Tensor):
             raise StageError(f"stage {self.name!r}: model returned {type(out).__name__}, expected a Tensor")
         if out.dim() == 2 and out.shape[1] == 1:
@@ -266,6 +277,63 @@ class Predictor:
             where = f"{self.device} gpu_ids={','.join(self.gpu_ids)} pid={os.getpid()} node={self.node_id}"
             cols[self.device_column] = pa.repeat(pa.scalar(where), n)
         return pa.table(cols)
+
+    def _feature_transform(self):
+        if self.transform is None:
+            from models.transforms import FeatureTransform
+
+            spec = self.loaded.meta.spec()
+            if spec is None:
+                raise StageError(
+                    f"stage {self.name!r}: the batch holds encoded features but the model has no feature "
+                    "spec (set preprocessing.features or use a checkpoint that has one)"
+                )
+            self.transform = FeatureTransform(spec, self.device)
+        return self.transform
+
+    def _encoded_names(self) -> list[str]:
+        return encoded_columns(self._feature_transform().spec)
+
+    def _features_on_device(self, batch: pa.Table) -> list:
+        """The model inputs from the encoded columns: laid out feature-major (one contiguous copy
+        per feature, into reused pinned buffers on a GPU), copied to the device as they are
+        (keys, null flags, float64 values), transformed there in full precision (outside any
+        autocast), in the order of the model's inputs."""
+        import torch
+
+        transform = self._feature_transform()
+        spec = transform.spec
+        n = batch.num_rows
+        shapes = {
+            "cat_key": (len(spec.categorical), n, torch.int64),
+            "cat_null": (len(spec.categorical), n, torch.bool),
+            "dense_raw": (len(spec.dense), n, torch.float64),
+        }
+        if self.device.startswith("cuda"):
+            staged = [self._pinned_rows(name, *shape) for name, shape in shapes.items()]
+            stack_encoded(batch, spec, tuple(t.numpy() for t in staged))
+            tensors = [t.to(self.device, non_blocking=True) for t in staged]
+        else:
+            tensors = [torch.from_numpy(a) for a in stack_encoded(batch, spec)]
+        feats = transform(*tensors)
+        unknown = [name for name in self.inputs if name not in feats]
+        if unknown:
+            raise StageError(
+                f"stage {self.name!r}: model inputs {unknown} are not made by the built-in feature "
+                f"transforms (they make {sorted(feats)}); use model.inputs from those or a "
+                "preprocessing.function"
+            )
+        return [feats[name] for name in self.inputs]
+
+    def _pinned_rows(self, name: str, features: int, n: int, dtype):
+        """A contiguous [features, n] view of a reused pinned buffer (grown when a batch is larger)."""
+        import torch
+
+        buf = self._pinned.get(name)
+        if buf is None or buf.numel() < features * n:
+            buf = torch.empty(max(features * n, 1), dtype=dtype, pin_memory=True)
+            self._pinned[name] = buf
+        return buf[: features * n].view(features, n)
 
 
 _FUSED_PREDICTORS: dict[str, Predictor] = {}

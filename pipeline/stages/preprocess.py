@@ -1,7 +1,10 @@
-"""Preprocess stage: the feature transforms the model was trained with, on CPU tasks.
+"""Preprocess stage: the CPU part of the feature transforms the model was trained with.
 
 Input: an Arrow batch with the key, partition and feature columns. Output: an Arrow batch with the
-pass-through columns unchanged (no copies) and one tensor column per model input."""
+pass-through columns unchanged (no copies) and, in the pipeline, the encoded features
+(`models.features.encode_table`: one plain column per feature, string hashes or the original
+int64/float64 column), which the predict stage turns into the model inputs on the replica's
+device; otherwise (and with a user's `preprocessing.function`) one tensor column per model input."""
 
 from __future__ import annotations
 
@@ -12,7 +15,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from models.features import FeatureError, FeatureSpec, reject_reasons, transform_table
+from models.features import (
+    ENCODED_PREFIXES,
+    FeatureError,
+    FeatureSpec,
+    encode_table,
+    reject_reasons,
+    transform_table,
+)
 from pipeline.errors import StageError
 from pipeline.reporting.progress import count
 from pipeline.stages.deadletter import DeadLetterWriter
@@ -38,6 +48,11 @@ def tensor_column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 class Preprocessor:
     """Callable stage. State (the spec or the user function) is set once; work is per batch.
 
+    With `device_transforms` (what the pipeline uses) the built-in transforms stop at what needs
+    the Arrow data (hashing strings, keys and numbers out of their buffers) and hand the encoded
+    columns to the predict stage, which applies the numeric rest on its device; without it the
+    output holds the finished `cat`/`dense` model inputs. A user's function always runs here.
+
     Rows that cannot be scored (null key, a non-finite value the spec rejects, a user
     preprocessing function that raises) go to the dead-letter writer with a reason; the rest
     continue to the predictor.
@@ -54,15 +69,23 @@ class Preprocessor:
         key_columns: list[str] | None = None,
         dead_letter: DeadLetterWriter | None = None,
         progress: Any = None,
+        device_transforms: bool = False,
     ) -> None:
         if spec is None and function is None:
             raise StageError("preprocess: needs a feature spec or a preprocessing function")
+        clash = [c for c in passthrough if c.startswith(ENCODED_PREFIXES)]
+        if device_transforms and clash:
+            raise StageError(
+                f"preprocess: pass-through columns {clash} look like encoded feature columns "
+                f"(names starting with {list(ENCODED_PREFIXES)}); rename them"
+            )
         if isinstance(function, str):
             from models.checkpoint import import_object
 
             function = import_object(function)
         self.spec = spec
         self.function = function
+        self.device_transforms = device_transforms
         self.passthrough = list(passthrough)
         self.key_columns = list(key_columns or [])
         self.dead_letter = dead_letter
@@ -92,7 +115,13 @@ class Preprocessor:
             self._reject(batch.filter(pa.array(bad)), reasons[bad], batch)
             batch = batch.filter(pa.array(~bad))
         try:
-            feats = self.function(batch) if self.function else transform_table(batch, self.spec)
+            if self.function:
+                feats = self.function(batch)
+            elif self.device_transforms:  # plain Arrow columns: no tensor conversion, no copies
+                encoded = encode_table(batch, self.spec)
+                return pa.table({**{c: batch.column(c) for c in self.passthrough}, **encoded})
+            else:
+                feats = transform_table(batch, self.spec)
         except FeatureError as e:
             raise StageError(f"stage {self.name!r}: {e}") from e
         except Exception as e:
