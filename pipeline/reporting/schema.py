@@ -132,6 +132,19 @@ class Partition(_Part):
         default_factory=dict, description="with several heads: head -> its profile and drift (first one too)"
     )
 
+    def head_views(self) -> list[Partition]:
+        """With several heads, one view of the date per head (labelled 'DATE HEAD', its profile and
+        drift, no counts) for the renderers' per-head tables; none for a single-head run."""
+        return [
+            Partition(
+                partition={k: f"{v} {name}" for k, v in self.partition.items()},
+                scores=h.scores,
+                drift=h.drift,
+                outcome=self.outcome,
+            )
+            for name, h in self.heads.items()
+        ]
+
     @property
     def label(self) -> str:
         """'2026-11-04' for {'ds': '2026-11-04'}; 'a=1,b=2' for several keys."""

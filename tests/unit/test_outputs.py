@@ -174,3 +174,37 @@ def test_config_value_columns_and_identity():
 def test_config_refuses_bad_heads(output, message):
     with pytest.raises(ConfigError, match=message):
         _cfg(**output)
+
+
+def test_renderers_show_every_head():
+    from models.scoreprofile import compare, profile_array
+    from pipeline.reporting.html import render_html
+    from pipeline.reporting.metrics import prometheus_text
+    from pipeline.reporting.schema import DateDrift, Head, Partition, RunReport
+    from pipeline.reporting.summary import format_summary
+
+    rng = np.random.default_rng(1)
+    click, convert = profile_array(rng.beta(2, 20, 500)), profile_array(rng.beta(5, 5, 500))
+    breach = compare(convert, click, psi_max=0.25, shift_max=0.5, bins=10)
+    ok = compare(click, click, psi_max=0.25, shift_max=0.5, bins=10)
+    drift = {
+        "p_click": DateDrift(training={"reference": "checkpoint", **ok}),
+        "p_convert": DateDrift(training={"reference": "checkpoint", **breach}, breach=True),
+    }
+    part = Partition(
+        partition={"ds": "2026-10-01"},
+        input_rows=500,
+        output_rows=500,
+        scores=click,
+        drift=DateDrift(training={"reference": "checkpoint", **ok}, breach=True),
+        heads={
+            "p_click": Head(scores=click, drift=drift["p_click"]),
+            "p_convert": Head(scores=convert, drift=drift["p_convert"]),
+        },
+    )
+    report = RunReport(run_id="r", partitions=[part], output_columns=["p_click", "p_convert"])
+    text = format_summary(report)
+    assert "per head" in text and "2026-10-01 p_convert" in text
+    assert "BREACH 2026-10-01 p_convert vs training (checkpoint): PSI" in text
+    assert "2026-10-01 p_convert" in render_html(report)
+    assert 'head="p_convert"' in prometheus_text(report)
