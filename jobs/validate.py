@@ -12,13 +12,9 @@ import sys
 
 
 def validate(config: str, overrides: list[str], args: argparse.Namespace) -> None:
-    import pyarrow.parquet as pq
-
     from jobs.cli import resolve_dates
     from pipeline.config import load_config
     from pipeline.run.preflight import prepare
-    from pipeline.stages.predict import Predictor
-    from pipeline.stages.preprocess import Preprocessor
 
     cfg = load_config(config, overrides)
     print(f"config   {config}: ok ({cfg.name}, config hash {cfg.digest()})")
@@ -30,37 +26,16 @@ def validate(config: str, overrides: list[str], args: argparse.Namespace) -> Non
         print(f"input    {part.uri}: ok ({len(part.files)} files, {part.rows} rows)")
     print(f"columns  {p.requirements.columns}: present with usable types in every file")
 
-    first = p.inputs.partitions[0].files[0]
-    with p.inputs.root.fs.open_input_file(first.path) as f:
-        sample = (
-            pq.ParquetFile(f)
-            .read_row_group(0, columns=[c for c in p.requirements.columns if c != cfg.input.partition_column])
-            .slice(0, 16)
-        )
-    import pyarrow as pa
+    from pipeline.run.preflight import probe_model_output
 
-    sample = sample.append_column(
-        cfg.input.partition_column, pa.array([p.inputs.partitions[0].date] * sample.num_rows)
-    )
-    spec = meta.spec() if not cfg.preprocessing.function else None
-    batch = Preprocessor(
-        spec,
-        p.passthrough,
-        cfg.preprocessing.function,
-        required=p.requirements.columns,
-        device_transforms=True,  # as in `score`: the predictor applies the numeric transforms
-    )(sample)
-    out = Predictor(
-        p.source,
-        p.passthrough,
-        run_id="validate",
-        score_column=cfg.output.score_column,
-        device="cpu",
-    )(batch)
-    scores = out.column(cfg.output.score_column).to_numpy()
-    print(
-        f"forward  {sample.num_rows} rows of {first.uri}: ok (scores {scores.min():.4f}..{scores.max():.4f})"
-    )
+    probe = probe_model_output(p)
+    shown = []
+    for name, values in probe.values.items():
+        if values.ndim == 2:
+            shown.append(f"{name} [{probe.rows}, {values.shape[1]}]")
+        else:
+            shown.append(f"{name} {values.min():.4f}..{values.max():.4f}")
+    print(f"forward  {probe.rows} rows of {probe.uri}: ok ({', '.join(shown)})")
 
 
 def main() -> int:

@@ -53,6 +53,8 @@ class CheckpointMeta:
     created_at: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     score_reference: dict[str, Any] | None = None  # held-out score profile (models.scoreprofile)
+    # several heads: head name -> held-out profile (score_reference is then the first head's)
+    score_references: dict[str, Any] | None = None
     batchscore_checkpoint: int = 1
 
     def spec(self) -> FeatureSpec | None:
@@ -121,6 +123,7 @@ def save_checkpoint(
     inputs: list[str] | None = None,
     metrics: dict[str, Any] | None = None,
     score_reference: dict[str, Any] | None = None,
+    score_references: dict[str, Any] | None = None,
 ) -> CheckpointMeta:
     """Write `model` as a checkpoint directory. TorchScript/export need `example_inputs`."""
     import torch
@@ -162,6 +165,7 @@ def save_checkpoint(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         metrics=dict(metrics or {}),
         score_reference=score_reference,
+        score_references=score_references,
     )
     with open(os.path.join(directory, METADATA_FILE), "w") as f:
         json.dump(asdict(meta), f, indent=2, sort_keys=True)

@@ -232,7 +232,29 @@ class OutputConfig(_Strict):
     partition_columns: list[str] = Field(
         default_factory=lambda: ["ds"], description="Hive partition columns of the output."
     )
-    score_column: str = Field("score", description="Name of the prediction column.")
+    kind: Literal["scores", "embedding"] = Field(
+        "scores",
+        description="What the model writes per row: 'scores' (one float column per head, see "
+        "score_columns) or 'embedding' (the model's [N, d] output as one vector column, "
+        "embedding_column). A table holds one kind: a new kind needs its own output.uri.",
+    )
+    score_column: str = Field(
+        "score", description="Name of the prediction column of a single-head model (kind 'scores')."
+    )
+    score_columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Names of the heads of a multi-head model, in model output order: the model returns "
+        "[N, k], a tuple/list of k tensors (mapped by position) or a dict with these keys (by name); "
+        "one float32 column each, each profiled and drift-checked on its own. Default: [score_column].",
+    )
+    embedding_column: str = Field("embedding", description="Name of the vector column of kind 'embedding'.")
+    embedding_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="kind 'embedding': 'float32' writes a fixed-size list<float32>[d]; 'float16' writes a "
+        "binary column of d little-endian float16 values per row (2 d bytes; Delta Lake has no 16-bit "
+        "float type; decode with numpy.frombuffer(value, '<f2')).",
+    )
     target_rows_per_file: int = Field(
         1_000_000, ge=1, description="Rows per output file (fewer, larger files)."
     )
@@ -262,6 +284,31 @@ class OutputConfig(_Strict):
         description="After a successful run, vacuum both tables with retention_hours (as `batchscore "
         "vacuum` does).",
     )
+
+    @model_validator(mode="after")
+    def _kind_columns(self) -> OutputConfig:
+        # (a saved config holds every field: score_column at its default is not "set")
+        if self.score_columns is not None and self.score_column != "score":
+            raise ValueError("set either score_column (one head) or score_columns (several), not both")
+        if self.kind == "embedding" and self.score_columns is not None:
+            raise ValueError(
+                "score_columns names the heads of kind 'scores'; kind 'embedding' writes embedding_column"
+            )
+        cols = self.value_columns
+        reserved = {*self.key_columns, *self.partition_columns, "model_version", "run_id"}
+        clash = sorted({c for c in cols if c in reserved} | {c for c in cols if cols.count(c) > 1})
+        if clash:
+            raise ValueError(
+                f"output column names {clash} repeat or clash with key, partition or bookkeeping columns"
+            )
+        return self
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The columns the model's output fills: one per head, or the embedding column."""
+        if self.kind == "embedding":
+            return [self.embedding_column]
+        return list(self.score_columns or [self.score_column])
 
 
 class StorageConfig(_Strict):
@@ -385,6 +432,14 @@ class JobConfig(_Strict):
                 mode="json", include={"uri", "key_columns", "partition_columns", "score_column"}
             ),
         }
+        # what an output kind adds counts only when set: configs from before kinds keep their identity
+        kinds = self.output.model_dump(
+            mode="json",
+            include={"kind", "score_columns", "embedding_column", "embedding_dtype"},
+            exclude_defaults=True,
+        )
+        if kinds:
+            what["output"]["kinds"] = kinds
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -27,7 +27,7 @@ from pipeline.commit.partitions import CommitPolicy, DateCommit, RunIdentity, co
 from pipeline.commit.tables import OutputTables, WrittenRows, run_file_prefix
 from pipeline.config import DriftConfig
 from pipeline.errors import CommitConflictError, CommitError
-from pipeline.quality.drift import drift_reasons, evaluate_drift
+from pipeline.quality.drift import commit_profiles, drift_reasons, evaluate_heads
 from pipeline.quality.profiles import profile_partitions
 from pipeline.stages.read import InputPartition, InputPlan
 from pipeline.storage import Location
@@ -53,9 +53,9 @@ class DateCommitter:
     run: RunIdentity
     policy: CommitPolicy
     drift_cfg: DriftConfig
-    score_column: str
-    training_reference: dict | None
-    committed_profiles: dict[str, tuple[str, dict]] = field(default_factory=dict)  # from the log
+    value_columns: list[str] | str  # the output columns profiled and drift-checked (one per head)
+    references: dict[str, dict] | None  # head -> the checkpoint's training profile
+    committed_profiles: dict[str, tuple[str, dict[str, dict]]] = field(default_factory=dict)  # from the log
     interval_s: float = 2.0
     commits: list[DateCommit] = field(default_factory=list)
     profiles: dict[str, dict] = field(default_factory=dict)
@@ -64,6 +64,9 @@ class DateCommitter:
     during_run: list[str] = field(default_factory=list)  # committed while the pipeline still ran
 
     def __post_init__(self) -> None:
+        if isinstance(self.value_columns, str):
+            self.value_columns = [self.value_columns]
+        self.references = self.references or {}
         self._pending: list[InputPartition] = sorted(self.inputs.partitions, key=lambda p: p.date)
         self._counters: dict[str, WrittenRows] = {}
         self._stop = threading.Event()
@@ -94,16 +97,17 @@ class DateCommitter:
             if part.date in self.held or self._staged_rows(part.date) != part.rows:
                 return
             profile = profile_partitions(
-                self.tables.location, col, [part.date], self.score_column, self.run.run_id
+                self.tables.location, col, [part.date], self.value_columns, self.run.run_id
             )
             profiles = {**self.profiles, **profile}
-            drift = evaluate_drift(
+            drift = evaluate_heads(
                 self.drift_cfg,
                 self.committed_profiles,
                 col,
                 profiles,
+                list(self.value_columns),
                 self.run.model_sha256,
-                self.training_reference,
+                self.references,
                 only=[part.date],
             )[part.date]
             if drift["breach"] and self.drift_cfg.on_breach == "fail":
@@ -115,7 +119,7 @@ class DateCommitter:
                     subset(self.inputs, [part.date]),
                     self.run,
                     self.policy,
-                    extra={part.date: {"score_profile": profile[part.date], "drift": drift}},
+                    extra={part.date: commit_profiles(profile[part.date], drift)},
                 )
             except CommitError as e:
                 self.held[part.date] = str(e)

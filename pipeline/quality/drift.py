@@ -19,17 +19,75 @@ _LOOKBACK_DATES = 60
 _LOOKBACK_COMMITS = 400
 
 
-def committed_profiles(table, limit: int = _LOOKBACK_COMMITS) -> dict[str, tuple[str, dict]]:
-    """date -> (model sha256, score profile) of each date's latest commit among the table's last
-    `limit` commits (read from the Delta log's commit metadata; no data is read)."""
+def committed_profiles(
+    table, limit: int = _LOOKBACK_COMMITS, first_head: str = "score"
+) -> dict[str, tuple[str, dict[str, dict]]]:
+    """date -> (model sha256, head -> profile) of each date's latest commit among the table's last
+    `limit` commits (read from the Delta log's commit metadata; no data is read). A commit stores
+    `score_profile` (its first head) and, with several heads, `score_profiles` (every head): one
+    written before heads existed is read as the profile of `first_head`."""
     if table is None:
         return {}
-    found: dict[str, tuple[str, dict]] = {}
+    found: dict[str, tuple[str, dict[str, dict]]] = {}
     for c in commits_of_history(table, limit):  # newest first: the first seen is current
         d = c.get("date")
         if d and d not in found:
-            found[d] = (c.get("model_sha256", ""), c.get("score_profile") or {})
+            heads = c.get("score_profiles") or {first_head: c.get("score_profile") or {}}
+            found[d] = (c.get("model_sha256", ""), heads)
     return found
+
+
+def commit_profiles(profiles: dict[str, dict], drift: dict) -> dict[str, dict]:
+    """What a date's commit metadata keeps of its profiles and drift (see committed_profiles)."""
+    heads = list(profiles)
+    extra = {"score_profile": profiles[heads[0]] if heads else {}, "drift": drift}
+    if len(heads) > 1:
+        extra["score_profiles"] = profiles
+    return extra
+
+
+def evaluate_heads(
+    cfg: DriftConfig,
+    committed: dict[str, tuple[str, dict[str, dict]]],
+    col: str,
+    profiles: dict[str, dict[str, dict]],
+    heads: list[str],
+    model_sha256: str,
+    references: dict[str, dict],
+    only: list[str] | None = None,
+) -> dict[str, dict]:
+    """`evaluate_drift` for each head (output column) on its own. Per date: the first head's checks
+    at the top (the shape of a single-head run), `breach` when any head breached, and with several
+    heads `heads`: head -> its checks."""
+    per_head = {
+        h: evaluate_drift(
+            cfg,
+            {d: (sha, ps.get(h) or {}) for d, (sha, ps) in committed.items()},
+            col,
+            {d: p[h] for d, p in profiles.items()},
+            model_sha256,
+            references.get(h),
+            only,
+        )
+        for h in heads
+    }
+    result = {}
+    for d in per_head[heads[0]]:
+        checks = dict(per_head[heads[0]][d])
+        checks["breach"] = any(per_head[h][d]["breach"] for h in heads)
+        if len(heads) > 1:
+            checks["heads"] = {h: per_head[h][d] for h in heads}
+        result[d] = checks
+    return result
+
+
+def training_references(meta, heads: list[str]) -> dict[str, dict]:
+    """head -> the checkpoint's training-time profile: `score_references` by head name, else the
+    single `score_reference` for the first head."""
+    refs = getattr(meta, "score_references", None) or {}
+    if refs:
+        return {h: refs[h] for h in heads if h in refs}
+    return {heads[0]: meta.score_reference} if meta.score_reference else {}
 
 
 def previous_profile(
@@ -82,8 +140,11 @@ def evaluate_drift(
 def drift_reasons(drift: dict[str, dict], col: str) -> list[str]:
     lines = []
     for d, checks in sorted(drift.items()):
-        for which in ("previous", "training"):
-            c = checks.get(which)
-            if c and c["breach"]:
-                lines.append(f"{col}={d} vs {which} ({c['reference']}): {'; '.join(c['reasons'])}")
+        per_head = checks.get("heads") or {"": checks}
+        for head, hc in per_head.items():
+            for which in ("previous", "training"):
+                c = hc.get(which)
+                if c and c["breach"]:
+                    what = f"{head} " if head else ""
+                    lines.append(f"{what}{col}={d} vs {which} ({c['reference']}): {'; '.join(c['reasons'])}")
     return lines

@@ -64,9 +64,8 @@ def drift_line(p: Partition, which: str, check: DriftCheck) -> str:
 
 def breaches(partitions: list[Partition]) -> list[str]:
     """One line per date and reference over a threshold."""
-    return [
-        drift_line(p, which, c) for p in partitions if p.drift for which, c in p.drift.checks() if c.breach
-    ]
+    views = [v for p in partitions for v in (p.head_views() or [p])]
+    return [drift_line(p, which, c) for p in views if p.drift for which, c in p.drift.checks() if c.breach]
 
 
 def si(value: float) -> str:

@@ -200,7 +200,10 @@ def _partitions_table(report: RunReport) -> str:
             f"{_e(f.plain(shift_max))} standard deviations of the reference. ▲ marks a value over its "
             "threshold.</p>"
         )
-    return f"<table>{_PARTITIONS_HEAD}<tbody>{body}</tbody>{totals}</table>{limits}"
+    heads = "".join(_partition_row(v, psi_max, shift_max) for p in report.partitions for v in p.head_views())
+    if heads:  # several heads: the table above shows the first head, this one every head
+        heads = f"<h3>Per head</h3><table>{_PARTITIONS_HEAD}<tbody>{heads}</tbody></table>"
+    return f"<table>{_PARTITIONS_HEAD}<tbody>{body}</tbody>{totals}</table>{heads}{limits}"
 
 
 def _drift_banner(report: RunReport) -> str:

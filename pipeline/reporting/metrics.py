@@ -97,10 +97,11 @@ def prometheus_text(report: RunReport) -> str:
         [({}, 1.0 if report.drift_breach else 0.0)],
     )
     psi = [
-        ({"date": p.label, "reference": which}, c.psi)
+        ({"date": p.label, "reference": which, **({"head": head} if head else {})}, c.psi)
         for p in report.partitions
-        if p.drift
-        for which, c in p.drift.checks()
+        for head, d in (((h, x.drift) for h, x in p.heads.items()) if p.heads else [("", p.drift)])
+        if d
+        for which, c in d.checks()
         if c.psi is not None
     ]
     if psi:

@@ -78,6 +78,22 @@ class DateDrift(_Part):
         return [(w, c) for w, c in (("previous", self.previous), ("training", self.training)) if c]
 
 
+class Head(_Part):
+    """One head of a multi-head model (or the embedding column) on one date."""
+
+    scores: ScoreProfile | None = Field(None, description="the head's profile on the date")
+    drift: DateDrift | None = Field(None, description="the head's drift checks")
+
+
+class HeadSummary(_Part):
+    """One head over the whole run."""
+
+    scores: ScoreProfile | None = Field(None, description="the profile of all the head's scores of the run")
+    score_reference: ScoreProfile | None = Field(
+        None, description="the checkpoint's training profile of the head"
+    )
+
+
 class Partition(_Part):
     """One scored date."""
 
@@ -103,8 +119,31 @@ class Partition(_Part):
         None,
         description="`committed`, or `done by another run` (committed first by a run with the same identity)",
     )
-    scores: ScoreProfile | None = Field(None, description="the date's score profile")
-    drift: DateDrift | None = Field(None, description="the date's drift checks")
+    scores: ScoreProfile | None = Field(
+        None,
+        description="the date's score profile (with several heads: the first head's; kind `embedding`: "
+        "of the vectors' L2 norms)",
+    )
+    drift: DateDrift | None = Field(
+        None,
+        description="the date's drift checks (with several heads: the first head's; `breach`: any head's)",
+    )
+    heads: dict[str, Head] = Field(
+        default_factory=dict, description="with several heads: head -> its profile and drift (first one too)"
+    )
+
+    def head_views(self) -> list[Partition]:
+        """With several heads, one view of the date per head (labelled 'DATE HEAD', its profile and
+        drift, no counts) for the renderers' per-head tables; none for a single-head run."""
+        return [
+            Partition(
+                partition={k: f"{v} {name}" for k, v in self.partition.items()},
+                scores=h.scores,
+                drift=h.drift,
+                outcome=self.outcome,
+            )
+            for name, h in self.heads.items()
+        ]
 
     @property
     def label(self) -> str:
@@ -229,8 +268,21 @@ class RunReport(_Part):
     replicas: list[Replica] = Field(default_factory=list, description="one per model replica that ran")
     partitions: list[Partition] = Field(default_factory=list, description="one per scored date")
     rows: Rows = Field(default_factory=Rows, description="counts over all dates")
-    scores: ScoreProfile | None = Field(None, description="the profile of all scores of the run")
-    score_reference: ScoreProfile | None = Field(None, description="the checkpoint's training-time profile")
+    output_kind: str = Field(
+        "scores", description="`scores` (one column per head) or `embedding` (profiles are of vector norms)"
+    )
+    output_columns: list[str] = Field(
+        default_factory=list, description="the columns the model's output fills: the heads, or the embedding"
+    )
+    scores: ScoreProfile | None = Field(
+        None, description="the profile of all scores of the run (with several heads: the first head's)"
+    )
+    score_reference: ScoreProfile | None = Field(
+        None, description="the checkpoint's training-time profile (of the first head)"
+    )
+    heads: dict[str, HeadSummary] = Field(
+        default_factory=dict, description="with several heads: head -> its run profile and training reference"
+    )
     drift: DriftSummary | None = Field(None, description="drift over the run")
     commits: Commits | None = Field(None, description="dates committed early, during the run")
     skipped_inputs: list[SkippedInput] = Field(

@@ -123,10 +123,15 @@ def _partition_lines(parts: list[Partition], color: bool) -> list[str]:
     headers = ["date", "in", "out", "dead", "mean", "p50", "p90", "p99"]
     headers += ["PSI prev", "shift prev", "PSI train", "shift train", "version", "drift"]
     out = [table(headers, [_partition_row(p, color) for p in parts], right=set(range(1, len(headers) - 1)))]
-    for p in parts:
-        for which, c in p.drift.checks() if p.drift else []:
-            if c.breach:
-                out.append(f"  {paint('BREACH', 'red', color)} {f.drift_line(p, which, c)}")
+    heads = [v for p in parts for v in p.head_views()]
+    if heads:  # several heads: the table above shows the first; here every head on its own
+        out += [
+            "",
+            "  per head",
+            table(["date head", *headers[1:]], [_partition_row(v, color) for v in heads]),
+        ]
+    for line in f.breaches(parts):
+        out.append(f"  {paint('BREACH', 'red', color)} {line}")
     return [*out, ""]
 
 

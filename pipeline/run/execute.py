@@ -22,7 +22,7 @@ from pipeline.config import JobConfig
 from pipeline.run.preflight import Prepared
 from pipeline.run.resources import PoolPlan, cluster_nodes, plan_pool
 from pipeline.stages.deadletter import DeadLetterWriter
-from pipeline.stages.predict import FusedScorer, Predictor
+from pipeline.stages.predict import FusedScorer, OutputSpec, Predictor
 from pipeline.stages.preprocess import Preprocessor
 from pipeline.stages.read import read_dataset
 
@@ -69,7 +69,8 @@ def build_dataset(
         "source": p.source,
         "passthrough": p.passthrough,
         "run_id": run_id,
-        "score_column": cfg.output.score_column,
+        "output": OutputSpec.from_config(cfg, p.embedding_dim),
+        "dead_letter": dead_letter.tagged("out") if dead_letter is not None else None,
         "device": cfg.predict.device,
         "precision": cfg.predict.precision,
         "num_threads": pool.torch_threads,

@@ -13,7 +13,10 @@ from pipeline.config import JobConfig, dump_config, shown_config
 from pipeline.reporting.metrics import write_prometheus
 from pipeline.reporting.runs import REPORT_NAME, RUNS_DIR
 from pipeline.reporting.schema import (
+    DateDrift,
     DriftSummary,
+    Head,
+    HeadSummary,
     ModelInfo,
     Partition,
     Pool,
@@ -100,8 +103,12 @@ def build_report(
 ) -> RunReport:
     """The report before commit; counts and table versions are filled in once committed."""
     from models.scoreprofile import merge_profiles
+    from pipeline.quality.drift import training_references
 
     cfg, p = c.cfg, c.p
+    heads = cfg.output.value_columns
+    run_profiles = {h: merge_profiles([x[h] for x in profiles.values()]) for h in heads}
+    refs = training_references(p.model_meta, heads)
     replicas = sorted(snapshot.get("replicas", []), key=lambda r: (r["node_id"], r["pid"]))
     return RunReport(
         run_id=c.run_id,
@@ -118,8 +125,13 @@ def build_report(
         replicas=[Replica(**r) for r in replicas],
         partitions=[_partition_entry(p, part, profiles, drift) for part in p.inputs.partitions],
         rows=Rows(input=p.inputs.rows),
-        scores=ScoreProfile(**merge_profiles(list(profiles.values()))),
-        score_reference=p.model_meta.score_reference,
+        output_kind=cfg.output.kind,
+        output_columns=heads,
+        scores=ScoreProfile(**run_profiles[heads[0]]),
+        score_reference=refs.get(heads[0]),
+        heads={h: HeadSummary(scores=run_profiles[h], score_reference=refs.get(h)) for h in heads}
+        if len(heads) > 1
+        else {},
         drift=DriftSummary(
             breach=any(x["breach"] for x in drift.values()),
             on_breach=cfg.drift.on_breach,
@@ -131,14 +143,20 @@ def build_report(
 
 def _partition_entry(p: Prepared, part, profiles: dict[str, dict], drift: dict[str, dict]) -> Partition:
     col, d = p.cfg.input.partition_column, part.date
+    heads = p.cfg.output.value_columns
+    first = profiles[d][heads[0]]
+    per_head = drift[d].get("heads") or {}
     return Partition(
         partition={col: d},
         uri=p.output.join(f"{col}={d}").uri,
         input_files=len(part.files),
         input_rows=part.rows,
-        output_rows=profiles[d].get("count", 0) + profiles[d].get("nan", 0),
-        scores=profiles[d],
-        drift=drift[d],
+        output_rows=first.get("count", 0) + first.get("nan", 0),
+        scores=first,
+        drift=DateDrift(**{k: v for k, v in drift[d].items() if k != "heads"}),
+        heads={h: Head(scores=profiles[d][h], drift=per_head.get(h)) for h in heads}
+        if len(heads) > 1
+        else {},
     )
 
 

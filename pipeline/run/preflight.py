@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.commit.tables import digest_of
 from pipeline.config import JobConfig, dump_config
-from pipeline.errors import StorageError, UserError
+from pipeline.errors import StageError, StorageError, UserError
 from pipeline.reporting.runs import bad_run_id, new_run_id
 from pipeline.stages.predict import ModelSource
 from pipeline.stages.read import discover
@@ -33,6 +33,7 @@ class Prepared:
     model_meta: Any
     output: Location
     timings: dict[str, float] = field(default_factory=dict)
+    embedding_dim: int | None = None  # kind 'embedding': d, from the forward pass of the model check
 
     @property
     def passthrough(self) -> list[str]:
@@ -72,6 +73,71 @@ def prepare(
     prepared = Prepared(cfg, dates, inputs, req, source, meta, resolve(cfg.output.uri, cfg.storage))
     prepared.timings = {"model_check_s": t1 - t0, "input_check_s": t2 - t1}
     return prepared
+
+
+@dataclass
+class OutputProbe:
+    """A forward pass of the model on a few rows of the first input file, before any scoring."""
+
+    uri: str
+    rows: int
+    values: dict[str, Any]  # output column -> numpy array (embeddings: [rows, d])
+    embedding_dim: int | None
+
+
+def probe_model_output(p: Prepared, rows: int = 16) -> OutputProbe:
+    """Load the model on the driver's CPU and run it on `rows` rows of the first input file, so a
+    model whose output does not fit output.kind / output.score_columns is refused now, naming the
+    shapes or names it returned, rather than after the data was read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.outputs import embedding_matrix
+    from pipeline.stages.predict import OutputSpec, Predictor
+    from pipeline.stages.preprocess import Preprocessor
+
+    cfg, col = p.cfg, p.cfg.input.partition_column
+    first = p.inputs.partitions[0].files[0]
+    with p.inputs.root.fs.open_input_file(first.path) as f:
+        sample = (
+            pq.ParquetFile(f)
+            .read_row_group(0, columns=[c for c in p.requirements.columns if c != col])
+            .slice(0, rows)
+        )
+    sample = sample.append_column(col, pa.array([p.inputs.partitions[0].date] * sample.num_rows))
+    spec = p.model_meta.spec() if not cfg.preprocessing.function else None
+    pre = Preprocessor(
+        spec,
+        p.passthrough,
+        cfg.preprocessing.function,
+        required=p.requirements.columns,
+        device_transforms=True,  # as in `score`: the predictor applies the numeric transforms
+    )
+    pre.dead_letter = _Discard()
+    batch = pre(sample)
+    if batch.num_rows == 0:  # every sampled row is a dead letter: nothing to try the model on
+        log.warning("model check: no scorable row among the first %d of %s", sample.num_rows, first.uri)
+        return OutputProbe(first.uri, 0, {}, None)
+    output = OutputSpec.from_config(cfg)
+    predictor = Predictor(
+        p.source, p.passthrough, run_id="probe", device="cpu", output=output, dead_letter=_Discard()
+    )
+    try:
+        table = predictor(batch)
+    except StageError as e:
+        raise UserError(f"model {cfg.model.uri}: on {batch.num_rows} rows of {first.uri}: {e}") from None
+    arrays = {
+        c: embedding_matrix(table.column(c)) if output.kind == "embedding" else table.column(c).to_numpy()
+        for c in output.columns
+    }
+    return OutputProbe(first.uri, batch.num_rows, arrays, predictor.output.embedding_dim)
+
+
+class _Discard:
+    """A dead-letter sink for the model check: rows that cannot be scored are just left out."""
+
+    def write(self, rows, reasons, batch=None) -> int:
+        return rows.num_rows
 
 
 def check_output_writable(cfg: JobConfig, run_id: str) -> None:
@@ -175,4 +241,9 @@ def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool)
     for d, why in dp.why.items():
         log.info("scoring %s=%s: %s", cfg.input.partition_column, d, why)
     prepared = prepare(cfg, dp.todo, model_meta=meta, listed=dp.listed) if dp.todo else None
+    if prepared is not None and prepared.inputs.partitions:
+        t0 = time.perf_counter()
+        prepared.embedding_dim = probe_model_output(prepared).embedding_dim
+        took = time.perf_counter() - t0
+        prepared.timings["model_check_s"] = prepared.timings.get("model_check_s", 0.0) + took
     return Preflight(run_id, meta, dp, prepared)

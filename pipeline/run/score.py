@@ -20,7 +20,13 @@ from pipeline.commit.streaming import DateCommitter, subset
 from pipeline.commit.tables import WrittenRows, list_run_files, run_file_prefix, vacuum_tables
 from pipeline.config import JobConfig
 from pipeline.errors import CommitError, DriftError, find_known_error
-from pipeline.quality.drift import committed_profiles, drift_reasons, evaluate_drift
+from pipeline.quality.drift import (
+    commit_profiles,
+    committed_profiles,
+    drift_reasons,
+    evaluate_heads,
+    training_references,
+)
 from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import ProgressView, start_counter
@@ -105,9 +111,10 @@ def _start(cfg: JobConfig, pre: Preflight, started: datetime, t_start: float) ->
         seen=pre.dates.generations,
     )
     policy = CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction)
-    committed = committed_profiles(tables.predictions.open())
+    heads = cfg.output.value_columns
+    committed = committed_profiles(tables.predictions.open(), first_head=heads[0])
     committer = DateCommitter(
-        tables, p.inputs, run, policy, cfg.drift, cfg.output.score_column, meta.score_reference, committed
+        tables, p.inputs, run, policy, cfg.drift, heads, training_references(meta, heads), committed
     )
     timings: dict[str, float | None] = {"ray": t_ray}
     return RunContext(
@@ -159,10 +166,17 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
     t0 = time.perf_counter()
     profiles = {
         **c.committer.profiles,
-        **profile_partitions(c.tables.location, col, rest, cfg.output.score_column, c.run_id),
+        **profile_partitions(c.tables.location, col, rest, cfg.output.value_columns, c.run_id),
     }
-    checked = evaluate_drift(
-        cfg.drift, c.committed, col, profiles, p.model_meta.sha256, p.model_meta.score_reference, only=rest
+    checked = evaluate_heads(
+        cfg.drift,
+        c.committed,
+        col,
+        profiles,
+        cfg.output.value_columns,
+        p.model_meta.sha256,
+        training_references(p.model_meta, cfg.output.value_columns),
+        only=rest,
     )
     drift = {d: c.committer.drift[d] if d in c.committer.drift else checked[d] for d in dates_scored}
     c.timings["profile"] = time.perf_counter() - t0
@@ -215,7 +229,7 @@ def _commit_rest(c: RunContext, report: RunReport, rest: list[str], profiles: di
             subset(c.p.inputs, rest),
             c.run,
             c.policy,
-            extra={d: {"score_profile": profiles[d], "drift": drift[d]} for d in rest},
+            extra={d: commit_profiles(profiles[d], drift[d]) for d in rest},
         )
     except CommitError as e:
         uri = fail_report(c, report, "failed", str(e))

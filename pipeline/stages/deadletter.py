@@ -47,13 +47,21 @@ class DeadLetterWriter:
         self.partition_column = partition_column
         self.key_columns = list(key_columns)
         self.run_id = run_id
+        self.tag = ""
         self._seq: dict[str, int] = {}
+
+    def tagged(self, tag: str) -> DeadLetterWriter:
+        """A writer for another stage of the same task (fused mode runs preprocess and predict in
+        one task): its files get `tag` in their names, so the two stages never share a name."""
+        other = DeadLetterWriter(self.root, self.partition_column, self.key_columns, self.run_id)
+        other.tag = tag
+        return other
 
     def _name(self, batch: pa.Table) -> str:
         token = _task_token() or _content_token(batch)
         seq = self._seq.get(token, 0)
         self._seq[token] = seq + 1
-        return f"{run_file_prefix(self.run_id, 'dl')}{token}-{seq:04d}"
+        return f"{run_file_prefix(self.run_id, 'dl')}{self.tag}{token}-{seq:04d}"
 
     def write(self, rows: pa.Table, reasons: np.ndarray, batch: pa.Table | None = None) -> int:
         """Write `rows` (with one reason each) under root/<partition>=<date>/. `batch`: the whole

@@ -97,6 +97,50 @@ class ModelSource:
         return load_model(self.local_path(), map_location=map_location, **self._overrides())
 
 
+@dataclass
+class OutputSpec:
+    """What the predictor writes from the model's output (models/outputs.py has the contract):
+    kind 'scores', one float32 column per head; kind 'embedding', one vector column of
+    `embedding_dim` values (known from the preflight's forward pass)."""
+
+    kind: str = "scores"
+    columns: list[str] = field(default_factory=lambda: ["score"])
+    embedding_dtype: str = "float32"
+    embedding_dim: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: JobConfig, embedding_dim: int | None = None) -> OutputSpec:
+        out = cfg.output
+        return cls(out.kind, out.value_columns, out.embedding_dtype, embedding_dim)
+
+    def empty(self) -> dict[str, pa.Array]:
+        if self.kind == "embedding":
+            from models.outputs import embedding_type
+
+            kind = embedding_type(self.embedding_dim or 1, self.embedding_dtype)
+            return {self.columns[0]: pa.array([], type=kind)}
+        return {c: pa.array([], type=pa.float32()) for c in self.columns}
+
+    def values(self, out: Any, n: int) -> tuple[dict[str, pa.Array], np.ndarray | None]:
+        """The output columns of `n` rows, and which rows cannot be written (a non-finite
+        embedding; None: all can). Raises OutputMismatch when `out` does not fit."""
+        from models import outputs
+
+        if self.kind == "embedding":
+            m = outputs.map_embedding(out, n, self.embedding_dim).float().cpu().numpy()
+            self.embedding_dim = int(m.shape[1])  # unknown only when the model check had no row
+            stored = m.astype(np.float16) if self.embedding_dtype == "float16" else m
+            finite = np.isfinite(stored).all(axis=1)  # a value float16 cannot hold is inf there
+            bad = None if finite.all() else ~finite
+            return {self.columns[0]: outputs.embedding_column(stored, self.embedding_dtype)}, bad
+        heads = outputs.map_heads(out, self.columns, n)
+        cols = zip(self.columns, heads, strict=True)
+        return {c: pa.array(h.float().cpu().numpy(), type=pa.float32()) for c, h in cols}, None
+
+
+NON_FINITE_EMBEDDING = "non-finite embedding (NaN or inf in the model's output)"
+
+
 _TORCH_DTYPES: dict[str, Any] = {}
 
 
@@ -155,6 +199,8 @@ class Predictor:
         num_threads: float = 1,
         device_column: str | None = None,
         progress: Any = None,
+        output: OutputSpec | None = None,
+        dead_letter: Any = None,
     ) -> None:
         import torch
 
@@ -169,7 +215,8 @@ class Predictor:
         self.version = self.loaded.meta.version
         self.passthrough = list(passthrough)
         self.run_id = run_id
-        self.score_column = score_column
+        self.output = output or OutputSpec(columns=[score_column])
+        self.dead_letter = dead_letter  # a DeadLetterWriter for rows whose output cannot be written
         self.device_column = device_column
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         if self.dtype is torch.float16 and not self.device.startswith("cuda"):
@@ -229,15 +276,7 @@ class Predictor:
         import torch
 
         if batch.num_rows == 0:  # every row of the batch went to the dead-letter output
-            empty = (
-                batch.select([c for c in self.passthrough if c in batch.column_names])
-                .append_column(self.score_column, pa.array([], type=pa.float32()))
-                .append_column("model_version", pa.array([], type=pa.string()))
-                .append_column("run_id", pa.array([], type=pa.string()))
-            )
-            if self.device_column:
-                empty = empty.append_column(self.device_column, pa.array([], type=pa.string()))
-            return empty
+            return self._empty(batch)
         encoded = any(c.startswith(ENCODED_PREFIXES) for c in batch.column_names)
         needed = self.passthrough + (self._encoded_names() if encoded else self.inputs)
         missing = [c for c in needed if c not in batch.column_names]
@@ -257,20 +296,20 @@ class Predictor:
                 tensors = [self._to_device(c, tensor_column_to_numpy(batch.column(c))) for c in self.inputs]
             with autocast:
                 out = self.model(*tensors)
-        if not isinstance(out, torch.Tensor):
-            raise StageError(f"stage {self.name!r}: model returned {type(out).__name__}, expected a Tensor")
-        if out.dim() == 2 and out.shape[1] == 1:
-            out = out[:, 0]
-        if out.dim() != 1 or out.shape[0] != batch.num_rows:
-            raise StageError(
-                f"stage {self.name!r}: model output has shape {tuple(out.shape)}, "
-                f"expected ({batch.num_rows},) or ({batch.num_rows}, 1)"
-            )
-        scores = out.float().cpu().numpy()
+        from models.outputs import OutputMismatch
+
+        try:
+            values, bad = self.output.values(out, batch.num_rows)
+        except OutputMismatch as e:
+            raise StageError(f"stage {self.name!r}: {e}") from None
+        if bad is not None:
+            batch, values = self._drop_unwritable(batch, values, bad)
         n = batch.num_rows
         count(self.progress, "scored", n)
+        if n == 0:
+            return self._empty(batch)
         cols = {c: batch.column(c) for c in self.passthrough}
-        cols[self.score_column] = pa.array(scores, type=pa.float32())
+        cols.update(values)
         cols["model_version"] = pa.repeat(pa.scalar(self.version), n)
         cols["run_id"] = pa.repeat(pa.scalar(self.run_id), n)
         if self.device_column:
@@ -334,6 +373,25 @@ class Predictor:
             buf = torch.empty(max(features * n, 1), dtype=dtype, pin_memory=True)
             self._pinned[name] = buf
         return buf[: features * n].view(features, n)
+
+    def _empty(self, batch: pa.Table) -> pa.Table:
+        cols = {c: batch.column(c) for c in self.passthrough if c in batch.column_names}
+        cols.update(self.output.empty())
+        cols["model_version"] = pa.array([], type=pa.string())
+        cols["run_id"] = pa.array([], type=pa.string())
+        if self.device_column:
+            cols[self.device_column] = pa.array([], type=pa.string())
+        return pa.table({k: v.slice(0, 0) for k, v in cols.items()})
+
+    def _drop_unwritable(self, batch: pa.Table, values: dict, bad: np.ndarray):
+        """Rows whose output cannot be written (a non-finite embedding) go to the dead letters."""
+        if self.dead_letter is None:
+            raise StageError(f"stage {self.name!r}: {int(bad.sum())} rows: {NON_FINITE_EMBEDDING}")
+        mask = pa.array(bad)
+        reasons = np.full(int(bad.sum()), NON_FINITE_EMBEDDING, dtype=object)
+        self.dead_letter.write(batch.filter(mask), reasons, batch)
+        keep = pa.array(~bad)
+        return batch.filter(keep), {c: v.filter(keep) for c, v in values.items()}
 
 
 _FUSED_PREDICTORS: dict[str, Predictor] = {}

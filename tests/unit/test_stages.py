@@ -315,22 +315,43 @@ def test_predictor_wrong_output_shape(tmp_path, table, spec):
         pred(batch)
     msg = str(ei.value)
     assert "stage 'predict'" in msg
-    assert f"model output has shape ({table.num_rows}, 2)" in msg
-    assert f"expected ({table.num_rows},) or ({table.num_rows}, 1)" in msg
+    assert f"model returned Tensor[{table.num_rows}, 2]" in msg
+    assert f"expected a tensor [{table.num_rows}] or [{table.num_rows}, 1]" in msg
 
 
 def test_predictor_wrong_number_of_rows(tmp_path, table, spec):
     batch = Preprocessor(spec, PASSTHROUGH)(table)
     pred = Predictor(ModelSource(uri=_scripted(tmp_path, "first")), [], run_id="r", device="cpu")
-    with pytest.raises(StageError, match=r"model output has shape \(1,\)"):
+    with pytest.raises(StageError, match=r"model returned Tensor\[1\]; .* \(rows: 48\)"):
         pred(batch)
 
 
 def test_predictor_non_tensor_output(tmp_path, table, spec):
     batch = Preprocessor(spec, PASSTHROUGH)(table)
     pred = Predictor(ModelSource(uri=_scripted(tmp_path, "tuple")), [], run_id="r", device="cpu")
-    with pytest.raises(StageError, match="model returned tuple, expected a Tensor"):
+    with pytest.raises(StageError, match=r"model returned tuple\(Tensor\[48\], Tensor\[48\]\)"):
         pred(batch)
+
+
+@pytest.mark.parametrize("mode", ["n2", "tuple"])
+def test_predictor_maps_heads_by_position(tmp_path, table, spec, mode):
+    """[N, 2] and a tuple of two tensors: one column per head of output.score_columns, in order."""
+    from pipeline.stages.predict import OutputSpec
+
+    batch = Preprocessor(spec, PASSTHROUGH)(table)
+    out = Predictor(
+        ModelSource(uri=_scripted(tmp_path, mode)),
+        ["event_id"],
+        run_id="r",
+        device="cpu",
+        output=OutputSpec(columns=["p_click", "p_convert"]),
+    )(batch)
+    feats = transform_table(table, spec)
+    expected = (feats["dense"][:, 0] + feats["cat"][:, 0]).astype(np.float32)
+    assert out.column_names[:3] == ["event_id", "p_click", "p_convert"]
+    for head in ("p_click", "p_convert"):
+        assert out.schema.field(head).type == pa.float32()
+        np.testing.assert_array_equal(out.column(head).to_numpy(), expected)
 
 
 def test_predictor_n_by_1_output_is_squeezed(tmp_path, table, spec):
