@@ -1,0 +1,131 @@
+"""What each file a run writes carries in its Parquet footer: the key fingerprint and the score
+profile of exactly the rows in that file, computed by the task that writes it from the rows it
+writes. The commit then reads footers only (one pass over the data instead of three).
+
+The footer's key-value metadata `batchscore.file_stats` holds JSON:
+
+    {"version": 1, "rows": N,
+     "keys": {"columns": [...], "hash": "row_hash64/11", "s1": "<hex>", "s2": "<hex>"},
+     "score": {"column": "score", "count": .., "nan": .., "total": .., "total_sq": ..,
+               "min": .., "max": .., "sketch": [...]} | null}
+
+The stats are trusted only when they describe the file they are in: `rows` must equal the row count
+in the footer's own metadata (a file rewritten since, or stats copied from another file, fail that),
+and the key columns and hash must be the ones the commit checks with. A file without usable stats
+(written by an older version, or rewritten by another tool: pyarrow does not carry footer key-value
+metadata over into a file it writes from a read one) is read instead, as before."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from models.scoreprofile import Partial, partial_of
+from pipeline.commit.reconcile import HASH_SEED, Fingerprint, fingerprint_of
+
+STATS_KEY = b"batchscore.file_stats"
+VERSION = 1
+HASH = f"row_hash64/{HASH_SEED}"
+
+
+@dataclass
+class FileStats:
+    """The stats found in one file's footer, checked against that footer."""
+
+    rows: int
+    key_columns: list[str]
+    hash: str
+    fingerprint: Fingerprint
+    score_column: str | None
+    partial: Partial | None
+
+    def fingerprint_for(self, key_columns: list[str]) -> Fingerprint | None:
+        """The file's key fingerprint, if computed over `key_columns` with the commit's hash."""
+        return self.fingerprint if list(key_columns) == self.key_columns and self.hash == HASH else None
+
+    def partial_for(self, score_column: str) -> Partial | None:
+        return self.partial if self.score_column == score_column else None
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def file_stats(table: pa.Table, key_columns: list[str], score_column: str | None = None) -> dict[str, Any]:
+    """The stats of `table`'s rows, as stored in the footer of the file they are written to."""
+    fp = fingerprint_of(table, key_columns)
+    score = None
+    if score_column is not None and score_column in table.column_names:
+        p = partial_of(table.column(score_column).to_numpy())
+        score = {
+            "column": score_column,
+            "count": p.count,
+            "nan": p.nan,
+            "total": p.total,
+            "total_sq": p.total_sq,
+            "min": _finite_or_none(p.min),
+            "max": _finite_or_none(p.max),
+            "sketch": p.sketch,
+        }
+    return {
+        "version": VERSION,
+        "rows": table.num_rows,
+        "keys": {"columns": list(key_columns), "hash": HASH, "s1": f"{fp.s1:x}", "s2": f"{fp.s2:x}"},
+        "score": score,
+    }
+
+
+def write_parquet(
+    fs,
+    path: str,
+    table: pa.Table,
+    key_columns: list[str],
+    score_column: str | None = None,
+    compression: str | None = "zstd",
+) -> None:
+    """Write `table` as one Parquet file at `path` with its stats in the footer. The stats are
+    computed here, from the very rows written: whatever happened to the rows before, the file
+    describes itself."""
+    stats = json.dumps(file_stats(table, key_columns, score_column), separators=(",", ":"))
+    with fs.open_output_stream(path) as f, pq.ParquetWriter(f, table.schema, compression=compression) as w:
+        w.write_table(table)
+        w.add_key_value_metadata({STATS_KEY: stats})
+
+
+def stats_from_footer(md: pq.FileMetaData) -> FileStats | None:
+    """The file's stats from its footer metadata, or None when it has none that describe it."""
+    raw = (md.metadata or {}).get(STATS_KEY)
+    if raw is None:
+        return None
+    try:
+        s = json.loads(raw)
+        if s.get("version") != VERSION or s["rows"] != md.num_rows:
+            return None
+        keys, score = s["keys"], s.get("score")
+        partial = None
+        if score is not None:
+            lo, hi = score["min"], score["max"]
+            partial = Partial(
+                count=int(score["count"]),
+                nan=int(score["nan"]),
+                total=float(score["total"]),
+                total_sq=float(score["total_sq"]),
+                min=math.inf if lo is None else float(lo),
+                max=-math.inf if hi is None else float(hi),
+                sketch=[float(x) for x in score["sketch"]],
+            )
+        return FileStats(
+            rows=int(s["rows"]),
+            key_columns=list(keys["columns"]),
+            hash=str(keys["hash"]),
+            fingerprint=Fingerprint(int(s["rows"]), int(keys["s1"], 16), int(keys["s2"], 16)),
+            score_column=score["column"] if score is not None else None,
+            partial=partial,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # not ours, or damaged: the file is read instead
