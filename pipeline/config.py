@@ -234,7 +234,10 @@ class OutputConfig(_Strict):
     )
     score_column: str = Field("score", description="Name of the prediction column.")
     target_rows_per_file: int = Field(
-        1_000_000, ge=1, description="Rows per output file (fewer, larger files)."
+        1_000_000,
+        ge=1,
+        description="Rows per output file: the write stage collects blocks up to this many rows, then "
+        "writes them split evenly into files of at most this many, whatever the input files' sizes.",
     )
     compression: Literal["snappy", "zstd", "gzip", "none"] = Field("zstd")
     max_bad_row_fraction: float = Field(

@@ -26,7 +26,7 @@ from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import ProgressView, start_counter
 from pipeline.run.context import RunContext
-from pipeline.run.execute import build_dataset, start_ray
+from pipeline.run.execute import build_dataset, fused_task_cap, start_ray
 from pipeline.run.finalize import (
     build_report,
     fail_report,
@@ -37,7 +37,7 @@ from pipeline.run.finalize import (
 )
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
-from pipeline.stages.write import write_predictions
+from pipeline.stages.write import write_predictions, write_tasks_at_once
 
 log = logging.getLogger("batchscore")
 
@@ -132,7 +132,8 @@ def _execute(ctx: RunContext):
     try:
         dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id)
         ds = build_dataset(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=progress.counter)
-        ds = write_predictions(ds, tables.location, cfg.output, ctx.run_id)
+        writes = write_tasks_at_once(ctx.pool.cluster_cpus, fused_task_cap(cfg, ctx.pool))
+        ds = write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes)
     except BaseException as e:  # Ctrl-C too: the committer stops before the run ends
         ctx.committer.stop()
         progress.stop(completed=False)

@@ -6,6 +6,7 @@ wrote its rows twice, a lost file, a file changed after it was written, stats th
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -13,16 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.commit.partitions as partitions
-from models.scoreprofile import partial_of
+from models.scoreprofile import merge, partial_of
 from pipeline.commit.filestats import STATS_KEY, file_stats, stats_from_footer, write_parquet
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
 from pipeline.commit.reconcile import _file_fingerprint, fingerprint_of
-from pipeline.commit.tables import DeltaOutput, OutputTables, run_files
-from pipeline.config import StorageConfig
+from pipeline.commit.tables import HIVE_NULL, DeltaOutput, OutputTables, run_files
+from pipeline.config import OutputConfig, StorageConfig
 from pipeline.errors import CommitError
 from pipeline.quality.profiles import profile_partitions
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.read import discover
+from pipeline.stages.write import PredictionFiles, even_slices, split_by_partition
 from pipeline.storage import resolve
 
 DATE = "2026-10-01"
@@ -189,3 +191,40 @@ def test_dead_letter_files_carry_their_key_fingerprint(tmp_path):
     (f,) = run_files(root, "ds", DATE, "run-1", kind="dl")
     assert f.stats is not None and f.stats.partial is None
     assert f.stats.fingerprint_for(KEYS) == fingerprint_of(rows, KEYS)
+
+
+def test_files_are_split_by_partition_and_evenly_to_the_target():
+    assert even_slices(5, 2) == [(0, 2), (2, 1), (3, 2)]
+    assert even_slices(2400, 2000) == [(0, 1200), (1200, 1200)]
+    assert even_slices(2000, 2000) == [(0, 2000)]
+    t = pa.table({"k": [1, 2, 3, 4], "ds": ["b", "a", None, "a"]})
+    parts = split_by_partition(t, ["ds"])
+    assert [(d, p.column("k").to_pylist()) for d, p in parts] == [
+        ("ds=a", [2, 4]),
+        ("ds=b", [1]),
+        (f"ds={HIVE_NULL}", [3]),
+    ]
+
+
+def test_the_write_stage_names_its_files_and_puts_stats_in_them(tmp_path):
+    out = OutputConfig(uri=str(tmp_path), key_columns=KEYS, target_rows_per_file=2000)
+    sink = PredictionFiles(resolve(str(tmp_path)), out, "run-1")
+    assert sink.min_rows_per_write == 2000  # Ray Data collects blocks up to this before a write
+    d1, d2 = _rows(range(0, 2500)), _rows(range(2500, 2800))
+    blocks = [
+        d1.slice(0, 1000).append_column("ds", pa.array([DATE] * 1000)),
+        d2.append_column("ds", pa.array(["2026-10-02"] * 300)),
+        d1.slice(1000).append_column("ds", pa.array([DATE] * 1500)),
+    ]
+    sink.write(blocks, SimpleNamespace(kwargs={"write_uuid": "u1"}, task_idx=3))
+    files = {p.relative_to(tmp_path).as_posix(): pq.read_metadata(p) for p in tmp_path.rglob("*.parquet")}
+    assert {k: m.num_rows for k, m in files.items()} == {
+        f"ds={DATE}/part-run-1.u1-000003-0.parquet": 1250,
+        f"ds={DATE}/part-run-1.u1-000003-1.parquet": 1250,
+        "ds=2026-10-02/part-run-1.u1-000003-2.parquet": 300,
+    }
+    for m in files.values():
+        assert stats_from_footer(m) is not None and "ds" not in m.schema.names
+    got = run_files(resolve(str(tmp_path)), "ds", DATE, "run-1")
+    assert sum((f.stats.fingerprint for f in got), start=partitions.Fingerprint()) == fingerprint_of(d1, KEYS)
+    assert merge([f.stats.partial for f in got])["count"] == 2500
