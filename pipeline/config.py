@@ -251,7 +251,8 @@ class OutputConfig(_Strict):
         "keys",
         description="Reconciliation per partition before publishing: 'keys' checks that the multiset "
         "of input keys equals output + dead-letter keys (hash sums; catches a duplicated block hiding "
-        "a lost one); 'counts' checks row counts only (no extra read of the key columns).",
+        "a lost one; the keys are hashed where they are read and written, not read again); 'counts' "
+        "checks row counts only.",
     )
     retention_hours: int = Field(
         168,

@@ -17,16 +17,23 @@ metadata over into a file it writes from a read one) is read instead, as before.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from models.scoreprofile import Partial, partial_of
 from pipeline.commit.reconcile import HASH_SEED, Fingerprint, fingerprint_of
+from pipeline.storage import Location, exists, list_files, read_bytes, write_bytes
 
 STATS_KEY = b"batchscore.file_stats"
 VERSION = 1
@@ -129,3 +136,91 @@ def stats_from_footer(md: pq.FileMetaData) -> FileStats | None:
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None  # not ours, or damaged: the file is read instead
+
+
+@dataclass
+class ReadKeys:
+    """The key fingerprints of the input, computed where each input file is read, from the rows the
+    read yields downstream (no second read of the input at commit).
+
+    Each read task, once it has read all of its files, records the fingerprint of their rows:
+    `<location>/<col>=<date>/<digest of the task's files>.json`, the whole object written at once.
+    A task that fails before the end records nothing; a retried task (same files) rewrites its own
+    record with the same numbers, so nothing is counted twice. The commit trusts a record only for
+    exactly the files it names, with the row count their footers had when the run was planned; the
+    files without one are read (a record not written yet, a read task over several dates, a file
+    whose rows changed since)."""
+
+    location: Location  # OUTPUT/_runs/RUN/input_keys: removed at the end of the run
+    key_columns: list[str]
+    partition_column: str
+
+    def record(self, files: list[str], block_stream: Iterable) -> Iterator:
+        """Yield `block_stream`'s blocks (pyarrow tables) unchanged; after the last, record the
+        fingerprint of their rows for `files` (nothing when they hold several dates or lack a key
+        column: the commit then reads those files)."""
+        total, dates, usable = Fingerprint(), set(), True
+        needed = [*self.key_columns, self.partition_column]
+        for block in block_stream:
+            if usable and not (isinstance(block, pa.Table) and all(c in block.column_names for c in needed)):
+                usable = False  # not what the commit compares: it reads these files instead
+            if usable and block.num_rows:
+                total = total + fingerprint_of(block, self.key_columns)
+                dates.update(str(d) for d in pc.unique(block.column(self.partition_column)).to_pylist())
+            yield block
+        if usable and len(dates) <= 1 and files:
+            (date,) = dates or {_date_of(files[0], self.partition_column)}
+            doc = {
+                "files": sorted(files),
+                "key_columns": self.key_columns,
+                "hash": HASH,
+                "rows": total.rows,
+                "s1": f"{total.s1:x}",
+                "s2": f"{total.s2:x}",
+            }
+            write_bytes(self._dir(date).join(f"{_digest(files)}.json"), json.dumps(doc).encode())
+
+    def _dir(self, date: str) -> Location:
+        return self.location.join(f"{self.partition_column}={date}")
+
+    def fingerprint(self, date: str, files: dict[str, int]) -> tuple[Fingerprint, list[str]]:
+        """The recorded fingerprint of the date's files (`files`: path -> rows as planned), and the
+        files no usable record covers (to be read)."""
+        records = []
+        infos = list_files(self._dir(date), suffix=".json") if exists(self._dir(date)) else []
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            records = [r for r in pool.map(self._load, infos) if r is not None]
+        usable = [
+            r
+            for r in records
+            if set(r["files"]) <= files.keys()
+            and r["key_columns"] == self.key_columns
+            and r["hash"] == HASH
+            and r["rows"] == sum(files[f] for f in r["files"])
+        ]
+        named = Counter(f for r in usable for f in r["files"])
+        usable = [r for r in usable if all(named[f] == 1 for f in r["files"])]  # overlap: read them
+        covered = {f for r in usable for f in r["files"]}
+        fp = Fingerprint()
+        for r in usable:
+            fp = fp + Fingerprint(r["rows"], int(r["s1"], 16), int(r["s2"], 16))
+        return fp, sorted(f for f in files if f not in covered)
+
+    def _load(self, info) -> dict | None:
+        try:
+            r = json.loads(read_bytes(Location(self.location.fs, info.path, info.path)))
+            return r if isinstance(r, dict) and isinstance(r.get("files"), list) else None
+        except (OSError, ValueError):
+            return None  # unreadable: its files are read instead
+
+
+def _digest(files: list[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(files)).encode()).hexdigest()[:20]
+
+
+def _date_of(path: str, col: str) -> str:
+    """The hive value of `col` in a file's path (for a file that yielded no rows)."""
+    for seg in path.split("/"):
+        if seg.startswith(f"{col}="):
+            return unquote(seg.split("=", 1)[1])
+    return ""

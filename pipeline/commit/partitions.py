@@ -24,6 +24,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from pipeline.commit.filestats import ReadKeys
 from pipeline.commit.reconcile import Fingerprint, fingerprint_files, total
 from pipeline.commit.tables import (
     DateIdentity,
@@ -65,6 +66,7 @@ class CommitPolicy:
     key_columns: list[str]
     verify: str = "keys"
     max_bad_row_fraction: float = 0.01
+    read_keys: ReadKeys | None = None  # the input's fingerprints recorded by the read tasks
 
 
 @dataclass
@@ -122,6 +124,24 @@ def written_fingerprint(loc: Location, files: list[TableFile], key_columns: list
     return total(known + fingerprint_files(loc.fs, unread, key_columns))
 
 
+def input_fingerprint(root: Location, part: InputPartition, policy: CommitPolicy) -> Fingerprint:
+    """The key fingerprint of the date's input files: as their read tasks recorded it; a file
+    without a usable record (or every file, without `policy.read_keys`) is read by a Ray task."""
+    files = {f.path: f.rows for f in part.files}
+    if policy.read_keys is None:
+        recorded, unread = Fingerprint(), sorted(files)
+    else:
+        recorded, unread = policy.read_keys.fingerprint(part.date, files)
+        if unread:
+            log.info(
+                "%d of %d input files of %s have no recorded key fingerprint: reading them",
+                len(unread),
+                len(files),
+                part.date,
+            )
+    return recorded + total(fingerprint_files(root.fs, unread, policy.key_columns))
+
+
 def _check(tables: OutputTables, inputs: InputPlan, c: _Checked, policy: CommitPolicy) -> str | None:
     """Why this date's written files do not reconcile with its input, or None."""
     col, part, staged, dead = tables.partition_column, c.part, c.staged, c.dead
@@ -131,7 +151,7 @@ def _check(tables: OutputTables, inputs: InputPlan, c: _Checked, policy: CommitP
     if out_rows + dead_rows != part.rows:
         return f"{where}: {part.rows} input rows but {out_rows} output + {dead_rows} dead-letter rows"
     if policy.verify == "keys":
-        fp_in = total(fingerprint_files(inputs.root.fs, [f.path for f in part.files], policy.key_columns))
+        fp_in = input_fingerprint(inputs.root, part, policy)
         fp_out = written_fingerprint(preds, staged, policy.key_columns) + written_fingerprint(
             dls, dead, policy.key_columns
         )

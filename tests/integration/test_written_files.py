@@ -34,7 +34,7 @@ def _committed_files(out) -> list[dict]:
 
 
 def _record_reads(monkeypatch) -> list[str]:
-    """Paths the commit or the profile read rows of (the fallback for files without stats)."""
+    """Paths the commit or the profile read rows of (inputs, and written files without stats)."""
     read: list[str] = []
     fingerprint_files, partials_of_files = partitions.fingerprint_files, profiles.partials_of_files
 
@@ -74,8 +74,10 @@ def test_many_small_input_files_make_files_of_the_target_size_read_by_footer_onl
     for f in files:
         md = pq.read_metadata(out / f["path"])
         assert STATS_KEY in md.metadata, f"{f['path']}: no stats in the footer"
-    # the commit and the profile took every output file's fingerprint and profile from its footer
-    assert not [p for p in read if p.startswith(str(out))], read
+    # the commit and the profile took every output file's fingerprint and profile from its
+    # footer, and the input's fingerprint from what the read tasks recorded: no file read again
+    assert read == []
+    assert not (out / "_runs" / report["run_id"] / "input_keys").exists()  # removed after the run
     assert report["partitions"][0]["scores"]["count"] == 6000
     if mode == "fused":  # read and score still fused, a task per input file; the write apart
         names = {s["name"]: s["tasks"] for s in report["stages"]}

@@ -15,7 +15,7 @@ import pytest
 
 import pipeline.commit.partitions as partitions
 from models.scoreprofile import merge, partial_of
-from pipeline.commit.filestats import STATS_KEY, file_stats, stats_from_footer, write_parquet
+from pipeline.commit.filestats import STATS_KEY, ReadKeys, file_stats, stats_from_footer, write_parquet
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
 from pipeline.commit.reconcile import _file_fingerprint, fingerprint_of
 from pipeline.commit.tables import HIVE_NULL, DeltaOutput, OutputTables, run_files
@@ -228,3 +228,87 @@ def test_the_write_stage_names_its_files_and_puts_stats_in_them(tmp_path):
     got = run_files(resolve(str(tmp_path)), "ds", DATE, "run-1")
     assert sum((f.stats.fingerprint for f in got), start=partitions.Fingerprint()) == fingerprint_of(d1, KEYS)
     assert merge([f.stats.partial for f in got])["count"] == 2500
+
+
+def _read_keys(tmp_path) -> ReadKeys:
+    return ReadKeys(resolve(str(tmp_path / "out" / "_runs" / "run-1" / "input_keys")), KEYS, "ds")
+
+
+def _read(path: str, rows: pa.Table, blocks: int = 2):
+    """What a read task yields for one input file: its rows in blocks, with the partition column."""
+    rows = rows.select(KEYS).append_column("ds", pa.array([DATE] * rows.num_rows))
+    step = -(-rows.num_rows // blocks)
+    return [rows.slice(i, step) for i in range(0, rows.num_rows, step)]
+
+
+def _plan_files(plan) -> dict[str, int]:
+    return {f.path: f.rows for f in plan.partitions[0].files}
+
+
+def test_read_tasks_record_the_inputs_fingerprint_and_a_retry_counts_once(tmp_path):
+    plan, _, _ = _setup(tmp_path)
+    keys = _read_keys(tmp_path)
+    a, b = (f.path for f in plan.partitions[0].files)
+    blocks = _read(a, _rows(range(0, 500)))
+    assert list(keys.record([a], iter(blocks))) == blocks  # the rows pass through unchanged
+    list(keys.record([a], iter(_read(a, _rows(range(0, 500)), blocks=3))))  # the task, retried
+    list(keys.record([b], iter(_read(b, _rows(range(500, N))))))
+    fp, unread = keys.fingerprint(DATE, _plan_files(plan))
+    assert unread == [] and fp == fingerprint_of(_rows(range(N)), KEYS)
+
+
+def test_a_read_that_did_not_finish_records_nothing_and_its_file_is_read(tmp_path):
+    plan, _, _ = _setup(tmp_path)
+    keys = _read_keys(tmp_path)
+    a, b = (f.path for f in plan.partitions[0].files)
+    stream = keys.record([a], iter(_read(a, _rows(range(0, 500)))))
+    next(stream)  # the task died after its first block
+    list(keys.record([b], iter(_read(b, _rows(range(500, N))))))
+    fp, unread = keys.fingerprint(DATE, _plan_files(plan))
+    assert unread == [a] and fp == fingerprint_of(_rows(range(500, N)), KEYS)
+
+
+def test_a_record_is_used_only_for_the_files_and_rows_it_names(tmp_path):
+    plan, _, _ = _setup(tmp_path)
+    keys = _read_keys(tmp_path)
+    a, b = (f.path for f in plan.partitions[0].files)
+    list(keys.record([a], iter(_read(a, _rows(range(0, 400))))))  # 400 rows read, 500 planned
+    list(keys.record([b, "/elsewhere/c.parquet"], iter(_read(b, _rows(range(500, N))))))  # an unplanned file
+    assert keys.fingerprint(DATE, _plan_files(plan)) == (partitions.Fingerprint(), [a, b])
+    # blocks of two dates in one read task: nothing recorded, its files are read
+    two = _read(a, _rows(range(0, 500)))
+    two[1] = two[1].set_column(1, "ds", pa.array(["2026-10-02"] * two[1].num_rows))
+    list(_read_keys(tmp_path / "x").record([a], iter(two)))
+    assert not (tmp_path / "x" / "out" / "_runs").exists()
+
+
+def test_the_commit_reconciles_recorded_inputs_with_the_footers_and_reads_nothing(tmp_path, rows_read):
+    plan, tables, out = _setup(tmp_path)
+    keys = _read_keys(tmp_path)
+    a, b = (f.path for f in plan.partitions[0].files)
+    list(keys.record([a], iter(_read(a, _rows(range(0, 500))))))
+    list(keys.record([b], iter(_read(b, _rows(range(500, N))))))
+    policy = CommitPolicy(KEYS, read_keys=keys)
+    run = RunIdentity("run-1", "t", "v", "sha", "cfg")
+    _write(out, "a", _rows(range(0, 500)))
+    _write(out, "b", _rows(range(0, 500)))  # a duplicated block hiding a lost one
+    with pytest.raises(CommitError, match="keys differ"):
+        commit_partitions(tables, plan, run, policy)
+    _write(out, "b", _rows(range(500, N)))  # the honest output
+    (c,) = commit_partitions(tables, plan, run, policy)
+    assert c.output_rows == N and rows_read == []
+
+
+def test_without_records_the_input_is_read(tmp_path, monkeypatch):
+    plan, tables, out = _setup(tmp_path)
+    read: list[str] = []
+    real = partitions.fingerprint_files
+    monkeypatch.setattr(partitions, "fingerprint_files", lambda fs, p, k: read.extend(p) or real(fs, p, k))
+    _write(out, "a", _rows(range(0, N)))
+    commit_partitions(
+        tables,
+        plan,
+        RunIdentity("run-1", "t", "v", "sha", "cfg"),
+        CommitPolicy(KEYS, read_keys=_read_keys(tmp_path)),
+    )
+    assert sorted(read) == sorted(_plan_files(plan))
