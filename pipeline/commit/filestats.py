@@ -17,6 +17,7 @@ metadata over into a file it writes from a read one) is read instead, as before.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -32,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from models.scoreprofile import Partial, partial_of
-from pipeline.commit.reconcile import HASH_SEED, Fingerprint, fingerprint_of
+from pipeline.commit.reconcile import HASH_SEED, Fingerprint, fingerprint_of, total
 from pipeline.storage import Location, exists, list_files, read_bytes, write_bytes
 
 STATS_KEY = b"batchscore.file_stats"
@@ -159,13 +160,13 @@ class ReadKeys:
         """Yield `block_stream`'s blocks (pyarrow tables) unchanged; after the last, record the
         fingerprint of their rows for `files` (nothing when they hold several dates or lack a key
         column: the commit then reads those files)."""
-        total, dates, usable = Fingerprint(), set(), True
+        fp, dates, usable = Fingerprint(), set(), True
         needed = [*self.key_columns, self.partition_column]
         for block in block_stream:
             if usable and not (isinstance(block, pa.Table) and all(c in block.column_names for c in needed)):
                 usable = False  # not what the commit compares: it reads these files instead
             if usable and block.num_rows:
-                total = total + fingerprint_of(block, self.key_columns)
+                fp = fp + fingerprint_of(block, self.key_columns)
                 dates.update(str(d) for d in pc.unique(block.column(self.partition_column)).to_pylist())
             yield block
         if usable and len(dates) <= 1 and files:
@@ -174,11 +175,13 @@ class ReadKeys:
                 "files": sorted(files),
                 "key_columns": self.key_columns,
                 "hash": HASH,
-                "rows": total.rows,
-                "s1": f"{total.s1:x}",
-                "s2": f"{total.s2:x}",
+                "rows": fp.rows,
+                "s1": f"{fp.s1:x}",
+                "s2": f"{fp.s2:x}",
             }
-            write_bytes(self._dir(date).join(f"{_digest(files)}.json"), json.dumps(doc).encode())
+            # an optimization only: without the record, the commit reads these files
+            with contextlib.suppress(OSError):
+                write_bytes(self._dir(date).join(f"{_digest(files)}.json"), json.dumps(doc).encode())
 
     def _dir(self, date: str) -> Location:
         return self.location.join(f"{self.partition_column}={date}")
@@ -186,32 +189,30 @@ class ReadKeys:
     def fingerprint(self, date: str, files: dict[str, int]) -> tuple[Fingerprint, list[str]]:
         """The recorded fingerprint of the date's files (`files`: path -> rows as planned), and the
         files no usable record covers (to be read)."""
-        records = []
         infos = list_files(self._dir(date), suffix=".json") if exists(self._dir(date)) else []
         with ThreadPoolExecutor(max_workers=16) as pool:
             records = [r for r in pool.map(self._load, infos) if r is not None]
         usable = [
-            r
-            for r in records
-            if set(r["files"]) <= files.keys()
-            and r["key_columns"] == self.key_columns
-            and r["hash"] == HASH
-            and r["rows"] == sum(files[f] for f in r["files"])
+            (names, fp)
+            for names, fp in records
+            if set(names) <= files.keys() and fp.rows == sum(files[f] for f in names)
         ]
-        named = Counter(f for r in usable for f in r["files"])
-        usable = [r for r in usable if all(named[f] == 1 for f in r["files"])]  # overlap: read them
-        covered = {f for r in usable for f in r["files"]}
-        fp = Fingerprint()
-        for r in usable:
-            fp = fp + Fingerprint(r["rows"], int(r["s1"], 16), int(r["s2"], 16))
-        return fp, sorted(f for f in files if f not in covered)
+        named = Counter(f for names, _ in usable for f in names)
+        usable = [(names, fp) for names, fp in usable if all(named[f] == 1 for f in names)]  # overlap: read
+        covered = {f for names, _ in usable for f in names}
+        return total([fp for _, fp in usable]), sorted(f for f in files if f not in covered)
 
-    def _load(self, info) -> dict | None:
+    def _load(self, info) -> tuple[list[str], Fingerprint] | None:
+        """(files, fingerprint) of a record made with this run's key columns and hash, else None."""
         try:
             r = json.loads(read_bytes(Location(self.location.fs, info.path, info.path)))
-            return r if isinstance(r, dict) and isinstance(r.get("files"), list) else None
-        except (OSError, ValueError):
-            return None  # unreadable: its files are read instead
+            if r["key_columns"] != self.key_columns or r["hash"] != HASH:
+                return None
+            return [str(f) for f in r["files"]], Fingerprint(
+                int(r["rows"]), int(r["s1"], 16), int(r["s2"], 16)
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable or not ours: its files are read instead
 
 
 def _digest(files: list[str]) -> str:
