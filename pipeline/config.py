@@ -256,7 +256,10 @@ class OutputConfig(_Strict):
         "float type; decode with numpy.frombuffer(value, '<f2')).",
     )
     target_rows_per_file: int = Field(
-        1_000_000, ge=1, description="Rows per output file (fewer, larger files)."
+        1_000_000,
+        ge=1,
+        description="Rows per output file: the write stage collects blocks up to this many rows, then "
+        "writes them split evenly into files of at most this many, whatever the input files' sizes.",
     )
     compression: Literal["snappy", "zstd", "gzip", "none"] = Field("zstd")
     max_bad_row_fraction: float = Field(
@@ -270,7 +273,8 @@ class OutputConfig(_Strict):
         "keys",
         description="Reconciliation per partition before publishing: 'keys' checks that the multiset "
         "of input keys equals output + dead-letter keys (hash sums; catches a duplicated block hiding "
-        "a lost one); 'counts' checks row counts only (no extra read of the key columns).",
+        "a lost one; the keys are hashed where they are read and written, not read again); 'counts' "
+        "checks row counts only.",
     )
     retention_hours: int = Field(
         168,

@@ -2,7 +2,8 @@
 
 Per date, before anything is committed:
   - input rows = this run's prediction rows + dead-letter rows (from the files' footers);
-  - with verify='keys', the multiset of input keys = output keys + dead-letter keys (hash sums);
+  - with verify='keys', the multiset of input keys = output keys + dead-letter keys (hash sums;
+    the written files' sums are in their footers, see pipeline/commit/filestats.py);
   - dead-letter rows within output.max_bad_row_fraction.
 Then the predictions commit (the commit point for every reader: the date's old files out, the
 new ones in), then the dead-letter table's commit of the same date, with the same generation.
@@ -23,7 +24,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.commit.reconcile import fingerprint_files, total
+from pipeline.commit.filestats import ReadKeys
+from pipeline.commit.reconcile import Fingerprint, fingerprint_files, total
 from pipeline.commit.tables import (
     DateIdentity,
     OutputTables,
@@ -64,6 +66,7 @@ class CommitPolicy:
     key_columns: list[str]
     verify: str = "keys"
     max_bad_row_fraction: float = 0.01
+    read_keys: ReadKeys | None = None  # the input's fingerprints recorded by the read tasks
 
 
 @dataclass
@@ -105,6 +108,40 @@ def _reason_counts(loc: Location, files: list[TableFile], limit_files: int = 20)
     return dict(counts.most_common(10))
 
 
+def written_fingerprint(loc: Location, files: list[TableFile], key_columns: list[str]) -> Fingerprint:
+    """The key fingerprint of files this run wrote: from their footers' stats; a file without
+    usable stats is read (by a Ray task per file)."""
+    known, unread = [], []
+    for f in files:
+        fp = f.stats.fingerprint_for(key_columns) if f.stats is not None else None
+        if fp is None:
+            unread.append(loc.join(f.path).path)
+        else:
+            known.append(fp)
+    counts = len(unread), len(files)
+    if unread:
+        log.info("%d of %d files under %s have no key stats in their footer: reading them", *counts, loc.uri)
+    return total(known + fingerprint_files(loc.fs, unread, key_columns))
+
+
+def input_fingerprint(root: Location, part: InputPartition, policy: CommitPolicy) -> Fingerprint:
+    """The key fingerprint of the date's input files: as their read tasks recorded it; a file
+    without a usable record (or every file, without `policy.read_keys`) is read by a Ray task."""
+    files = {f.path: f.rows for f in part.files}
+    if policy.read_keys is None:
+        recorded, unread = Fingerprint(), sorted(files)
+    else:
+        recorded, unread = policy.read_keys.fingerprint(part.date, files)
+        if unread:
+            log.info(
+                "%d of %d input files of %s have no recorded key fingerprint: reading them",
+                len(unread),
+                len(files),
+                part.date,
+            )
+    return recorded + total(fingerprint_files(root.fs, unread, policy.key_columns))
+
+
 def _check(tables: OutputTables, inputs: InputPlan, c: _Checked, policy: CommitPolicy) -> str | None:
     """Why this date's written files do not reconcile with its input, or None."""
     col, part, staged, dead = tables.partition_column, c.part, c.staged, c.dead
@@ -114,10 +151,9 @@ def _check(tables: OutputTables, inputs: InputPlan, c: _Checked, policy: CommitP
     if out_rows + dead_rows != part.rows:
         return f"{where}: {part.rows} input rows but {out_rows} output + {dead_rows} dead-letter rows"
     if policy.verify == "keys":
-        fp_in = total(fingerprint_files(inputs.root.fs, [f.path for f in part.files], policy.key_columns))
-        fp_out = total(
-            fingerprint_files(preds.fs, [preds.join(f.path).path for f in staged], policy.key_columns)
-            + fingerprint_files(dls.fs, [dls.join(f.path).path for f in dead], policy.key_columns)
+        fp_in = input_fingerprint(inputs.root, part, policy)
+        fp_out = written_fingerprint(preds, staged, policy.key_columns) + written_fingerprint(
+            dls, dead, policy.key_columns
         )
         if fp_in != fp_out:
             return (

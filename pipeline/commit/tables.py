@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote, urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.commit.filestats import FileStats, stats_from_footer
 from pipeline.config import JobConfig, StorageConfig
 from pipeline.errors import UserError
 from pipeline.storage import Location, is_s3, list_files, resolve
@@ -118,6 +119,7 @@ class TableFile:
     rows: int
     mtime_ms: int
     partition: dict[str, str | None]
+    stats: FileStats | None = None  # what its footer says of its rows; None: it says nothing usable
 
 
 def partition_values(relpath: str) -> dict[str, str | None]:
@@ -148,15 +150,23 @@ def list_run_files(table: Location, col: str, date: str, run_id: str, kind: str 
 
 
 def run_files(table: Location, col: str, date: str, run_id: str, kind: str = "part") -> list[TableFile]:
-    """This run's complete files of one date under a table (footers read in parallel threads)."""
+    """This run's complete files of one date under a table, with the row count and the stats
+    each footer holds (footers read in parallel threads; no rows are read)."""
     infos = list_run_files(table, col, date, run_id, kind)
 
     def footer(info) -> TableFile:
         with table.fs.open_input_file(info.path) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
+            md = pq.ParquetFile(f).metadata
         rel = posixpath.relpath(info.path, table.path)
         mtime = int(info.mtime.timestamp() * 1000) if info.mtime is not None else 0
-        return TableFile(path=rel, size=info.size, rows=rows, mtime_ms=mtime, partition=partition_values(rel))
+        return TableFile(
+            path=rel,
+            size=info.size,
+            rows=md.num_rows,
+            mtime_ms=mtime,
+            partition=partition_values(rel),
+            stats=stats_from_footer(md),
+        )
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return list(pool.map(footer, infos))

@@ -1,12 +1,18 @@
-"""Profiles of a run's prediction files: one Ray task per file reads the output columns and
-summarizes each (models.scoreprofile; an embedding column by its vectors' L2 norms,
-models.outputs.profiled_values); the driver merges a few hundred numbers per file and column."""
+"""Profiles of a run's prediction files, per output column (a head; an embedding by its vectors' L2
+norms, models.outputs.profiled_values). Each file's footer holds the summary of its columns
+(models.scoreprofile's Partial, written with the file: pipeline/commit/filestats.py), so the driver
+merges a few hundred numbers per file and column, read from footers. A file without them is read by
+a Ray task (its output columns only)."""
 
 from __future__ import annotations
 
+import logging
+
 from models.scoreprofile import Partial, merge, partial_of
-from pipeline.commit.tables import list_run_files
+from pipeline.commit.tables import TableFile, run_files
 from pipeline.storage import Location, map_files
+
+log = logging.getLogger("batchscore")
 
 
 def profile_partitions(
@@ -16,10 +22,23 @@ def profile_partitions(
     columns = [columns] if isinstance(columns, str) else list(columns)
     out = {}
     for d in dates:
-        paths = [i.path for i in list_run_files(table, col, d, run_id)]
-        partials = partials_of_files(table.fs, paths, columns)
+        partials = partials_of(table, run_files(table, col, d, run_id), columns)
         out[d] = {c: merge([p[c] for p in partials]) for c in columns}
     return out
+
+
+def partials_of(table: Location, files: list[TableFile], columns: list[str]) -> list[dict[str, Partial]]:
+    """Per file, one partial per column: from its footer, or (without one) by reading the file."""
+    known, unread = [], []
+    for f in files:
+        found = {c: f.stats.partial_for(c) for c in columns} if f.stats is not None else {}
+        if found and all(p is not None for p in found.values()):
+            known.append(found)
+        else:
+            unread.append(table.join(f.path).path)
+    if unread:
+        log.info("%d of %d files have no output stats in their footer: reading them", len(unread), len(files))
+    return known + partials_of_files(table.fs, unread, columns)
 
 
 def _file_partial(fs, path: str, columns: list[str]) -> dict[str, Partial]:

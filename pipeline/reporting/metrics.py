@@ -16,8 +16,8 @@ log = logging.getLogger("batchscore")
 
 def stage_metrics(ds, input_rows: int | None = None) -> list[Stage]:
     """Per Ray Data operator: tasks, rows out, wall time (first start to last end), task time.
-    `input_rows`: the run's input rows, for an operator fused from read to write (whose own
-    counters see neither rows in nor rows out)."""
+    `input_rows`: the run's input rows, for an operator that reads (whose own counters count read
+    tasks in; fused up to the write, not rows out either)."""
     try:
         summary = ds.get_stats_summary()  # Ray 2.60 DeveloperAPI; informative only: failure -> []
     except Exception:
@@ -34,8 +34,10 @@ def stage_metrics(ds, input_rows: int | None = None) -> list[Stage]:
             rows_in = int(op.total_input_num_rows) if op.total_input_num_rows else None
             # a write emits one stats row per task: its throughput is in rows consumed
             rows = rows_in if op.operator_name.endswith("Write") else rows_out
-            if op.operator_name.startswith("Read") and op.operator_name.endswith("Write"):
-                rows_in = rows = input_rows
+            if op.operator_name.startswith("Read"):  # its own counters count read tasks, not rows
+                rows_in = input_rows
+                if op.operator_name.endswith("Write"):
+                    rows = input_rows
             stages.append(
                 Stage(
                     name=op.operator_name,

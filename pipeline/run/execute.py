@@ -2,7 +2,7 @@
 Dataset:
 
     read -> preprocess (CPU tasks) -> predict (actor pool) -> write
-    read -> preprocess + predict -> write, fused in one task per file   (CPU-only pools)
+    read -> preprocess + predict, fused in one task per file -> write   (CPU-only pools)
 
 Preprocessing on CPU does only what needs the Arrow data (string hashes, keys, numbers out of
 their buffers, dead-letter checks); the numeric feature transforms run in the predictor, on the
@@ -57,14 +57,15 @@ def build_dataset(
     device_column: str | None = None,
     dead_letter: DeadLetterWriter | None = None,
     progress: Any = None,
+    read_keys: Any = None,
 ):
     """The stages folded over the lazy read: fused into one task per file, or preprocess tasks
-    feeding an actor pool of model replicas (resources from the config and the pool plan)."""
+    feeding an actor pool of model replicas (resources from the config and the pool plan).
+    `read_keys`: where the read tasks record the input's key fingerprints (see read_dataset)."""
     cfg = p.cfg
     cap = fused_task_cap(cfg, pool)
-    ds = read_dataset(
-        p.inputs, list(dict.fromkeys([*p.requirements.columns, cfg.input.partition_column])), cap
-    )
+    columns = list(dict.fromkeys([*p.requirements.columns, cfg.input.partition_column]))
+    ds = read_dataset(p.inputs, columns, cap, read_keys)
     predictor_kwargs = {
         "source": p.source,
         "passthrough": p.passthrough,
@@ -98,7 +99,7 @@ def _fused(ds, cfg: JobConfig, pool: PoolPlan, cap: int | None, pre: Preprocesso
     return ds.map_batches(
         FusedScorer(pre, predictor_kwargs, cfg.predict.batch_size, cfg.preprocessing.batch_size),
         batch_format="pyarrow",
-        batch_size=None,  # whole blocks: lets Ray Data fuse read -> score -> write into one task
+        batch_size=None,  # whole blocks: lets Ray Data fuse read -> score into one task per file
         compute=TaskPoolStrategy(size=cap),
         num_cpus=pool.num_cpus,
         label_selector=cfg.predict.label_selector,

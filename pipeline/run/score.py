@@ -15,6 +15,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
+from pipeline.commit.filestats import ReadKeys
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
 from pipeline.commit.streaming import DateCommitter, subset
 from pipeline.commit.tables import WrittenRows, list_run_files, run_file_prefix, vacuum_tables
@@ -30,9 +31,10 @@ from pipeline.quality.drift import (
 from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import ProgressView, start_counter
+from pipeline.reporting.runs import RUNS_DIR
 from pipeline.reporting.schema import RunReport
 from pipeline.run.context import RunContext
-from pipeline.run.execute import build_dataset, start_ray
+from pipeline.run.execute import build_dataset, fused_task_cap, start_ray
 from pipeline.run.finalize import (
     build_report,
     fail_report,
@@ -43,7 +45,8 @@ from pipeline.run.finalize import (
 )
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
-from pipeline.stages.write import write_predictions
+from pipeline.stages.write import write_predictions, write_tasks_at_once
+from pipeline.storage import delete_dir
 
 log = logging.getLogger("batchscore")
 
@@ -76,12 +79,19 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     if pre.prepared is None:
         return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
     ctx = _start(cfg, pre, started, t_start)
-    ds, snapshot = _execute(ctx)
     try:
-        return _finish(ctx, ds, snapshot)
-    except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
-        _discard_uncommitted(ctx.tables, ctx.dates, ctx.run_id)
-        raise
+        ds, snapshot = _execute(ctx)
+        try:
+            return _finish(ctx, ds, snapshot)
+        except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
+            _discard_uncommitted(ctx.tables, ctx.dates, ctx.run_id)
+            raise
+    finally:
+        if ctx.policy.read_keys is not None:  # the input's recorded fingerprints: used up
+            try:
+                delete_dir(ctx.policy.read_keys.location)
+            except OSError as e:
+                log.debug("could not remove %s: %s", ctx.policy.read_keys.location.uri, e)
 
 
 def _start(cfg: JobConfig, pre: Preflight, started: datetime, t_start: float) -> RunContext:
@@ -110,7 +120,14 @@ def _start(cfg: JobConfig, pre: Preflight, started: datetime, t_start: float) ->
         scoring_identity(cfg, meta),
         seen=pre.dates.generations,
     )
-    policy = CommitPolicy(cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction)
+    read_keys = None
+    if cfg.output.verify == "keys":  # the read tasks record the input's key fingerprints
+        where = tables.location.join(RUNS_DIR, run_id, "input_keys")
+        delete_dir(where)  # left by an earlier attempt with this --run-id: not this run's reads
+        read_keys = ReadKeys(where, list(cfg.output.key_columns), cfg.input.partition_column)
+    policy = CommitPolicy(
+        cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction, read_keys
+    )
     heads = cfg.output.value_columns
     committed = committed_profiles(tables.predictions.open(), first_head=heads[0])
     committer = DateCommitter(
@@ -136,8 +153,16 @@ def _execute(ctx: RunContext):
     t0 = time.perf_counter()
     try:
         dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id)
-        ds = build_dataset(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=progress.counter)
-        ds = write_predictions(ds, tables.location, cfg.output, ctx.run_id)
+        ds = build_dataset(
+            ctx.p,
+            ctx.pool,
+            ctx.run_id,
+            dead_letter=dead_letter,
+            progress=progress.counter,
+            read_keys=ctx.policy.read_keys,
+        )
+        writes = write_tasks_at_once(ctx.pool.cluster_cpus, fused_task_cap(cfg, ctx.pool))
+        ds = write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes)
     except BaseException as e:  # Ctrl-C too: the committer stops before the run ends
         ctx.committer.stop()
         progress.stop(completed=False)

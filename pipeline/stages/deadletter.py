@@ -3,7 +3,8 @@ reason; each date's files are committed to that Delta table in the same step as 
 
 File names are unique per run, Ray Data task and batch, and deterministic: a retried task (same
 task index, its batches in the same order) rewrites the same files instead of adding copies, and
-two batches never share a name, even when their keys are equal (every null key hashes alike)."""
+two batches never share a name, even when their keys are equal (every null key hashes alike).
+Like the predictions, each file's footer holds the key fingerprint of its rows."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from models.features import row_hash64
+from pipeline.commit.filestats import write_parquet
 from pipeline.commit.tables import run_file_prefix
 from pipeline.storage import Location
 
@@ -80,8 +81,8 @@ class DeadLetterWriter:
             part = part.drop_columns([self.partition_column])
             target = self.root.join(f"{self.partition_column}={d}", f"{name}.parquet")
             self.root.fs.create_dir(target.path.rsplit("/", 1)[0], recursive=True)
-            with self.root.fs.open_output_stream(target.path) as f:
-                pq.write_table(part, f, compression="zstd")
+            keys = [c for c in self.key_columns if c in part.column_names]
+            write_parquet(self.root.fs, target.path, part, keys, compression="zstd")  # stats in the footer
         return table.num_rows
 
 

@@ -399,9 +399,10 @@ _FUSED_PREDICTORS: dict[str, Predictor] = {}
 
 class FusedScorer:
     """Preprocess and predict inside the read task (CPU-only pools): Ray Data fuses
-    read -> this -> write into one task per input block, so rows never pass through the object
-    store between stages and no actor has to start. The model is loaded once per worker process
-    (a module-level cache holding only the latest run's model) and reused by later tasks.
+    read -> this into one task per input block, so the input's rows never pass through the object
+    store and no actor has to start (only the predictions go on, to the write tasks). The model is
+    loaded once per worker process (a module-level cache holding only the latest run's model) and
+    reused by later tasks.
 
     Batches are whole blocks; preprocessing runs over slices of `preprocess_batch_size` rows
     (the unit that goes to the dead-letter output when a user function fails), the forward pass

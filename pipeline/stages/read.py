@@ -190,20 +190,55 @@ def drop_files(plan: InputPlan, reasons: dict[str, str]) -> None:
     plan.partitions = kept
 
 
-def read_dataset(plan: InputPlan, columns: list[str], concurrency: int | None = None):
+def read_dataset(plan: InputPlan, columns: list[str], concurrency: int | None = None, read_keys=None):
     """The lazy Ray Dataset over exactly the planned files, with the partition column added.
-    `concurrency`: the most read tasks at once (must equal a fused stage's cap to fuse with it)."""
+    `concurrency`: the most read tasks at once (must equal a fused stage's cap to fuse with it).
+    `read_keys` (pipeline.commit.filestats.ReadKeys): each read task records the key fingerprint
+    of the rows it read, for the commit."""
     import ray.data
     from ray.data.datasource.partitioning import Partitioning
 
-    ds = ray.data.read_parquet(
-        plan.paths,
-        filesystem=plan.root.fs,
-        partitioning=Partitioning("hive", base_dir=plan.root.path, field_names=None),
-        # One read task per file, and no splitting of its output into extra blocks: a split read
-        # cannot be fused with the scoring stage, and small blocks cost per-block overhead in every
-        # stage (measured on 4 M rows / 16 files, 2 CPUs: pipeline 24 s -> 13.5 s fused).
-        override_num_blocks=max(1, len(plan.paths)),
-        concurrency=concurrency,
-    )
+    partitioning = Partitioning("hive", base_dir=plan.root.path, field_names=None)
+    # One read task per file, and no splitting of its output into extra blocks: a split read
+    # cannot be fused with the scoring stage, and small blocks cost per-block overhead in every
+    # stage (measured on 4 M rows / 16 files, 2 CPUs: pipeline 24 s -> 13.5 s fused).
+    num_blocks = max(1, len(plan.paths))
+    if read_keys is None:
+        ds = ray.data.read_parquet(
+            plan.paths,
+            filesystem=plan.root.fs,
+            partitioning=partitioning,
+            override_num_blocks=num_blocks,
+            concurrency=concurrency,
+        )
+    else:
+        source = _parquet_recording_keys(plan.paths, plan.root.fs, partitioning, read_keys)
+        ds = ray.data.read_datasource(source, override_num_blocks=num_blocks, concurrency=concurrency)
     return ds.select_columns(columns)  # pushed down into the Parquet reader
+
+
+def _parquet_recording_keys(paths: list[str], fs, partitioning, read_keys):
+    """Ray Data's Parquet datasource (what read_parquet uses with datasource V1, set in
+    run/execute.py), whose read tasks record the key fingerprint of what they read."""
+    from ray.data._internal.datasource.parquet_datasource import ParquetDatasource
+    from ray.data.datasource import ReadTask
+
+    def recording(task):
+        read_fn, listed = task.read_fn, task.metadata.input_files
+        files = [str(f) for f in listed] if listed is not None else []
+        return lambda: read_keys.record(files, read_fn())
+
+    class KeyRecordingParquet(ParquetDatasource):
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            tasks = super().get_read_tasks(parallelism, per_task_row_limit, data_context)
+            return [
+                ReadTask(
+                    recording(t),
+                    t.metadata,
+                    schema=t.schema,
+                    per_task_row_limit=t.per_task_row_limit,
+                )
+                for t in tasks
+            ]
+
+    return KeyRecordingParquet(paths, filesystem=fs, partitioning=partitioning)

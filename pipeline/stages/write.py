@@ -3,14 +3,31 @@
 A file written here is not part of the table until the date's commit adds it to the Delta log, so
 no Delta reader sees it before then, and nothing is copied or renamed afterwards (no staging area:
 on S3 a rename is a copy). Files of runs that died before committing are removed by
-`batchscore vacuum` once they are older than the retention."""
+`batchscore vacuum` once they are older than the retention.
+
+Each file carries, in its footer, the key fingerprint and the score profile of the rows written
+into it (pipeline/commit/filestats.py): the commit reads footers, not the data again.
+
+Files approach `output.target_rows_per_file`: the write stage collects blocks until it has that
+many rows (Ray Data's `min_rows_per_write` bundling, a buffer bounded by the target) and writes
+them as one file per partition, split evenly into files of at most the target. A write starts as
+soon as its rows are there, not when the predictor has finished."""
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Iterable
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
 from ray.data import Dataset, SaveMode
+from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
 from ray.data.datasource import FilenameProvider
 
-from pipeline.commit.tables import run_file_prefix
+from pipeline.commit.filestats import write_parquet
+from pipeline.commit.tables import HIVE_NULL, run_file_prefix
 from pipeline.config import OutputConfig
 from pipeline.storage import Location, is_s3
 
@@ -28,25 +45,120 @@ class RunFileNames(FilenameProvider):
         return f"{run_file_prefix(self.run_id)}{write_uuid}-{task_index:06d}"
 
 
-def write_predictions(ds: Dataset, table: Location, out: OutputConfig, run_id: str) -> Dataset:
-    """Executes the whole lazy pipeline: rows stream from read to files under the table."""
-    compression = None if out.compression == "none" else out.compression
+def split_by_partition(table: pa.Table, columns: list[str]) -> list[tuple[str, pa.Table]]:
+    """(hive directory, rows without the partition columns) per distinct partition value, in a
+    fixed order (a retried task names its files as the first attempt did). Values are written as
+    Arrow casts them to strings, URI-escaped, null as Hive's default partition (as pyarrow's hive
+    partitioning writes them)."""
+    text = {c: pc.cast(table.column(c), pa.string()) for c in columns}
+    combos = pa.table(text).group_by(columns).aggregate([]).to_pylist()
+    out = []
+    for combo in sorted(combos, key=lambda c: [(v is None, v or "") for v in c.values()]):
+        mask = None
+        for c in columns:
+            v = combo[c]
+            m = pc.is_null(text[c]) if v is None else pc.fill_null(pc.equal(text[c], v), False)
+            mask = m if mask is None else pc.and_(mask, m)
+        directory = "/".join(f"{c}={HIVE_NULL if v is None else quote(v, safe='')}" for c, v in combo.items())
+        out.append((directory, table.filter(mask).drop_columns(columns)))
+    return out
+
+
+def even_slices(num_rows: int, max_rows: int) -> list[tuple[int, int]]:
+    """(offset, length) of ceil(num_rows / max_rows) slices of near-equal length: 1.2 targets
+    make two files of 0.6, not one full file and a small one."""
+    n = max(1, math.ceil(num_rows / max_rows))
+    bounds = [round(i * num_rows / n) for i in range(n + 1)]
+    return [(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+class PredictionFiles(ParquetDatasink):
+    """Ray Data's Parquet datasink (its on_write_start/complete, file names, retries), writing each
+    file itself so that the file's footer carries the stats of its own rows."""
+
+    def __init__(
+        self,
+        table: Location,
+        out: OutputConfig,
+        run_id: str,
+    ) -> None:
+        super().__init__(
+            table.path,
+            filesystem=table.fs,
+            partition_cols=list(out.partition_columns),
+            mode=SaveMode.APPEND,  # the table's committed files stay; ours have run-unique names
+            filename_provider=RunFileNames(run_id),
+        )
+        self.rows_per_file = out.target_rows_per_file
+        self.key_columns = list(out.key_columns)
+        self.value_columns = list(out.value_columns)
+        self.compression = None if out.compression == "none" else out.compression
+        self.make_dirs = not is_s3(table.uri)  # S3 has no directories to make
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def write(self, blocks: Iterable, ctx) -> None:
+        from ray._common.retry import call_with_retry
+        from ray.data._internal.planner.plan_write_op import WRITE_UUID_KWARG_NAME
+        from ray.data.block import BlockAccessor
+
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return
+        name = self.filename_provider.get_filename_for_task(ctx.kwargs[WRITE_UUID_KWARG_NAME], ctx.task_idx)
+        rows = pa.concat_tables(tables, promote_options="default")
+
+        def write_all() -> None:
+            i = 0
+            for directory, part in split_by_partition(rows, self.partition_cols):
+                if self.make_dirs:
+                    self.filesystem.create_dir(f"{self.path}/{directory}", recursive=True)
+                for offset, length in even_slices(part.num_rows, self.rows_per_file):
+                    write_parquet(
+                        self.filesystem,
+                        f"{self.path}/{directory}/{name}-{i}.parquet",
+                        part.slice(offset, length),
+                        self.key_columns,
+                        self.value_columns,
+                        self.compression,
+                    )
+                    i += 1
+
+        call_with_retry(
+            write_all,
+            description=f"write '{name}' to '{self.path}'",
+            match=self._data_context.retried_io_errors,
+            max_attempts=10,
+            max_backoff_s=32,
+        )
+
+
+def write_tasks_at_once(cluster_cpus: float, fused_cap: int | None) -> int:
+    """The most write tasks at once: one per CPU (write tasks are short), and never equal to the
+    size of a fused read+score stage. Ray Data fuses task-pool stages of equal size, and with the
+    write's row target it fuses score -> write and splits the read off instead (measured, Ray
+    2.60: every input row then goes through the object store, and scoring runs as one task per
+    target rows instead of one per input file)."""
+    k = max(2, int(cluster_cpus))
+    return k + 1 if k == fused_cap else k
+
+
+def write_predictions(
+    ds: Dataset, table: Location, out: OutputConfig, run_id: str, concurrency: int
+) -> Dataset:
+    """Executes the whole lazy pipeline: rows stream from read to files under the table.
+    `concurrency`: from `write_tasks_at_once`."""
     # Ray's file datasink deletes a directory it created when no row reached it: a run whose rows
     # all went to the dead-letter table (under this same directory) would lose them. A directory
     # that exists before the write is never deleted. (S3 has no directories to delete.)
     if not is_s3(table.uri):
         table.fs.create_dir(table.path, recursive=True)
-    # No repartition before the write: Ray 2.60's streaming repartition did not combine blocks
-    # from different tasks and held every write back until the predictor had finished (a 5-7 s
-    # tail on 4 M rows). Blocks are one per input file (see read.py), so files follow the input's
-    # layout, split at target_rows_per_file.
-    ds.write_parquet(
-        table.path,
-        filesystem=table.fs,
-        partition_cols=list(out.partition_columns),
-        max_rows_per_file=out.target_rows_per_file,
-        mode=SaveMode.APPEND,  # the table's committed files stay; ours have run-unique names
-        filename_provider=RunFileNames(run_id),
-        compression=compression,
-    )
+    # Ray warns when a write stage gets fewer blocks than its task limit: harmless here
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'Write'")
+    # Not ds.repartition(): Ray 2.60's streaming repartition did not combine blocks from different
+    # tasks and held every write back until the predictor had finished (a 5-7 s tail on 4 M rows).
+    ds.write_datasink(PredictionFiles(table, out, run_id), concurrency=concurrency)
     return ds  # the executed Dataset: its stats describe this run

@@ -82,9 +82,12 @@ def test_unshifted_next_date_passes_against_previous_and_training(
     assert commit["version"] == part.table_version
     # stages, replicas and timings
     names = [st.name for st in report.stages]
-    # CPU-only: read, preprocess, predict and write fused into one task (predict.mode auto)
-    assert names == ["ReadParquet->MapBatches(FusedScorer)->Write"], names
-    assert report.stages[0].rows_in == scores.size and report.stages[0].rows_per_s > 0
+    # CPU-only: read, preprocess and predict fused into one task per file (predict.mode auto);
+    # the write apart, collecting rows up to output.target_rows_per_file
+    assert names == ["ReadParquet->MapBatches(FusedScorer)", "Write"], names
+    score, write = report.stages
+    assert score.rows_in == score.rows_out == scores.size and score.rows_per_s > 0
+    assert write.rows_in == scores.size and write.rows_per_s > 0
     assert report.replicas and all(r.device == "cpu" for r in report.replicas)
     assert {"ray_start_s", "pipeline_s", "profile_s", "commit_s", "total_s"} <= set(
         report.timings_s.model_dump()

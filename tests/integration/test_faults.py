@@ -46,7 +46,7 @@ def _slow_cfg(dataset, checkpoints, out, **extra):
     "mode,title",
     [
         ("actors", "ray::MapWorker(MapBatches(Preprocessor)->MapBatches(Predictor))"),
-        ("fused", "ray::ReadParquet->MapBatches(FusedScorer)->Write"),
+        ("fused", "ray::ReadParquet->MapBatches(FusedScorer)"),
     ],
 )
 def test_killed_model_worker_run_still_exact(ray_cluster, dataset, checkpoints, tmp_path, mode, title):

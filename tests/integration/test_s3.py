@@ -44,7 +44,9 @@ def s3_job(s3, checkpoints):
     return bucket, storage
 
 
-def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints):
+def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints, monkeypatch):
+    import pipeline.commit.partitions as partitions
+
     bucket, storage = s3_job
     cfg = make_config(
         f"s3://{bucket}/events",
@@ -52,7 +54,12 @@ def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints):
         f"s3://{bucket}/predictions",
         storage={"endpoint_url": s3.endpoint},
     )
+    read: list[str] = []  # files the key check had to read rows of
+    real = partitions.fingerprint_files
+    monkeypatch.setattr(partitions, "fingerprint_files", lambda fs, p, k: read.extend(p) or real(fs, p, k))
     report = run_score(cfg, DATES)
+    # on S3 too: the input's key fingerprints recorded by the read tasks, the output's in footers
+    assert read == []
 
     for d in DATES:
         inp = read_input(f"s3://{bucket}/events", d, storage)
@@ -73,6 +80,7 @@ def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints):
     assert "predictions/_dead_letter/_delta_log/00000000000000000000.json" in keys
     assert f"predictions/_runs/{report.run_id}/report.json" in keys
     assert not [k for k in keys if "/_staging/" in k or "/_locks/" in k or k.endswith("_manifest.json")]
+    assert not [k for k in keys if "/input_keys/" in k]  # the read tasks' records: removed after the run
     # every data file on the store is in the table: the run wrote nothing it did not commit
     from deltalake import DeltaTable
 

@@ -1,6 +1,6 @@
-"""The per-date committer on real files and a real Delta table (no Ray: fingerprints and profiles
-run inline): a date is committed only once all its rows are written, in date order, and a refused
-date stops the ones after it."""
+"""The per-date committer on real files and a real Delta table (no Ray: files without footer stats
+are read inline): a date is committed only once all its rows are written, in date order, and a
+refused date stops the ones after it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from support import latest_commit, read_delta
 
+from pipeline.commit.filestats import write_parquet
 from pipeline.commit.partitions import CommitPolicy, RunIdentity
 from pipeline.commit.streaming import DateCommitter
 from pipeline.commit.tables import DeltaOutput, OutputTables
@@ -46,12 +47,17 @@ def _setup(tmp_path):
     return out, committer
 
 
-def _stage(out, date, keys, name):
-    """A file of run-1's predictions, written where the pipeline writes them."""
+def _stage(out, date, keys, name, stats=True):
+    """A file of run-1's predictions, written where the pipeline writes them: with the stats of
+    its rows in its footer as the write stage writes them, or without (an older version's file,
+    read by the commit)."""
     d = out / f"ds={date}"
     d.mkdir(parents=True, exist_ok=True)
     table = pa.table({"event_id": keys, "score": RNG.beta(2, 20, len(keys)).astype(np.float32)})
-    pq.write_table(table, d / f"part-run-1.{name}")
+    if stats:
+        write_parquet(resolve(str(out)).fs, str(d / f"part-run-1.{name}"), table, ["event_id"], "score")
+    else:
+        pq.write_table(table, d / f"part-run-1.{name}")
 
 
 def _commit(out, date):
@@ -59,14 +65,15 @@ def _commit(out, date):
     return latest_commit(str(out), date)
 
 
-def test_a_date_is_committed_once_all_its_rows_are_staged_in_date_order(tmp_path):
+@pytest.mark.parametrize("stats", [True, False], ids=["footer stats", "no stats"])
+def test_a_date_is_committed_once_all_its_rows_are_staged_in_date_order(tmp_path, stats):
     out, c = _setup(tmp_path)
-    _stage(out, DATES[0], np.arange(0, 600), "p0.parquet")
-    _stage(out, DATES[1], np.arange(1000, 2000), "p0.parquet")  # complete, but after an incomplete date
+    _stage(out, DATES[0], np.arange(0, 600), "p0.parquet", stats)
+    _stage(out, DATES[1], np.arange(1000, 2000), "p0.parquet", stats)  # complete, after an incomplete date
     c.step()
     assert c.committed == [] and _commit(out, DATES[0]) is None
 
-    _stage(out, DATES[0], np.arange(600, 1000), "p1.parquet")
+    _stage(out, DATES[0], np.arange(600, 1000), "p1.parquet", stats)
     c.step()
     assert c.committed == DATES[:2] and c.during_run == DATES[:2]
     m = _commit(out, DATES[0])
@@ -76,18 +83,20 @@ def test_a_date_is_committed_once_all_its_rows_are_staged_in_date_order(tmp_path
     assert _commit(out, DATES[1])["drift"]["previous"]["reference"] == f"ds={DATES[0]}"
     assert read_delta(str(out), date=DATES[0]).num_rows == 1000
 
-    _stage(out, DATES[2], np.arange(2000, 3000), "p0.parquet")
+    _stage(out, DATES[2], np.arange(2000, 3000), "p0.parquet", stats)
     c.drain()
     assert c.committed == DATES and c.during_run == DATES[:2]
     assert c.summary()["committed"] == DATES and c.summary()["held_for_final_commit"] == {}
 
 
-def test_a_refused_date_holds_itself_and_the_dates_after_it(tmp_path):
+@pytest.mark.parametrize("stats", [True, False], ids=["footer stats", "no stats"])
+def test_a_refused_date_holds_itself_and_the_dates_after_it(tmp_path, stats):
     out, c = _setup(tmp_path)
-    _stage(out, DATES[0], np.arange(0, 1000), "p0.parquet")
+    _stage(out, DATES[0], np.arange(0, 1000), "p0.parquet", stats)
     # right count, wrong rows: 500 keys twice, 500 missing -> key reconciliation refuses it
-    _stage(out, DATES[1], np.concatenate([np.arange(1000, 1500), np.arange(1000, 1500)]), "p0.parquet")
-    _stage(out, DATES[2], np.arange(2000, 3000), "p0.parquet")
+    twice = np.concatenate([np.arange(1000, 1500), np.arange(1000, 1500)])
+    _stage(out, DATES[1], twice, "p0.parquet", stats)
+    _stage(out, DATES[2], np.arange(2000, 3000), "p0.parquet", stats)
     c.drain()
     assert c.committed == [DATES[0]]
     assert "keys differ" in c.held[DATES[1]]

@@ -1,0 +1,231 @@
+"""What each file a run writes carries in its Parquet footer: the key fingerprint and the score
+profile of exactly the rows in that file, computed by the task that writes it from the rows it
+writes. The commit then reads footers only (one pass over the data instead of three).
+
+The footer's key-value metadata `batchscore.file_stats` holds JSON:
+
+    {"version": 1, "rows": N,
+     "keys": {"columns": [...], "hash": "row_hash64/11", "s1": "<hex>", "s2": "<hex>"},
+     "score": {"column": "score", "count": .., "nan": .., "total": .., "total_sq": ..,
+               "min": .., "max": .., "sketch": [...]} | null}
+
+The stats are trusted only when they describe the file they are in: `rows` must equal the row count
+in the footer's own metadata (a file rewritten since, or stats copied from another file, fail that),
+and the key columns and hash must be the ones the commit checks with. A file without usable stats
+(written by an older version, or rewritten by another tool: pyarrow does not carry footer key-value
+metadata over into a file it writes from a read one) is read instead, as before."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from models.scoreprofile import Partial, partial_of
+from pipeline.commit.reconcile import HASH_SEED, Fingerprint, fingerprint_of, total
+from pipeline.storage import Location, exists, list_files, read_bytes, write_bytes
+
+STATS_KEY = b"batchscore.file_stats"
+VERSION = 1
+HASH = f"row_hash64/{HASH_SEED}"
+
+
+@dataclass
+class FileStats:
+    """The stats found in one file's footer, checked against that footer."""
+
+    rows: int
+    key_columns: list[str]
+    hash: str
+    fingerprint: Fingerprint
+    partials: dict[str, Partial]  # output column (a head, an embedding) -> its profile's partial
+
+    def fingerprint_for(self, key_columns: list[str]) -> Fingerprint | None:
+        """The file's key fingerprint, if computed over `key_columns` with the commit's hash."""
+        return self.fingerprint if list(key_columns) == self.key_columns and self.hash == HASH else None
+
+    def partial_for(self, column: str) -> Partial | None:
+        return self.partials.get(column)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _partial_json(p: Partial) -> dict[str, Any]:
+    return {
+        "count": p.count,
+        "nan": p.nan,
+        "total": p.total,
+        "total_sq": p.total_sq,
+        "min": _finite_or_none(p.min),
+        "max": _finite_or_none(p.max),
+        "sketch": p.sketch,
+    }
+
+
+def _partial_from_json(score: dict[str, Any]) -> Partial:
+    lo, hi = score["min"], score["max"]
+    return Partial(
+        count=int(score["count"]),
+        nan=int(score["nan"]),
+        total=float(score["total"]),
+        total_sq=float(score["total_sq"]),
+        min=math.inf if lo is None else float(lo),
+        max=-math.inf if hi is None else float(hi),
+        sketch=[float(x) for x in score["sketch"]],
+    )
+
+
+def file_stats(
+    table: pa.Table, key_columns: list[str], value_columns: list[str] | None = None
+) -> dict[str, Any]:
+    """The stats of `table`'s rows, as stored in the footer of the file they are written to: the key
+    fingerprint, and the profile partial of each output column (an embedding by its norms)."""
+    from models.outputs import profiled_values
+
+    fp = fingerprint_of(table, key_columns)
+    present = [c for c in value_columns or [] if c in table.column_names]
+    return {
+        "version": VERSION,
+        "rows": table.num_rows,
+        "keys": {"columns": list(key_columns), "hash": HASH, "s1": f"{fp.s1:x}", "s2": f"{fp.s2:x}"},
+        "scores": {c: _partial_json(partial_of(profiled_values(table.column(c)))) for c in present},
+    }
+
+
+def write_parquet(
+    fs,
+    path: str,
+    table: pa.Table,
+    key_columns: list[str],
+    value_columns: list[str] | None = None,
+    compression: str | None = "zstd",
+) -> None:
+    """Write `table` as one Parquet file at `path` with its stats in the footer. The stats are
+    computed here, from the very rows written: whatever happened to the rows before, the file
+    describes itself."""
+    stats = json.dumps(file_stats(table, key_columns, value_columns), separators=(",", ":"))
+    with fs.open_output_stream(path) as f, pq.ParquetWriter(f, table.schema, compression=compression) as w:
+        w.write_table(table)
+        w.add_key_value_metadata({STATS_KEY: stats})
+
+
+def stats_from_footer(md: pq.FileMetaData) -> FileStats | None:
+    """The file's stats from its footer metadata, or None when it has none that describe it."""
+    raw = (md.metadata or {}).get(STATS_KEY)
+    if raw is None:
+        return None
+    try:
+        s = json.loads(raw)
+        if s.get("version") != VERSION or s["rows"] != md.num_rows:
+            return None
+        keys = s["keys"]
+        return FileStats(
+            rows=int(s["rows"]),
+            key_columns=list(keys["columns"]),
+            hash=str(keys["hash"]),
+            fingerprint=Fingerprint(int(s["rows"]), int(keys["s1"], 16), int(keys["s2"], 16)),
+            partials={str(c): _partial_from_json(v) for c, v in (s.get("scores") or {}).items()},
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # not ours, or damaged: the file is read instead
+
+
+@dataclass
+class ReadKeys:
+    """The key fingerprints of the input, computed where each input file is read, from the rows the
+    read yields downstream (no second read of the input at commit).
+
+    Each read task, once it has read all of its files, records the fingerprint of their rows:
+    `<location>/<col>=<date>/<digest of the task's files>.json`, the whole object written at once.
+    A task that fails before the end records nothing; a retried task (same files) rewrites its own
+    record with the same numbers, so nothing is counted twice. The commit trusts a record only for
+    exactly the files it names, with the row count their footers had when the run was planned; the
+    files without one are read (a record not written yet, a read task over several dates, a file
+    whose rows changed since)."""
+
+    location: Location  # OUTPUT/_runs/RUN/input_keys: removed at the end of the run
+    key_columns: list[str]
+    partition_column: str
+
+    def record(self, files: list[str], block_stream: Iterable) -> Iterator:
+        """Yield `block_stream`'s blocks (pyarrow tables) unchanged; after the last, record the
+        fingerprint of their rows for `files` (nothing when they hold several dates or lack a key
+        column: the commit then reads those files)."""
+        fp, dates, usable = Fingerprint(), set(), True
+        needed = [*self.key_columns, self.partition_column]
+        for block in block_stream:
+            if usable and not (isinstance(block, pa.Table) and all(c in block.column_names for c in needed)):
+                usable = False  # not what the commit compares: it reads these files instead
+            if usable and block.num_rows:
+                fp = fp + fingerprint_of(block, self.key_columns)
+                dates.update(str(d) for d in pc.unique(block.column(self.partition_column)).to_pylist())
+            yield block
+        if usable and len(dates) <= 1 and files:
+            (date,) = dates or {_date_of(files[0], self.partition_column)}
+            doc = {
+                "files": sorted(files),
+                "key_columns": self.key_columns,
+                "hash": HASH,
+                "rows": fp.rows,
+                "s1": f"{fp.s1:x}",
+                "s2": f"{fp.s2:x}",
+            }
+            # an optimization only: without the record, the commit reads these files
+            with contextlib.suppress(OSError):
+                write_bytes(self._dir(date).join(f"{_digest(files)}.json"), json.dumps(doc).encode())
+
+    def _dir(self, date: str) -> Location:
+        return self.location.join(f"{self.partition_column}={date}")
+
+    def fingerprint(self, date: str, files: dict[str, int]) -> tuple[Fingerprint, list[str]]:
+        """The recorded fingerprint of the date's files (`files`: path -> rows as planned), and the
+        files no usable record covers (to be read)."""
+        infos = list_files(self._dir(date), suffix=".json") if exists(self._dir(date)) else []
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            records = [r for r in pool.map(self._load, infos) if r is not None]
+        usable = [
+            (names, fp)
+            for names, fp in records
+            if set(names) <= files.keys() and fp.rows == sum(files[f] for f in names)
+        ]
+        named = Counter(f for names, _ in usable for f in names)
+        usable = [(names, fp) for names, fp in usable if all(named[f] == 1 for f in names)]  # overlap: read
+        covered = {f for names, _ in usable for f in names}
+        return total([fp for _, fp in usable]), sorted(f for f in files if f not in covered)
+
+    def _load(self, info) -> tuple[list[str], Fingerprint] | None:
+        """(files, fingerprint) of a record made with this run's key columns and hash, else None."""
+        try:
+            r = json.loads(read_bytes(Location(self.location.fs, info.path, info.path)))
+            if r["key_columns"] != self.key_columns or r["hash"] != HASH:
+                return None
+            return [str(f) for f in r["files"]], Fingerprint(
+                int(r["rows"]), int(r["s1"], 16), int(r["s2"], 16)
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable or not ours: its files are read instead
+
+
+def _digest(files: list[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(files)).encode()).hexdigest()[:20]
+
+
+def _date_of(path: str, col: str) -> str:
+    """The hive value of `col` in a file's path (for a file that yielded no rows)."""
+    for seg in path.split("/"):
+        if seg.startswith(f"{col}="):
+            return unquote(seg.split("=", 1)[1])
+    return ""
