@@ -77,10 +77,10 @@ def test_many_small_input_files_make_files_of_the_target_size_read_by_footer_onl
     # the commit and the profile took every output file's fingerprint and profile from its
     # footer, and the input's fingerprint from what the read tasks recorded: no file read again
     assert read == []
-    assert not (out / "_runs" / report["run_id"] / "input_keys").exists()  # removed after the run
-    assert report["partitions"][0]["scores"]["count"] == 6000
+    assert not (out / "_runs" / report.run_id / "input_keys").exists()  # removed after the run
+    assert report.partitions[0].scores.count == 6000
     if mode == "fused":  # read and score still fused, a task per input file; the write apart
-        names = {s["name"]: s["tasks"] for s in report["stages"]}
+        names = {s.name: s.tasks for s in report.stages}
         assert names.get("ReadParquet->MapBatches(FusedScorer)") == 12, names
 
 

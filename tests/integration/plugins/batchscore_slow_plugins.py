@@ -24,7 +24,7 @@ def failing_features(batch: pa.Table) -> dict[str, np.ndarray]:
 
 
 def record_node_features(batch: pa.Table) -> dict[str, np.ndarray]:
-    """Notes the Ray node that ran this preprocessing batch (for placement tests)."""
+    """Notes the Ray node and process that ran this preprocessing batch (for placement tests)."""
     import os
     import uuid
 
@@ -32,5 +32,5 @@ def record_node_features(batch: pa.Table) -> dict[str, np.ndarray]:
 
     node = ray.get_runtime_context().get_node_id()
     with open(os.path.join(os.environ["BATCHSCORE_TEST_NODE_LOG"], uuid.uuid4().hex), "w") as f:
-        f.write(node)
+        f.write(f"{node} {os.getpid()}")
     return transform_table(batch, PLUGIN_FEATURES)
