@@ -61,12 +61,12 @@ class TopKSpec:
         return [self.partition_column, *self.group_by]
 
     @property
-    def sort_keys(self) -> list[tuple[str, str]]:
+    def sort_keys(self) -> list[tuple[str, str, str]]:
         return [
-            *((c, "ascending") for c in self.group_columns),
-            (self.order_by, "descending"),
-            *((c, "ascending") for c in self.items),
-            *((h, "ascending") for h in self.heads if h != self.order_by),
+            *((c, "ascending", "at_end") for c in self.group_columns),
+            (self.order_by, "descending", "at_end"),
+            *((c, "ascending", "at_end") for c in self.items),
+            *((h, "ascending", "at_end") for h in self.heads if h != self.order_by),
         ]
 
 
@@ -86,7 +86,7 @@ def _same_as_previous(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def ranked(table: pa.Table, spec: TopKSpec) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """`table` sorted by group then rank; the start row of each group; each row's rank in its group."""
-    table = table.take(pc.sort_indices(table, sort_keys=spec.sort_keys, null_placement="at_end"))
+    table = table.take(pc.sort_indices(table, sort_keys=spec.sort_keys))
     n = table.num_rows
     same = np.ones(n, dtype=bool)
     if n:
