@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.commit.groups import TopKCheck, check_groups
+from pipeline.commit.reconcile import Fingerprint, fingerprint_of
 from pipeline.config import config_from_dict
 from pipeline.errors import ConfigError, StageError
 from pipeline.stages.topk import NON_FINITE_SCORE, TopKMerge, TopKPartial, TopKSpec
@@ -141,10 +142,10 @@ def _write(tmp_path, name: str, table: pa.Table) -> str:
 def _check(tmp_path, out: pa.Table, inp: pa.Table, dead_rows: int = 0) -> str | None:
     fs = pafs.LocalFileSystem()
     check = TopKCheck(["user_id"], "candidates", "p_click", 3)
-    in_path = _write(tmp_path, "in.parquet", inp)
     halves = [out.slice(0, out.num_rows // 2), out.slice(out.num_rows // 2)]
     out_paths = [_write(tmp_path, f"out{i}.parquet", t) for i, t in enumerate(halves)]
-    return check_groups("ds=D", inp.num_rows, fs, [in_path], fs, out_paths, fs, [], dead_rows, check, "keys")
+    group_keys = (fingerprint_of(inp, ["user_id"]), Fingerprint())  # the input's group keys, no dead letters
+    return check_groups("ds=D", inp.num_rows, fs, out_paths, dead_rows, check, group_keys)
 
 
 def test_group_checks_pass_and_catch_a_duplicate_a_lost_group_and_a_bad_list(tmp_path):
