@@ -111,21 +111,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     _add_date_args(p)
 
-    p = sub.add_parser("demo", help="generate sample data, train the demo model, score one date")
+    p = sub.add_parser(
+        "demo", help="generate sample data, train a demo model, score one date (--kind: which output)"
+    )
     p.add_argument("--workdir", default="demo", help="where data, model and predictions go (default: demo)")
     p.add_argument("--rows-per-day", type=int, default=50_000)
     p.add_argument("--days", type=int, default=4, help="days generated; all but the last train the model")
     p.add_argument("--shards-per-day", type=int, default=4)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--kind",
+        choices=["scores", "heads", "embedding", "topk"],
+        default="scores",
+        help="what to show: scores (the DLRM), heads (a two-head DLRM), embedding (a two-tower's user "
+        "vectors), topk (each user's 10 best items); each trains its model and writes its own table",
+    )
 
-    p = sub.add_parser("train", help="train the built-in DLRM model on synthetic-schema Parquet")
+    p = sub.add_parser(
+        "train",
+        help="train a built-in model (DLRM, its heads variant, a two-tower) on synthetic-schema Parquet",
+    )
     p.add_argument("--data", required=True, help="dataset root (local or s3://), hive-partitioned by ds")
     p.add_argument("--dates", nargs="+", required=True, help="dates to train on")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--format", choices=["safetensors", "torchscript", "export"], default="safetensors")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--preset", default="dlrm-demo")
+    p.add_argument(
+        "--preset",
+        default="dlrm-demo",
+        help="dlrm-demo, dlrm-base (a click probability); heads (click and conversion, [N, 2]); "
+        "two-tower (a user tower returning [N, 16] user vectors)",
+    )
     p.add_argument("--version", help="model version (default: dlrm-<utc date>)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint for --data")
 

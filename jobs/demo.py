@@ -1,6 +1,9 @@
-"""`batchscore demo`: generate sample logs -> train the demo model -> score the last day.
+"""`batchscore demo [--kind K]`: generate sample logs -> train a built-in model -> score the last day.
 
-No cluster and no cloud account: a local Ray, local files under --workdir, configs/demo.yaml.
+No cluster and no cloud account: a local Ray, local files under --workdir, configs/demo.yaml with
+what the kind adds (KINDS): `scores` (the DLRM's click probability), `heads` (preset `heads`: click
+and conversion columns), `embedding` (preset `two-tower`: a user vector per row), `topk` (the
+DLRM's scores reduced to each user's 10 best items). Each kind writes a table of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +17,15 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 DEMO_START = "2026-11-01"
 
 
+# kind -> (model preset, what the kind sets in configs/demo.yaml)
+KINDS: dict[str, tuple[str, list[str]]] = {
+    "scores": ("dlrm-demo", []),
+    "heads": ("heads", ["output.score_columns=[p_click, p_convert]"]),
+    "embedding": ("two-tower", ["output.kind=embedding"]),
+    "topk": ("dlrm-demo", ["output.top_k={group_by: [user_id], k: 10}"]),
+}
+
+
 def demo(args: argparse.Namespace) -> dict:
     from types import SimpleNamespace
 
@@ -24,8 +36,13 @@ def demo(args: argparse.Namespace) -> dict:
     from pipeline.config import load_config
     from pipeline.run.score import run_score
 
+    kind = getattr(args, "kind", "scores")
+    preset, kind_overrides = KINDS[kind]
     work = os.path.abspath(args.workdir)
-    data, model, preds = (os.path.join(work, x) for x in ("data", "model", "predictions"))
+    # a model per preset and a table per kind: `demo --kind heads` after `demo` keeps both
+    model_dir = "model" if preset == "dlrm-demo" else f"model-{preset}"
+    preds_dir = "predictions" if kind == "scores" else f"predictions-{kind}"
+    data, model, preds = (os.path.join(work, x) for x in ("data", model_dir, preds_dir))
     dates = date_range(DEMO_START, args.days)
     train_dates, score_date = dates[:-1] or dates, dates[-1]
 
@@ -41,7 +58,7 @@ def demo(args: argparse.Namespace) -> dict:
             endpoint_url=None,
         )
     )
-    print(f"[2/3] training the demo DLRM model on {', '.join(train_dates)}")
+    print(f"[2/3] training the built-in model (preset {preset}) on {', '.join(train_dates)}")
     train(
         SimpleNamespace(
             data=data,
@@ -49,22 +66,58 @@ def demo(args: argparse.Namespace) -> dict:
             out=model,
             format="safetensors",
             epochs=args.epochs,
-            preset="dlrm-demo",
-            version="dlrm-demo-v1",
+            preset=preset,
+            version=f"{preset}-v1",
             endpoint_url=None,
         )
     )
     shown = DEMO_CONFIG.relative_to(Path.cwd()) if DEMO_CONFIG.is_relative_to(Path.cwd()) else DEMO_CONFIG
-    print(f"[3/3] scoring {score_date} with {shown}")
+    sets = " ".join(f"--set '{o}'" for o in kind_overrides)
+    print(f"[3/3] scoring {score_date} with {shown}" + (f" {sets}" if sets else ""))
     cfg = load_config(
         DEMO_CONFIG,
-        [f"input.uri={data}", f"model.uri={model}", f"output.uri={preds}", *args.overrides],
+        [f"input.uri={data}", f"model.uri={model}", f"output.uri={preds}", *kind_overrides, *args.overrides],
     )
     report = run_score(cfg, [score_date])
     print_summary(report)
 
     _how_to_read(preds, score_date)
+    _show_kind(kind, preds, score_date, cfg)
     return report
+
+
+def _show_kind(kind: str, preds: str, score_date: str, cfg) -> None:
+    """A few rows of what the kind writes, as a Delta reader gets them."""
+    if kind == "scores":
+        return
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(preds)).to_pyarrow_table(filters=[("ds", "=", score_date)])
+    if kind == "heads":
+        heads = cfg.output.value_columns
+        print(f"\nheads: one float32 column each, {heads}; first rows:")
+        for row in table.select(["event_id", *heads]).slice(0, 3).to_pylist():
+            print(
+                "  "
+                + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            )
+    elif kind == "embedding":
+        from models.outputs import embedding_matrix
+
+        vectors = embedding_matrix(table.column(cfg.output.embedding_column))
+        print(
+            f"\nembedding: a {vectors.shape[1]}-value vector per row; the first row's starts "
+            f"{vectors[0][:4].round(3)}"
+        )
+    elif kind == "topk":
+        top = cfg.output.top_k
+        row = max(table.to_pylist(), key=lambda r: r[top.count_column])
+        print(
+            f"\ntop-K: one row per user ({table.num_rows} users), each with its {top.k} best items; "
+            f"user_id={row['user_id']} ({row[top.count_column]} candidates):"
+        )
+        for item, score in list(zip(row["item_id"], row[cfg.output.order_by], strict=True))[:5]:
+            print(f"  item_id={item}  {cfg.output.order_by}={score:.4f}")
 
 
 def _how_to_read(preds: str, score_date: str) -> None:

@@ -35,6 +35,19 @@ KEY_COLUMNS = ["event_id", "user_id", "item_id"]
 LABEL = "clicked"
 
 
+# The two towers of preset `two-tower`: which demo features describe the user, which the item
+# (the context features, channel, hour and position, are in neither).
+USER_FEATURES = [
+    "user_id",
+    "device",
+    "country",
+    "user_clicks_7d",
+    "user_impressions_7d",
+    "days_since_last_visit",
+]
+ITEM_FEATURES = ["item_id", "category", "brand", "price", "discount_pct", "item_ctr_7d", "item_rating"]
+
+
 # The demo model's features. Statistics (mean/std) are fitted at training time.
 FEATURES = FeatureSpec(
     categorical=[
@@ -146,6 +159,26 @@ def _click_logit(same_category, quality, position, price, discount, device_idx, 
         + 0.4 * (CHANNELS[channel_idx] == "search")
         + 4.0 * (clicks / np.maximum(impr, 1) - 0.05)
     )
+
+
+def head_labels(table: pa.Table) -> dict[str, np.ndarray]:
+    """The labels of preset `heads`: p_click (the click) and p_convert (a click on a discounted
+    item, standing in for a conversion, which the logs do not record)."""
+    clicked = table.column(LABEL).to_numpy(zero_copy_only=False).astype(bool)
+    discounted = table.column("discount_pct").to_numpy(zero_copy_only=False) > 0
+    return {"p_click": clicked, "p_convert": clicked & discounted}
+
+
+def tower_features(spec: FeatureSpec) -> dict[str, list[int]]:
+    """The two-tower's constructor arguments: indices of each tower's features in (cat, dense)."""
+    cat = [f.name for f in spec.categorical]
+    dense = [f.name for f in spec.dense]
+    return {
+        "user_cat": [i for i, n in enumerate(cat) if n in USER_FEATURES],
+        "user_dense": [i for i, n in enumerate(dense) if n in USER_FEATURES],
+        "item_cat": [i for i, n in enumerate(cat) if n in ITEM_FEATURES],
+        "item_dense": [i for i, n in enumerate(dense) if n in ITEM_FEATURES],
+    }
 
 
 def date_range(start: str, days: int) -> list[str]:

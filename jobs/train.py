@@ -1,4 +1,8 @@
-"""`batchscore train --data URI --dates D... --out CKPT`: train the built-in DLRM model.
+"""`batchscore train --data URI --dates D... --out CKPT [--preset P]`: train a built-in model.
+
+Presets: `dlrm-demo`, `dlrm-base` (one click probability, [N]), `heads` (click and conversion,
+[N, 2]: score with `output.score_columns: [p_click, p_convert]`), `two-tower` (a user tower that
+returns [N, 16] user vectors: score with `output.kind: embedding`).
 
 Reads the training dates with pyarrow, applies `models.features.transform_table` (the code the
 scoring job runs, split there between CPU tasks and the replicas' device), trains, reports
@@ -38,14 +42,28 @@ def load_training_table(data_uri: str, dates: list[str], endpoint_url: str | Non
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from jobs.synthetic import FEATURES, LABEL
+    from jobs.synthetic import FEATURES, LABEL, head_labels, tower_features
     from models.checkpoint import save_checkpoint
+    from models.dlrm import PRESETS
     from models.training import train_dlrm
 
+    if args.preset not in PRESETS:
+        from pipeline.errors import UserError
+
+        raise UserError(f"--preset {args.preset!r}: unknown; known: {sorted(PRESETS)}")
     table = load_training_table(args.data, args.dates, getattr(args, "endpoint_url", None))
     log.info("training on %d rows of %s (%s)", table.num_rows, args.data, ", ".join(args.dates))
-    result = train_dlrm(table, FEATURES, LABEL, preset=args.preset, epochs=args.epochs)
-    version = args.version or f"dlrm-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}"
+    result = train_dlrm(
+        table,
+        FEATURES,
+        LABEL,
+        preset=args.preset,
+        epochs=args.epochs,
+        head_labels=head_labels(table) if args.preset == "heads" else None,
+        model_kwargs=tower_features(FEATURES) if args.preset == "two-tower" else None,
+    )
+    prefix = "dlrm" if args.preset.startswith("dlrm") else args.preset
+    version = args.version or f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}"
     example = None
     if args.format != "safetensors":
         n = 4
@@ -63,6 +81,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         example_inputs=example,
         metrics=result.metrics,
         score_reference=result.score_reference,
+        score_references=result.score_references,
     )
     print(
         f"trained {version} on {result.metrics['train_rows']} rows: held-out AUC "

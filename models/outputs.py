@@ -153,8 +153,14 @@ def vector_norms(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def profiled_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The values a column's profile summarizes: scores as they are, embeddings by their norm."""
+    """The values a column's profile summarizes: scores as they are, embeddings (a fixed-size list or
+    binary column) by their norm, the ranked scores of output.top_k (a variable-size list per group)
+    by the scores the lists hold."""
     t = col.type
-    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_binary(t):
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        return col.flatten().to_numpy(zero_copy_only=False)
+    if pa.types.is_fixed_size_list(t) or pa.types.is_binary(t):
         return vector_norms(col)
     return col.to_numpy(zero_copy_only=False) if isinstance(col, pa.Array) else col.to_numpy()

@@ -224,6 +224,36 @@ class PredictConfig(_Strict):
         return self
 
 
+class TopKConfig(_Strict):
+    group_by: list[str] = Field(
+        min_length=1,
+        description="Key columns that form a group (e.g. [user_id]); one output row per group and date. "
+        "Each must be one of output.key_columns.",
+    )
+    k: int = Field(ge=1, le=100_000, description="Items kept per group: the k with the highest order_by.")
+    order_by: str | None = Field(
+        None,
+        description="The head the items are ranked by, highest first (ties: by item keys, ascending). "
+        "Default: the first of output.score_columns.",
+    )
+    count_column: str = Field(
+        "candidates", description="Output column holding how many scored rows each group had."
+    )
+    partitions: int | None = Field(
+        None,
+        ge=1,
+        description="Hash partitions of the shuffle by group (merge tasks). Default: one per million "
+        "input rows, at least 1, at most 256.",
+    )
+    max_group_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="The most rows of one group that one merge task may hold: a block keeps only its "
+        "top k per group before the shuffle, so a group holds at most k rows per input block there, "
+        "whatever its size. A group over it stops the run, naming the group and its size.",
+    )
+
+
 class OutputConfig(_Strict):
     uri: str = Field(description="Root of the predictions: a local path or s3://bucket/prefix.")
     key_columns: list[str] = Field(
@@ -254,6 +284,12 @@ class OutputConfig(_Strict):
         description="kind 'embedding': 'float32' writes a fixed-size list<float32>[d]; 'float16' writes a "
         "binary column of d little-endian float16 values per row (2 d bytes; Delta Lake has no 16-bit "
         "float type; decode with numpy.frombuffer(value, '<f2')).",
+    )
+    top_k: TopKConfig | None = Field(
+        None,
+        description="Write, instead of one row per input row, one row per group and date with the k "
+        "best-scored items: the item keys (output.key_columns not in group_by) and every head as list "
+        "columns, ranked by order_by. A table holds one kind: top-K needs its own output.uri.",
     )
     target_rows_per_file: int = Field(
         1_000_000,
@@ -298,6 +334,8 @@ class OutputConfig(_Strict):
             raise ValueError(
                 "score_columns names the heads of kind 'scores'; kind 'embedding' writes embedding_column"
             )
+        if self.top_k is not None:
+            self._check_top_k(self.top_k)
         cols = self.value_columns
         reserved = {*self.key_columns, *self.partition_columns, "model_version", "run_id"}
         clash = sorted({c for c in cols if c in reserved} | {c for c in cols if cols.count(c) > 1})
@@ -306,6 +344,41 @@ class OutputConfig(_Strict):
                 f"output column names {clash} repeat or clash with key, partition or bookkeeping columns"
             )
         return self
+
+    def _check_top_k(self, top: TopKConfig) -> None:
+        if self.kind != "scores":
+            raise ValueError("top_k ranks scores: it needs output.kind 'scores'")
+        outside = [c for c in top.group_by if c not in self.key_columns]
+        if outside:
+            raise ValueError(f"top_k.group_by {outside} must be among output.key_columns {self.key_columns}")
+        if not self.item_columns:
+            raise ValueError(
+                "top_k: output.key_columns must hold item keys besides the group_by columns "
+                "(the ranked lists are made of them)"
+            )
+        heads = self.value_columns
+        if top.order_by is not None and top.order_by not in heads:
+            raise ValueError(f"top_k.order_by {top.order_by!r} is not one of the heads {heads}")
+        taken = {*self.key_columns, *self.partition_columns, *heads, "model_version", "run_id"}
+        if top.count_column in taken:
+            raise ValueError(f"top_k.count_column {top.count_column!r} clashes with another output column")
+        extra = [c for c in self.partition_columns[1:] if c not in top.group_by]
+        if extra:
+            raise ValueError(
+                f"top_k: output.partition_columns {extra} are not group_by columns (a top-K row holds "
+                "one value of each group column only)"
+            )
+
+    @property
+    def item_columns(self) -> list[str]:
+        """top_k: the key columns that identify an item within a group (written as lists)."""
+        group = self.top_k.group_by if self.top_k is not None else []
+        return [c for c in self.key_columns if c not in group]
+
+    @property
+    def order_by(self) -> str:
+        """top_k: the head the lists are ranked by."""
+        return (self.top_k.order_by if self.top_k is not None else None) or self.value_columns[0]
 
     @property
     def value_columns(self) -> list[str]:
@@ -439,7 +512,14 @@ class JobConfig(_Strict):
         # what an output kind adds counts only when set: configs from before kinds keep their identity
         kinds = self.output.model_dump(
             mode="json",
-            include={"kind", "score_columns", "embedding_column", "embedding_dtype"},
+            include={
+                "kind": True,
+                "score_columns": True,
+                "embedding_column": True,
+                "embedding_dtype": True,
+                # how the top-K is computed (partitions, max_group_rows) does not change it
+                "top_k": {"group_by", "k", "order_by", "count_column"},
+            },
             exclude_defaults=True,
         )
         if kinds:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -67,6 +67,7 @@ class CommitPolicy:
     verify: str = "keys"
     max_bad_row_fraction: float = 0.01
     read_keys: ReadKeys | None = None  # the input's fingerprints recorded by the read tasks
+    top_k: Any = None  # a pipeline.commit.groups.TopKCheck: the date's files hold groups, not rows
 
 
 @dataclass
@@ -148,6 +149,28 @@ def _check(tables: OutputTables, inputs: InputPlan, c: _Checked, policy: CommitP
     preds, dls = tables.predictions.location, tables.dead_letters.location
     out_rows, dead_rows = sum(f.rows for f in staged), sum(f.rows for f in dead)
     where = f"{col}={part.date}"
+    if policy.top_k is not None:
+        from pipeline.commit.groups import check_groups
+
+        group_keys = None
+        if policy.verify == "keys":
+            # the input's and the dead letters' group keys: as recorded by the read tasks (made with
+            # the group_by columns for top-K) or from footers, else read
+            by_group = replace(policy, key_columns=list(policy.top_k.group_by))
+            group_keys = (
+                input_fingerprint(inputs.root, part, by_group),
+                written_fingerprint(dls, dead, by_group.key_columns),
+            )
+        why = check_groups(
+            where,
+            part.rows,
+            preds.fs,
+            [preds.join(f.path).path for f in staged],
+            dead_rows,
+            policy.top_k,
+            group_keys,
+        )
+        return why or _bad_rows(where, part.rows, dead_rows, dls, dead, policy)
     if out_rows + dead_rows != part.rows:
         return f"{where}: {part.rows} input rows but {out_rows} output + {dead_rows} dead-letter rows"
     if policy.verify == "keys":
@@ -160,9 +183,13 @@ def _check(tables: OutputTables, inputs: InputPlan, c: _Checked, policy: CommitP
                 f"{where}: counts match ({part.rows} rows) but the keys differ: some rows are "
                 "duplicated while others are missing"
             )
-    if part.rows and dead_rows / part.rows > policy.max_bad_row_fraction:
+    return _bad_rows(where, part.rows, dead_rows, dls, dead, policy)
+
+
+def _bad_rows(where: str, rows: int, dead_rows: int, dls: Location, dead, policy: CommitPolicy) -> str | None:
+    if rows and dead_rows / rows > policy.max_bad_row_fraction:
         return (
-            f"{where}: {dead_rows} of {part.rows} rows ({dead_rows / part.rows:.2%}) cannot be scored, "
+            f"{where}: {dead_rows} of {rows} rows ({dead_rows / rows:.2%}) cannot be scored, "
             f"over output.max_bad_row_fraction={policy.max_bad_row_fraction:g}; "
             f"reasons: {_reason_counts(dls, dead)}"
         )

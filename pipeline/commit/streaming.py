@@ -57,6 +57,7 @@ class DateCommitter:
     references: dict[str, dict] | None  # head -> the checkpoint's training profile
     committed_profiles: dict[str, tuple[str, dict[str, dict]]] = field(default_factory=dict)  # from the log
     interval_s: float = 2.0
+    early: bool = True  # False: no date commits before the pipeline ends (drain leaves them all)
     commits: list[DateCommit] = field(default_factory=list)
     profiles: dict[str, dict] = field(default_factory=dict)
     drift: dict[str, dict] = field(default_factory=dict)
@@ -92,7 +93,7 @@ class DateCommitter:
     def step(self, drain: bool = False) -> None:
         """Commit every leading date whose rows are all staged (`drain`: also after stop())."""
         col = self.inputs.partition_column
-        while self._pending and (drain or not self._stop.is_set()):
+        while self.early and self._pending and (drain or not self._stop.is_set()):
             part = self._pending[0]
             if part.date in self.held or self._staged_rows(part.date) != part.rows:
                 return
@@ -151,7 +152,7 @@ class DateCommitter:
                 return
 
     def start(self) -> DateCommitter:
-        if len(self._pending) > 1:  # one date: the end-of-run commit is as early
+        if self.early and len(self._pending) > 1:  # one date: the end-of-run commit is as early
             self._thread = threading.Thread(target=self._loop, name="batchscore-commit", daemon=True)
             self._thread.start()
         return self

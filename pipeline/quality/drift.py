@@ -90,6 +90,13 @@ def training_references(meta, heads: list[str]) -> dict[str, dict]:
     return {heads[0]: meta.score_reference} if meta.score_reference else {}
 
 
+def run_references(output, meta) -> dict[str, dict]:
+    """The training references a run's heads are checked against: none for output.top_k (its
+    lists hold the best scores of each group, which the training profile of all rows does not
+    describe; each date is still compared with the previous one)."""
+    return {} if output.top_k is not None else training_references(meta, output.value_columns)
+
+
 def previous_profile(
     committed: dict[str, tuple[str, dict]], before: str, model_sha256: str
 ) -> tuple[str, dict] | None:

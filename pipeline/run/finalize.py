@@ -103,12 +103,12 @@ def build_report(
 ) -> RunReport:
     """The report before commit; counts and table versions are filled in once committed."""
     from models.scoreprofile import merge_profiles
-    from pipeline.quality.drift import training_references
+    from pipeline.quality.drift import run_references
 
     cfg, p = c.cfg, c.p
     heads = cfg.output.value_columns
     run_profiles = {h: merge_profiles([x[h] for x in profiles.values()]) for h in heads}
-    refs = training_references(p.model_meta, heads)
+    refs = run_references(cfg.output, p.model_meta)
     replicas = sorted(snapshot.get("replicas", []), key=lambda r: (r["node_id"], r["pid"]))
     return RunReport(
         run_id=c.run_id,

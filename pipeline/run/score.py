@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timezone
 
 from pipeline.commit.filestats import ReadKeys
+from pipeline.commit.groups import TopKCheck
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
 from pipeline.commit.streaming import DateCommitter, subset
 from pipeline.commit.tables import WrittenRows, list_run_files, run_file_prefix, vacuum_tables
@@ -26,7 +27,7 @@ from pipeline.quality.drift import (
     committed_profiles,
     drift_reasons,
     evaluate_heads,
-    training_references,
+    run_references,
 )
 from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
@@ -45,6 +46,7 @@ from pipeline.run.finalize import (
 )
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
+from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
 from pipeline.stages.write import write_predictions, write_tasks_at_once
 from pipeline.storage import delete_dir
 
@@ -124,14 +126,29 @@ def _start(cfg: JobConfig, pre: Preflight, started: datetime, t_start: float) ->
     if cfg.output.verify == "keys":  # the read tasks record the input's key fingerprints
         where = tables.location.join(RUNS_DIR, run_id, "input_keys")
         delete_dir(where)  # left by an earlier attempt with this --run-id: not this run's reads
-        read_keys = ReadKeys(where, list(cfg.output.key_columns), cfg.input.partition_column)
+        # top-K reconciles groups: the input's group keys are what its commit compares
+        keys = cfg.output.top_k.group_by if cfg.output.top_k is not None else cfg.output.key_columns
+        read_keys = ReadKeys(where, list(keys), cfg.input.partition_column)
     policy = CommitPolicy(
-        cfg.output.key_columns, cfg.output.verify, cfg.output.max_bad_row_fraction, read_keys
+        cfg.output.key_columns,
+        cfg.output.verify,
+        cfg.output.max_bad_row_fraction,
+        read_keys,
+        top_k=TopKCheck.from_config(cfg) if cfg.output.top_k is not None else None,
     )
     heads = cfg.output.value_columns
     committed = committed_profiles(tables.predictions.open(), first_head=heads[0])
     committer = DateCommitter(
-        tables, p.inputs, run, policy, cfg.drift, heads, training_references(meta, heads), committed
+        tables,
+        p.inputs,
+        run,
+        policy,
+        cfg.drift,
+        heads,
+        run_references(cfg.output, meta),
+        committed,
+        # top-K: the shuffle by group ends only when every date is scored, so dates commit at the end
+        early=cfg.output.top_k is None,
     )
     timings: dict[str, float | None] = {"ray": t_ray}
     return RunContext(
@@ -161,6 +178,10 @@ def _execute(ctx: RunContext):
             progress=progress.counter,
             read_keys=ctx.policy.read_keys,
         )
+        if cfg.output.top_k is not None:
+            top = cfg.output.top_k
+            partitions = top.partitions or default_partitions(ctx.p.inputs.rows)
+            ds = top_k_dataset(ds, TopKSpec.from_config(cfg), partitions, dead_letter)
         writes = write_tasks_at_once(ctx.pool.cluster_cpus, fused_task_cap(cfg, ctx.pool))
         ds = write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes)
     except BaseException as e:  # Ctrl-C too: the committer stops before the run ends
@@ -191,7 +212,13 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
     t0 = time.perf_counter()
     profiles = {
         **c.committer.profiles,
-        **profile_partitions(c.tables.location, col, rest, cfg.output.value_columns, c.run_id),
+        **profile_partitions(
+            c.tables.location,
+            col,
+            rest,
+            cfg.output.value_columns,
+            c.run_id,
+        ),
     }
     checked = evaluate_heads(
         cfg.drift,
@@ -200,7 +227,7 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
         profiles,
         cfg.output.value_columns,
         p.model_meta.sha256,
-        training_references(p.model_meta, cfg.output.value_columns),
+        run_references(cfg.output, p.model_meta),
         only=rest,
     )
     drift = {d: c.committer.drift[d] if d in c.committer.drift else checked[d] for d in dates_scored}

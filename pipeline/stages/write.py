@@ -90,7 +90,8 @@ class PredictionFiles(ParquetDatasink):
             filename_provider=RunFileNames(run_id),
         )
         self.rows_per_file = out.target_rows_per_file
-        self.key_columns = list(out.key_columns)
+        # top-K files hold one row per group, its item keys as lists: their keys are the group's
+        self.key_columns = list(out.top_k.group_by if out.top_k is not None else out.key_columns)
         self.value_columns = list(out.value_columns)
         self.compression = None if out.compression == "none" else out.compression
         self.make_dirs = not is_s3(table.uri)  # S3 has no directories to make
