@@ -18,7 +18,7 @@ REPORT_VERSION = 1
 
 
 class _Part(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
 
 class Histogram(_Part):

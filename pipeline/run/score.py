@@ -33,7 +33,7 @@ from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import ProgressView, start_counter
 from pipeline.reporting.runs import RUNS_DIR
-from pipeline.reporting.schema import RunReport
+from pipeline.reporting.schema import Commits, RunReport
 from pipeline.run.context import RunContext
 from pipeline.run.execute import build_dataset, fused_task_cap, start_ray
 from pipeline.run.finalize import (
@@ -238,7 +238,7 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
     report = build_report(c, snapshot, profiles, drift)
     report.stages = stage_metrics(ds, p.inputs.rows)
     report.ray_data_stats = ray_data_stats(ds)
-    report.commits = c.committer.summary()
+    report.commits = Commits(**c.committer.summary())
     if breaches and cfg.drift.on_breach == "fail":
         uri = fail_report(c, report, "rejected", None)
         published = f"; committed before the breach: {', '.join(early)}" if early else ""
