@@ -326,6 +326,9 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.run.clock import count_from_process_start
+
+    count_from_process_start()  # the report's first_batch_s counts imports and Ray's start too
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -25,6 +25,7 @@ from pipeline.quality.drift import committed_profiles, drift_reasons, evaluate_d
 from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import ProgressView, start_counter
+from pipeline.run.clock import seconds_to_first, take_origin
 from pipeline.run.context import RunContext
 from pipeline.run.execute import build_dataset, start_ray
 from pipeline.run.finalize import (
@@ -67,12 +68,14 @@ def run_score(
     Dates already committed with the same model, scoring config and input files are skipped (the
     run is a no-op for them) unless `force`; other committed dates are replaced.
     """
+    origin = take_origin()
     started, t_start = datetime.now(timezone.utc), time.perf_counter()
     pre = preflight(cfg, dates, run_id, force)
     if pre.prepared is None:
         return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
     ctx = _start(cfg, pre, started, t_start)
     ds, snapshot = _execute(ctx)
+    ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
     try:
         return _finish(ctx, ds, snapshot)
     except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
