@@ -38,7 +38,6 @@ from pipeline.run.finalize import (
 )
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
-from pipeline.stages.write import write_predictions
 
 log = logging.getLogger("batchscore")
 
@@ -135,6 +134,8 @@ def _execute(ctx: RunContext):
     try:
         dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id)
         ds = build_dataset(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=progress.counter)
+        from pipeline.stages.write import write_predictions  # Ray Data: imported once there is work
+
         ds = write_predictions(ds, tables.location, cfg.output, ctx.run_id)
     except BaseException as e:  # Ctrl-C too: the committer stops before the run ends
         ctx.committer.stop()
