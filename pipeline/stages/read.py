@@ -9,6 +9,7 @@ import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -205,11 +206,17 @@ class PlannedParquet:
     # (PARQUET_ENCODING_RATIO_ESTIMATE_DEFAULT): used only to size its memory budget.
     ENCODING_RATIO = 5
 
-    def __init__(self, plan: InputPlan, columns: list[str]) -> None:
+    def __init__(self, plan: InputPlan, columns: list[str], read_keys: Any = None) -> None:
         self.fs = plan.root.fs
         self.partition_column = plan.partition_column
         self.columns = list(columns)
         self.files = [(f, part.date) for part in plan.partitions for f in part.files]
+        self.read_keys = read_keys
+
+    def read_task_blocks(self, f: InputFile, date: str, max_block_bytes: int | None) -> Iterator[pa.Table]:
+        """What one read task yields: the file's blocks, through `read_keys.record` when set."""
+        blocks = self.read_file(f, date, max_block_bytes)
+        return self.read_keys.record([f.path], blocks) if self.read_keys is not None else blocks
 
     def schema_of(self, f: InputFile) -> pa.Schema:
         """The block's schema: the file's columns, and the partition column from the directory
@@ -262,12 +269,12 @@ class PlannedParquet:
                 block_bytes = ctx.target_max_block_size
                 return [
                     ReadTask(
-                        lambda f=f, d=d: source.read_file(f, d, block_bytes),
+                        lambda f=f, d=d: source.read_task_blocks(f, d, block_bytes),
                         BlockMetadata(
                             num_rows=f.rows,
                             size_bytes=f.size * source.ENCODING_RATIO,
                             exec_stats=None,
-                            input_files=[f.uri],
+                            input_files=[f.path],
                         ),
                         schema=source.schema_of(f),
                         per_task_row_limit=per_task_row_limit,
@@ -278,10 +285,12 @@ class PlannedParquet:
         return _Source()
 
 
-def read_dataset(plan: InputPlan, columns: list[str], concurrency: int | None = None):
+def read_dataset(plan: InputPlan, columns: list[str], concurrency: int | None = None, read_keys: Any = None):
     """The lazy Ray Dataset over exactly the planned files: the needed columns and the partition
     column, one read task and one block per file. `concurrency`: the most read tasks at once
-    (must equal a fused stage's cap to fuse with it).
+    (must equal a fused stage's cap to fuse with it). `read_keys`: an object whose
+    `record(files, blocks)` passes each read task's blocks through and records what it saw
+    (the input's key fingerprints for the commit); None: the blocks as read.
 
     One task and block per file: a split read cannot be fused with the scoring stage, and small
     blocks cost per-block overhead in every stage (measured on 4 M rows / 16 files, 2 CPUs:
@@ -289,7 +298,7 @@ def read_dataset(plan: InputPlan, columns: list[str], concurrency: int | None = 
     import ray.data
 
     return ray.data.read_datasource(
-        PlannedParquet(plan, columns).as_ray_datasource(),
+        PlannedParquet(plan, columns, read_keys).as_ray_datasource(),
         override_num_blocks=max(1, len(plan.paths)),
         concurrency=concurrency,
     )

@@ -77,3 +77,22 @@ def test_planned_read_splits_large_files_at_row_groups_and_skips_empty_ones(tmp_
     assert len(blocks) > 1 and all(b.num_rows % 100 == 0 for b in blocks)
     assert pa.concat_tables(blocks).column("k").to_pylist() == list(range(1000))
     assert list(src.read_file(fe, d)) == []
+
+
+def test_each_read_task_passes_its_blocks_through_read_keys(tmp_path):
+    rows = pa.table({"k": pa.array(range(10), pa.int64())})
+    _write(tmp_path / "ds=2026-01-01" / "a.parquet", rows)
+
+    class Recorder:
+        seen: list = []
+
+        def record(self, files, blocks):
+            for b in blocks:
+                self.seen.append((files, b.num_rows))
+                yield b
+
+    plan = discover(resolve(str(tmp_path)), ["2026-01-01"])
+    src = PlannedParquet(plan, ["k", "ds"], read_keys=Recorder())
+    ((f, d),) = src.files
+    assert [b.num_rows for b in src.read_task_blocks(f, d, None)] == [10]
+    assert Recorder.seen == [([f.path], 10)]
