@@ -1,10 +1,11 @@
 """Where a run's time to its first scored batch (`timings_s.first_batch_s`) is counted from.
 
-An entry point that owns its process (the `batchscore` CLI, `python -m jobs.<command>`, a Ray
-job's entrypoint) counts from the start of the process, so the figure holds interpreter start,
-imports and Ray's start, as a user timing the command sees them. A library call of `run_score`
-counts from the call (a notebook's idle minutes before it are not the run's), and so does any
-later run of the same process (a backfill's second run)."""
+A command whose run is the process's work (`batchscore score` and `backfill`, also as
+`python -m jobs.score` or a Ray job's entrypoint) counts from the start of the process, so the
+figure holds interpreter start, imports and Ray's start, as a user timing the command sees them.
+A library call of `run_score` counts from the call (a notebook's idle minutes before it are not
+the run's), and so do `batchscore demo` (which first generates data and trains) and any later run
+of the same process (a backfill's second run)."""
 
 from __future__ import annotations
 
