@@ -42,8 +42,9 @@ test-slow: venv
 test-fast: venv
 	$(PY) -m pytest -q tests/unit
 
-# Not part of `make test`: batchscore vs the forward-pass limit and a hand-written script
-# (8M rows by default; BENCH_ARGS="--rows 16000000" for more). Results: bench-data/results.json.
+# Not part of `make test`: batchscore vs the forward-pass limit and a hand-written script, both
+# timed as whole processes (8M rows by default; BENCH_ARGS="--rows 16000000 --repeat 2 --profile"
+# for more). Results: bench-data/results.json; profile: bench-data/profile/summary.txt.
 bench: venv
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 

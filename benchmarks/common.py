@@ -29,9 +29,9 @@ def _proc_children() -> dict[int, list[int]]:
     return kids
 
 
-def tree_pids() -> list[int]:
-    """This process and all its descendants."""
-    me = os.getpid()
+def tree_pids(root: int | None = None) -> list[int]:
+    """A process (default: this one) and all its descendants."""
+    me = os.getpid() if root is None else root
     try:
         import psutil
 
@@ -39,6 +39,8 @@ def tree_pids() -> list[int]:
         return [me, *(p.pid for p in procs)]
     except ImportError:
         pass
+    except psutil.NoSuchProcess:  # the root exited between two samples
+        return []
     kids = _proc_children()
     out, todo = [], [me]
     while todo:
@@ -77,17 +79,20 @@ def pss_bytes(pid: int) -> int | None:
 
 
 class PeakMemory:
-    """Peak summed RSS (every 0.2 s) and PSS (every 1 s) of this process and all its descendants,
-    except the processes in `exclude` (e.g. a local S3 server standing in for remote storage)."""
+    """Peak summed RSS (every 0.2 s) and PSS (every 1 s) of a process tree: this process and all
+    its descendants, or those of `root` (a benchmarked child process: Ray's processes are its
+    descendants), except the processes in `exclude` (e.g. a local S3 server standing in for
+    remote storage)."""
 
-    def __init__(self, exclude: set[int] | None = None) -> None:
+    def __init__(self, exclude: set[int] | None = None, root: int | None = None) -> None:
         self.exclude = exclude or set()
+        self.root = root
         self.peak_rss = 0
         self.peak_pss: int | None = None
         self._stop = threading.Event()
 
     def sample(self, with_pss: bool) -> tuple[int, int | None]:
-        pids = [p for p in tree_pids() if p not in self.exclude]
+        pids = [p for p in tree_pids(self.root) if p not in self.exclude]
         rss = sum(rss_bytes(p) for p in pids)
         pss = None
         if with_pss:

@@ -28,15 +28,22 @@ class _Counter:
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
         self.replicas: dict[str, dict[str, Any]] = {}
+        self.first_at: dict[str, float] = {}  # stage -> wall time of its first counted batch
 
-    def add(self, stage: str, rows: int) -> None:
+    def add(self, stage: str, rows: int, at: float | None = None) -> None:
         self.rows[stage] = self.rows.get(stage, 0) + int(rows)
+        if at is not None:  # the worker's time: calls made before this actor started arrive late
+            self.first_at[stage] = min(self.first_at.get(stage, at), at)
 
     def replica(self, key: str, info: dict[str, Any]) -> None:
         self.replicas[key] = info
 
     def snapshot(self) -> dict[str, Any]:
-        return {"rows": dict(self.rows), "replicas": list(self.replicas.values())}
+        return {
+            "rows": dict(self.rows),
+            "replicas": list(self.replicas.values()),
+            "first_at": dict(self.first_at),
+        }
 
 
 def start_counter():
@@ -50,7 +57,7 @@ def count(counter, stage: str, rows: int) -> None:
     """Add rows to a stage's count; never fails the stage (progress is informative only)."""
     if counter is not None and rows:
         with contextlib.suppress(Exception):
-            counter.add.remote(stage, rows)
+            counter.add.remote(stage, rows, time.time())
 
 
 def human(n: float) -> str:

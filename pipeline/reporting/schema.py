@@ -228,6 +228,13 @@ class Timings(_Part):
     pipeline_s: float | None = Field(None, description="the Ray Data pipeline (read to write)")
     profile_s: float | None = Field(None, description="score profiles and drift")
     commit_s: float | None = Field(None, description="checks and Delta commits")
+    first_batch_s: float | None = Field(
+        None,
+        description="seconds to the first scored batch: from the start of the process for `batchscore "
+        "score` and `backfill` (imports and Ray's start included, as a user times it), from the call to "
+        "`run_score` otherwise (a library call, `batchscore demo`, a backfill's later runs); null when "
+        "no row was scored",
+    )
     total_s: float | None = Field(None, description="the whole run")
 
     def items(self) -> list[tuple[str, float | None]]:

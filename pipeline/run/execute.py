@@ -37,6 +37,9 @@ def ensure_ray(cfg: JobConfig) -> None:
     if address:
         kwargs["address"] = address
     else:
+        # "local": a new Ray of our own, as documented. Without it ray.init() joins whatever
+        # cluster /tmp/ray/ray_current_cluster names (another user's `ray start`, a test's).
+        kwargs["address"] = "local"
         kwargs["num_cpus"] = cfg.ray.num_cpus
         kwargs["include_dashboard"] = False
     ray.init(**kwargs)

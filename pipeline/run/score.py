@@ -34,6 +34,7 @@ from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import ProgressView, start_counter
 from pipeline.reporting.runs import RUNS_DIR
 from pipeline.reporting.schema import Commits, RunReport
+from pipeline.run.clock import seconds_to_first, take_origin
 from pipeline.run.context import RunContext
 from pipeline.run.execute import build_dataset, fused_task_cap, start_ray
 from pipeline.run.finalize import (
@@ -47,7 +48,6 @@ from pipeline.run.finalize import (
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
-from pipeline.stages.write import write_predictions, write_tasks_at_once
 from pipeline.storage import delete_dir
 
 log = logging.getLogger("batchscore")
@@ -76,6 +76,7 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     Dates already committed with the same model, scoring config and input files are skipped (the
     run is a no-op for them) unless `force`; other committed dates are replaced.
     """
+    origin = take_origin()
     started, t_start = datetime.now(timezone.utc), time.perf_counter()
     pre = preflight(cfg, dates, run_id, force)
     if pre.prepared is None:
@@ -83,6 +84,7 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     ctx = _start(cfg, pre, started, t_start)
     try:
         ds, snapshot = _execute(ctx)
+        ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
         try:
             return _finish(ctx, ds, snapshot)
         except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
@@ -182,6 +184,8 @@ def _execute(ctx: RunContext):
             top = cfg.output.top_k
             partitions = top.partitions or default_partitions(ctx.p.inputs.rows)
             ds = top_k_dataset(ds, TopKSpec.from_config(cfg), partitions, dead_letter)
+        from pipeline.stages.write import write_predictions, write_tasks_at_once  # Ray Data: now
+
         writes = write_tasks_at_once(ctx.pool.cluster_cpus, fused_task_cap(cfg, ctx.pool))
         ds = write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes)
     except BaseException as e:  # Ctrl-C too: the committer stops before the run ends

@@ -1,0 +1,98 @@
+"""Start-up measurement and the planned read: the clock behind `timings_s.first_batch_s`, the
+progress counter's first-batch times, and the read stage's Parquet source (no Ray started)."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.reporting.progress import _Counter
+from pipeline.run import clock
+from pipeline.stages.read import PlannedParquet, discover
+from pipeline.storage import resolve
+
+
+def test_process_start_is_in_the_past_and_after_boot():
+    started = clock.process_started_at()
+    assert time.time() - 3600 < started <= time.time()
+
+
+def test_the_process_origin_is_taken_once_then_runs_count_from_their_call():
+    clock.count_from_process_start()
+    first = clock.take_origin()
+    assert first <= time.time()
+    later = clock.take_origin()  # a second run in the same process (a backfill's next run)
+    assert later >= first and abs(later - time.time()) < 1.0
+
+
+def test_a_library_call_counts_from_the_call():
+    clock.take_origin()  # nothing pending
+    assert abs(clock.take_origin() - time.time()) < 1.0
+
+
+def test_counter_keeps_the_earliest_worker_time_of_each_stage():
+    c = _Counter()
+    c.add("scored", 10, at=105.0)
+    c.add("scored", 10, at=101.0)  # sent earlier by another worker, arrived later
+    c.add("read", 5)
+    snap = c.snapshot()
+    assert snap["rows"] == {"scored": 20, "read": 5}
+    assert snap["first_at"] == {"scored": 101.0}
+    assert clock.seconds_to_first(snap, "scored", origin=100.0) == 1.0
+    assert clock.seconds_to_first(snap, "read", origin=100.0) is None
+
+
+def _write(path, table, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, **kw)
+
+
+def test_planned_read_adds_the_partition_column_and_keeps_a_stored_one(tmp_path):
+    rows = pa.table({"k": pa.array(range(10), pa.int64()), "x": pa.array([0.5] * 10), "y": ["a"] * 10})
+    _write(tmp_path / "ds=2026-01-01" / "a.parquet", rows, row_group_size=4)
+    _write(tmp_path / "ds=2026-01-02" / "b.parquet", rows.append_column("ds", pa.array(["2026-01-02"] * 10)))
+    plan = discover(resolve(str(tmp_path)), ["2026-01-01", "2026-01-02"])
+    src = PlannedParquet(plan, ["k", "x", "ds"])
+    (fa, da), (fb, db) = src.files
+    blocks = list(src.read_file(fa, da))
+    assert len(blocks) == 1 and blocks[0].num_rows == 10  # three row groups, one block
+    assert blocks[0].column_names == ["k", "x", "ds"]
+    assert blocks[0].column("ds").to_pylist() == ["2026-01-01"] * 10
+    assert blocks[0].schema == src.schema_of(fa)
+    stored = list(src.read_file(fb, db))[0]
+    assert stored.column("ds").to_pylist() == ["2026-01-02"] * 10
+    assert stored.schema == src.schema_of(fb)
+
+
+def test_planned_read_splits_large_files_at_row_groups_and_skips_empty_ones(tmp_path):
+    rows = pa.table({"k": pa.array(range(1000), pa.int64())})
+    _write(tmp_path / "ds=2026-01-01" / "a.parquet", rows, row_group_size=100)
+    _write(tmp_path / "ds=2026-01-01" / "empty.parquet", rows.slice(0, 0))
+    plan = discover(resolve(str(tmp_path)), ["2026-01-01"])
+    src = PlannedParquet(plan, ["k", "ds"])
+    (fa, d), (fe, _) = src.files
+    blocks = list(src.read_file(fa, d, max_block_bytes=2000))  # ~800 bytes per row group
+    assert len(blocks) > 1 and all(b.num_rows % 100 == 0 for b in blocks)
+    assert pa.concat_tables(blocks).column("k").to_pylist() == list(range(1000))
+    assert list(src.read_file(fe, d)) == []
+
+
+def test_each_read_task_passes_its_blocks_through_read_keys(tmp_path):
+    rows = pa.table({"k": pa.array(range(10), pa.int64())})
+    _write(tmp_path / "ds=2026-01-01" / "a.parquet", rows)
+
+    class Recorder:
+        seen: list = []
+
+        def record(self, files, blocks):
+            for b in blocks:
+                self.seen.append((files, b.num_rows))
+                yield b
+
+    plan = discover(resolve(str(tmp_path)), ["2026-01-01"])
+    src = PlannedParquet(plan, ["k", "ds"], read_keys=Recorder())
+    ((f, d),) = src.files
+    assert [b.num_rows for b in src.read_task_blocks(f, d, None)] == [10]
+    assert Recorder.seen == [([f.path], 10)]
