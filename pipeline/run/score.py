@@ -36,7 +36,7 @@ from pipeline.reporting.runs import RUNS_DIR
 from pipeline.reporting.schema import Commits, RunReport
 from pipeline.run.clock import seconds_to_first, take_origin
 from pipeline.run.context import RunContext
-from pipeline.run.execute import build_dataset, fused_task_cap, start_ray
+from pipeline.run.execute import build_dataset, fused_task_cap, run_data_context, start_ray
 from pipeline.run.finalize import (
     build_report,
     fail_report,
@@ -171,23 +171,7 @@ def _execute(ctx: RunContext):
     ctx.committer.start()
     t0 = time.perf_counter()
     try:
-        dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id)
-        ds = build_dataset(
-            ctx.p,
-            ctx.pool,
-            ctx.run_id,
-            dead_letter=dead_letter,
-            progress=progress.counter,
-            read_keys=ctx.policy.read_keys,
-        )
-        if cfg.output.top_k is not None:
-            top = cfg.output.top_k
-            partitions = top.partitions or default_partitions(ctx.p.inputs.rows)
-            ds = top_k_dataset(ds, TopKSpec.from_config(cfg), partitions, dead_letter)
-        from pipeline.stages.write import write_predictions, write_tasks_at_once  # Ray Data: now
-
-        writes = write_tasks_at_once(ctx.pool.cluster_cpus, fused_task_cap(cfg, ctx.pool))
-        ds = write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes)
+        ds = _run_pipeline(ctx, progress.counter)
     except BaseException as e:  # Ctrl-C too: the committer stops before the run ends
         ctx.committer.stop()
         progress.stop(completed=False)
@@ -199,6 +183,30 @@ def _execute(ctx: RunContext):
     snapshot = progress.stop()
     ctx.timings["exec"] = time.perf_counter() - t0
     return ds, snapshot
+
+
+def _run_pipeline(ctx: RunContext, counter):
+    """The lazy pipeline, executed by its write, under this run's Ray Data settings (the caller's
+    own Ray Data context is left as it was)."""
+    from pipeline.stages.write import write_predictions, write_tasks_at_once  # Ray Data: now
+
+    cfg, tables = ctx.cfg, ctx.tables
+    col = cfg.input.partition_column
+    dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id)
+    with run_data_context():
+        ds = build_dataset(
+            ctx.p,
+            ctx.pool,
+            ctx.run_id,
+            dead_letter=dead_letter,
+            progress=counter,
+            read_keys=ctx.policy.read_keys,
+        )
+        if cfg.output.top_k is not None:
+            partitions = cfg.output.top_k.partitions or default_partitions(ctx.p.inputs.rows)
+            ds = top_k_dataset(ds, TopKSpec.from_config(cfg), partitions, dead_letter)
+        writes = write_tasks_at_once(ctx.pool.cluster_cpus, fused_task_cap(cfg, ctx.pool))
+        return write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes)
 
 
 def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:

@@ -107,7 +107,18 @@ def test_rerun_is_a_no_op_and_force_replaces_never_appends(ray_cluster, dataset,
     model_uri, _ = checkpoints.entries["safetensors"]
     out = tmp_path / "preds"
     cfg = make_config(str(dataset), model_uri, str(out))
-    first = run_score(cfg, [DATES[0]])
+    from ray.data import DataContext
+
+    caller = DataContext.get_current()  # a library caller's Ray Data settings stay theirs
+    saved = caller.use_datasource_v2, caller.enable_progress_bars
+    caller.use_datasource_v2 = caller.enable_progress_bars = True  # a run sets both False for itself
+    try:
+        first = run_score(cfg, [DATES[0]])
+        assert (
+            DataContext.get_current() is caller and caller.use_datasource_v2 and caller.enable_progress_bars
+        )
+    finally:
+        caller.use_datasource_v2, caller.enable_progress_bars = saved
     version = DeltaTable(str(out)).version()
 
     again = run_score(cfg, [DATES[0]])  # same model, same scoring config: nothing to do
