@@ -85,6 +85,16 @@ class OutputProbe:
     embedding_dim: int | None
 
 
+def needs_output_probe(cfg: JobConfig) -> bool:
+    """Whether a run checks the model's output on the driver before scoring: for several heads,
+    an embedding (its width makes the table's schema) or top-K. A single score column is checked
+    by the predict stage on the first batch, with the same message, and no data is committed
+    before; the probe would cost every nightly run a torch import and a model load on the driver
+    (about 2 s on 2 CPUs, measured as model_check_s)."""
+    out = cfg.output
+    return out.kind != "scores" or len(out.value_columns) > 1 or out.top_k is not None
+
+
 def probe_model_output(p: Prepared, rows: int = 16) -> OutputProbe:
     """Load the model on the driver's CPU and run it on `rows` rows of the first input file, so a
     model whose output does not fit output.kind / output.score_columns is refused now, naming the
@@ -241,7 +251,7 @@ def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool)
     for d, why in dp.why.items():
         log.info("scoring %s=%s: %s", cfg.input.partition_column, d, why)
     prepared = prepare(cfg, dp.todo, model_meta=meta, listed=dp.listed) if dp.todo else None
-    if prepared is not None and prepared.inputs.partitions:
+    if prepared is not None and prepared.inputs.partitions and needs_output_probe(cfg):
         t0 = time.perf_counter()
         prepared.embedding_dim = probe_model_output(prepared).embedding_dim
         took = time.perf_counter() - t0

@@ -137,6 +137,19 @@ def test_heads_mismatch_is_refused_before_scoring(ray_cluster, s3, kinds_job, ch
     assert not written, "nothing may be written when the model is refused"
 
 
+def test_a_single_score_column_refuses_a_multi_head_model_at_its_first_batch(
+    ray_cluster, s3, kinds_job, checkpoints
+):
+    """One score column: no probe on the driver; the predict stage refuses the first batch with the
+    same message, carried out of the Ray task as the user error it is, and nothing is committed."""
+    bucket, _, _ = kinds_job
+    cfg = _config(bucket, s3, checkpoints, "heads", "single")
+    with pytest.raises(UserError) as ei:
+        run_score(cfg, DATES)
+    assert "model returned dict(p_convert: Tensor[" in str(ei.value)
+    assert not [k for k in s3.keys(bucket, "single/_delta_log/")], "nothing may be committed"
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_embeddings_exact_with_non_finite_vectors_as_dead_letters(
     ray_cluster, s3, kinds_job, checkpoints, dtype
