@@ -32,12 +32,12 @@ def stage_metrics(ds, input_rows: int | None = None) -> list[Stage]:
             wall = (end - start) if start is not None and end is not None else op.time_total_s
             rows_out = int(op.output_num_rows.sum) if op.output_num_rows else None
             rows_in = int(op.total_input_num_rows) if op.total_input_num_rows else None
-            # a write emits one stats row per task: its throughput is in rows consumed
-            rows = rows_in if op.operator_name.endswith("Write") else rows_out
             if op.operator_name.startswith("Read"):  # its own counters count read tasks, not rows
                 rows_in = input_rows
-                if op.operator_name.endswith("Write"):
-                    rows = input_rows
+            # a write emits one stats row per task: its rows out are the rows it wrote (consumed)
+            if op.operator_name.endswith("Write"):
+                rows_out = rows_in
+            rows = rows_out
             stages.append(
                 Stage(
                     name=op.operator_name,

@@ -215,10 +215,10 @@ class Stage(_Part):
     name: str = Field("?", description="operator name")
     tasks: int | None = Field(None, description="tasks run")
     rows_in: int | None = Field(None, description="rows in")
-    rows_out: int | None = Field(None, description="rows out")
+    rows_out: int | None = Field(None, description="rows out (a write: the rows it wrote)")
     wall_s: float | None = Field(None, description="first start to last end")
     task_time_s: float | None = Field(None, description="summed over tasks")
-    rows_per_s: float | None = Field(None, description="rows out (rows in for a write) / `wall_s`")
+    rows_per_s: float | None = Field(None, description="`rows_out` / `wall_s`")
 
 
 class Timings(_Part):

@@ -72,7 +72,7 @@ def _header(r: RunReport, color: bool) -> list[str]:
     )
     if r.drift:
         verdict = paint("BREACH", "red", color) if r.drift.breach else "ok"
-        lim = ", ".join(f"{k} {f.plain(v)}" for k, v in r.drift.thresholds.items())
+        lim = ", ".join(f"{k} {f.plain(v)}" for k, v in r.drift.thresholds.items() if k.endswith("_max"))
         out.append(
             f"  drift    {verdict} (on_breach: {r.drift.on_breach or f.MISSING}"
             + (f"; {lim}" if lim else "")
