@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,22 +21,13 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow.fs as pafs  # noqa: E402
+from common import best_of  # noqa: E402
 
 from models.checkpoint import load_model  # noqa: E402
 from pipeline.commit.reconcile import _file_fingerprint
 from pipeline.config import config_from_dict  # noqa: E402
 from pipeline.stages.predict import ModelSource, Predictor
 from pipeline.stages.preprocess import Preprocessor
-
-
-def timed(fn, repeat: int = 3) -> float:
-    """Best of `repeat` (the machine is shared; the minimum is the cost, the rest is noise)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> int:
@@ -90,21 +80,21 @@ def main() -> int:
     out = pa.concat_tables([predictor(f) for f in feats])
     local = pafs.LocalFileSystem()
     rows = {
-        "read Parquet (needed columns)": timed(lambda: [pq.read_table(f, columns=columns) for f in files]),
-        "preprocess (Preprocessor: checks + transforms)": timed(lambda: [pre(b) for b in batches]),
-        "forward pass, 1 thread": timed(forward),
-        "Predictor stage, 1 thread (forward + tensors + output columns)": timed(
+        "read Parquet (needed columns)": best_of(lambda: [pq.read_table(f, columns=columns) for f in files]),
+        "preprocess (Preprocessor: checks + transforms)": best_of(lambda: [pre(b) for b in batches]),
+        "forward pass, 1 thread": best_of(forward),
+        "Predictor stage, 1 thread (forward + tensors + output columns)": best_of(
             lambda: [predictor(f) for f in feats]
         ),
-        "write Parquet (zstd)": timed(
+        "write Parquet (zstd)": best_of(
             lambda: pq.write_table(out, "/tmp/profile-out.parquet", compression="zstd")
         ),
-        "key fingerprints for the commit (read keys + hash), one file set": timed(
+        "key fingerprints for the commit (read keys + hash), one file set": best_of(
             lambda: [_file_fingerprint(local, str(f), ["event_id"]) for f in files]
         ),
     }
     torch.set_num_threads(os.cpu_count() or 1)
-    threads = timed(forward)
+    threads = best_of(forward)
     print(f"{n:,} rows from {len(files)} files of {root}/data; seconds per 1 M rows (best of 3)\n")
     print("| piece | s per 1 M rows (one core) |\n| --- | ---: |")
     for name, s in rows.items():

@@ -23,28 +23,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
+from common import best_of  # noqa: E402
 from feature_parity import transform_table as numpy_transform_table  # noqa: E402
 
 from jobs.synthetic import FEATURES, SyntheticSpec, generate_day  # noqa: E402
 from models.features import encode_table, fit_dense_stats, stack_encoded, transform_table  # noqa: E402
 from models.transforms import FeatureTransform, from_numpy  # noqa: E402
-
-
-def best_of(fn, repeat: int) -> float:
-    """Seconds, best of `repeat` (on a shared machine the minimum is the cost, the rest is noise)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> int:

@@ -62,6 +62,20 @@ def _fnv1a_strings(arr: pa.Array) -> np.ndarray:
     return h
 
 
+M64 = (1 << 64) - 1
+
+
+def ref_splitmix64(x: int) -> int:
+    """splitmix64's finalizer on a Python int: the reference both implementations are checked against."""
+    x &= M64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & M64
+    x ^= x >> 31
+    return x
+
+
 def hash_buckets(column: pa.Array | pa.ChunkedArray, buckets: int, name: str = "?") -> np.ndarray:
     """Stable hash of ints or strings into [1, buckets); nulls map to 0. Same result in any process."""
     if buckets < 2:

@@ -194,8 +194,6 @@ def top_k_dataset(ds, spec: TopKSpec, partitions: int, dead_letter: Any = None):
     # Ray Data's own map_groups relies on this too: after a hash repartition by keys each
     # partition is one block, so a whole-block batch holds every partial of its groups
     ds = ds.repartition(partitions, keys=spec.group_columns)
-    ds = ds.map_batches(TopKMerge(spec), batch_format="pyarrow", batch_size=None)
-    # the merge runs inside the shuffle's reduce, whose wrapped errors lose their cause on the way
-    # to the driver: raised as they are, a StageError (a group over the cap) reaches the user whole
-    ds.context.raise_original_map_exception = True
-    return ds
+    # a group over the cap raises a StageError in the shuffle's reduce: it reaches the user whole
+    # because the run's Ray Data context raises stage errors as they are (run/execute.py)
+    return ds.map_batches(TopKMerge(spec), batch_format="pyarrow", batch_size=None)

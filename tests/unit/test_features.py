@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
+from feature_parity import ref_splitmix64
 
 from models.features import (
     CategoricalFeature,
@@ -43,16 +44,6 @@ PINNED = {
 _M64 = (1 << 64) - 1
 
 
-def _ref_splitmix64(x: int) -> int:
-    x &= _M64
-    x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & _M64
-    x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & _M64
-    x ^= x >> 31
-    return x
-
-
 def _ref_fnv1a(data: bytes) -> int:
     h = 0xCBF29CE484222325
     for byte in data:
@@ -63,13 +54,13 @@ def _ref_fnv1a(data: bytes) -> int:
 def _ref_bucket_str(value: str | None, buckets: int) -> int:
     if value is None:
         return 0
-    return _ref_splitmix64(_ref_fnv1a(value.encode("utf-8"))) % (buckets - 1) + 1
+    return ref_splitmix64(_ref_fnv1a(value.encode("utf-8"))) % (buckets - 1) + 1
 
 
 def _ref_bucket_int(value: int | None, buckets: int) -> int:
     if value is None:
         return 0
-    return _ref_splitmix64(value & _M64) % (buckets - 1) + 1
+    return ref_splitmix64(value & _M64) % (buckets - 1) + 1
 
 
 @pytest.mark.parametrize("buckets", sorted(PINNED))

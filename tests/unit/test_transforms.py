@@ -20,6 +20,7 @@ from feature_parity import (
     categorical_cases,
     dense_cases,
     mixed_table,
+    ref_splitmix64,
 )
 from feature_parity import dense_values as np_dense_values
 from feature_parity import hash_buckets as np_hash_buckets
@@ -46,16 +47,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:Run
 _M64 = (1 << 64) - 1
 
 
-def _ref_splitmix64(x: int) -> int:
-    x &= _M64
-    x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & _M64
-    x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & _M64
-    x ^= x >> 31
-    return x
-
-
 def _as_int64(u: int) -> int:
     return u - (1 << 64) if u >= 1 << 63 else u
 
@@ -70,7 +61,7 @@ def test_splitmix64_on_int64_equals_uint64_reference():
     rng = np.random.default_rng(3)
     values = INT64_EDGES + [int(v) for v in rng.integers(-(2**63), 2**63 - 1, 5000, endpoint=True)]
     got = splitmix64(torch.tensor(values, dtype=torch.int64)).tolist()
-    assert got == [_as_int64(_ref_splitmix64(v)) for v in values]
+    assert got == [_as_int64(ref_splitmix64(v)) for v in values]
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 96, 1_000_002, 2**31 - 2, 2**32 + 15, 2**62 + 6, 2**63 - 1])
