@@ -451,7 +451,18 @@ class RayConfig(_Strict):
     address: str | None = Field(
         None, description="Ray cluster address; default: RAY_ADDRESS or a new local Ray."
     )
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local Ray (default: all).")
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of a new local Ray, or of the local runner (default: all)."
+    )
+    runner: Literal["auto", "ray", "local"] = Field(
+        "auto",
+        description="Where the stages run. 'ray': a Ray Data job (on ray.address, RAY_ADDRESS or a new "
+        "local Ray). 'local': in this process on one thread per CPU, without Ray (CPU models, no "
+        "top-K): on one machine it skips Ray's start and its workers' imports. 'auto': 'ray' when an "
+        "address is given, Ray is already initialized in this process, the job wants a GPU "
+        "(predict.device cuda, a GPU visible to predict.device auto, num_gpus_per_replica > 0), "
+        "predict.mode is 'actors' or output.top_k is set; else 'local'.",
+    )
 
 
 class JobConfig(_Strict):

@@ -168,3 +168,17 @@ def summary_row(stdout: str, date: str) -> list[str]:
     rows = [line.split() for line in stdout.splitlines() if line.startswith(f"  {date} ")]
     assert len(rows) == 1, f"no single summary row for {date} in:\n{stdout[-3000:]}"
     return rows[0]
+
+
+def with_null_keys(dataset, tmp_path, every: int = 50, offset: int = 0):
+    """A copy of DATES[0] where every `every`-th event_id (from `offset`) is null."""
+    data = tmp_path / "nullkeys"
+    dst = data / f"ds={DATES[0]}"
+    dst.mkdir(parents=True)
+    for f in sorted((dataset / f"ds={DATES[0]}").glob("*.parquet")):
+        t = pq.read_table(f)
+        ids = t.column("event_id").to_pylist()
+        ids = [None if i % every == offset else v for i, v in enumerate(ids)]
+        t = t.set_column(t.schema.get_field_index("event_id"), "event_id", pa.array(ids, pa.string()))
+        pq.write_table(t, dst / f.name)
+    return data

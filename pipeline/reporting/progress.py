@@ -76,6 +76,27 @@ def duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+class _Call:
+    """`.remote(...)` of an actor method, called in this process."""
+
+    def __init__(self, fn: Callable[..., Any], lock: threading.Lock) -> None:
+        self.fn, self.lock = fn, lock
+
+    def remote(self, *args: Any) -> Any:
+        with self.lock:
+            return self.fn(*args)
+
+
+class InProcessCounter:
+    """The counter with the actor's API (`add.remote`, `replica.remote`, `snapshot.remote`) for the
+    local runner's threads: the stages count the same way under either runner."""
+
+    def __init__(self) -> None:
+        counter, lock = _Counter(), threading.Lock()
+        self.add, self.replica = _Call(counter.add, lock), _Call(counter.replica, lock)
+        self.snapshot = _Call(counter.snapshot, lock)
+
+
 class ProgressView:
     """The driver thread that prints progress lines while the pipeline runs."""
 
@@ -112,6 +133,9 @@ class ProgressView:
             self.emit()
 
     def poll(self, timeout: float = 5.0) -> dict[str, Any]:
+        if isinstance(self.counter, InProcessCounter):
+            self.last = self.counter.snapshot.remote()
+            return self.last
         import ray
 
         if self.counter is not None:

@@ -161,6 +161,9 @@ class ModelInfo(_Part):
 
 
 class Pool(_Part):
+    runner: str | None = Field(
+        None, description="`ray` (a Ray Data job) or `local` (threads in the driver's process, no Ray)"
+    )
     mode: str | None = Field(None, description="`fused` (CPU tasks) or `actors` (a replica pool)")
     min_replicas: int | None = Field(None, description="replicas at the start")
     max_replicas: int | None = Field(None, description="the most replicas (fused: the most tasks at once)")

@@ -87,6 +87,11 @@ def _header(r: RunReport, color: bool) -> list[str]:
 
 def _pool_line(r: RunReport) -> str:
     pool, started = r.pool, len(r.replicas)
+    if pool.runner == "local":
+        return (
+            f"local runner: {pool.max_replicas} scoring thread(s) in this process, one model, "
+            f"{pool.torch_threads or 1} torch thread(s) each (no Ray)"
+        )
     if pool.mode == "fused":
         return (
             f"fused CPU tasks ({f.plain(pool.num_cpus)} CPU, {pool.torch_threads or 1} torch thread(s) each) "

@@ -12,13 +12,17 @@ Nothing is materialized on the driver; the write streams rows through all stages
 
 from __future__ import annotations
 
+import glob
 import logging
+import math
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from pipeline.config import JobConfig
+from pipeline.errors import ConfigError
 from pipeline.run.preflight import Prepared
 from pipeline.run.resources import PoolPlan, cluster_nodes, plan_pool
 from pipeline.stages.deadletter import DeadLetterWriter
@@ -53,6 +57,45 @@ def fused_task_cap(cfg: JobConfig, pool: PoolPlan) -> int | None:
     return pool.max_replicas if capped else None
 
 
+def stage_objects(
+    p: Prepared,
+    pool: PoolPlan,
+    run_id: str,
+    device_column: str | None = None,
+    dead_letter: DeadLetterWriter | None = None,
+    progress: Any = None,
+) -> tuple[Preprocessor, dict[str, Any]]:
+    """The preprocessing stage and the predictor's arguments, the same for either runner."""
+    cfg = p.cfg
+    predictor_kwargs = {
+        "source": p.source,
+        "passthrough": p.passthrough,
+        "run_id": run_id,
+        "output": OutputSpec.from_config(cfg, p.embedding_dim),
+        "dead_letter": dead_letter.tagged("out") if dead_letter is not None else None,
+        "device": "cpu" if pool.runner == "local" else cfg.predict.device,
+        "precision": cfg.predict.precision,
+        "num_threads": pool.torch_threads,
+        "device_column": device_column,
+        "progress": progress,
+    }
+    pre = Preprocessor(
+        p.model_meta.spec() if not cfg.preprocessing.function else None,
+        p.passthrough,
+        cfg.preprocessing.function,
+        required=p.requirements.columns,
+        key_columns=cfg.output.key_columns,
+        dead_letter=dead_letter,
+        progress=progress,
+        device_transforms=True,  # the numeric transforms run in the predictor, on its device
+    )
+    return pre, predictor_kwargs
+
+
+def fused_scorer(p: Prepared, pre: Preprocessor, predictor_kwargs: dict[str, Any]) -> FusedScorer:
+    return FusedScorer(pre, predictor_kwargs, p.cfg.predict.batch_size, p.cfg.preprocessing.batch_size)
+
+
 def build_dataset(
     p: Prepared,
     pool: PoolPlan,
@@ -69,38 +112,17 @@ def build_dataset(
     cap = fused_task_cap(cfg, pool)
     columns = list(dict.fromkeys([*p.requirements.columns, cfg.input.partition_column]))
     ds = read_dataset(p.inputs, columns, cap, read_keys)
-    predictor_kwargs = {
-        "source": p.source,
-        "passthrough": p.passthrough,
-        "run_id": run_id,
-        "output": OutputSpec.from_config(cfg, p.embedding_dim),
-        "dead_letter": dead_letter.tagged("out") if dead_letter is not None else None,
-        "device": cfg.predict.device,
-        "precision": cfg.predict.precision,
-        "num_threads": pool.torch_threads,
-        "device_column": device_column,
-        "progress": progress,
-    }
-    pre = Preprocessor(
-        p.model_meta.spec() if not cfg.preprocessing.function else None,
-        p.passthrough,
-        cfg.preprocessing.function,
-        required=p.requirements.columns,
-        key_columns=cfg.output.key_columns,
-        dead_letter=dead_letter,
-        progress=progress,
-        device_transforms=True,  # the numeric transforms run in the predictor, on its device
-    )
+    pre, predictor_kwargs = stage_objects(p, pool, run_id, device_column, dead_letter, progress)
     if pool.mode == "fused":
-        return _fused(ds, cfg, pool, cap, pre, predictor_kwargs)
+        return _fused(ds, cfg, pool, cap, fused_scorer(p, pre, predictor_kwargs))
     return _actor_pool(ds, cfg, pool, pre, predictor_kwargs)
 
 
-def _fused(ds, cfg: JobConfig, pool: PoolPlan, cap: int | None, pre: Preprocessor, predictor_kwargs: dict):
+def _fused(ds, cfg: JobConfig, pool: PoolPlan, cap: int | None, scorer: FusedScorer):
     from ray.data import TaskPoolStrategy
 
     return ds.map_batches(
-        FusedScorer(pre, predictor_kwargs, cfg.predict.batch_size, cfg.preprocessing.batch_size),
+        scorer,
         batch_format="pyarrow",
         batch_size=None,  # whole blocks: lets Ray Data fuse read -> score into one task per file
         compute=TaskPoolStrategy(size=cap),
@@ -148,6 +170,74 @@ def run_data_context():
     # driver as itself, not only as the text of Ray Data's UserCodeException
     ctx.raise_original_map_exception = True
     return DataContext.current(ctx)
+
+
+def ray_running() -> bool:
+    """Ray is initialized in this process (checked without importing it)."""
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def choose_runner(cfg: JobConfig, ray_is_running: bool) -> tuple[str, str]:
+    """(runner, why): where this run's stages run, from `ray.runner` (see its description)."""
+    if cfg.ray.runner != "auto":
+        return cfg.ray.runner, f"ray.runner is {cfg.ray.runner!r}"
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return "ray", "a Ray address is given (ray.address or RAY_ADDRESS)"
+    if ray_is_running:
+        return "ray", "Ray is initialized in this process"
+    if cfg.output.top_k is not None:
+        return "ray", "output.top_k shuffles by group (a Ray Data shuffle)"
+    if cfg.predict.mode == "actors":
+        return "ray", "predict.mode is 'actors'"
+    if wants_gpu(cfg):
+        return "ray", "the job wants a GPU (one replica per GPU in a Ray actor pool)"
+    return "local", "one machine and no GPU: threads in this process (ray.runner: ray for a Ray job)"
+
+
+def wants_gpu(cfg: JobConfig) -> bool:
+    """predict.device cuda, GPUs per replica > 0, or device auto with an NVIDIA driver and a
+    device file present (checked without importing torch: a CPU run does not pay for it)."""
+    if asks_for_gpu(cfg):
+        return True
+    if cfg.predict.device == "cpu" or os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/proc/driver/nvidia/version") and bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def asks_for_gpu(cfg: JobConfig) -> bool:
+    gpus = cfg.predict.num_gpus_per_replica
+    return cfg.predict.device == "cuda" or (gpus != "auto" and float(gpus) > 0)
+
+
+def local_cpus(cfg: JobConfig) -> int:
+    """CPUs this process may use: ray.num_cpus, else the affinity mask capped by a cgroup CPU
+    quota (a container's limit; os.cpu_count() counts the host's). Ray reads the same quota
+    when it starts; the local runner does not import Ray, hence these lines."""
+    if cfg.ray.num_cpus:
+        return cfg.ray.num_cpus
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:  # cgroup v2: "max 100000" or "200000 100000"
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.floor(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def local_pool(cfg: JobConfig) -> PoolPlan:
+    """The local runner's plan: the fused plan on this machine's CPUs (one scoring thread per
+    replica, torch threads per replica as in fused Ray tasks). A GPU needs the Ray runner."""
+    if asks_for_gpu(cfg):
+        raise ConfigError(
+            "ray.runner 'local' scores on CPU; predict.device 'cuda' or predict.num_gpus_per_replica "
+            "> 0 need ray.runner 'ray' (or 'auto')"
+        )
+    if cfg.output.top_k is not None:
+        raise ConfigError("output.top_k needs Ray's shuffle by group: set ray.runner to 'ray' or 'auto'")
+    predict = cfg.predict.model_copy(update={"mode": "fused"})
+    return replace(plan_pool(predict, [{"CPU": float(local_cpus(cfg))}]), runner="local")
 
 
 def start_ray(cfg: JobConfig) -> tuple[float, PoolPlan]:

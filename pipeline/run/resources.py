@@ -25,6 +25,7 @@ class PoolPlan:
     cluster_gpus: float
     torch_threads: int = 1
     mode: str = "actors"
+    runner: str = "ray"  # or "local": threads in the driver's process (pipeline/run/local.py)
 
 
 def plan_pool(

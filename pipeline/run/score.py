@@ -31,12 +31,22 @@ from pipeline.quality.drift import (
 )
 from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
-from pipeline.reporting.progress import ProgressView, start_counter
+from pipeline.reporting.progress import InProcessCounter, ProgressView, start_counter
 from pipeline.reporting.runs import RUNS_DIR
 from pipeline.reporting.schema import Commits, RunReport
 from pipeline.run.clock import seconds_to_first, take_origin
 from pipeline.run.context import RunContext
-from pipeline.run.execute import build_dataset, fused_task_cap, run_data_context, start_ray
+from pipeline.run.execute import (
+    build_dataset,
+    choose_runner,
+    fused_scorer,
+    fused_task_cap,
+    local_pool,
+    ray_running,
+    run_data_context,
+    stage_objects,
+    start_ray,
+)
 from pipeline.run.finalize import (
     build_report,
     fail_report,
@@ -45,6 +55,7 @@ from pipeline.run.finalize import (
     skipped_report,
     write_report,
 )
+from pipeline.run.local import DateFiles, LocalRun, preload_torch
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
@@ -78,10 +89,14 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     """
     origin = take_origin()
     started, t_start = datetime.now(timezone.utc), time.perf_counter()
+    runner = choose_runner(cfg, ray_running())
+    if runner[0] == "local":
+        local_pool(cfg)  # refuses what the local runner cannot do (top-K, a GPU) before any work
+        preload_torch()
     pre = preflight(cfg, dates, run_id, force)
     if pre.prepared is None:
         return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
-    ctx = _start(cfg, pre, started, t_start)
+    ctx = _start(cfg, pre, started, t_start, runner)
     try:
         ds, snapshot = _execute(ctx)
         ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
@@ -98,7 +113,9 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
                 log.debug("could not remove %s: %s", ctx.policy.read_keys.location.uri, e)
 
 
-def _start(cfg: JobConfig, pre: Preflight, started: datetime, t_start: float) -> RunContext:
+def _start(
+    cfg: JobConfig, pre: Preflight, started: datetime, t_start: float, runner: tuple[str, str]
+) -> RunContext:
     """Ray and the pool; the run's identity, its commit policy and its committer thread."""
     from pipeline.commit.tables import OutputTables
 
@@ -112,7 +129,8 @@ def _start(cfg: JobConfig, pre: Preflight, started: datetime, t_start: float) ->
         p.model_meta.version,
         p.model_meta.sha256[:12],
     )
-    t_ray, pool = start_ray(cfg)
+    log.info("runner: %s (%s)", *runner)
+    t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
     tables = OutputTables.for_config(cfg)
     meta = p.model_meta
     run = RunIdentity(
@@ -165,8 +183,9 @@ def _execute(ctx: RunContext):
     written = [
         WrittenRows(tables.location.join(f"{col}={d}"), run_file_prefix(ctx.run_id)) for d in ctx.dates
     ]
+    counter = InProcessCounter() if ctx.pool.runner == "local" else start_counter()
     progress = ProgressView(
-        start_counter(), ctx.p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
+        counter, ctx.p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
     ).start()
     ctx.committer.start()
     t0 = time.perf_counter()
@@ -188,11 +207,13 @@ def _execute(ctx: RunContext):
 def _run_pipeline(ctx: RunContext, counter):
     """The lazy pipeline, executed by its write, under this run's Ray Data settings (the caller's
     own Ray Data context is left as it was)."""
-    from pipeline.stages.write import write_predictions, write_tasks_at_once  # Ray Data: now
-
     cfg, tables = ctx.cfg, ctx.tables
     col = cfg.input.partition_column
     dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id)
+    if ctx.pool.runner == "local":
+        return _run_local(ctx, counter, dead_letter)
+    from pipeline.stages.write import write_predictions, write_tasks_at_once  # Ray Data: now
+
     with run_data_context():
         ds = build_dataset(
             ctx.p,
@@ -207,6 +228,19 @@ def _run_pipeline(ctx: RunContext, counter):
             ds = top_k_dataset(ds, TopKSpec.from_config(cfg), partitions, dead_letter)
         writes = write_tasks_at_once(ctx.pool.cluster_cpus, fused_task_cap(cfg, ctx.pool))
         return write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes)
+
+
+def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter) -> LocalRun:
+    """The same stages on threads in this process (pipeline/run/local.py)."""
+    pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
+    files = DateFiles(
+        ctx.tables.location,
+        ctx.cfg.output,
+        ctx.run_id,
+        {part.date: len(part.files) for part in ctx.p.inputs.partitions},
+    )
+    scorer = fused_scorer(ctx.p, pre, kwargs)
+    return LocalRun(ctx.p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys).run()
 
 
 def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
@@ -248,8 +282,11 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
     for line in breaches:
         log.warning("score drift: %s", line)
     report = build_report(c, snapshot, profiles, drift)
-    report.stages = stage_metrics(ds, p.inputs.rows)
-    report.ray_data_stats = ray_data_stats(ds)
+    if isinstance(ds, LocalRun):
+        report.stages, report.ray_data_stats = ds.stages(), ds.stats_text()
+    else:
+        report.stages = stage_metrics(ds, p.inputs.rows)
+        report.ray_data_stats = ray_data_stats(ds)
     report.commits = Commits(**c.committer.summary())
     if breaches and cfg.drift.on_breach == "fail":
         uri = fail_report(c, report, "rejected", None)

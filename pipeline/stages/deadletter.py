@@ -9,6 +9,7 @@ Like the predictions, each file's footer holds the key fingerprint of its rows."
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +51,14 @@ class DeadLetterWriter:
         self.run_id = run_id
         self.tag = ""
         self._seq: dict[str, int] = {}
+        self._lock = threading.Lock()  # the local runner's threads share one writer
+
+    def __getstate__(self) -> dict:  # shipped to Ray workers: each process gets its own lock
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def tagged(self, tag: str) -> DeadLetterWriter:
         """A writer for another stage of the same task (fused mode runs preprocess and predict in
@@ -60,8 +69,9 @@ class DeadLetterWriter:
 
     def _name(self, batch: pa.Table) -> str:
         token = _task_token() or _content_token(batch)
-        seq = self._seq.get(token, 0)
-        self._seq[token] = seq + 1
+        with self._lock:
+            seq = self._seq.get(token, 0)
+            self._seq[token] = seq + 1
         return f"{run_file_prefix(self.run_id, 'dl')}{self.tag}{token}-{seq:04d}"
 
     def write(self, rows: pa.Table, reasons: np.ndarray, batch: pa.Table | None = None) -> int:

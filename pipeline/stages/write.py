@@ -15,20 +15,18 @@ soon as its rows are there, not when the predictor has finished."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable
-from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from ray.data import Dataset, SaveMode
 from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
 from ray.data.datasource import FilenameProvider
 
 from pipeline.commit.filestats import write_parquet
-from pipeline.commit.tables import HIVE_NULL, run_file_prefix
+from pipeline.commit.tables import run_file_prefix
 from pipeline.config import OutputConfig
+from pipeline.stages.layout import even_slices, split_by_partition
 from pipeline.storage import Location, is_s3
 
 
@@ -43,33 +41,6 @@ class RunFileNames(FilenameProvider):
 
     def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
         return f"{run_file_prefix(self.run_id)}{write_uuid}-{task_index:06d}"
-
-
-def split_by_partition(table: pa.Table, columns: list[str]) -> list[tuple[str, pa.Table]]:
-    """(hive directory, rows without the partition columns) per distinct partition value, in a
-    fixed order (a retried task names its files as the first attempt did). Values are written as
-    Arrow casts them to strings, URI-escaped, null as Hive's default partition (as pyarrow's hive
-    partitioning writes them)."""
-    text = {c: pc.cast(table.column(c), pa.string()) for c in columns}
-    combos = pa.table(text).group_by(columns).aggregate([]).to_pylist()
-    out = []
-    for combo in sorted(combos, key=lambda c: [(v is None, v or "") for v in c.values()]):
-        mask = None
-        for c in columns:
-            v = combo[c]
-            m = pc.is_null(text[c]) if v is None else pc.fill_null(pc.equal(text[c], v), False)
-            mask = m if mask is None else pc.and_(mask, m)
-        directory = "/".join(f"{c}={HIVE_NULL if v is None else quote(v, safe='')}" for c, v in combo.items())
-        out.append((directory, table.filter(mask).drop_columns(columns)))
-    return out
-
-
-def even_slices(num_rows: int, max_rows: int) -> list[tuple[int, int]]:
-    """(offset, length) of ceil(num_rows / max_rows) slices of near-equal length: 1.2 targets
-    make two files of 0.6, not one full file and a small one."""
-    n = max(1, math.ceil(num_rows / max_rows))
-    bounds = [round(i * num_rows / n) for i in range(n + 1)]
-    return [(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
 class PredictionFiles(ParquetDatasink):

@@ -10,7 +10,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from support import DATES, latest_commit, make_config, plugin_config, read_delta, read_input, read_output
+from support import (
+    DATES,
+    latest_commit,
+    make_config,
+    plugin_config,
+    read_delta,
+    read_input,
+    read_output,
+    with_null_keys,
+)
 
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
 from pipeline.commit.tables import OutputTables
@@ -28,20 +37,6 @@ def _dead_letters(out, date) -> pa.Table:
     return read_delta(str(out / "_dead_letter"), date=date)
 
 
-def _with_null_keys(dataset, tmp_path, every: int = 50, offset: int = 0):
-    """A copy of DATES[0] where every `every`-th event_id (from `offset`) is null."""
-    data = tmp_path / "nullkeys"
-    dst = data / f"ds={DATES[0]}"
-    dst.mkdir(parents=True)
-    for f in sorted((dataset / f"ds={DATES[0]}").glob("*.parquet")):
-        t = pq.read_table(f)
-        ids = t.column("event_id").to_pylist()
-        ids = [None if i % every == offset else v for i, v in enumerate(ids)]
-        t = t.set_column(t.schema.get_field_index("event_id"), "event_id", pa.array(ids, pa.string()))
-        pq.write_table(t, dst / f.name)
-    return data
-
-
 def test_rows_that_cannot_be_scored_go_to_dead_letter_with_a_reason(
     ray_cluster, dataset, checkpoints, tmp_path
 ):
@@ -50,7 +45,7 @@ def test_rows_that_cannot_be_scored_go_to_dead_letter_with_a_reason(
     for f in spec["dense"]:
         if f["name"] == "price":
             f["on_nonfinite"] = "reject"  # the synthetic data has ~2 % null prices
-    data = _with_null_keys(dataset, tmp_path)
+    data = with_null_keys(dataset, tmp_path)
     out = tmp_path / "preds"
     cfg = make_config(
         str(data), model_uri, str(out), preprocessing={"features": spec}, output={"max_bad_row_fraction": 0.1}
@@ -83,7 +78,7 @@ def test_one_null_key_in_each_file_of_a_date_commits(ray_cluster, dataset, check
     """Every null key hashes alike: dead-letter files must still get one name per task and batch,
     or one file overwrites another and the date can never reconcile."""
     model_uri, _ = checkpoints.entries["safetensors"]
-    data = _with_null_keys(dataset, tmp_path, every=1000, offset=7)  # one null per 1000-row file
+    data = with_null_keys(dataset, tmp_path, every=1000, offset=7)  # one null per 1000-row file
     out = tmp_path / "preds"
     for mode in ("fused", "actors"):
         cfg = make_config(
@@ -97,7 +92,7 @@ def test_one_null_key_in_each_file_of_a_date_commits(ray_cluster, dataset, check
 
 def test_too_many_bad_rows_fail_the_run_and_publish_nothing(ray_cluster, dataset, checkpoints, tmp_path):
     model_uri, _ = checkpoints.entries["safetensors"]
-    data = _with_null_keys(dataset, tmp_path, every=20)  # 5 % > the default 1 %
+    data = with_null_keys(dataset, tmp_path, every=20)  # 5 % > the default 1 %
     out = tmp_path / "preds"
     with pytest.raises(CommitError, match=r"cannot be scored, over output.max_bad_row_fraction=0.01"):
         run_score(make_config(str(data), model_uri, str(out)), [DATES[0]], force=True)

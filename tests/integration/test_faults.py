@@ -90,10 +90,13 @@ def test_killed_model_worker_run_still_exact(ray_cluster, dataset, checkpoints, 
     assert_keys_exact(dataset, out, DATES[0])
 
 
-def _score_process(cfg, tmp_path, ray_address: str, name: str = "job") -> subprocess.Popen:
+def _score_process(cfg, tmp_path, ray_address: str | None, name: str = "job") -> subprocess.Popen:
+    """`python -m jobs.score` on `cfg`: a Ray job on `ray_address`, or the local runner (None)."""
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = dict(os.environ, RAY_ADDRESS=ray_address)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     return subprocess.Popen(
         [sys.executable, "-m", "jobs.score", str(config), "--date", DATES[0]],
         cwd=ROOT,
@@ -128,13 +131,16 @@ def _live_files(out) -> set[str]:
     return live
 
 
+@pytest.mark.parametrize("runner", ["ray", "local"])
 @pytest.mark.parametrize("moment", ["scoring", "right after the commit"])
 def test_sigkilled_driver_leaves_nothing_readable_and_a_rerun_is_exact(
-    ray_cluster, dataset, checkpoints, tmp_path, moment
+    ray_cluster, dataset, checkpoints, tmp_path, moment, runner
 ):
+    """The driver SIGKILLed: with the Ray runner it holds the job, with the local runner it is
+    the whole run (its scoring threads die with it)."""
     out = tmp_path / "preds"
-    cfg = _slow_cfg(dataset, checkpoints, out)
-    proc = _score_process(cfg, tmp_path, ray_cluster.address)
+    cfg = _slow_cfg(dataset, checkpoints, out, ray={"runner": runner})
+    proc = _score_process(cfg, tmp_path, ray_cluster.address if runner == "ray" else None)
     if moment == "scoring":  # files written under the table, the date not committed yet
         hit = _wait_for(lambda: any(out.glob(f"ds={DATES[0]}/part-*.parquet")), proc)
     else:  # the commit is in the log; the driver still profiles, reports, cleans up

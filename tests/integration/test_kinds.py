@@ -71,7 +71,7 @@ def kinds_job(s3, checkpoints, tmp_path_factory):
     return bucket, storage, models
 
 
-def _config(bucket, s3, checkpoints, model: str, out: str, **output):
+def _config(bucket, s3, checkpoints, model: str, out: str, runner: str = "auto", **output):
     return make_config(
         f"s3://{bucket}/events",
         f"s3://{bucket}/models/{model}.ts",
@@ -79,6 +79,7 @@ def _config(bucket, s3, checkpoints, model: str, out: str, **output):
         storage={"endpoint_url": s3.endpoint},
         preprocessing={"features": checkpoints.spec.to_dict()},
         output=output,
+        ray={"runner": runner},
     )
 
 
@@ -137,17 +138,19 @@ def test_heads_mismatch_is_refused_before_scoring(ray_cluster, s3, kinds_job, ch
     assert not written, "nothing may be written when the model is refused"
 
 
+@pytest.mark.parametrize("runner", ["ray", "local"])
 def test_a_single_score_column_refuses_a_multi_head_model_at_its_first_batch(
-    ray_cluster, s3, kinds_job, checkpoints
+    ray_cluster, s3, kinds_job, checkpoints, runner
 ):
     """One score column: no probe on the driver; the predict stage refuses the first batch with the
-    same message, carried out of the Ray task as the user error it is, and nothing is committed."""
+    same message, carried out of the Ray task (or the local runner's thread) as the user error it
+    is, and nothing is committed."""
     bucket, _, _ = kinds_job
-    cfg = _config(bucket, s3, checkpoints, "heads", "single")
+    cfg = _config(bucket, s3, checkpoints, "heads", f"single-{runner}", runner)
     with pytest.raises(UserError) as ei:
         run_score(cfg, DATES)
     assert "model returned dict(p_convert: Tensor[" in str(ei.value)
-    assert not [k for k in s3.keys(bucket, "single/_delta_log/")], "nothing may be committed"
+    assert not [k for k in s3.keys(bucket, f"single-{runner}/_delta_log/")], "nothing may be committed"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

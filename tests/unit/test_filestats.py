@@ -23,8 +23,9 @@ from pipeline.config import OutputConfig, StorageConfig
 from pipeline.errors import CommitError
 from pipeline.quality.profiles import profile_partitions
 from pipeline.stages.deadletter import DeadLetterWriter
+from pipeline.stages.layout import even_slices, split_by_partition
 from pipeline.stages.read import discover
-from pipeline.stages.write import PredictionFiles, even_slices, split_by_partition
+from pipeline.stages.write import PredictionFiles
 from pipeline.storage import resolve
 
 DATE = "2026-10-01"

@@ -1,0 +1,255 @@
+"""The local runner: the run's stages in this process, on threads, without Ray.
+
+Why: on one machine without a GPU, Ray's processes and the imports in each of its workers cost
+more than the parallelism they give. Measured on 2 CPUs (benchmarks/RESULTS.md): a new local
+Ray's start and its workers' imports were 44 % of a 4 M-row run's CPU, and the run took three
+times as long as a hand-written loop. Here one scoring thread per CPU (the fused plan's replicas)
+takes the next input file and runs it through the very stages the Ray job folds over its
+Dataset: the planned read (and the input's key record), preprocessing, the predictor, then the
+date's file buffer, which writes files of `output.target_rows_per_file` rows with their stats in
+the footer. PyArrow's reads and writes, numpy's kernels and torch's forward pass release the
+GIL, so the threads keep the CPUs busy; the model is loaded once and shared.
+
+The commit is the Ray run's (pipeline/commit/streaming.DateCommitter watching the files), so
+every check holds as it does there. What Ray would add and this does not: retries of a failed
+task. Here a failed stage stops the run (its uncommitted dates are removed, nothing of them is
+visible), and a rerun goes on from the dates already committed."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.commit.filestats import write_parquet
+from pipeline.commit.tables import run_file_prefix
+from pipeline.config import OutputConfig
+from pipeline.reporting.schema import Stage
+from pipeline.run.preflight import Prepared
+from pipeline.stages.layout import even_slices, split_by_partition
+from pipeline.stages.predict import FusedScorer, Predictor
+from pipeline.stages.read import InputFile, PlannedParquet
+from pipeline.storage import Location, is_s3
+
+# Ray Data's default target block size: a file bigger than this in memory is read in parts
+BLOCK_BYTES = 128 * 1024 * 1024
+
+
+def preload_torch() -> threading.Thread:
+    """Import torch (1-2 s of a run's start) on a thread while the driver checks the model, the
+    inputs and the table's log, which wait mostly on storage and delta-rs, not on Python."""
+
+    def load() -> None:
+        import torch  # noqa: F401
+
+        import models.transforms  # noqa: F401
+
+    thread = threading.Thread(target=load, name="batchscore-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+@dataclass
+class StageClock:
+    """One stage's tasks, rows and time across the threads (first start to last end, and busy)."""
+
+    name: str
+    tasks: int = 0
+    rows_in: int = 0
+    rows_out: int = 0
+    busy_s: float = 0.0
+    first: float | None = None
+    last: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, start: float, rows_in: int, rows_out: int, tasks: int = 1) -> None:
+        end = time.perf_counter()
+        with self.lock:
+            self.tasks += tasks
+            self.rows_in += rows_in
+            self.rows_out += rows_out
+            self.busy_s += end - start
+            self.first = start if self.first is None else min(self.first, start)
+            self.last = end if self.last is None else max(self.last, end)
+
+    def stage(self) -> Stage:
+        wall = (self.last - self.first) if self.first is not None and self.last is not None else None
+        return Stage(
+            name=self.name,
+            tasks=self.tasks,
+            rows_in=self.rows_in,
+            rows_out=self.rows_out,
+            wall_s=round(wall, 3) if wall else None,
+            task_time_s=round(self.busy_s, 3),
+            rows_per_s=round(self.rows_out / wall, 1) if wall and self.rows_out else None,
+        )
+
+
+class DateFiles:
+    """The predictions of each date, buffered and written as files of `target_rows_per_file` rows
+    into the table's directory of each partition: whole targets as soon as the buffer holds them
+    (the rest stays buffered), and a date's last rows, one smaller file, once its last input file
+    is scored, so the committer can commit the date while later dates are scored. Names carry the
+    run's prefix and a sequence number (no retries here, so nothing is ever written twice)."""
+
+    def __init__(
+        self, table: Location, out: OutputConfig, run_id: str, files_per_date: dict[str, int]
+    ) -> None:
+        self.table, self.run_id = table, run_id
+        self.partition_cols = list(out.partition_columns)
+        self.target = out.target_rows_per_file
+        self.key_columns = list(out.top_k.group_by if out.top_k is not None else out.key_columns)
+        self.value_columns = list(out.value_columns)
+        self.compression = None if out.compression == "none" else out.compression
+        self.left = dict(files_per_date)
+        self.clock = StageClock("Write")
+        self._buf: dict[str, list[pa.Table]] = defaultdict(list)
+        self._rows: dict[str, int] = defaultdict(int)
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+
+    def add(self, date: str, rows: pa.Table) -> None:
+        """Buffer `rows` of `date`; write the buffer once it holds the target (in this thread)."""
+        if not rows.num_rows:
+            return
+        with self._lock:
+            self._buf[date].append(rows)
+            self._rows[date] += rows.num_rows
+            full = self._take_whole_files(date)
+        if full:
+            self._write(full)
+
+    def file_done(self, date: str) -> None:
+        """One input file of `date` is scored; after its last, the date's rest is written."""
+        with self._lock:
+            self.left[date] -= 1
+            rest = self._take(date) if self.left[date] == 0 else None
+        if rest:
+            self._write(rest)
+
+    def _take(self, date: str) -> list[pa.Table]:
+        tables, self._buf[date], self._rows[date] = self._buf[date], [], 0
+        return tables
+
+    def _take_whole_files(self, date: str) -> list[pa.Table] | None:
+        """The buffer's first whole multiple of the target rows (the rest stays), or None."""
+        n = self._rows[date] // self.target * self.target
+        if not n:
+            return None
+        rows = pa.concat_tables(self._take(date), promote_options="default")
+        if rows.num_rows > n:
+            self._buf[date], self._rows[date] = [rows.slice(n)], rows.num_rows - n
+        return [rows.slice(0, n)]
+
+    def _write(self, tables: list[pa.Table]) -> None:
+        t0 = time.perf_counter()
+        rows = pa.concat_tables(tables, promote_options="default")
+        files = 0
+        for directory, part in split_by_partition(rows, self.partition_cols):
+            if not is_s3(self.table.uri):
+                self.table.fs.create_dir(f"{self.table.path}/{directory}", recursive=True)
+            for offset, length in even_slices(part.num_rows, self.target):
+                name = f"{run_file_prefix(self.run_id)}local-{next(self._seq):06d}.parquet"
+                write_parquet(
+                    self.table.fs,
+                    f"{self.table.path}/{directory}/{name}",
+                    part.slice(offset, length),
+                    self.key_columns,
+                    self.value_columns,
+                    self.compression,
+                )
+                files += 1
+        self.clock.add(t0, rows.num_rows, rows.num_rows, tasks=files)
+
+
+class LocalRun:
+    """The scoring threads over the planned files. `run()` returns when every file is written, or
+    raises the first stage error (the other threads stop after their current file)."""
+
+    def __init__(
+        self,
+        p: Prepared,
+        scorer: FusedScorer,
+        threads: int,
+        files: DateFiles,
+        read_keys: Any = None,
+    ) -> None:
+        columns = list(dict.fromkeys([*p.requirements.columns, p.cfg.input.partition_column]))
+        self.source = PlannedParquet(p.inputs, columns)
+        self.scorer, self.files, self.read_keys = scorer, files, read_keys
+        self.threads = max(1, min(threads, len(self.source.files)))
+        self.read = StageClock("ReadParquet")
+        self.score = StageClock("Score")
+        self._todo = iter(self.source.files)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+
+    def run(self) -> LocalRun:
+        first = Predictor(**self.scorer.predictor_kwargs)  # the model, loaded once
+        predictors = [first] + [first.share() for _ in range(self.threads - 1)]
+        workers = [
+            threading.Thread(target=self._work, args=(pr,), name=f"batchscore-score-{i}", daemon=True)
+            for i, pr in enumerate(predictors)
+        ]
+        for w in workers:
+            w.start()
+        try:
+            for w in workers:
+                while w.is_alive():
+                    w.join(0.2)  # a timed join: Ctrl-C reaches this thread
+        except BaseException:
+            self._stop.set()
+            for w in workers:
+                w.join()
+            raise
+        if self._errors:
+            raise self._errors[0]
+        return self
+
+    def _next(self) -> tuple[InputFile, str] | None:
+        with self._lock:
+            return None if self._stop.is_set() else next(self._todo, None)
+
+    def _work(self, predictor: Predictor) -> None:
+        try:
+            while (item := self._next()) is not None:
+                self._score_file(*item, predictor)
+        except BaseException as e:  # the run raises it; the other threads stop
+            with self._lock:
+                self._errors.append(e)
+            self._stop.set()
+
+    def _score_file(self, f: InputFile, date: str, predictor: Predictor) -> None:
+        blocks = self.source.read_file(f, date, BLOCK_BYTES)
+        if self.read_keys is not None:
+            blocks = self.read_keys.record([f.path], blocks)
+        while True:
+            t0 = time.perf_counter()
+            block = next(blocks, None)
+            if block is None:
+                break
+            self.read.add(t0, 0, block.num_rows, tasks=0)
+            t0 = time.perf_counter()
+            scored = self.scorer.score(block, predictor)
+            self.score.add(t0, block.num_rows, scored.num_rows, tasks=0)
+            self.files.add(date, scored)
+        self.read.add(time.perf_counter(), f.rows, 0)  # one task per file
+        self.files.file_done(date)
+
+    def stages(self) -> list[Stage]:
+        """The report's stages: read, score (preprocess + predict) and write, across the threads."""
+        self.score.tasks = self.read.tasks
+        return [c.stage() for c in (self.read, self.score, self.files.clock) if c.first is not None]
+
+    def stats_text(self) -> str:
+        return "\n".join(
+            f"{s.name}: {s.tasks} tasks, {s.rows_out} rows out, {s.wall_s} s wall, {s.task_time_s} s busy "
+            f"on {self.threads} thread(s)"
+            for s in self.stages()
+        )
