@@ -7,10 +7,12 @@ On the same generated data (hive-partitioned Parquet, several dates and shards) 
   limit       forward pass only, over tensors built beforehand, in this process, all cores
   script      `benchmarks/handwritten.py` as its own process: read a shard -> transform ->
               predict -> write, sequentially; wall time from process start to exit
-  batchscore  `batchscore score CONFIG --date ...` as its own process, on a new local Ray: wall
-              time from process start to exit (start-up, pipeline, commit, report), and from its
-              report the pipeline alone (`timings_s.pipeline_s`) and the time to the first scored
-              batch (`timings_s.first_batch_s`)
+  batchscore  `batchscore score CONFIG --date ...` as its own process, with its defaults (on this
+              machine without a GPU or a Ray address: the local runner): wall time from process
+              start to exit (start-up, pipeline, commit, report), and from its report the pipeline
+              alone (`timings_s.pipeline_s`) and the time to the first scored batch
+              (`timings_s.first_batch_s`)
+  batchscore_ray  the same with `--set ray.runner=ray`: a new local Ray of its own
 
 Peak memory is the summed RSS of each process tree (the process and all its descendants: Ray's
 processes and workers for batchscore), sampled every 0.2 s. `--profile` adds one more batchscore
@@ -178,12 +180,14 @@ def write_config(path: Path, data: Path | str, model_dir: Path, out: Path | str,
     return path
 
 
-def bench_batchscore(config: Path, dates: list[str], out: Path | None, logs: Path, name: str) -> dict:
-    """`batchscore score` as a user runs it: a new process starting its own local Ray. `out`:
-    removed first; None (on S3): --force, so a repeated run replaces the dates it committed."""
+def bench_batchscore(
+    config: Path, dates: list[str], out: Path | None, logs: Path, name: str, extra: tuple[str, ...] = ()
+) -> dict:
+    """`batchscore score` as a user runs it, in a new process. `out`: removed first; None (on S3):
+    --force, so a repeated run replaces the dates it committed. `extra`: more arguments."""
     if out is not None:
         shutil.rmtree(out, ignore_errors=True)
-    cmd = [*batchscore_command(), "score", str(config), *(a for d in dates for a in ("--date", d))]
+    cmd = [*batchscore_command(), "score", str(config), *(a for d in dates for a in ("--date", d)), *extra]
     if out is None:
         cmd.append("--force")
     r = run_process(name, cmd, logs)
@@ -192,6 +196,7 @@ def bench_batchscore(config: Path, dates: list[str], out: Path | None, logs: Pat
     t = report["timings_s"]
     rows = final["rows_in"]
     r.update(
+        runner=(report.get("pool") or {}).get("runner", "ray"),
         rows=rows,
         rows_per_s=round(rows / r["seconds"]),
         first_batch_s=t.get("first_batch_s"),
@@ -250,7 +255,14 @@ def profile_batchscore(config: Path, dates: list[str], out: Path, root: Path, ra
 
 
 OUR_CODE = ("pipeline/", "models/", "jobs/")
-IDLE_LEAF = "Worker.main_loop (ray/_private/worker.py"
+# leaves of waiting threads (native waits py-spy counts as busy): a Ray worker's task loop, and
+# the local runner's driver threads between polls (progress, committer, the main thread's join)
+IDLE_LEAVES = (
+    "Worker.main_loop (ray/_private/worker.py",
+    "Condition.wait (threading.py",
+    "wait (threading.py",
+    "_wait_for_tstate_lock (threading.py",
+)
 MARKERS = {  # external frames worth a line of their own (inclusive samples)
     "import torch": "<module> (torch/__init__.py",
     "import ray.data": "<module> (ray/data/__init__.py",
@@ -291,8 +303,8 @@ def summarize_pyspy(raw: Path, rate: int) -> dict:
         procs = [i for i, f in enumerate(frames) if f.startswith("process ")]
         kind = _process_kind(frames[procs[-1]]) if procs else "?"
         frames = frames[procs[-1] + 1 :] if procs else frames
-        if not frames or frames[-1].startswith(IDLE_LEAF):
-            continue  # a worker waiting in Ray's task loop (native code py-spy counts as busy)
+        if not frames or frames[-1].startswith(IDLE_LEAVES):
+            continue  # a waiting thread (see IDLE_LEAVES)
         total += n
         kinds[kind] += n
         self_frames[_short(frames[-1])] += n
@@ -388,11 +400,17 @@ def main() -> int:
     runs = (
         ("script", lambda: bench_script(data, model, root / "out-script", args.batch, logs)),
         ("batchscore", lambda: bench_batchscore(config, dates, root / "out-batchscore", logs, "batchscore")),
+        (
+            "batchscore_ray",
+            lambda: bench_batchscore(
+                config, dates, root / "out-batchscore", logs, "batchscore_ray", ("--set", "ray.runner=ray")
+            ),
+        ),
     )
     for name, fn in runs:
         results[name] = best_of(args.repeat, fn)
         print(name, json.dumps(results[name]), flush=True)
-    names = ["limit", "script", "batchscore"]
+    names = ["limit", "script", "batchscore", "batchscore_ray"]
     if args.s3:
         server, endpoint = start_s3_server()
         try:

@@ -95,6 +95,24 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _all_of_one_length(offsets: np.ndarray, lengths: np.ndarray, data_len: int) -> bool:
+    return (
+        len(lengths) > 0
+        and lengths[0] > 0
+        and bool((lengths == lengths[0]).all())
+        and int(offsets[-1]) <= data_len
+    )
+
+
+def _fnv1a_fixed(rows: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """FNV-1a of equal-length values laid out back to back, `rows` [n, length] uint8: one strided
+    column of bytes per step, no gather (about twice as fast as the general loop below)."""
+    for j in range(rows.shape[1]):
+        np.bitwise_xor(h, rows[:, j], out=h)
+        h *= _FNV_PRIME
+    return h
+
+
 def _fnv1a_strings(arr: pa.Array) -> np.ndarray:
     """FNV-1a over the bytes of each value (uint64), vectorized across rows, looping over byte
     positions. What a null slot hashes to is unspecified (callers mask nulls).
@@ -119,6 +137,8 @@ def _fnv1a_strings(arr: pa.Array) -> np.ndarray:
         data = np.zeros(1, np.uint8)
     starts = offsets[:-1]
     lengths = np.diff(offsets)
+    if _all_of_one_length(offsets, lengths, len(data)):  # ids like '2026-10-01-625000'
+        return _fnv1a_fixed(data[offsets[0] : offsets[-1]].reshape(n, int(lengths[0])), h)
     valid = lengths if not arr.null_count else lengths[~arr.is_null().to_numpy(zero_copy_only=False)]
     common = int(valid.min()) if len(valid) else 0
     byte = np.empty(n, dtype=np.uint8)

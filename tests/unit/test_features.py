@@ -83,6 +83,18 @@ def test_hash_buckets_matches_scalar_reference():
     ]
 
 
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.binary(), pa.string_view()])
+def test_equal_length_values_hash_as_the_scalar_reference(kind):
+    """Values all of one length take the strided path: same hashes, also for a slice (offsets
+    not starting at 0) and for multi-byte characters."""
+    values = [f"2026-10-01-{i:06d}" for i in range(300)] + ["ä€-00000000000"]
+    assert {len(v.encode()) for v in values} == {17}
+    arr = pa.array(values, pa.string()).cast(kind)
+    for part, want in ((arr, values), (arr.slice(7, 200), values[7:207])):
+        got = hash_buckets(part, 1 << 20).tolist()
+        assert got == [_ref_bucket_str(v, 1 << 20) for v in want]
+
+
 def test_hash_buckets_deterministic_across_calls():
     arr = pa.array([f"user_{i}" for i in range(500)])
     a = hash_buckets(arr, 1 << 20)
