@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "vacuum",
-        help="delete replaced files and files of dead runs older than the retention (both tables)",
+        help="delete replaced files, and dead runs' files and key records, older than the retention",
     )
     _add_table_args(p)
     p.add_argument(

@@ -2,7 +2,8 @@
 
 vacuum: delete files that no reader of the last --retain-hours needs (replaced or removed files,
 and files of runs that died before committing, once that old), in the predictions table and its
-dead-letter table. history: each date's commits with their table versions, for time travel.
+dead-letter table, and the key records such runs left (_runs/RUN/input_keys), once that old.
+history: each date's commits with their table versions, for time travel.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ import sys
 from typing import Any
 
 DEFAULT_RETAIN_HOURS = 168
+# what vacuum_tables deletes, by key: the two tables' files, and the key records of killed runs
+VACUUMED = {
+    "predictions": "file(s)",
+    "dead_letters": "file(s)",
+    "input_keys": "key-record folder(s) of killed runs (_runs/RUN/input_keys)",
+}
 
 
 def _tables(output: str, endpoint_url: str | None, partition_column: str):
@@ -47,11 +54,11 @@ def vacuum(args: argparse.Namespace) -> dict[str, Any]:
     tables = _tables(args.output, args.endpoint_url, args.partition_column)
     result = vacuum_tables(tables, args.retain_hours, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
-    for name in ("predictions", "dead_letters"):
-        print(f"{name}: {verb} {len(result[name])} file(s) older than {args.retain_hours} h")
+    for name, what in VACUUMED.items():
+        print(f"{name}: {verb} {len(result[name])} {what} older than {args.retain_hours} h")
         for path in result[name][:20]:
             print(f"  {path}")
-    return {name: len(result[name]) for name in ("predictions", "dead_letters")} | {"dry_run": args.dry_run}
+    return {name: len(result[name]) for name in VACUUMED} | {"dry_run": args.dry_run}
 
 
 def history(args: argparse.Namespace) -> dict[str, Any]:

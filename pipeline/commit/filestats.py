@@ -21,6 +21,8 @@ import contextlib
 import hashlib
 import json
 import math
+import posixpath
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,11 +32,13 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from models.scoreprofile import Partial, partial_of
 from pipeline.commit.reconcile import HASH_SEED, Fingerprint, fingerprint_of, total
-from pipeline.storage import Location, exists, list_files, read_bytes, write_bytes
+from pipeline.reporting.runs import INPUT_KEYS_DIR, RUNS_DIR
+from pipeline.storage import Location, delete_dir, exists, list_files, read_bytes, write_bytes
 
 STATS_KEY = b"batchscore.file_stats"
 VERSION = 1
@@ -217,6 +221,42 @@ class ReadKeys:
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None  # unreadable or not ours: its files are read instead
+
+
+def vacuum_input_keys(output: Location, retention_hours: float, dry_run: bool = False) -> list[str]:
+    """Delete the key records that runs killed before their end left behind
+    (OUTPUT/_runs/RUN/input_keys; a run that ends deletes its own), once the newest file in the
+    folder is older than `retention_hours`: the age vacuum waits for before it deletes a run's
+    uncommitted data files, so a run still reading keeps its records. Nothing else under _runs
+    (report.json, ...) is touched. Returns the URIs of the folders deleted (or, `dry_run`, to be)."""
+    cutoff_ns = time.time_ns() - int(retention_hours * 3600 * 1e9)
+    stale = [
+        run for run, newest in _input_keys_newest(output).items() if newest is not None and newest < cutoff_ns
+    ]
+    folders = [output.join(RUNS_DIR, run, INPUT_KEYS_DIR) for run in sorted(stale)]
+    if not dry_run:
+        for folder in folders:
+            delete_dir(folder)
+    return [f.uri for f in folders]
+
+
+def _input_keys_newest(output: Location) -> dict[str, int | None]:
+    """Run id -> the newest mtime (ns) of the files in its input_keys folder, or of the folder
+    and its subfolders when it holds no file (a run killed before its first record); None when
+    storage gives no times. One listing of _runs."""
+    runs = output.join(RUNS_DIR)
+    listing = output.fs.get_file_info(pafs.FileSelector(runs.path, recursive=True, allow_not_found=True))
+    times: dict[str, tuple[list[int], list[int]]] = {}
+    for info in listing:
+        run, _, rest = posixpath.relpath(info.path, runs.path).partition("/")
+        if rest.split("/")[0] != INPUT_KEYS_DIR:
+            continue
+        files, folders = times.setdefault(run, ([], []))
+        if info.mtime_ns is not None:
+            (files if info.type == pafs.FileType.File else folders).append(info.mtime_ns)
+    return {
+        run: max(files or folders) if files or folders else None for run, (files, folders) in times.items()
+    }
 
 
 def _digest(files: list[str]) -> str:

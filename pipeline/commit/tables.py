@@ -34,7 +34,7 @@ from urllib.parse import quote, unquote, urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit.filestats import FileStats, stats_from_footer
+from pipeline.commit.filestats import FileStats, stats_from_footer, vacuum_input_keys
 from pipeline.config import JobConfig, StorageConfig
 from pipeline.errors import UserError
 from pipeline.storage import Location, is_s3, list_files, resolve
@@ -429,9 +429,11 @@ class WrittenRows:
 
 def vacuum_tables(tables, retention_hours: float, dry_run: bool = False) -> dict[str, Any]:
     """Delete files no reader of the last `retention_hours` needs: files removed from both tables
-    longer ago than that, and files of runs that died before committing, once that old."""
+    longer ago than that, and files of runs that died before committing, once that old, with the
+    key records such runs left under _runs/RUN/input_keys (`input_keys`: those folders)."""
     out: dict[str, Any] = {"retention_hours": retention_hours, "dry_run": dry_run}
     for name, t in (("predictions", tables.predictions), ("dead_letters", tables.dead_letters)):
         table = t.open()
         out[name] = [] if table is None else t.vacuum(table, retention_hours, dry_run)
+    out["input_keys"] = vacuum_input_keys(tables.location, retention_hours, dry_run)
     return out

@@ -32,7 +32,7 @@ from pipeline.quality.drift import (
 from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import InProcessCounter, ProgressView, start_counter
-from pipeline.reporting.runs import RUNS_DIR
+from pipeline.reporting.runs import INPUT_KEYS_DIR, RUNS_DIR
 from pipeline.reporting.schema import Commits, RunReport
 from pipeline.run.clock import seconds_to_first, take_origin
 from pipeline.run.context import RunContext
@@ -144,7 +144,7 @@ def _start(
     )
     read_keys = None
     if cfg.output.verify == "keys":  # the read tasks record the input's key fingerprints
-        where = tables.location.join(RUNS_DIR, run_id, "input_keys")
+        where = tables.location.join(RUNS_DIR, run_id, INPUT_KEYS_DIR)
         delete_dir(where)  # left by an earlier attempt with this --run-id: not this run's reads
         # top-K reconciles groups: the input's group keys are what its commit compares
         keys = cfg.output.top_k.group_by if cfg.output.top_k is not None else cfg.output.key_columns
