@@ -191,6 +191,15 @@ class LocalRun:
         self._errors: list[BaseException] = []
 
     def run(self) -> LocalRun:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            return self._run()
+        finally:  # the predictor sets torch's threads for the process: a library caller's come back
+            torch.set_num_threads(threads)
+
+    def _run(self) -> LocalRun:
         first = Predictor(**self.scorer.predictor_kwargs)  # the model, loaded once
         predictors = [first] + [first.share() for _ in range(self.threads - 1)]
         workers = [

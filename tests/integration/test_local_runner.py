@@ -97,9 +97,17 @@ def test_local_files_hold_the_target_rows_and_carry_their_stats(dataset, checkpo
     """3,000 rows a date, 3 input files, target 1,000 (the dead letters aside): whole files of
     exactly the target and one smaller rest per date, each footer describing its own rows;
     both dates committed, the first while the second was scored or at the end."""
+    import torch
+
     out = tmp_path / "preds"
     cfg = _dead_letter_config(dataset, checkpoints, out, "local")
-    report = run_score(cfg, DATES)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        report = run_score(cfg, DATES)
+        assert torch.get_num_threads() == 3, "a library caller's torch threads are left as they were"
+    finally:
+        torch.set_num_threads(before)
     assert [p.output_rows + p.dead_letter_rows for p in report.partitions] == [3000, 3000]
     for d in DATES:
         files = [u for u in DeltaTable(str(out)).file_uris() if f"ds={d}/" in u]
