@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.reporting import formats as f
 from pipeline.reporting import plots
 from pipeline.reporting.schema import DriftCheck, Partition, RunReport, ScoreProfile, Stage
+from pipeline.reporting.summary import pool_line
 
 HIST_BINS = 40
 STATUS_COLOURS = {"succeeded": "#1a7f37", "rejected": "#cf222e", "skipped": "#6e7781"}
@@ -281,10 +282,7 @@ def _replicas(report: RunReport) -> str:
         return ""
     parts = ["<h2>Model replicas</h2>"]
     if pool:
-        parts.append(
-            f"<p>Pool: {_e(pool.min_replicas)}..{_e(pool.max_replicas)} replicas × "
-            f"({_e(f.plain(pool.num_cpus))} CPU, {_e(f.plain(pool.num_gpus))} GPU)</p>"
-        )
+        parts.append(f"<p>Scoring: {_e(pool_line(report))}</p>")
     if reps:
         rows = "".join(
             f'<tr><td class="l">{_e(r.device)}</td>'

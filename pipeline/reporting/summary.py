@@ -59,7 +59,7 @@ def _header(r: RunReport, color: bool) -> list[str]:
         + ")"
     )
     if r.pool:
-        out.append(f"  scoring  {_pool_line(r)}")
+        out.append(f"  scoring  {pool_line(r)}")
     t = r.timings_s
     out.append(
         f"  started  {r.started_at or f.MISSING}   finished {r.finished_at or f.MISSING}   "
@@ -85,7 +85,8 @@ def _header(r: RunReport, color: bool) -> list[str]:
     return out
 
 
-def _pool_line(r: RunReport) -> str:
+def pool_line(r: RunReport) -> str:
+    """How the run scored: the runner, the pool and its replicas, in one line."""
     pool, started = r.pool, len(r.replicas)
     if pool.runner == "local":
         return (

@@ -65,6 +65,16 @@ def test_header_table_and_drift_banner():
     assert 'class="banner"' not in page and 'class="breach"' not in page
 
 
+def test_page_and_summary_say_how_the_run_scored():
+    report = sample_report()
+    report["pool"].update(runner="local", mode="fused", torch_threads=1)
+    page, text = render_html(load(report)), format_summary(load(report))
+    line = "local runner: 2 scoring thread(s) in this process, one model, 1 torch thread(s) each (no Ray)"
+    assert f"<p>Scoring: {line}</p>" in page and line in text
+    report["pool"].update(runner="ray", mode="actors")
+    assert "replicas 1..2 x (1 CPU, 0 GPU), 1 started" in render_html(load(report))
+
+
 def test_page_is_self_contained():
     page = render_html(load(sample_report()))
     assert page.startswith("<!DOCTYPE html>")
