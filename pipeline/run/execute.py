@@ -200,7 +200,7 @@ def choose_runner(cfg: JobConfig, ray_is_running: bool) -> tuple[str, str]:
         return "ray", "predict.mode is 'actors'"
     if wants_gpu(cfg):
         return "ray", "the job wants a GPU (one replica per GPU in a Ray actor pool)"
-    return "local", "one machine and no GPU: threads in this process (ray.runner: ray for a Ray job)"
+    return "local", "one machine and no GPU: threads in this process; ray.runner: ray for a Ray job"
 
 
 def wants_gpu(cfg: JobConfig) -> bool:
