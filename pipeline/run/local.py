@@ -26,15 +26,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.commit.filestats import write_parquet
 from pipeline.commit.tables import run_file_prefix
 from pipeline.config import OutputConfig
 from pipeline.reporting.schema import Stage
 from pipeline.run.preflight import Prepared
-from pipeline.stages.layout import even_slices, split_by_partition
+from pipeline.stages.layout import OutputFiles
 from pipeline.stages.predict import FusedScorer, Predictor
 from pipeline.stages.read import InputFile, PlannedParquet
-from pipeline.storage import Location, is_s3
+from pipeline.storage import Location
 
 # Ray Data's default target block size: a file bigger than this in memory is read in parts
 BLOCK_BYTES = 128 * 1024 * 1024
@@ -100,12 +99,8 @@ class DateFiles:
     def __init__(
         self, table: Location, out: OutputConfig, run_id: str, files_per_date: dict[str, int]
     ) -> None:
-        self.table, self.run_id = table, run_id
-        self.partition_cols = list(out.partition_columns)
+        self.files, self.run_id = OutputFiles.for_output(table, out), run_id
         self.target = out.target_rows_per_file
-        self.key_columns = list(out.top_k.group_by if out.top_k is not None else out.key_columns)
-        self.value_columns = list(out.value_columns)
-        self.compression = None if out.compression == "none" else out.compression
         self.left = dict(files_per_date)
         self.clock = StageClock("Write")
         self._buf: dict[str, list[pa.Table]] = defaultdict(list)
@@ -149,21 +144,8 @@ class DateFiles:
     def _write(self, tables: list[pa.Table]) -> None:
         t0 = time.perf_counter()
         rows = pa.concat_tables(tables, promote_options="default")
-        files = 0
-        for directory, part in split_by_partition(rows, self.partition_cols):
-            if not is_s3(self.table.uri):
-                self.table.fs.create_dir(f"{self.table.path}/{directory}", recursive=True)
-            for offset, length in even_slices(part.num_rows, self.target):
-                name = f"{run_file_prefix(self.run_id)}local-{next(self._seq):06d}.parquet"
-                write_parquet(
-                    self.table.fs,
-                    f"{self.table.path}/{directory}/{name}",
-                    part.slice(offset, length),
-                    self.key_columns,
-                    self.value_columns,
-                    self.compression,
-                )
-                files += 1
+        prefix = run_file_prefix(self.run_id)
+        files = self.files.write(rows, lambda _: f"{prefix}local-{next(self._seq):06d}.parquet")
         self.clock.add(t0, rows.num_rows, rows.num_rows, tasks=files)
 
 

@@ -5,12 +5,18 @@ files of near-equal size up to the configured rows per file. No Ray here: the lo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.commit.filestats import write_parquet
 from pipeline.commit.tables import HIVE_NULL
+from pipeline.config import OutputConfig
+from pipeline.storage import Location, is_s3
 
 
 def split_by_partition(table: pa.Table, columns: list[str]) -> list[tuple[str, pa.Table]]:
@@ -38,3 +44,51 @@ def even_slices(num_rows: int, max_rows: int) -> list[tuple[int, int]]:
     n = max(1, math.ceil(num_rows / max_rows))
     bounds = [round(i * num_rows / n) for i in range(n + 1)]
     return [(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+@dataclass
+class OutputFiles:
+    """How prediction files are written, for either runner: under `path` on `fs`, one directory per
+    partition value, files of at most `target` rows, each with its rows' stats in the footer."""
+
+    fs: Any
+    path: str
+    partition_cols: list[str]
+    target: int
+    key_columns: list[str]
+    value_columns: list[str]
+    compression: str | None
+    make_dirs: bool
+
+    @classmethod
+    def for_output(cls, table: Location, out: OutputConfig) -> OutputFiles:
+        return cls(
+            fs=table.fs,
+            path=table.path,
+            partition_cols=list(out.partition_columns),
+            target=out.target_rows_per_file,
+            # top-K files hold one row per group, its item keys as lists: their keys are the group's
+            key_columns=list(out.top_k.group_by if out.top_k is not None else out.key_columns),
+            value_columns=list(out.value_columns),
+            compression=None if out.compression == "none" else out.compression,
+            make_dirs=not is_s3(table.uri),  # S3 has no directories to make
+        )
+
+    def write(self, rows: pa.Table, name_of: Callable[[int], str]) -> int:
+        """Write `rows` split by partition and into even slices of at most the target; the i-th
+        file of this call is named `name_of(i)`. Returns the files written."""
+        i = 0
+        for directory, part in split_by_partition(rows, self.partition_cols):
+            if self.make_dirs:
+                self.fs.create_dir(f"{self.path}/{directory}", recursive=True)
+            for offset, length in even_slices(part.num_rows, self.target):
+                write_parquet(
+                    self.fs,
+                    f"{self.path}/{directory}/{name_of(i)}",
+                    part.slice(offset, length),
+                    self.key_columns,
+                    self.value_columns,
+                    self.compression,
+                )
+                i += 1
+        return i

@@ -23,10 +23,9 @@ from ray.data import Dataset, SaveMode
 from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
 from ray.data.datasource import FilenameProvider
 
-from pipeline.commit.filestats import write_parquet
 from pipeline.commit.tables import run_file_prefix
 from pipeline.config import OutputConfig
-from pipeline.stages.layout import even_slices, split_by_partition
+from pipeline.stages.layout import OutputFiles
 from pipeline.storage import Location, is_s3
 
 
@@ -60,16 +59,11 @@ class PredictionFiles(ParquetDatasink):
             mode=SaveMode.APPEND,  # the table's committed files stay; ours have run-unique names
             filename_provider=RunFileNames(run_id),
         )
-        self.rows_per_file = out.target_rows_per_file
-        # top-K files hold one row per group, its item keys as lists: their keys are the group's
-        self.key_columns = list(out.top_k.group_by if out.top_k is not None else out.key_columns)
-        self.value_columns = list(out.value_columns)
-        self.compression = None if out.compression == "none" else out.compression
-        self.make_dirs = not is_s3(table.uri)  # S3 has no directories to make
+        self.files = OutputFiles.for_output(table, out)
 
     @property
     def min_rows_per_write(self) -> int:
-        return self.rows_per_file
+        return self.files.target
 
     def write(self, blocks: Iterable, ctx) -> None:
         from ray._common.retry import call_with_retry
@@ -84,20 +78,7 @@ class PredictionFiles(ParquetDatasink):
         rows = pa.concat_tables(tables, promote_options="default")
 
         def write_all() -> None:
-            i = 0
-            for directory, part in split_by_partition(rows, self.partition_cols):
-                if self.make_dirs:
-                    self.filesystem.create_dir(f"{self.path}/{directory}", recursive=True)
-                for offset, length in even_slices(part.num_rows, self.rows_per_file):
-                    write_parquet(
-                        self.filesystem,
-                        f"{self.path}/{directory}/{name}-{i}.parquet",
-                        part.slice(offset, length),
-                        self.key_columns,
-                        self.value_columns,
-                        self.compression,
-                    )
-                    i += 1
+            self.files.write(rows, lambda i: f"{name}-{i}.parquet")
 
         call_with_retry(
             write_all,

@@ -6,10 +6,10 @@ scoring, naming what it returned."""
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.fs as pafs
 import pytest
 import torch
 from support import DATES, SYNTH, latest_commit, make_config, read_delta, read_input, read_output
+from testmodels import TwoHeads, upload_scripted
 from torch import nn
 
 from jobs.synthetic import write_days
@@ -22,19 +22,6 @@ from pipeline.stages.predict import NON_FINITE_EMBEDDING
 from pipeline.storage import resolve
 
 pytestmark = pytest.mark.integration
-
-
-class TwoHeads(nn.Module):
-    """Click and conversion heads, returned by name (in the other order than configured)."""
-
-    def __init__(self, num_dense: int) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(1000, 2)
-        self.lin = nn.Linear(num_dense, 2)
-
-    def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.emb(cat).sum(1) + self.lin(dense)
-        return {"p_convert": torch.sigmoid(z[:, 1]), "p_click": torch.sigmoid(z[:, 0])}
 
 
 class UserTower(nn.Module):
@@ -60,14 +47,7 @@ def kinds_job(s3, checkpoints, tmp_path_factory):
     num_dense = len(checkpoints.spec.dense)
     models = {"heads": TwoHeads(num_dense).eval(), "tower": UserTower(num_dense).eval()}
     for name, module in models.items():
-        torch.jit.save(torch.jit.script(module), str(local / f"{name}.ts"))
-        target = resolve(f"s3://{bucket}/models/{name}.ts", storage)
-        pafs.copy_files(
-            str(local / f"{name}.ts"),
-            target.path,
-            source_filesystem=pafs.LocalFileSystem(),
-            destination_filesystem=target.fs,
-        )
+        upload_scripted(module, local / f"{name}.ts", f"s3://{bucket}/models/{name}.ts", storage)
     return bucket, storage, models
 
 

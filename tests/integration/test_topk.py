@@ -11,12 +11,11 @@ import re
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
 from support import DATES, latest_commit, make_config, read_delta, read_input, read_output
-from torch import nn
+from testmodels import TwoHeads, upload_scripted
 
 from jobs.synthetic import SyntheticSpec, generate_day
 from models.features import transform_table
@@ -31,21 +30,6 @@ pytestmark = pytest.mark.integration
 HEAVY_USER = 7
 K = 20
 SHARDS = 4
-
-
-class RankingHeads(nn.Module):
-    """Click and conversion heads by name; p_click is NaN for rows with a large first dense value."""
-
-    def __init__(self, num_dense: int) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(1000, 2)
-        self.lin = nn.Linear(num_dense, 2)
-
-    def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.emb(cat).sum(1) + self.lin(dense)
-        click = torch.sigmoid(z[:, 0])
-        click = torch.where(dense[:, 0] > 2.0, torch.full_like(click, float("nan")), click)
-        return {"p_convert": torch.sigmoid(z[:, 1]), "p_click": click}
 
 
 def _skewed_day(date: str) -> pa.Table:
@@ -70,13 +54,10 @@ def topk_job(s3, checkpoints, tmp_path_factory):
         for i in range(SHARDS):
             with part.fs.open_output_stream(part.join(f"part-{i:05d}.parquet").path) as f:
                 pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), f)
-    model = RankingHeads(len(checkpoints.spec.dense)).eval()
+    # p_click NaN for rows with a large first dense value: dead letters of order_by
+    model = TwoHeads(len(checkpoints.spec.dense), nan_click_above=2.0).eval()
     local = tmp_path_factory.mktemp("topk-model") / "heads.ts"
-    torch.jit.save(torch.jit.script(model), str(local))
-    target = resolve(f"s3://{bucket}/models/heads.ts", storage)
-    pafs.copy_files(
-        str(local), target.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs
-    )
+    upload_scripted(model, local, f"s3://{bucket}/models/heads.ts", storage)
     return bucket, storage, model
 
 

@@ -1,0 +1,39 @@
+"""Small TorchScript models of the output-kind tests (tests/integration/test_kinds.py, test_topk.py),
+and how a test puts one on the S3 server."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import torch
+from torch import nn
+
+from pipeline.storage import resolve
+
+
+class TwoHeads(nn.Module):
+    """Click and conversion heads, returned by name (in the other order than a config lists them);
+    p_click is NaN where the first dense input is above `nan_click_above` (never, by default)."""
+
+    def __init__(self, num_dense: int, nan_click_above: float = math.inf) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(1000, 2)
+        self.lin = nn.Linear(num_dense, 2)
+        self.nan_click_above = nan_click_above
+
+    def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.emb(cat).sum(1) + self.lin(dense)
+        click = torch.sigmoid(z[:, 0])
+        click = torch.where(dense[:, 0] > self.nan_click_above, torch.full_like(click, float("nan")), click)
+        return {"p_convert": torch.sigmoid(z[:, 1]), "p_click": click}
+
+
+def upload_scripted(module: nn.Module, local: Path, uri: str, storage) -> None:
+    """`module` scripted and saved at `local`, then copied to `uri` (s3://...)."""
+    torch.jit.save(torch.jit.script(module), str(local))
+    target = resolve(uri, storage)
+    pafs.copy_files(
+        str(local), target.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs
+    )
