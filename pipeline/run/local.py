@@ -100,7 +100,6 @@ class DateFiles:
         self, table: Location, out: OutputConfig, run_id: str, files_per_date: dict[str, int]
     ) -> None:
         self.files, self.run_id = OutputFiles.for_output(table, out), run_id
-        self.target = out.target_rows_per_file
         self.left = dict(files_per_date)
         self.clock = StageClock("Write")
         self._buf: dict[str, list[pa.Table]] = defaultdict(list)
@@ -133,7 +132,8 @@ class DateFiles:
 
     def _take_whole_files(self, date: str) -> list[pa.Table] | None:
         """The buffer's first whole multiple of the target rows (the rest stays), or None."""
-        n = self._rows[date] // self.target * self.target
+        target = self.files.target
+        n = self._rows[date] // target * target
         if not n:
             return None
         rows = pa.concat_tables(self._take(date), promote_options="default")
