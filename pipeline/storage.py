@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 
 from pipeline.config import StorageConfig
 from pipeline.errors import InputError
+from pipeline.raystate import running_ray
 
 
 @dataclass(frozen=True)
@@ -146,11 +147,10 @@ def download_dir(loc: Location, dest: str) -> str:
 def map_files(fn, fs: pafs.FileSystem, paths: list[str], *args) -> list:
     """`fn(fs, path, *args)` for each path: one Ray task per file when Ray is running (a few
     numbers come back per file, never its rows), inline otherwise."""
-    import ray
-
     if not paths:
         return []
-    if not ray.is_initialized():
+    ray = running_ray()
+    if ray is None:
         return [fn(fs, p, *args) for p in paths]
     # OSError: a storage error that got through the S3 client's own retries (seen: a HEAD answered
     # 503 with no body, which the AWS SDK does not retry) is retried as a whole task

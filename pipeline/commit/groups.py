@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.commit.reconcile import HASH_SEED, Fingerprint, total
+from pipeline.raystate import running_ray
 from pipeline.storage import map_files
 
 
@@ -90,9 +91,7 @@ def duplicate_groups(fs, paths: list[str], group_by: list[str], limit: int = 3) 
     def over_one(counts: pa.Table, name: str) -> pa.Table:
         return counts.filter(pc.greater(counts.column(name), 1))
 
-    import ray
-
-    if ray.is_initialized():
+    if running_ray() is not None:
         import ray.data
 
         ds = ray.data.read_parquet(paths, filesystem=fs, columns=group_by)

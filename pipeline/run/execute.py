@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline.config import JobConfig
 from pipeline.errors import ConfigError
+from pipeline.raystate import running_ray
 from pipeline.run.preflight import Prepared
 from pipeline.run.rayauth import check_token_accepted, join_refused
 from pipeline.run.resources import PoolPlan, cluster_nodes, plan_pool
@@ -183,7 +184,7 @@ def run_data_context():
 
 def ray_running() -> bool:
     """Ray is initialized in this process (checked without importing it)."""
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    return running_ray() is not None
 
 
 def choose_runner(cfg: JobConfig, ray_is_running: bool) -> tuple[str, str]:

@@ -24,6 +24,7 @@ import pyarrow as pa
 from models.features import ENCODED_PREFIXES, FeatureSpec, encoded_columns, stack_encoded
 from pipeline.config import JobConfig, StorageConfig
 from pipeline.errors import StageError
+from pipeline.raystate import running_ray
 from pipeline.reporting.progress import count
 from pipeline.stages.preprocess import tensor_column_to_numpy
 from pipeline.storage import download_dir, is_s3, resolve
@@ -185,6 +186,19 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 1 << 31))
 
 
+def _ray_placement() -> tuple[str, list[str]]:
+    """(node id, GPU ids) Ray gave this process; ("", []) outside Ray."""
+    ray = running_ray()
+    if ray is None:
+        return "", []
+    node_id, gpu_ids = "", []
+    with contextlib.suppress(Exception):
+        node_id = ray.get_runtime_context().get_node_id()
+    with contextlib.suppress(Exception):
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    return node_id, gpu_ids
+
+
 def pick_device(requested: str) -> str:
     """The replica's device. In a Ray actor: the GPU Ray assigned (visible as cuda:0), else the
     CPU. Outside Ray (validate, tests, notebooks): the GPU when there is one."""
@@ -192,14 +206,8 @@ def pick_device(requested: str) -> str:
 
     if requested == "cpu":
         return "cpu"
-    in_ray, gpu_ids = False, []
-    try:
-        import ray
-
-        in_ray = ray.is_initialized()
-        gpu_ids = ray.get_gpu_ids() if in_ray else []
-    except Exception:
-        in_ray, gpu_ids = False, []
+    in_ray = running_ray() is not None
+    gpu_ids = _ray_placement()[1]
     if torch.cuda.is_available() and (requested == "cuda" or gpu_ids or not in_ray):
         return "cuda:0"
     if requested == "cuda":
@@ -248,19 +256,7 @@ class Predictor:
             raise StageError("predict.precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on CPU")
         self._pinned: dict[str, Any] = {}
         self.transform: Any = None  # models.transforms.FeatureTransform, made on the first encoded batch
-        self.node_id = ""
-        with contextlib.suppress(Exception):
-            import ray
-
-            if ray.is_initialized():
-                self.node_id = ray.get_runtime_context().get_node_id()
-        self.gpu_ids: list = []
-        try:
-            import ray
-
-            self.gpu_ids = [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
-        except Exception:
-            self.gpu_ids = []
+        self.node_id, self.gpu_ids = _ray_placement()
         self.progress = progress  # a pipeline.reporting.progress counter actor, or None
         if progress is not None:
             with contextlib.suppress(Exception):

@@ -120,9 +120,10 @@ def test_local_files_hold_the_target_rows_and_carry_their_stats(dataset, checkpo
     assert report.commits.committed == DATES  # each date in its own transaction, as it completed
 
 
-def test_local_runner_on_s3_from_the_cli(s3, checkpoints, tmp_path):
+def test_local_runner_on_s3_from_the_cli(s3, checkpoints, tmp_path, monkeypatch):
     """`batchscore score` with no Ray address and no GPU: the local runner, end to end on the
-    S3-compatible server, in a process that never starts Ray."""
+    S3-compatible server, in a process that never starts Ray, nor imports it (about a second of
+    a run's start; Python's import log, -X importtime, lists every module the process loads)."""
     bucket = s3.make_bucket("local-runner")
     storage = StorageConfig(endpoint_url=s3.endpoint)
     write_days(resolve(f"s3://{bucket}/events", storage), DATES, SYNTH)
@@ -140,10 +141,16 @@ def test_local_runner_on_s3_from_the_cli(s3, checkpoints, tmp_path):
             }
         )
     )
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
     proc = run_cli([str(cfg), "--date", DATES[0], "--date", DATES[1]], None, module="jobs.score")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "runner: local" in proc.stderr and "local runner:" in proc.stdout
     assert "Started a local Ray instance" not in proc.stderr
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert {"torch", "pyarrow"} <= imported, "the import log is read"
+    assert "ray" not in imported, "the local runner imports ray"
     for d in DATES:
         inp = read_input(f"s3://{bucket}/events", d, storage)
         got = read_output(f"s3://{bucket}/scores", d, storage)
