@@ -1,5 +1,3 @@
-import sys
+from jobs.cli import exit_process, main
 
-from jobs.cli import main
-
-sys.exit(main())
+exit_process(main())

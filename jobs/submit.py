@@ -228,4 +228,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jobs.cli import exit_process
+
+    exit_process(main())
