@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -45,8 +46,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in [str(PLUGINS), str(ROOT), os.environ.get("PYTHONPATH", "")] if p
 )
 sys.path.insert(0, str(PLUGINS))
-# Where the `record_node_features` plug-in notes the node each preprocessing batch ran on.
-os.environ.setdefault("BATCHSCORE_TEST_NODE_LOG", tempfile.mkdtemp(prefix="batchscore-nodes-"))
+# Where the `record_node_features` plug-in notes the node each preprocessing batch ran on; made
+# by this session (Ray's workers inherit the variable) and removed at its end.
+if "BATCHSCORE_TEST_NODE_LOG" not in os.environ:
+    os.environ["BATCHSCORE_TEST_NODE_LOG"] = tempfile.mkdtemp(prefix="batchscore-nodes-")
+    atexit.register(shutil.rmtree, os.environ["BATCHSCORE_TEST_NODE_LOG"], ignore_errors=True)
 
 
 def _free_port() -> int:
