@@ -192,6 +192,18 @@ def drop_files(plan: InputPlan, reasons: dict[str, str]) -> None:
     plan.partitions = kept
 
 
+def _read_row_group(pf: pq.ParquetFile, i: int, columns: list[str], uri: str) -> pa.Table:
+    """Row group `i`. Damaged pages behind a good footer are bad input (InputError, exit 2); a
+    storage error that outlived the S3 client's retries stays an OSError, with the file named."""
+    try:
+        return pf.read_row_group(i, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        if isinstance(e, OSError) and "AWS Error" in str(e):
+            raise OSError(f"{uri}: reading row group {i} failed: {e}") from e
+        why = f"not a readable Parquet file (corrupt or truncated?): row group {i}: {e}"
+        raise InputError(f"{uri}: {why}") from e
+
+
 class PlannedParquet:
     """The planned input files as a Ray Data source: one read task per file, its row count and
     schema taken from the footers discovery already read.
@@ -228,13 +240,14 @@ class PlannedParquet:
 
     def read_file(self, f: InputFile, date: str, max_block_bytes: int | None = None) -> Iterator[pa.Table]:
         """The file's rows as blocks of whole row groups, each at most about `max_block_bytes` in
-        memory (Ray Data's target block size; one block for files of ordinary size)."""
+        memory (Ray Data's target block size; one block for files of ordinary size). A file that
+        breaks while its rows are read (discovery read only its footer) fails naming it."""
         stored = [c for c in self.columns if c in f.schema.names]
         with self.fs.open_input_file(f.path) as fh:
             pf = pq.ParquetFile(fh)
             pending: list[pa.Table] = []
             for i in range(pf.metadata.num_row_groups):
-                pending.append(pf.read_row_group(i, columns=stored))
+                pending.append(_read_row_group(pf, i, stored, f.uri))
                 if max_block_bytes and sum(t.nbytes for t in pending) >= max_block_bytes:
                     yield self._block(pending, date)
                     pending = []
