@@ -4,10 +4,11 @@ Why: on one machine without a GPU, Ray's processes and the imports in each of it
 more than the parallelism they give. Measured on 2 CPUs (benchmarks/RESULTS.md): a new local
 Ray's start and its workers' imports were 44 % of a 4 M-row run's CPU, and the run took three
 times as long as a hand-written loop. Here one scoring thread per CPU (the fused plan's replicas)
-takes the next input file and runs it through the very stages the Ray job folds over its
-Dataset: the planned read (and the input's key record), preprocessing, the predictor, then the
-date's file buffer, which writes files of `output.target_rows_per_file` rows with their stats in
-the footer. PyArrow's reads and writes, numpy's kernels and torch's forward pass release the
+runs the very stages the Ray job folds over its Dataset: the planned read (and the input's key
+record), preprocessing, the predictor, then the date's file buffer, which writes files of
+`output.target_rows_per_file` rows with their stats in the footer. The threads share the work by
+slices of `preprocessing.batch_size` rows (see LocalRun), so one big input file keeps every
+thread busy too. PyArrow's reads and writes, numpy's kernels and torch's forward pass release the
 GIL, so the threads keep the CPUs busy; the model is loaded once and shared.
 
 The commit is the Ray run's (pipeline/commit/streaming.DateCommitter watching the files), so
@@ -20,7 +21,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,9 +151,27 @@ class DateFiles:
         self.clock.add(t0, rows.num_rows, rows.num_rows, tasks=files)
 
 
+@dataclass(eq=False)
+class _OpenFile:
+    """An input file being read block by block, and its slices not yet written."""
+
+    file: InputFile
+    date: str
+    blocks: Iterator[pa.Table]
+    reading: bool = False  # a thread is reading its next block
+    exhausted: bool = False
+    pending: int = 0  # slices queued or being scored
+
+
 class LocalRun:
     """The scoring threads over the planned files. `run()` returns when every file is written, or
-    raises the first stage error (the other threads stop after their current file)."""
+    raises the first stage error (the other threads stop after their current piece of work).
+
+    The unit of work is a slice of `preprocessing.batch_size` rows, not a file: a thread scores a
+    queued slice if there is one, else reads the next block of an open file (or opens the next
+    file) and queues its slices. So every thread scores even when the input is one big file, and
+    no thread idles while another finishes the last file (with a file per thread, one CPU of two
+    stayed idle for a whole one-file run)."""
 
     def __init__(
         self,
@@ -164,11 +184,14 @@ class LocalRun:
         columns = list(dict.fromkeys([*p.requirements.columns, p.cfg.input.partition_column]))
         self.source = PlannedParquet(p.inputs, columns)
         self.scorer, self.files, self.read_keys = scorer, files, read_keys
-        self.threads = max(1, min(threads, len(self.source.files)))
+        self.slice_rows = max(1, scorer.preprocess_batch_size)
+        self.threads = max(1, min(threads, -(-p.inputs.rows // self.slice_rows)))
         self.read = StageClock("ReadParquet")
         self.score = StageClock("Score")
         self._todo = iter(self.source.files)
-        self._lock = threading.Lock()
+        self._open: list[_OpenFile] = []
+        self._slices: deque[tuple[_OpenFile, pa.Table]] = deque()
+        self._cv = threading.Condition()
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
 
@@ -195,7 +218,7 @@ class LocalRun:
                 while w.is_alive():
                     w.join(0.2)  # a timed join: Ctrl-C reaches this thread
         except BaseException:
-            self._stop.set()
+            self._halt()
             for w in workers:
                 w.join()
             raise
@@ -203,35 +226,90 @@ class LocalRun:
             raise self._errors[0]
         return self
 
-    def _next(self) -> tuple[InputFile, str] | None:
-        with self._lock:
-            return None if self._stop.is_set() else next(self._todo, None)
+    def _halt(self) -> None:
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
 
     def _work(self, predictor: Predictor) -> None:
         try:
-            while (item := self._next()) is not None:
-                self._score_file(*item, predictor)
+            while (job := self._next_job()) is not None:
+                of, rows = job
+                if rows is None:
+                    self._read_block(of)
+                else:
+                    self._score_slice(of, rows, predictor)
         except BaseException as e:  # the run raises it; the other threads stop
-            with self._lock:
+            with self._cv:
                 self._errors.append(e)
-            self._stop.set()
+            self._halt()
 
-    def _score_file(self, f: InputFile, date: str, predictor: Predictor) -> None:
-        blocks = self.source.read_file(f, date, BLOCK_BYTES)
+    def _next_job(self) -> tuple[_OpenFile, pa.Table | None] | None:
+        """(file, slice) to score; (file, None) to read the file's next block; None when all is
+        done or the run stops. Waits while other threads hold the only work left."""
+        with self._cv:
+            while not self._stop.is_set():
+                if self._slices:
+                    return self._slices.popleft()
+                of = next((o for o in self._open if not (o.reading or o.exhausted)), None)
+                if of is None and (item := next(self._todo, None)) is not None:
+                    of = self._open_file(*item)
+                if of is not None:
+                    of.reading = True
+                    return of, None
+                if not self._open:
+                    return None
+                self._cv.wait()
+            return None
+
+    def _open_file(self, f: InputFile, date: str) -> _OpenFile:
+        blocks = self.source.read_file(f, date, BLOCK_BYTES)  # a generator: no I/O until read
         if self.read_keys is not None:
             blocks = self.read_keys.record([f.path], blocks)
-        while True:
-            t0 = time.perf_counter()
-            block = next(blocks, None)
-            if block is None:
-                break
+        of = _OpenFile(f, date, blocks)
+        self._open.append(of)
+        return of
+
+    def _read_block(self, of: _OpenFile) -> None:
+        """The file's next block, queued as slices; at its end, the file's input key record is
+        written (by ReadKeys.record) and the file counts as read."""
+        t0 = time.perf_counter()
+        block = next(of.blocks, None)
+        if block is None:
+            self.read.add(t0, of.file.rows, 0)  # one task per file
+        else:
             self.read.add(t0, 0, block.num_rows, tasks=0)
-            t0 = time.perf_counter()
-            scored = self.scorer.score(block, predictor)
-            self.score.add(t0, block.num_rows, scored.num_rows, tasks=0)
-            self.files.add(date, scored)
-        self.read.add(time.perf_counter(), f.rows, 0)  # one task per file
-        self.files.file_done(date)
+        with self._cv:
+            of.reading = False
+            if block is None:
+                of.exhausted = True
+            else:
+                for i in range(0, block.num_rows, self.slice_rows):
+                    self._slices.append((of, block.slice(i, self.slice_rows)))
+                    of.pending += 1
+            done = self._finished(of)
+            self._cv.notify_all()
+        if done:
+            self.files.file_done(of.date)
+
+    def _score_slice(self, of: _OpenFile, rows: pa.Table, predictor: Predictor) -> None:
+        t0 = time.perf_counter()
+        scored = self.scorer.score(rows, predictor)
+        self.score.add(t0, rows.num_rows, scored.num_rows, tasks=0)
+        self.files.add(of.date, scored)
+        with self._cv:
+            of.pending -= 1
+            done = self._finished(of)
+            self._cv.notify_all()
+        if done:  # after the file's last rows went to the date's buffer
+            self.files.file_done(of.date)
+
+    def _finished(self, of: _OpenFile) -> bool:
+        """Read to its end with every slice scored: the file leaves the open list (under the lock)."""
+        if of.exhausted and of.pending == 0 and of in self._open:
+            self._open.remove(of)
+            return True
+        return False
 
     def stages(self) -> list[Stage]:
         """The report's stages: read, score (preprocess + predict) and write, across the threads."""

@@ -317,3 +317,30 @@ def test_damaged_pages_fail_a_ray_run_naming_the_file_and_nothing_of_its_date_is
     assert "corrupt or truncated" in str(failed.value)
     assert not (out / "_delta_log").exists() or _commits_by_date(out) == Counter()
     assert not list((out / f"ds={d}").glob("*.parquet")), "the failed run's files are left"
+
+
+def test_one_big_file_is_scored_by_every_thread_and_exactly_once(checkpoints, tmp_path, monkeypatch):
+    """A date in one file (a pandas or warehouse export): the threads share its slices of
+    preprocessing.batch_size rows, so both score it (a thread per file left one CPU idle), and
+    every row is still written once, in files of the target rows."""
+    from pipeline.stages.predict import FusedScorer
+
+    data, out = tmp_path / "events", tmp_path / "preds"
+    d = "2026-10-01"
+    _write(data, d, "part-0.parquet", _rows(d, 4000), row_group_size=1000)
+    scored_by: Counter = Counter()
+    score = FusedScorer.score
+
+    def spy(self, batch, predictor):
+        time.sleep(0.01)  # lets the other thread take the next slice on a loaded machine too
+        scored_by[threading.current_thread().name] += batch.num_rows
+        return score(self, batch, predictor)
+
+    monkeypatch.setattr(FusedScorer, "score", spy)
+    cfg = _config(data, checkpoints, out, ray={"num_cpus": 2}, preprocessing={"batch_size": 250})
+    report = run_score(cfg, [d])
+
+    assert report.pool.max_replicas == 2
+    assert len(scored_by) == 2 and sum(scored_by.values()) == 4000, scored_by
+    assert_scored_exactly_once(data, out, d, checkpoints)
+    assert _file_rows(out, d) == _target_and_one_rest(4000)
