@@ -164,10 +164,14 @@ class ReadKeys:
     key_columns: list[str]
     partition_column: str
 
-    def record(self, files: list[str], block_stream: Iterable) -> Iterator:
+    def record(
+        self, files: list[str], block_stream: Iterable, row_groups: tuple[int, int, int] | None = None
+    ) -> Iterator:
         """Yield `block_stream`'s blocks (pyarrow tables) unchanged; after the last, record the
         fingerprint of their rows for `files` (nothing when they hold several dates or lack a key
-        column: the commit then reads those files)."""
+        column: the commit then reads those files). `row_groups` (start, stop, of): the blocks
+        are only those row groups of the one file named; the commit counts the file as recorded
+        when its records' ranges cover its row groups exactly once."""
         fp, dates, usable = Fingerprint(), set(), True
         needed = [*self.key_columns, self.partition_column]
         for block in block_stream:
@@ -187,9 +191,13 @@ class ReadKeys:
                 "s1": f"{fp.s1:x}",
                 "s2": f"{fp.s2:x}",
             }
+            names = list(files)
+            if row_groups is not None:
+                doc["row_groups"] = list(row_groups)
+                names.append("row groups {}-{} of {}".format(*row_groups))  # a record per range
             # an optimization only: without the record, the commit reads these files
             with contextlib.suppress(OSError):
-                write_bytes(self._dir(date).join(f"{_digest(files)}.json"), json.dumps(doc).encode())
+                write_bytes(self._dir(date).join(f"{_digest(names)}.json"), json.dumps(doc).encode())
 
     def _dir(self, date: str) -> Location:
         return self.location.join(f"{self.partition_column}={date}")
@@ -199,7 +207,9 @@ class ReadKeys:
         files no usable record covers (to be read)."""
         infos = list_files(self._dir(date), suffix=".json") if exists(self._dir(date)) else []
         with ThreadPoolExecutor(max_workers=16) as pool:
-            records = [r for r in pool.map(self._load, infos) if r is not None]
+            loaded = [r for r in pool.map(self._load, infos) if r is not None]
+        records = [(names, fp) for names, fp, groups in loaded if groups is None]
+        records += _whole_files(loaded)
         usable = [
             (names, fp)
             for names, fp in records
@@ -210,15 +220,16 @@ class ReadKeys:
         covered = {f for names, _ in usable for f in names}
         return total([fp for _, fp in usable]), sorted(f for f in files if f not in covered)
 
-    def _load(self, info) -> tuple[list[str], Fingerprint] | None:
-        """(files, fingerprint) of a record made with this run's key columns and hash, else None."""
+    def _load(self, info) -> tuple[list[str], Fingerprint, tuple[int, int, int] | None] | None:
+        """(files, fingerprint, row-group range or None) of a record made with this run's key
+        columns and hash, else None."""
         try:
             r = json.loads(read_bytes(Location(self.location.fs, info.path, info.path)))
             if r["key_columns"] != self.key_columns or r["hash"] != HASH:
                 return None
-            return [str(f) for f in r["files"]], Fingerprint(
-                int(r["rows"]), int(r["s1"], 16), int(r["s2"], 16)
-            )
+            groups = r.get("row_groups")
+            fp = Fingerprint(int(r["rows"]), int(r["s1"], 16), int(r["s2"], 16))
+            return [str(f) for f in r["files"]], fp, None if groups is None else _range_of(groups)
         except (OSError, ValueError, KeyError, TypeError):
             return None  # unreadable or not ours: its files are read instead
 
@@ -257,6 +268,32 @@ def _input_keys_newest(output: Location) -> dict[str, int | None]:
     return {
         run: max(files or folders) if files or folders else None for run, (files, folders) in times.items()
     }
+
+
+def _range_of(groups: Any) -> tuple[int, int, int]:
+    start, stop, of = (int(g) for g in groups)
+    if not 0 <= start < stop <= of:
+        raise ValueError(f"not a row-group range: {groups}")
+    return start, stop, of
+
+
+def _whole_files(loaded: list) -> list[tuple[list[str], Fingerprint]]:
+    """The files whose row-group records tile them: ranges of one count that cover 0..count
+    end to end, each once (a retried read rewrites its own range's record). A file with a gap
+    or an overlap gets no record here, and the commit reads it."""
+    pieces: dict[str, list[tuple[tuple[int, int, int], Fingerprint]]] = {}
+    for names, fp, groups in loaded:
+        if groups is not None and len(names) == 1:
+            pieces.setdefault(names[0], []).append((groups, fp))
+    whole = []
+    for path, parts in pieces.items():
+        parts.sort(key=lambda p: p[0])
+        ends = [0] + [stop for (_, stop, _), _ in parts]
+        if all(g == (ends[i], ends[i + 1], parts[0][0][2]) for i, (g, _) in enumerate(parts)) and (
+            ends[-1] == parts[0][0][2]
+        ):
+            whole.append(([path], total([fp for _, fp in parts])))
+    return whole
 
 
 def _digest(files: list[str]) -> str:

@@ -121,7 +121,7 @@ def build_dataset(
     cfg = p.cfg
     cap = fused_task_cap(cfg, pool)
     columns = list(dict.fromkeys([*p.requirements.columns, cfg.input.partition_column]))
-    ds = read_dataset(p.inputs, columns, cap, read_keys)
+    ds = read_dataset(p.inputs, columns, cap, read_keys, parallelism=int(cap or pool.cluster_cpus))
     pre, predictor_kwargs = stage_objects(p, pool, run_id, device_column, dead_letter, progress)
     if pool.mode == "fused":
         return _fused(ds, cfg, pool, cap, fused_scorer(p, pre, predictor_kwargs))

@@ -283,6 +283,31 @@ def test_a_record_is_used_only_for_the_files_and_rows_it_names(tmp_path):
     assert not (tmp_path / "x" / "out" / "_runs").exists()
 
 
+def test_row_group_ranges_of_a_file_count_as_its_record_only_when_they_tile_it(tmp_path):
+    """A big file split over read tasks (row groups 0-2 and 2-4 of 4): its records stand for the
+    file when their ranges cover its row groups end to end once (a retried range counts once);
+    with a range missing or overlapping another, the file is read at commit."""
+    plan, _, _ = _setup(tmp_path)
+    a, b = (f.path for f in plan.partitions[0].files)
+
+    def recorded(tmp, ranges: list[tuple[int, int, int, range]]):
+        keys = _read_keys(tmp)
+        for start, stop, of, ids in ranges:
+            list(keys.record([a], iter(_read(a, _rows(ids))), (start, stop, of)))
+        list(keys.record([b], iter(_read(b, _rows(range(500, N))))))
+        return keys.fingerprint(DATE, _plan_files(plan))
+
+    whole = [(0, 2, 4, range(0, 200)), (2, 4, 4, range(200, 500)), (2, 4, 4, range(200, 500))]
+    fp, unread = recorded(tmp_path / "whole", whole)
+    assert unread == [] and fp == fingerprint_of(_rows(range(N)), KEYS)
+    gap = [(0, 2, 4, range(0, 200)), (3, 4, 4, range(350, 500))]
+    assert recorded(tmp_path / "gap", gap)[1] == [a]
+    overlap = [(0, 2, 4, range(0, 200)), (1, 4, 4, range(100, 400))]
+    assert recorded(tmp_path / "overlap", overlap)[1] == [a]
+    short = [(0, 2, 4, range(0, 200)), (2, 4, 4, range(200, 450))]  # 450 rows read, 500 planned
+    assert recorded(tmp_path / "short", short)[1] == [a]
+
+
 def test_the_commit_reconciles_recorded_inputs_with_the_footers_and_reads_nothing(tmp_path, rows_read):
     plan, tables, out = _setup(tmp_path)
     keys = _read_keys(tmp_path)

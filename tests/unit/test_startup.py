@@ -79,6 +79,26 @@ def test_planned_read_splits_large_files_at_row_groups_and_skips_empty_ones(tmp_
     assert list(src.read_file(fe, d)) == []
 
 
+def test_a_big_file_is_split_by_row_groups_when_there_are_fewer_files_than_cpus(tmp_path):
+    """12 row groups of 100 rows and a one-row-group file of 300: with 8 tasks wanted, the big
+    file (4/5 of the rows) gets 6 tasks of whole row groups that cover it once, in order; the
+    small one stays whole. With one task wanted, every file is one task; the pieces read back
+    exactly the files' rows."""
+    _write(tmp_path / "ds=2026-01-01" / "big.parquet", pa.table({"k": range(1200)}), row_group_size=100)
+    _write(tmp_path / "ds=2026-01-01" / "small.parquet", pa.table({"k": range(1200, 1500)}))
+    plan = discover(resolve(str(tmp_path)), ["2026-01-01"])
+    src = PlannedParquet(plan, ["k", "ds"])
+    tasks = src.read_tasks(8)
+    big = [g for f, _, g in tasks if f.path.endswith("big.parquet")]
+    assert [(g.start, g.stop) for g in big] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 12)]
+    assert [g for f, _, g in tasks if f.path.endswith("small.parquet")] == [range(0, 1)]
+    assert all(len(g) == f.row_groups for f, _, g in src.read_tasks(1))  # no split
+    keys = [
+        k for f, d, g in tasks for b in src.read_task_blocks(f, d, None, g) for k in b.column("k").to_pylist()
+    ]
+    assert sorted(keys) == list(range(1500))
+
+
 def test_each_read_task_passes_its_blocks_through_read_keys(tmp_path):
     rows = pa.table({"k": pa.array(range(10), pa.int64())})
     _write(tmp_path / "ds=2026-01-01" / "a.parquet", rows)
@@ -86,13 +106,13 @@ def test_each_read_task_passes_its_blocks_through_read_keys(tmp_path):
     class Recorder:
         seen: list = []
 
-        def record(self, files, blocks):
+        def record(self, files, blocks, row_groups=None):
             for b in blocks:
-                self.seen.append((files, b.num_rows))
+                self.seen.append((files, b.num_rows, row_groups))
                 yield b
 
     plan = discover(resolve(str(tmp_path)), ["2026-01-01"])
     src = PlannedParquet(plan, ["k", "ds"], read_keys=Recorder())
     ((f, d),) = src.files
     assert [b.num_rows for b in src.read_task_blocks(f, d, None)] == [10]
-    assert Recorder.seen == [([f.path], 10)]
+    assert Recorder.seen == [([f.path], 10, None)]  # the whole file: no row-group range
