@@ -286,7 +286,10 @@ class PlannedParquet:
             )
         return table.select(self.columns)
 
-    def as_ray_datasource(self):
+    def as_ray_datasource(self, parallelism: int = 1):
+        """The Ray Data source of `read_tasks(parallelism)`: give Ray exactly their number as
+        `override_num_blocks`. A different number makes Ray add a SplitBlocks step to the
+        read, and a split read is not fused with the scoring stage."""
         from ray.data import DataContext
         from ray.data.block import BlockMetadata
         from ray.data.datasource import Datasource, ReadTask
@@ -300,7 +303,7 @@ class PlannedParquet:
             def estimate_inmemory_data_size(self) -> int:
                 return sum(f.size for f, _ in source.files) * source.ENCODING_RATIO
 
-            def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+            def get_read_tasks(self, _: int, per_task_row_limit=None, data_context=None):
                 ctx = data_context or DataContext.get_current()
                 block_bytes = ctx.target_max_block_size
                 return [
@@ -315,7 +318,7 @@ class PlannedParquet:
                         schema=source.schema_of(f),
                         per_task_row_limit=per_task_row_limit,
                     )
-                    for f, d, g in source.read_tasks(parallelism)
+                    for f, d, g in source.read_tasks(parallelism)  # ours, not what Ray passes
                 ]
 
         return _Source()
@@ -340,8 +343,9 @@ def read_dataset(
     stage (measured on 4 M rows / 16 files, 2 CPUs: pipeline 24 s -> 13.5 s fused)."""
     import ray.data
 
+    source = PlannedParquet(plan, columns, read_keys)
     return ray.data.read_datasource(
-        PlannedParquet(plan, columns, read_keys).as_ray_datasource(),
-        override_num_blocks=max(1, len(plan.paths), parallelism),
+        source.as_ray_datasource(parallelism),
+        override_num_blocks=max(1, len(source.read_tasks(parallelism))),
         concurrency=concurrency,
     )
