@@ -288,11 +288,14 @@ def _whole_files(loaded: list) -> list[tuple[list[str], Fingerprint]]:
     whole = []
     for path, parts in pieces.items():
         parts.sort(key=lambda p: p[0])
-        ends = [0] + [stop for (_, stop, _), _ in parts]
-        if all(g == (ends[i], ends[i + 1], parts[0][0][2]) for i, (g, _) in enumerate(parts)) and (
-            ends[-1] == parts[0][0][2]
-        ):
-            whole.append(([path], total([fp for _, fp in parts])))
+        count, reached = parts[0][0][2], 0
+        for (start, stop, of), _ in parts:
+            if of != count or start != reached:
+                break  # another count, a gap or an overlap
+            reached = stop
+        else:
+            if reached == count:
+                whole.append(([path], total([fp for _, fp in parts])))
     return whole
 
 

@@ -230,24 +230,26 @@ class PlannedParquet:
         self, f: InputFile, date: str, max_block_bytes: int | None, groups: range | None = None
     ) -> Iterator[pa.Table]:
         """What one read task yields: the file's blocks (only row groups `groups`, when a big
-        file is split over tasks), through `read_keys.record` when set."""
-        if groups is not None and len(groups) == f.row_groups:
-            groups = None
+        file is split over tasks; None: the whole file), through `read_keys.record` when set."""
         blocks = self.read_file(f, date, max_block_bytes, groups)
         if self.read_keys is None:
             return blocks
         part = None if groups is None else (groups.start, groups.stop, f.row_groups)
         return self.read_keys.record([f.path], blocks, part)
 
-    def read_tasks(self, parallelism: int) -> list[tuple[InputFile, str, range]]:
-        """(file, date, row groups) of each read task: a task per file, and a file's row groups
-        split over several tasks when it holds more than its share of the `parallelism` tasks
-        wanted (its rows over all rows), so a few big files still keep every CPU busy."""
+    def read_tasks(self, parallelism: int) -> list[tuple[InputFile, str, range | None]]:
+        """(file, date, row groups or None for the whole file) of each read task: a task per
+        file, and a file's row groups split over several tasks when it holds more than its share
+        of the `parallelism` tasks wanted (its rows over all rows), so a few big files still keep
+        every CPU busy."""
         rows = sum(f.rows for f, _ in self.files) or 1
-        tasks = []
+        tasks: list[tuple[InputFile, str, range | None]] = []
         for f, d in self.files:
-            k = max(1, min(f.row_groups, round(parallelism * f.rows / rows)))  # an empty file: 1
-            tasks += [(f, d, range(f.row_groups * i // k, f.row_groups * (i + 1) // k)) for i in range(k)]
+            k = min(f.row_groups, round(parallelism * f.rows / rows))
+            if k <= 1:
+                tasks.append((f, d, None))
+            else:
+                tasks += [(f, d, range(f.row_groups * i // k, f.row_groups * (i + 1) // k)) for i in range(k)]
         return tasks
 
     def schema_of(self, f: InputFile) -> pa.Schema:
@@ -310,8 +312,9 @@ class PlannedParquet:
                     ReadTask(
                         lambda f=f, d=d, g=g: source.read_task_blocks(f, d, block_bytes, g),
                         BlockMetadata(
-                            num_rows=f.rows if len(g) == f.row_groups else None,
-                            size_bytes=f.size * len(g) // max(1, f.row_groups) * source.ENCODING_RATIO,
+                            num_rows=f.rows if g is None else None,
+                            size_bytes=(f.size if g is None else f.size * len(g) // f.row_groups)
+                            * source.ENCODING_RATIO,
                             exec_stats=None,
                             input_files=[f.path],
                         ),
