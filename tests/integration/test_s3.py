@@ -44,7 +44,8 @@ def s3_job(s3, checkpoints):
     return bucket, storage
 
 
-def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints, monkeypatch):
+@pytest.mark.parametrize("mode", ["auto", "actors"])
+def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints, monkeypatch, mode):
     import pipeline.commit.partitions as partitions
 
     bucket, storage = s3_job
@@ -53,6 +54,7 @@ def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints, monkeypatch)
         f"s3://{bucket}/models/ts",
         f"s3://{bucket}/predictions",
         storage={"endpoint_url": s3.endpoint},
+        predict={"mode": mode},  # auto: fused CPU tasks; actors: replicas writing to S3 themselves
     )
     read: list[str] = []  # files the key check had to read rows of
     real = partitions.fingerprint_files
