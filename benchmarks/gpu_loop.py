@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from userdlrm import CATEGORICAL, DENSE, UserDLRM, preprocess  # noqa: E402
+from userdlrm import CATEGORICAL, DENSE, FreeModel, UserDLRM, preprocess  # noqa: E402
 
 
 def main() -> int:
@@ -30,10 +30,11 @@ def main() -> int:
     ap.add_argument("model", help="the safetensors weights of userdlrm.UserDLRM")
     ap.add_argument("out")
     ap.add_argument("--batch", type=int, default=65_536)
+    ap.add_argument("--free", action="store_true", help="userdlrm.FreeModel (weights: its own)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = UserDLRM()
+    model = FreeModel() if args.free else UserDLRM()
     model.load_state_dict(load_file(args.model))
     model = model.eval().to(device)
     n = 0

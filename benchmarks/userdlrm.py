@@ -48,3 +48,15 @@ class UserDLRM(nn.Module):
         vecs = torch.stack([x, *(t(cat[:, i : i + 1]) for i, t in enumerate(self.tables))], dim=1)
         inter = torch.bmm(vecs, vecs.transpose(1, 2))[:, self.pairs[0], self.pairs[1]]
         return torch.sigmoid(self.top(torch.cat([x, inter], dim=1))).squeeze(1)
+
+
+class FreeModel(nn.Module):
+    """A nearly free model (benchmarks/cpu_per_row.py): the first dense feature as the score, so a
+    run's CPU is what it spends outside the forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, dense: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        return dense[:, 0] * self.scale

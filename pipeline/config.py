@@ -465,6 +465,13 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(
         None, ge=1, description="CPUs of a new local Ray, or of the local runner (default: all)."
     )
+    num_gpus: int | None = Field(
+        None,
+        ge=0,
+        description="GPUs of a new local Ray (default: those it detects). Logical GPUs on a machine "
+        "without one give the GPU pool's plan (replicas sharing each GPU) with the replicas on the CPU: "
+        "a way to try that shape anywhere.",
+    )
     runner: Literal["auto", "ray", "local"] = Field(
         "auto",
         description="Where the stages run. 'ray': a Ray Data job (on ray.address, RAY_ADDRESS or a new "
@@ -472,7 +479,7 @@ class RayConfig(_Strict):
         "top-K): on one machine it skips Ray's start and its workers' imports. 'auto': 'ray' when an "
         "address is given, Ray is already initialized in this process, the job wants a GPU "
         "(predict.device cuda, a GPU visible to predict.device auto, num_gpus_per_replica > 0), "
-        "predict.mode is 'actors' or output.top_k is set; else 'local'.",
+        "predict.mode is 'actors', ray.num_gpus is set or output.top_k is set; else 'local'.",
     )
 
 

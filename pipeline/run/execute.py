@@ -52,6 +52,8 @@ def ensure_ray(cfg: JobConfig) -> None:
         # cluster /tmp/ray/ray_current_cluster names (another user's `ray start`, a test's).
         kwargs["address"] = "local"
         kwargs["num_cpus"] = cfg.ray.num_cpus
+        if cfg.ray.num_gpus is not None:
+            kwargs["num_gpus"] = cfg.ray.num_gpus
         kwargs["include_dashboard"] = False
     try:
         ray.init(**kwargs)
@@ -198,8 +200,10 @@ def choose_runner(cfg: JobConfig, ray_is_running: bool) -> tuple[str, str]:
         return "ray", "Ray is initialized in this process"
     if cfg.output.top_k is not None:
         return "ray", "output.top_k shuffles by group (a Ray Data shuffle)"
-    if cfg.predict.mode == "actors":
-        return "ray", "predict.mode is 'actors'"
+    if cfg.predict.mode in ("actors", "staged"):
+        return "ray", f"predict.mode is {cfg.predict.mode!r}"
+    if cfg.ray.num_gpus is not None:
+        return "ray", "ray.num_gpus is set (a new local Ray with that many GPUs)"
     if wants_gpu(cfg):
         return "ray", "the job wants a GPU (one replica per GPU in a Ray actor pool)"
     return "local", "one machine and no GPU: threads in this process; ray.runner: ray for a Ray job"

@@ -33,7 +33,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def s3_job(s3, checkpoints):
-    bucket = s3.make_bucket("batchscore-it")
+    import uuid
+
+    bucket = s3.make_bucket(f"batchscore-it-{uuid.uuid4().hex[:8]}")  # a table of its own per test
     storage = StorageConfig(endpoint_url=s3.endpoint)
     write_days(resolve(f"s3://{bucket}/events", storage), DATES, SYNTH)
     model_dir, _ = checkpoints.entries["torchscript"]
