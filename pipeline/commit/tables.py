@@ -172,6 +172,22 @@ def run_files(table: Location, col: str, date: str, run_id: str, kind: str = "pa
         return list(pool.map(footer, infos))
 
 
+def committed_files(table_loc: Location, table, col: str, date: str) -> list[TableFile]:
+    """The files of one date in the table's current snapshot (whoever wrote them), with the row
+    count and the stats each footer holds (footers only, no rows read)."""
+    paths = [unquote(u.split("://", 1)[-1]) for u in table.file_uris([(col, "=", date)])]
+
+    def footer(info) -> TableFile:
+        with table_loc.fs.open_input_file(info.path) as f:
+            md = pq.ParquetFile(f).metadata
+        rel = posixpath.relpath(info.path, table_loc.path)
+        mtime = int(info.mtime.timestamp() * 1000) if info.mtime is not None else 0
+        return TableFile(rel, info.size, md.num_rows, mtime, partition_values(rel), stats_from_footer(md))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(footer, table_loc.fs.get_file_info(paths) if paths else []))
+
+
 def file_schema(table: Location, f: TableFile):
     with table.fs.open_input_file(table.join(f.path).path) as fh:
         return pq.ParquetFile(fh).schema_arrow
