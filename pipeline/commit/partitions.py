@@ -422,7 +422,7 @@ def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generat
         if current != generation:
             log.warning("%s=%s was replaced by a newer run before its dead letters were committed", col, date)
             if not tables.dead_letters.ever_committed_by(dls, col, date, meta["run_id"]):
-                delete_run_files(tables.dead_letters.location, c.dead)
+                delete_run_files(tables.dead_letters, c.dead)
             return None
         mine = dls.transaction_version(identity_app_id(col, date, "run", meta["run_id"]))
         if mine == generation:  # our commit landed although delta-rs reported a conflict
@@ -459,9 +459,9 @@ def _lost_race(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, how
     if state.same_model and state.same_inputs and not state.dead_letters_current:
         dl_version = _stand_in_dead_letters(tables, c, run, policy, preds, state.generation)
     if not tables.predictions.ever_committed_by(preds, col, date, run.run_id):
-        delete_run_files(tables.predictions.location, c.staged)
+        delete_run_files(tables.predictions, c.staged)
         if dl_version is None:  # committed ones are the table's now
-            delete_run_files(tables.dead_letters.location, c.dead)
+            delete_run_files(tables.dead_letters, c.dead)
     if state.same_model and state.same_inputs:
         log.info("%s=%s: another run committed it first with the same model and inputs (a no-op)", col, date)
         return DateCommit(

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from datetime import datetime, timezone
 
@@ -78,9 +79,9 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
             if table.ever_committed_by(snapshot, col, d, run_id):
                 continue  # its files are in the log (maybe only in older versions): never delete them
             try:  # by name only: a file cut short by the failure has no footer to read
-                for info in list_run_files(table.location, col, d, run_id, kind):
-                    table.location.fs.delete_file(info.path)
-            except OSError as e:  # best effort: vacuum removes them later
+                infos = list_run_files(table.location, col, d, run_id, kind)
+                table.delete_files([posixpath.relpath(i.path, table.location.path) for i in infos])
+            except Exception as e:  # noqa: BLE001 - best effort (pyarrow's or delta-rs' errors): vacuum removes them later
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
