@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import signal
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -331,7 +332,7 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
         done = _commit_predictions(tables, c, run, policy, meta)
     except (OSError, DeltaError) as e:
         raise StorageError(
-            f"{col}={date}: storage failed during the commit of its predictions ({_brief(e)}); nothing "
+            f"{col}={date}: storage failed during the commit of its predictions ({brief_error(e)}); nothing "
             "of it was published by this run, unless that commit landed and its reply was lost. Run "
             "the same command again: a date committed as asked is skipped, any other is scored again"
         ) from None
@@ -344,7 +345,7 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
     except (OSError, DeltaError) as e:
         raise StorageError(
             f"{col}={date}: its predictions are committed, but storage failed before its dead letters "
-            f"were ({_brief(e)}). Readers see the date's predictions whole; its "
+            f"were ({brief_error(e)}). Readers see the date's predictions whole; its "
             f"{sum(f.rows for f in c.dead)} dead letters are missing: run the same command again, it "
             "scores the date again and commits both"
         ) from None
@@ -387,8 +388,9 @@ def _commit_predictions(tables: OutputTables, c: _Checked, run, policy: CommitPo
     return _Published(preds, dls, dl_schema, generation)
 
 
-def _brief(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+def brief_error(e: BaseException, limit: int = 300) -> str:
+    """An error's text on one line for a message: delta-rs colours its error chains for a terminal."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split()) or type(e).__name__
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from pipeline.commit.filestats import ReadKeys
 from pipeline.commit.groups import TopKCheck
-from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
+from pipeline.commit.partitions import CommitPolicy, RunIdentity, brief_error, commit_partitions
 from pipeline.commit.streaming import DateCommitter, subset
 from pipeline.commit.tables import WrittenRows, list_run_files, run_file_prefix, vacuum_tables
 from pipeline.config import JobConfig
@@ -130,11 +130,10 @@ def _is_storage_failure(e: BaseException) -> bool:
 def _as_storage_error(e: BaseException) -> StorageError:
     """A storage failure after scoring (profiles, reconciliation, commits, the report) as an error
     that says what is left, instead of a traceback (exit 1)."""
-    text = " ".join(str(e).split())[:300] or type(e).__name__
     return StorageError(
-        f"storage failed while committing this run's dates ({type(e).__name__}: {text}). Dates this "
-        "run committed stay committed, the others are not published (its files of them are left to "
-        "vacuum): run the same command again; committed dates are skipped, the others scored again"
+        f"storage failed while committing this run's dates ({type(e).__name__}: {brief_error(e)}). "
+        "Dates this run committed stay committed, the others are not published (its files of them are "
+        "left to vacuum): run the same command again; committed dates are skipped, the others scored again"
     )
 
 

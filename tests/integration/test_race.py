@@ -197,7 +197,7 @@ def test_an_s3_outage_in_the_dead_letter_commit_is_a_message_and_a_rerun_repairs
         assert proxy.injected["outage"] > 0
         proxy.set_outage(False)
     assert code == 1, out[-3000:]
-    assert "Traceback" not in out, out[-5000:]
+    assert "Traceback" not in out and "\x1b[" not in out, out[-5000:]
     assert f"ds={DAY}: its predictions are committed, but storage failed before its dead letters" in out, out
     rerun = Run(tmp_path, config(s3.endpoint), "outage-rerun")
     assert rerun.finish() == 0, rerun.output()[-3000:]
