@@ -503,11 +503,19 @@ def _stand_in_dead_letters(tables: OutputTables, c: _Checked, run, policy, preds
         date,
         sum(f.rows for f in c.dead),
     )
+    from deltalake.exceptions import DeltaError
+
     _, dl_schema = _schemas(tables, c, policy.key_columns)
-    dls = tables.dead_letters.open_or_create(dl_schema)
-    check_schema(dls, dl_schema)
-    meta = {"run_id": run.run_id}
-    return _commit_dead_letters(tables, dls, c, _arrow_schema(dls), generation, meta)
+    try:
+        dls = tables.dead_letters.open_or_create(dl_schema)
+        check_schema(dls, dl_schema)
+        return _commit_dead_letters(tables, dls, c, _arrow_schema(dls), generation, {"run_id": run.run_id})
+    except (OSError, DeltaError) as e:
+        raise StorageError(
+            f"{col}={date} is incomplete: another run committed its predictions but not its dead letters, "
+            f"and storage failed while this run committed them for it ({brief_error(e)}). Run the same "
+            "command again: it scores the date again and commits both"
+        ) from None
 
 
 def _differs_from_committed(tables: OutputTables, c: _Checked, policy: CommitPolicy, preds) -> str | None:

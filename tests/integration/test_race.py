@@ -175,6 +175,9 @@ def test_a_race_survivor_never_leaves_the_date_without_its_dead_letters(s3, race
     code = survivor.finish()
     out = survivor.output()
     assert code == 0, out[-3000:]
+    direct = StorageConfig(endpoint_url=s3.endpoint)
+    dead = read_delta(f"s3://{bucket}/preds/_dead_letter", direct, date=DAY)
+    assert dead.num_rows == 60, f"the survivor exited 0 with {dead.num_rows} of the date's 60 dead letters"
     assert "done by another run" in out and "not its dead letters" in out, out[-3000:]
     if winner != "killed":
         first.signal(signal.SIGCONT)
