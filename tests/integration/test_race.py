@@ -185,13 +185,29 @@ def test_a_race_survivor_never_leaves_the_date_without_its_dead_letters(s3, race
     _assert_date_whole(s3, bucket, data)
 
 
-def test_an_s3_outage_in_the_dead_letter_commit_is_a_message_and_a_rerun_repairs(s3, race_setup, tmp_path):
-    """The run stops between its two commits, S3 goes down (every request 503), the run resumes:
-    it exits 1 naming the date and what is missing, without a traceback; once S3 is back, a plain
-    rerun scores the date again and commits both."""
+OUTAGES = {  # where the run stops before S3 goes down: what it must say, what the rerun finds
+    "between its two commits": (
+        PAUSE_BETWEEN_COMMITS_ENV,
+        f"ds={DAY}: its predictions are committed, but storage failed before its dead letters were",
+        "its dead letters were not committed",
+    ),
+    "before its predictions' commit": (
+        PAUSE_BEFORE_COMMIT_ENV,
+        f"ds={DAY}: storage failed during the commit of its predictions",
+        "not committed yet",
+    ),
+}
+
+
+@pytest.mark.parametrize("moment", list(OUTAGES))
+def test_an_s3_outage_in_a_commit_is_a_message_and_a_rerun_repairs(s3, race_setup, tmp_path, moment):
+    """The run stops at `moment`, S3 goes down (every request 503), the run resumes: it exits 1
+    saying which of the date's commits is in the log, without a traceback; once S3 is back, a
+    plain rerun scores the date again and commits both."""
     bucket, data, config = race_setup
+    pause, message, why_rescored = OUTAGES[moment]
     with SpawnedFaultProxy(s3.endpoint, slow_every=0, drop_every=0) as proxy:
-        run = Run(tmp_path, config(proxy.endpoint, "proxied"), "outage", pause=PAUSE_BETWEEN_COMMITS_ENV)
+        run = Run(tmp_path, config(proxy.endpoint, "proxied"), "outage", pause=pause)
         run.wait_paused()
         proxy.set_outage(True)
         run.signal(signal.SIGCONT)
@@ -201,8 +217,8 @@ def test_an_s3_outage_in_the_dead_letter_commit_is_a_message_and_a_rerun_repairs
         proxy.set_outage(False)
     assert code == 1, out[-3000:]
     assert "Traceback" not in out and "\x1b[" not in out, out[-5000:]
-    assert f"ds={DAY}: its predictions are committed, but storage failed before its dead letters" in out, out
+    assert message in out, out[-3000:]
     rerun = Run(tmp_path, config(s3.endpoint), "outage-rerun")
     assert rerun.finish() == 0, rerun.output()[-3000:]
-    assert "its dead letters were not committed" in rerun.output()
+    assert why_rescored in rerun.output()
     _assert_date_whole(s3, bucket, data)
