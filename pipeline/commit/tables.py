@@ -175,7 +175,8 @@ def run_files(table: Location, col: str, date: str, run_id: str, kind: str = "pa
 def committed_files(table_loc: Location, table, col: str, date: str) -> list[TableFile]:
     """The files of one date in the table's current snapshot (whoever wrote them), with the row
     count and the stats each footer holds (footers only, no rows read)."""
-    paths = [unquote(u.split("://", 1)[-1]) for u in table.file_uris([(col, "=", date)])]
+    uris = table.file_uris(file_pruning_predicate=[(col, "=", date)])
+    paths = [unquote(u.split("://", 1)[-1]) for u in uris]
 
     def footer(info) -> TableFile:
         with table_loc.fs.open_input_file(info.path) as f:

@@ -114,3 +114,29 @@ def test_vacuum_removes_the_key_records_of_killed_runs_past_the_retention(tmp_pa
     assert not killed.exists() and not empty.exists() and empty.parent.exists()
     assert report.read_text() == "{}"  # the run's other files stay
     assert len(list(running.rglob("*.json"))) == 4
+
+
+def test_committed_files_are_the_dates_files_in_the_log_with_their_footer_stats(tmp_path):
+    """What a race's survivor compares its own files with: whoever wrote them, only the date's
+    files of the current snapshot (a space in the table's path too), footers read, rows not."""
+    from deltalake import write_deltalake
+
+    from pipeline.commit.filestats import write_parquet
+    from pipeline.commit.tables import TableFile, committed_files, table_schema
+
+    root = tmp_path / "the preds"
+    write_deltalake(str(root), pa.table({"k": ["x"], "ds": ["2026-10-02"]}), partition_by=["ds"])
+    out = DeltaOutput(resolve(str(root)), StorageConfig(), ["ds"])
+    table = out.open()
+    (root / "ds=2026-10-01").mkdir()
+    written = []
+    for i, keys in enumerate((["a", "b"], ["c"])):
+        path = f"ds=2026-10-01/part-other.{i}.parquet"
+        write_parquet(out.location.fs, str(root / path), pa.table({"k": keys}), ["k"])
+        size = (root / path).stat().st_size
+        written.append(TableFile(path, size, len(keys), 0, {"ds": "2026-10-01"}))
+    schema = table_schema(pa.schema([("k", pa.string())]), ["ds"])
+    out.commit_date(table, "ds", "2026-10-01", written, schema, 1, None, {}, "other")
+    got = committed_files(out.location, out.open(), "ds", "2026-10-01")
+    assert sorted((f.path, f.rows) for f in got) == [(w.path, w.rows) for w in written]
+    assert all(f.stats is not None and f.stats.fingerprint_for(["k"]) is not None for f in got)
