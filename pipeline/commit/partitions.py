@@ -363,7 +363,9 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
     )
 
 
-def _commit_predictions(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, meta: dict):
+def _commit_predictions(
+    tables: OutputTables, c: _Checked, run, policy: CommitPolicy, meta: dict
+) -> _Published | DateCommit:
     """The date's predictions in one transaction: `_Published`, or the DateCommit of a lost race."""
     from deltalake.exceptions import CommitFailedError
 

@@ -214,7 +214,7 @@ def delete_run_files(table: DeltaOutput, files: list[TableFile]) -> None:
     """Remove files this run wrote but never committed (best effort: vacuum removes leftovers)."""
     try:
         table.delete_files([f.path for f in files])
-    except Exception as e:  # noqa: BLE001 - pyarrow raises OSError, delta-rs its own errors
+    except Exception as e:  # pyarrow raises OSError, delta-rs its own errors
         log.debug("could not delete files of %s: %s", table.uri, e)
 
 

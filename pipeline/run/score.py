@@ -71,7 +71,7 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
     col = tables.partition_column
     try:  # each table apart: a race's survivor may have committed only a date's dead letters
         logs = [(t, t.open()) for t in (tables.predictions, tables.dead_letters)]
-    except Exception as e:  # noqa: BLE001 - storage down: the error being raised says more; vacuum cleans up
+    except Exception as e:  # storage down: the error being raised says more; vacuum cleans up
         log.debug("could not read the tables' logs to remove uncommitted files: %s", e)
         return
     for d in dates:
@@ -81,7 +81,7 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
             try:  # by name only: a file cut short by the failure has no footer to read
                 infos = list_run_files(table.location, col, d, run_id, kind)
                 table.delete_files([posixpath.relpath(i.path, table.location.path) for i in infos])
-            except Exception as e:  # noqa: BLE001 - best effort (pyarrow's or delta-rs' errors): vacuum removes them later
+            except Exception as e:  # best effort (pyarrow's or delta-rs's errors): vacuum removes them
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
