@@ -152,12 +152,17 @@ class _Discard:
 
 def check_output_writable(cfg: JobConfig, run_id: str) -> None:
     """Write and delete a probe object before any work, so a bad output fails in seconds."""
+    from deltalake.exceptions import DeltaError
+
+    from pipeline.commit.tables import delete_files, storage_options
+
     output = resolve(cfg.output.uri, cfg.storage, quick=True)
-    probe = output.join(f".batchscore-probe-{run_id}")  # at the root: leaves no directories behind
+    name = f".batchscore-probe-{run_id}"  # at the root: leaves no directories behind
     try:
-        write_bytes(probe, b"")
-        probe.fs.delete_file(probe.path)
-    except OSError as e:
+        write_bytes(output.join(name), b"")
+        # not pyarrow's delete on S3: it would leave a marker object for the output's root
+        delete_files(output, [name], storage_options(output.uri, cfg.storage))
+    except (OSError, DeltaError) as e:
         raise StorageError(f"cannot write to the output {output.uri}: {e}") from None
 
 

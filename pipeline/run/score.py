@@ -12,16 +12,17 @@
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from datetime import datetime, timezone
 
 from pipeline.commit.filestats import ReadKeys
 from pipeline.commit.groups import TopKCheck
-from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
+from pipeline.commit.partitions import CommitPolicy, RunIdentity, brief_error, commit_partitions
 from pipeline.commit.streaming import DateCommitter, subset
 from pipeline.commit.tables import WrittenRows, list_run_files, run_file_prefix, vacuum_tables
 from pipeline.config import JobConfig
-from pipeline.errors import CommitError, DriftError, find_known_error
+from pipeline.errors import CommitError, DriftError, StorageError, find_known_error
 from pipeline.quality.drift import (
     commit_profiles,
     committed_profiles,
@@ -68,15 +69,19 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
     """Delete this run's files of the `dates` it never committed (not in the log, so no reader
     has them); dates it committed are skipped. A killed run's files are left for vacuum."""
     col = tables.partition_column
-    preds = tables.predictions.open()
+    try:  # each table apart: a race's survivor may have committed only a date's dead letters
+        logs = [(t, t.open()) for t in (tables.predictions, tables.dead_letters)]
+    except Exception as e:  # storage down: the error being raised says more; vacuum cleans up
+        log.debug("could not read the tables' logs to remove uncommitted files: %s", e)
+        return
     for d in dates:
-        if tables.predictions.ever_committed_by(preds, col, d, run_id):
-            continue  # its files are in the log (maybe only in older versions): never delete them
-        for loc, kind in ((tables.location, "part"), (tables.dead_letters.location, "dl")):
+        for (table, snapshot), kind in zip(logs, ("part", "dl"), strict=True):
+            if table.ever_committed_by(snapshot, col, d, run_id):
+                continue  # its files are in the log (maybe only in older versions): never delete them
             try:  # by name only: a file cut short by the failure has no footer to read
-                for info in list_run_files(loc, col, d, run_id, kind):
-                    loc.fs.delete_file(info.path)
-            except OSError as e:  # best effort: vacuum removes them later
+                infos = list_run_files(table.location, col, d, run_id, kind)
+                table.delete_files([posixpath.relpath(i.path, table.location.path) for i in infos])
+            except Exception as e:  # best effort (pyarrow's or delta-rs's errors): vacuum removes them
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
@@ -102,8 +107,10 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
         ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
         try:
             return _finish(ctx, ds, snapshot)
-        except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
+        except BaseException as e:  # refused, conflicting, Ctrl-C: what this run did not commit goes
             _discard_uncommitted(ctx.tables, ctx.dates, ctx.run_id)
+            if _is_storage_failure(e):
+                raise _as_storage_error(e) from None
             raise
     finally:
         if ctx.policy.read_keys is not None:  # the input's recorded fingerprints: used up
@@ -111,6 +118,23 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
                 delete_dir(ctx.policy.read_keys.location)
             except OSError as e:
                 log.debug("could not remove %s: %s", ctx.policy.read_keys.location.uri, e)
+
+
+def _is_storage_failure(e: BaseException) -> bool:
+    """An S3 or file-system error (pyarrow, delta-rs) that batchscore did not explain itself."""
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    return isinstance(e, OSError) or (isinstance(e, DeltaError) and not isinstance(e, CommitFailedError))
+
+
+def _as_storage_error(e: BaseException) -> StorageError:
+    """A storage failure after scoring (profiles, reconciliation, commits, the report) as an error
+    that says what is left, instead of a traceback (exit 1)."""
+    return StorageError(
+        f"storage failed while committing this run's dates ({type(e).__name__}: {brief_error(e)}). "
+        "Dates this run committed stay committed, the others are not published (its files of them are "
+        "left to vacuum): run the same command again; committed dates are skipped, the others scored again"
+    )
 
 
 def _start(
