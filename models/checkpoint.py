@@ -68,6 +68,20 @@ class LoadedModel:
     path: str
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -141,6 +155,9 @@ def save_checkpoint(
             raise ModelError("a safetensors checkpoint needs an architecture record to rebuild the model")
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, wpath)
+        # safetensors writes 0600 (a temp file renamed); a scoring service running as another
+        # user must be able to read the checkpoint, as it reads the metadata file beside it
+        os.chmod(wpath, 0o666 & ~_umask())
     elif format == "torchscript":
         if example_inputs is None:
             raise ModelError("TorchScript export needs example_inputs")
