@@ -297,7 +297,11 @@ class OutputConfig(_Strict):
         description="Rows per output file: the write stage collects blocks up to this many rows, then "
         "writes them split evenly into files of at most this many, whatever the input files' sizes.",
     )
-    compression: Literal["snappy", "zstd", "gzip", "none"] = Field("zstd")
+    compression: Literal["snappy", "zstd", "gzip", "none"] = Field(
+        "zstd",
+        description="Parquet compression codec of the prediction files ('none': uncompressed). "
+        "Any Parquet reader reads each; zstd is the smallest, snappy the fastest to write.",
+    )
     max_bad_row_fraction: float = Field(
         0.01,
         ge=0,
@@ -547,13 +551,39 @@ def parse_date(value: str) -> dt.date:
         raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}: {e}") from e
 
 
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section holding `loc` accepts, found by walking the models along the path
+    (list indexes and dict keys of free-form sections are stepped over)."""
+    model: Any = JobConfig
+    for part in loc[:-1]:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = [a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type)]
+        subs = [a for a in inner if issubclass(a, BaseModel)]
+        model = subs[0] if subs else None
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _unknown_key_message(loc: tuple[Any, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1, cutoff=0.6)
+    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = _unknown_key_message(e["loc"])
         elif e["type"] == "missing":
             msg = "required key is missing"
         lines.append(f"  {loc}: {msg}")

@@ -374,3 +374,59 @@ def test_submit_never_uploads_credential_files():
         assert excluded(PROJECT_ROOT / secret), secret
     for kept in ["pipeline/run/score.py", "configs/demo.yaml", "README.md"]:
         assert not excluded(Path(PROJECT_ROOT / kept)), kept
+
+
+@pytest.mark.parametrize(
+    ("mutate", "hint"),
+    [
+        (
+            lambda r: r.update(predict={"batch_sise": 10}),
+            "predict.batch_sise: unknown key; did you mean 'batch_size'?",
+        ),
+        (
+            lambda r: r["output"].update(key_column=["x"]),
+            "output.key_column: unknown key; did you mean 'key_columns'?",
+        ),
+        (lambda r: r.update(modle={}), "modle: unknown key; did you mean 'model'?"),
+        (
+            lambda r: r.update(preprocessing={"features": {"dense": [{"name": "p", "lgo1p": True}]}}),
+            "preprocessing.features.dense.0.lgo1p: unknown key; did you mean 'log1p'?",
+        ),
+    ],
+)
+def test_typo_gets_did_you_mean(tmp_path, mutate, hint):
+    raw = base()
+    mutate(raw)
+    with pytest.raises(ConfigError) as ei:
+        load_config(write_yaml(tmp_path, raw))
+    assert hint in str(ei.value)
+
+
+def test_unknown_key_far_from_any_gets_no_guess(tmp_path):
+    raw = base()
+    raw["zzzzqqq"] = 1
+    with pytest.raises(ConfigError) as ei:
+        load_config(write_yaml(tmp_path, raw))
+    assert "zzzzqqq: unknown key" in str(ei.value) and "did you mean" not in str(ei.value)
+
+
+def test_every_config_key_has_a_meaning():
+    """docs/config.md is generated from the descriptions: a key without one has an empty meaning."""
+    from pydantic import BaseModel
+
+    def walk(model: type[BaseModel], prefix: str) -> list[str]:
+        bare = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            subs = [
+                a
+                for a in (ann, *getattr(ann, "__args__", ()))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ]
+            if subs:
+                bare += walk(subs[0], f"{prefix}{name}.")
+            elif not field.description:
+                bare.append(f"{prefix}{name}")
+        return bare
+
+    assert walk(JobConfig, "") == []
