@@ -20,6 +20,35 @@ log = logging.getLogger("batchscore")
 
 from pipeline.errors import EXIT_FAILED, EXIT_OK  # noqa: E402 - light, no torch or ray
 
+EXIT_CODES_HELP = """exit codes:
+  0  success (also: nothing to do, every date already committed)
+  2  bad config, input or model: the message names the key, file or column
+  3  scores drifted past the thresholds with drift.on_breach=fail (nothing published)
+  4  another run committed a date first with another model or inputs
+  1  anything else"""
+
+SCORE_OUTPUT_HELP = """output:
+  predictions  a Delta Lake table at output.uri (read it with deltalake, polars or DuckDB)
+  dead letters output.uri/_dead_letter (another Delta table)
+  report       output.uri/_runs/RUN_ID/report.json and report.html
+  stdout       a summary, then one JSON line: status, run id, report path, row counts"""
+
+
+def package_version() -> str:
+    """The installed distribution's version; from a source tree that is not installed (the
+    Ray job's working_dir), pyproject's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchscore")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+        found = re.search(r'^version = "([^"]+)"', text, re.M)
+        return found.group(1) if found else "unknown"
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="job config (YAML), e.g. configs/demo.yaml")
@@ -63,12 +92,25 @@ def _add_table_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchscore",
-        description="Distributed offline batch scoring: Parquet -> preprocess -> PyTorch on Ray -> Parquet.",
+        description="Offline batch scoring: Parquet (local or s3://) -> preprocess -> PyTorch "
+        "(on Ray, or threads on one machine) -> a Delta Lake table, each date one transaction.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"batchscore {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("score", help="score one date or a date range with a config")
+    p = sub.add_parser(
+        "score",
+        help="score one date or a date range with a config",
+        description="Score the dates of a config in one run. Each date is committed to the Delta "
+        "table at output.uri as soon as its rows are written; dates already committed with this "
+        "model, config and inputs are skipped (--force rescores). For a long range that may be "
+        "stopped and resumed, or to preview what would run, see `batchscore backfill`.",
+        epilog=SCORE_OUTPUT_HELP + "\n\n" + EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_config_args(p)
     _add_date_args(p)
     p.add_argument(
@@ -94,7 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image", help="container image for the job (runtime_env image_uri) instead of pip")
 
-    p = sub.add_parser("backfill", help="score a date range, skipping dates already committed")
+    p = sub.add_parser(
+        "backfill",
+        help="score a date range, skipping dates already committed",
+        description="Like `score --start D1 --end D2`, for long ranges: lists what would run and "
+        "what is already committed (--dry-run), and can split the range into several runs "
+        "(--dates-per-run), so a stopped backfill resumes where it stopped. `score` with a range "
+        "also skips committed dates, in one run.",
+        epilog=SCORE_OUTPUT_HELP + "\n\n" + EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_config_args(p)
     p.add_argument("--start", required=True, help="first date (inclusive)")
     p.add_argument("--end", required=True, help="last date (inclusive)")
@@ -117,11 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="generate sample data, train a demo model, score one date (--kind: which output)"
     )
     p.add_argument("--workdir", default="demo", help="where data, model and predictions go (default: demo)")
-    p.add_argument("--rows-per-day", type=int, default=50_000)
+    p.add_argument(
+        "--rows-per-day", type=int, default=50_000, help="synthetic rows per date (default: 50000)"
+    )
     p.add_argument("--days", type=int, default=4, help="days generated; all but the last train the model")
-    p.add_argument("--shards-per-day", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--shards-per-day", type=int, default=4, help="Parquet files per date (default: 4)")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs of the demo model (default: 2)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the demo's scoring config, e.g. --set predict.batch_size=4096",
+    )
     p.add_argument(
         "--kind",
         choices=["scores", "heads", "embedding", "topk"],
@@ -137,8 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root (local or s3://), hive-partitioned by ds")
     p.add_argument("--dates", nargs="+", required=True, help="dates to train on")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--format", choices=["safetensors", "torchscript", "export"], default="safetensors")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "torchscript", "export"],
+        default="safetensors",
+        help="checkpoint format: safetensors weights + architecture record (default), TorchScript "
+        "or torch.export",
+    )
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training rows (default: 2)")
     p.add_argument(
         "--preset",
         default="dlrm-demo",
@@ -187,11 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write synthetic interaction logs (hive-partitioned Parquet)")
     p.add_argument("--out", required=True, help="dataset root (local or s3://)")
-    p.add_argument("--start", default="2026-11-01")
-    p.add_argument("--days", type=int, default=4)
-    p.add_argument("--rows-per-day", type=int, default=50_000)
-    p.add_argument("--shards-per-day", type=int, default=4)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--start", default="2026-11-01", help="first date written (default: 2026-11-01)")
+    p.add_argument("--days", type=int, default=4, help="consecutive dates written (default: 4)")
+    p.add_argument("--rows-per-day", type=int, default=50_000, help="rows per date (default: 50000)")
+    p.add_argument("--shards-per-day", type=int, default=4, help="Parquet files per date (default: 4)")
+    p.add_argument("--seed", type=int, default=7, help="random seed: same seed, same data (default: 7)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint for --out")
     return parser
 
