@@ -8,8 +8,10 @@ the job's logs and exits with its outcome (0 succeeded, 1 otherwise); `--no-wait
 The project directory is shipped as the job's working_dir (without .venv, data, caches, and
 never .env, .aws/, *.pem, .netrc or other credential files). The resolved config travels as a
 file inside that upload (not in the job's environment or metadata, which the dashboard shows:
-model.kwargs may hold secrets), so a config file outside the project works too. Credentials are
-never shipped: the cluster's nodes get them from their own environment or instance role.
+model.kwargs may hold secrets), so a config file outside the project works too. The module of a
+model.class_path or preprocessing.function beside the config or in the working directory is
+shipped with it (py_modules), as `score` imports it there. Credentials are never shipped: the
+cluster's nodes get them from their own environment or instance role.
 """
 
 from __future__ import annotations
@@ -121,12 +123,30 @@ def submission_id(cfg, dates: list[str], model: dict[str, str]) -> str:
     return f"batchscore-{cfg.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
 
 
-def runtime_env(deps: str, image: str | None) -> dict[str, Any]:
+def user_code(cfg) -> list[str]:
+    """The modules or packages that model.class_path and preprocessing.function name, where they
+    live outside the project root (beside the config, in the working directory): shipped as
+    py_modules, so the job imports them as `score` on this machine does. Those at the project
+    root travel with the working_dir; installed packages must be installed on the cluster."""
+    from models.imports import searched_folders, top_level_location
+
+    folders = [f for f in searched_folders() if Path(f).resolve() != PROJECT_ROOT]
+    found = []
+    for path in (cfg.model.class_path, cfg.preprocessing.function):
+        where = top_level_location(path) if path else None
+        if where and any(Path(where).resolve().parent == Path(f).resolve() for f in folders):
+            found.append(where)
+    return sorted(set(found))
+
+
+def runtime_env(deps: str, image: str | None, py_modules: list[str] | None = None) -> dict[str, Any]:
     env: dict[str, Any] = {
         "working_dir": str(PROJECT_ROOT),
         "excludes": EXCLUDES,
         "env_vars": {"PYTHONUNBUFFERED": "1"},
     }
+    if py_modules:
+        env["py_modules"] = list(py_modules)
     if image:
         env["image_uri"] = image
     elif deps == "pyproject":
@@ -201,7 +221,7 @@ def submit(args: argparse.Namespace) -> dict[str, Any]:
             client.submit_job(
                 entrypoint=entrypoint,
                 submission_id=job_id,
-                runtime_env=runtime_env(args.deps, args.image),
+                runtime_env=runtime_env(args.deps, args.image, user_code(cfg)),
                 metadata={
                     "batchscore_job": cfg.name,
                     "dates": ",".join(dates),

@@ -14,7 +14,6 @@ recorded (or given) is refused.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from models.features import FeatureSpec
+from models.imports import ModelError, import_object  # callers import both from here too
 
 METADATA_FILE = "batchscore.json"
 FORMATS = ("safetensors", "torchscript", "export")
@@ -35,10 +35,6 @@ _WEIGHTS_NAME = {
     "export": "model.pt2",
 }
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".bin", ".ckpt")
-
-
-class ModelError(ValueError):
-    """A model or checkpoint cannot be used: what was wrong, and with which file."""
 
 
 @dataclass
@@ -90,24 +86,24 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def import_object(path: str) -> Any:
-    """`package.module:Name` (or `package.module.Name`) -> the object."""
-    mod_name, sep, attr = path.partition(":")
-    if not sep:
-        mod_name, _, attr = path.rpartition(".")
-    if not mod_name or not attr:
-        raise ModelError(f"import path {path!r}: expected 'package.module:Name'")
+def _check_call(fn: Any, kwargs: dict[str, Any], what: str, args: tuple[Any, ...] = ()) -> None:
+    """Refuse a call whose arguments do not fit `fn`'s signature (a ModelError, exit 2) before
+    it is made, instead of a TypeError deep inside a stage: `what` says whose arguments."""
+    import inspect
+
     try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ModelError(f"import path {path!r}: cannot import module {mod_name!r}: {e}") from e
-    owner = mod_name
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ModelError(f"import path {path!r}: {owner!r} has no attribute {part!r}")
-        obj = getattr(obj, part)
-        owner = f"{owner}.{part}"
-    return obj
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise ModelError(f"{what}{sig}: {e}") from None
+
+
+def check_forward_inputs(module: Any, inputs: list[str], class_path: str) -> None:
+    """model.inputs must fit forward: the predictor calls `module(*inputs)` positionally."""
+    _check_call(module.forward, {}, f"model.inputs {inputs} do not fit {class_path}.forward", tuple(inputs))
 
 
 def build_architecture(arch: dict[str, Any]) -> Any:
@@ -121,6 +117,7 @@ def build_architecture(arch: dict[str, Any]) -> Any:
         return build_dlrm(preset=arch.get("preset", "dlrm-demo"), **kwargs)
     if "class" in arch:
         cls = import_object(arch["class"])
+        _check_call(cls, kwargs, f"model.kwargs {sorted(kwargs)} do not fit {arch['class']}")
         return cls(**kwargs)
     raise ModelError(f"architecture record needs 'builtin' or 'class', got keys {sorted(arch)}")
 
@@ -335,6 +332,8 @@ def load_model(path: str, *, map_location: str = "cpu", **overrides: Any) -> Loa
     meta, wpath = inspect_checkpoint(path, **overrides)
     if meta.format == "safetensors":
         module = _load_safetensors(wpath, meta.architecture).to(map_location)
+        if "class" in (meta.architecture or {}):
+            check_forward_inputs(module, meta.inputs, meta.architecture["class"])
     elif meta.format == "torchscript":
         _refuse_plain_pickle(wpath)
         try:

@@ -627,6 +627,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
             text = Path(path).read_text()
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: config file does not exist") from e
+        from models.imports import allow_imports_from
+
+        # a model class or preprocessing function beside the config (or in the working
+        # directory) imports without PYTHONPATH, as a user of recipe tools expects
+        allow_imports_from([str(Path(path).resolve().parent), os.getcwd()])
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -430,3 +432,28 @@ def test_every_config_key_has_a_meaning():
         return bare
 
     assert walk(JobConfig, "") == []
+
+
+def test_code_beside_the_config_is_importable_and_shipped_by_submit(tmp_path, monkeypatch):
+    """class_path and preprocessing.function modules beside the config import without PYTHONPATH,
+    and `submit` ships them as py_modules (a module and a package); the project's own modules
+    travel with the working_dir and are not listed."""
+    from jobs.submit import runtime_env, user_code
+    from models.checkpoint import import_object
+
+    (tmp_path / "besidemodel.py").write_text("class Ranker:\n    pass\n")
+    (tmp_path / "besidefeatures").mkdir()
+    (tmp_path / "besidefeatures" / "__init__.py").write_text("def build(batch):\n    return {}\n")
+    raw = base()
+    raw["model"].update(class_path="besidemodel:Ranker")
+    raw["preprocessing"] = {"function": "besidefeatures:build"}
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    cfg = load_config(write_yaml(tmp_path, raw))
+    assert import_object("besidemodel:Ranker").__name__ == "Ranker"
+    assert str(tmp_path) in os.environ["PYTHONPATH"]  # for Ray's worker processes
+    shipped = runtime_env("none", None, user_code(cfg))["py_modules"]
+    assert shipped == [str(tmp_path / "besidefeatures"), str(tmp_path / "besidemodel.py")]
+    cfg.model.class_path = "models.dlrm:DLRM"
+    assert user_code(cfg) == [str(tmp_path / "besidefeatures")]
