@@ -136,6 +136,11 @@ def probe_model_output(p: Prepared, rows: int = 16) -> OutputProbe:
         table = predictor(batch)
     except StageError as e:
         raise UserError(f"model {cfg.model.uri}: on {batch.num_rows} rows of {first.uri}: {e}") from None
+    except (TypeError, RuntimeError) as e:  # e.g. a TorchScript forward called with other inputs
+        raise UserError(
+            f"model {cfg.model.uri}: calling it on {batch.num_rows} rows of {first.uri} failed "
+            f"(model.inputs {p.model_meta.inputs}): {type(e).__name__}: {e}"
+        ) from None
     arrays = {
         c: embedding_matrix(table.column(c)) if output.kind == "embedding" else table.column(c).to_numpy()
         for c in output.columns
@@ -182,10 +187,17 @@ class DatePlan:
 def scoring_identity(cfg: JobConfig, meta: Any) -> str:
     """What decides the scores besides the weights: the scoring config and the checkpoint's own
     metadata (feature spec with its statistics, architecture, inputs). A checkpoint re-exported
-    with new normalisation statistics but the same weights is a new identity. (The code of a
-    preprocessing.function or class_path module is not hashed: rescore with --force after
-    changing it.)"""
-    return digest_of(cfg.scoring_digest(), meta.format, meta.feature_spec, meta.architecture, meta.inputs)
+    with new normalisation statistics but the same weights is a new identity. So is an edit of
+    the file that defines a class_path model or a preprocessing.function (files it imports are
+    not hashed: rescore with --force after changing those)."""
+    from models.imports import source_digest
+
+    parts = [cfg.scoring_digest(), meta.format, meta.feature_spec, meta.architecture, meta.inputs]
+    named = [cfg.model.class_path, cfg.preprocessing.function, (meta.architecture or {}).get("class")]
+    code = source_digest([p for p in named if p])
+    if code:  # only with code of the user's: the other configs keep the identities they committed
+        parts.append(code)
+    return digest_of(*parts)
 
 
 def plan_dates(cfg: JobConfig, dates: list[str], meta: Any, force: bool = False) -> DatePlan:
