@@ -117,3 +117,26 @@ def test_an_edit_of_the_model_code_rescores(own):
     edited = cli("score", "tiny.yaml", "--date", DATES[0], cwd=own)
     assert edited.returncode == 0, edited.stderr[-3000:]
     assert json.loads(edited.stdout.splitlines()[-1])["skipped_committed"] == []
+
+
+def test_the_safetensors_class_path_example_validates_and_scores(tmp_path):
+    """configs/example-safetensors-class.yaml, with the steps its header prints, from a folder
+    holding demo/data: the weights script, then validate and score."""
+    import subprocess
+    import sys
+
+    from support import ROOT, SYNTH
+
+    from jobs.synthetic import write_days
+    from pipeline.storage import resolve
+
+    config = ROOT / "configs" / "example-safetensors-class.yaml"
+    date = config.read_text().splitlines()[0].split("--date ")[1].strip()
+    write_days(resolve(str(tmp_path / "demo" / "data")), [date], SYNTH)
+    weights = [sys.executable, str(ROOT / "configs" / "tinyranker.py"), "demo/tinyranker.safetensors"]
+    subprocess.run(weights, cwd=tmp_path, check=True, timeout=120)
+    for command in ("validate", "score"):
+        proc = cli(command, str(config), "--date", date, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    last = json.loads(proc.stdout.splitlines()[-1])
+    assert last["status"] == "succeeded" and last["rows_in"] == last["rows_out"] == SYNTH.rows_per_day
