@@ -128,6 +128,26 @@ def write_bytes(loc: Location, data: bytes) -> None:
         f.write(data)
 
 
+def probe_writable(root: Location, name: str) -> None:
+    """Write and delete the object `name` under `root` (raises OSError when that fails). Local
+    folders the probe had to create are removed again: a run refused after its probe (exit 2)
+    leaves no empty output folder behind. Only empty ones: another run may have filled them."""
+    created = []
+    if isinstance(root.fs, pafs.LocalFileSystem):
+        folder = root.path
+        while folder and not os.path.exists(folder):
+            created.append(folder)
+            folder = os.path.dirname(folder.rstrip("/"))
+    probe = root.join(name)
+    try:
+        write_bytes(probe, b"")
+        probe.fs.delete_file(probe.path)
+    finally:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
 def delete_dir(loc: Location) -> None:
     if exists(loc):
         loc.fs.delete_dir(loc.path)

@@ -16,7 +16,7 @@ from pipeline.reporting.runs import bad_run_id, new_run_id
 from pipeline.stages.predict import ModelSource
 from pipeline.stages.read import discover
 from pipeline.stages.validate import ColumnRequirements, check_schemas
-from pipeline.storage import Location, resolve, write_bytes
+from pipeline.storage import Location, probe_writable, resolve
 
 log = logging.getLogger("batchscore")
 
@@ -158,10 +158,8 @@ class _Discard:
 def check_output_writable(cfg: JobConfig, run_id: str) -> None:
     """Write and delete a probe object before any work, so a bad output fails in seconds."""
     output = resolve(cfg.output.uri, cfg.storage, quick=True)
-    probe = output.join(f".batchscore-probe-{run_id}")  # at the root: leaves no directories behind
-    try:
-        write_bytes(probe, b"")
-        probe.fs.delete_file(probe.path)
+    try:  # at the root, and the folders it creates removed: leaves no directories behind
+        probe_writable(output, f".batchscore-probe-{run_id}")
     except OSError as e:
         raise StorageError(f"cannot write to the output {output.uri}: {e}") from None
 

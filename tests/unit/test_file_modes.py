@@ -1,5 +1,6 @@
-"""Files batchscore writes are readable by the users the umask allows (not 0600): a scoring
-service or a dashboard running as another user reads reports, saved configs and checkpoints."""
+"""Files and folders batchscore writes. Files are readable by the users the umask allows (not
+0600): a scoring service or a dashboard running as another user reads reports, saved configs and
+checkpoints. A refused run leaves no empty output folder."""
 
 from __future__ import annotations
 
@@ -55,3 +56,13 @@ def test_safetensors_checkpoint_is_readable_by_others(tmp_path, umask_022):
         "model.safetensors": 0o644,
         "batchscore.json": 0o644,
     }
+
+
+def test_the_output_probe_leaves_no_folder_it_created(tmp_path):
+    from pipeline.storage import probe_writable
+
+    probe_writable(resolve(str(tmp_path / "out" / "preds")), ".probe")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    probe_writable(resolve(str(tmp_path / "kept")), ".probe")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]  # an existing folder stays
