@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -120,6 +121,13 @@ def _show_kind(kind: str, preds: str, score_date: str, cfg) -> None:
             print(f"  item_id={item}  {cfg.output.order_by}={score:.4f}")
 
 
+def _this_python() -> str:
+    """The interpreter running the demo (the venv's, which has deltalake), as a path the user can
+    type from here: a bare `python` is often another environment."""
+    rel = os.path.relpath(sys.executable)
+    return shlex.quote(sys.executable if rel.startswith("..") else rel)
+
+
 def _how_to_read(preds: str, score_date: str) -> None:
     """The table as a Delta reader sees it, and how to read it."""
     from deltalake import DeltaTable
@@ -130,7 +138,7 @@ def _how_to_read(preds: str, score_date: str) -> None:
         f"\npredictions: a Delta Lake table at {preds} (version {table.version()}, {score_date}: {rows} rows)"
     )
     print(
-        "  read it:   python -c \"import deltalake; print(deltalake.DeltaTable('"
+        f"  read it:   {_this_python()} -c \"import deltalake; print(deltalake.DeltaTable('"
         + str(preds)
         + "').to_pandas())\""
     )
