@@ -140,3 +140,6 @@ def test_the_safetensors_class_path_example_validates_and_scores(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     last = json.loads(proc.stdout.splitlines()[-1])
     assert last["status"] == "succeeded" and last["rows_in"] == last["rows_out"] == SYNTH.rows_per_day
+    # both from the process's start (one clock): the first batch comes before the end of the run
+    timings = json.loads(Path(last["report"]).read_text())["timings_s"]
+    assert 0 < timings["first_batch_s"] <= timings["total_s"], timings
