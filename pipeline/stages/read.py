@@ -181,8 +181,9 @@ def drop_files(plan: InputPlan, reasons: dict[str, str]) -> None:
     kept = []
     for part in plan.partitions:
         for f in part.files:
-            if f.path in reasons:
-                plan.skipped.append({"date": part.date, "uri": f.uri, "reason": reasons[f.path]})
+            if f.path in reasons:  # the reason starts with the file's URI, recorded beside it
+                reason = reasons[f.path].removeprefix(f"{f.uri}: ")
+                plan.skipped.append({"date": part.date, "uri": f.uri, "reason": reason})
         part.files = [f for f in part.files if f.path not in reasons]
         if part.files:
             kept.append(part)
