@@ -297,6 +297,12 @@ class RunReport(_Part):
     heads: dict[str, HeadSummary] = Field(
         default_factory=dict, description="with several heads: head -> its run profile and training reference"
     )
+    previous_references: dict[str, ScoreProfile] = Field(
+        default_factory=dict,
+        description="the profile of each earlier date a drift check compared with that this run did "
+        "not score, by its reference (`ds=DATE`; from the Delta log; the first head's): what the "
+        "page draws as `vs previous`",
+    )
     drift: DriftSummary | None = Field(None, description="drift over the run")
     commits: Commits | None = Field(None, description="dates committed early, during the run")
     skipped_inputs: list[SkippedInput] = Field(
