@@ -79,12 +79,28 @@ def demo(args: argparse.Namespace) -> dict:
         DEMO_CONFIG,
         [f"input.uri={data}", f"model.uri={model}", f"output.uri={preds}", *kind_overrides, *args.overrides],
     )
+    _quiet_ray(cfg)
     report = run_score(cfg, [score_date])
     print_summary(report)
 
     _how_to_read(preds, score_date)
     _show_kind(kind, preds, score_date, cfg)
     return report
+
+
+def _quiet_ray(cfg) -> None:
+    """The demo shows batchscore's own progress and summary; Ray's notes to operators (its token
+    authentication notice, Ray Data's plans, progress logs and tips) would bury them. Only
+    for a Ray the demo starts itself: token authentication, Ray's default for a new local
+    cluster, is then asked for explicitly, which is the same setting without the notice."""
+    import logging
+
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray.data  # noqa: F401 - configures the ray.data logger, which is then turned down
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def _show_kind(kind: str, preds: str, score_date: str, cfg) -> None:
