@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,24 @@ def user_code(cfg) -> list[str]:
     return sorted(set(found))
 
 
+def as_packages(paths: list[str], scratch: str) -> list[str]:
+    """py_modules entries the Job API can upload: it takes directories only (a single .py file
+    fails in Ray 2.60's job SDK), so a module file goes as a package of the same name whose
+    __init__.py is the file: `import name` and `name:Class` work the same on the cluster."""
+    import shutil
+
+    shipped = []
+    for path in paths:
+        if os.path.isdir(path):
+            shipped.append(path)
+            continue
+        package = Path(scratch) / Path(path).stem
+        package.mkdir()
+        shutil.copyfile(path, package / "__init__.py")
+        shipped.append(str(package))
+    return shipped
+
+
 def runtime_env(deps: str, image: str | None, py_modules: list[str] | None = None) -> dict[str, Any]:
     env: dict[str, Any] = {
         "working_dir": str(PROJECT_ROOT),
@@ -179,11 +198,40 @@ def follow(client, job_id: str, poll_s: float = 1.0) -> str:
         time.sleep(poll_s)
 
 
+def _submit_new(client, args: argparse.Namespace, cfg, job_id: str, dates: list[str], model: dict) -> str:
+    """Submit the job (config, user code and project uploaded); returns its entrypoint."""
+    from pipeline.config import dump_config
+
+    shipped = Path(SUBMIT_DIR) / f"{job_id}.yaml"
+    entrypoint = shlex.join(["python", "-m", "jobs.score", shipped.as_posix(), *date_args(dates)])
+    local = PROJECT_ROOT / shipped
+    local.parent.mkdir(exist_ok=True)
+    local.write_text(dump_config(cfg, redact=False))
+    local.chmod(0o600)
+    scratch = tempfile.TemporaryDirectory(prefix="batchscore-submit-")
+    try:  # the upload of the working_dir and py_modules happens inside submit_job
+        client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=job_id,
+            runtime_env=runtime_env(args.deps, args.image, as_packages(user_code(cfg), scratch.name)),
+            metadata={
+                "batchscore_job": cfg.name,
+                "dates": ",".join(dates),
+                "model_version": model["version"],
+                "scoring_hash": cfg.scoring_digest(),
+            },
+        )
+    finally:
+        local.unlink(missing_ok=True)
+        scratch.cleanup()
+    return entrypoint
+
+
 def submit(args: argparse.Namespace) -> dict[str, Any]:
     from ray.job_submission import JobSubmissionClient
 
     from jobs.cli import resolve_dates
-    from pipeline.config import dump_config, load_config
+    from pipeline.config import load_config
 
     cfg = absolute_local_paths(load_config(args.config, args.overrides), args.address)
     dates = resolve_dates(args, cfg)
@@ -211,26 +259,7 @@ def submit(args: argparse.Namespace) -> dict[str, Any]:
         return result
     else:
         job_id = sid if not ours else f"{sid}-r{len(ours) + 1}"
-        shipped = Path(SUBMIT_DIR) / f"{job_id}.yaml"
-        entrypoint = shlex.join(["python", "-m", "jobs.score", shipped.as_posix(), *date_args(dates)])
-        local = PROJECT_ROOT / shipped
-        local.parent.mkdir(exist_ok=True)
-        local.write_text(dump_config(cfg, redact=False))
-        local.chmod(0o600)
-        try:  # the upload of the working_dir happens inside submit_job
-            client.submit_job(
-                entrypoint=entrypoint,
-                submission_id=job_id,
-                runtime_env=runtime_env(args.deps, args.image, user_code(cfg)),
-                metadata={
-                    "batchscore_job": cfg.name,
-                    "dates": ",".join(dates),
-                    "model_version": model["version"],
-                    "scoring_hash": cfg.scoring_digest(),
-                },
-            )
-        finally:
-            local.unlink(missing_ok=True)
+        entrypoint = _submit_new(client, args, cfg, job_id, dates, model)
         print(f"submitted {job_id} to {args.address}: {entrypoint}")
         result.update(submission_id=job_id, submitted=True)
     if args.no_wait:

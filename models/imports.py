@@ -1,9 +1,9 @@
 """Your code named in a config (`model.class_path`, `preprocessing.function`), imported by path.
 
 A module beside the config, or in the working directory, imports without PYTHONPATH, as recipe
-tools do: the command that loads a config calls `allow_imports_from` with those folders. They go
-on sys.path and on PYTHONPATH (so the worker processes of a Ray started later find them too); an
-import that fails names the folders searched. Standard library only: loaded before torch.
+tools do: loading a config calls `allow_imports_from` with those folders. The one that holds the
+named module goes on sys.path and on PYTHONPATH (so the worker processes of a Ray started later
+find it too); an import that fails names the folders searched. Standard library only: loaded before torch.
 """
 
 from __future__ import annotations
@@ -23,15 +23,23 @@ class ModelError(ValueError):
     the code an import path names is part of the model; models.checkpoint re-exports it.)"""
 
 
-def allow_imports_from(folders: list[str]) -> None:
-    """Put `folders` first on the import path of this process and of processes it starts."""
+def allow_imports_from(folders: list[str], paths: list[str]) -> None:
+    """Make the modules the import `paths` name importable from `folders` in this process and in
+    the processes it starts. Only a folder that holds one of them goes on the path (first, as
+    `python -m` puts the working directory): a folder's other files could shadow a library."""
+    wanted = {split_path(p)[0].split(".")[0] for p in paths}
     for folder in reversed([os.path.abspath(f) for f in folders]):
         if folder not in _SEARCHED:
             _SEARCHED.insert(0, folder)
-        if folder not in sys.path:
+        holds = any(
+            os.path.isfile(os.path.join(folder, f"{name}.py")) or os.path.isdir(os.path.join(folder, name))
+            for name in wanted
+        )
+        if holds and folder not in sys.path:
             sys.path.insert(0, folder)
-    known = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*_SEARCHED, *known]))
+        if holds:
+            known = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([folder, *known]))
 
 
 def searched_folders() -> list[str]:

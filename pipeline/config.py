@@ -627,18 +627,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
             text = Path(path).read_text()
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: config file does not exist") from e
-        from models.imports import allow_imports_from
-
-        # a model class or preprocessing function beside the config (or in the working
-        # directory) imports without PYTHONPATH, as a user of recipe tools expects
-        allow_imports_from([str(Path(path).resolve().parent), os.getcwd()])
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    cfg = config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    if not str(path).startswith(ENV_PREFIX):
+        from models.imports import allow_imports_from
+
+        # a model class or preprocessing function beside the config (or in the working
+        # directory) imports without PYTHONPATH, as a user of recipe tools expects
+        named = [p for p in (cfg.model.class_path, cfg.preprocessing.function) if p]
+        allow_imports_from([str(Path(path).resolve().parent), os.getcwd()], named)
+    return cfg
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> JobConfig:

@@ -438,7 +438,7 @@ def test_code_beside_the_config_is_importable_and_shipped_by_submit(tmp_path, mo
     """class_path and preprocessing.function modules beside the config import without PYTHONPATH,
     and `submit` ships them as py_modules (a module and a package); the project's own modules
     travel with the working_dir and are not listed."""
-    from jobs.submit import runtime_env, user_code
+    from jobs.submit import as_packages, runtime_env, user_code
     from models.checkpoint import import_object
 
     (tmp_path / "besidemodel.py").write_text("class Ranker:\n    pass\n")
@@ -455,5 +455,11 @@ def test_code_beside_the_config_is_importable_and_shipped_by_submit(tmp_path, mo
     assert str(tmp_path) in os.environ["PYTHONPATH"]  # for Ray's worker processes
     shipped = runtime_env("none", None, user_code(cfg))["py_modules"]
     assert shipped == [str(tmp_path / "besidefeatures"), str(tmp_path / "besidemodel.py")]
+    # Ray's job SDK uploads directories only: a module file goes as a package of its name
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    packaged = as_packages(shipped, str(scratch))
+    assert packaged == [str(tmp_path / "besidefeatures"), str(scratch / "besidemodel")]
+    assert (scratch / "besidemodel" / "__init__.py").read_text() == (tmp_path / "besidemodel.py").read_text()
     cfg.model.class_path = "models.dlrm:DLRM"
     assert user_code(cfg) == [str(tmp_path / "besidefeatures")]
