@@ -92,7 +92,7 @@ def _add_table_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchscore",
-        description="Offline batch scoring: Parquet (local or s3://) -> preprocess -> PyTorch "
+        description="Offline batch scoring: Parquet (local or s3://) -> preprocess -> PyTorch\n"
         "(on Ray, or threads on one machine) -> a Delta Lake table, each date one transaction.",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchscore {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_scoring_commands(sub)
+    _add_demo_commands(sub)
+    _add_table_commands(sub)
+    return parser
+
+
+def _add_scoring_commands(sub: argparse._SubParsersAction) -> None:
+    """score, submit, backfill, validate: a config and its dates."""
     p = sub.add_parser(
         "score",
         help="score one date or a date range with a config",
@@ -164,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     _add_date_args(p)
 
+
+def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
+    """demo, train, generate: sample data and built-in models."""
     p = sub.add_parser(
         "demo", help="generate sample data, train a demo model, score one date (--kind: which output)"
     )
@@ -214,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="model version (default: dlrm-<utc date>)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint for --data")
 
+    p = sub.add_parser("generate", help="write synthetic interaction logs (hive-partitioned Parquet)")
+    p.add_argument("--out", required=True, help="dataset root (local or s3://)")
+    p.add_argument("--start", default="2026-11-01", help="first date written (default: 2026-11-01)")
+    p.add_argument("--days", type=int, default=4, help="consecutive dates written (default: 4)")
+    p.add_argument("--rows-per-day", type=int, default=50_000, help="rows per date (default: 50000)")
+    p.add_argument("--shards-per-day", type=int, default=4, help="Parquet files per date (default: 4)")
+    p.add_argument("--seed", type=int, default=7, help="random seed: same seed, same data (default: 7)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint for --out")
+
+
+def _add_table_commands(sub: argparse._SubParsersAction) -> None:
+    """report, vacuum, history and the references: reading what runs left."""
     p = sub.add_parser("report", help="print a run's report summary and write its HTML page")
     p.add_argument(
         "target",
@@ -250,16 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "report-reference", help="print the report.json reference (the generated part of docs/reports.md)"
     )
-
-    p = sub.add_parser("generate", help="write synthetic interaction logs (hive-partitioned Parquet)")
-    p.add_argument("--out", required=True, help="dataset root (local or s3://)")
-    p.add_argument("--start", default="2026-11-01", help="first date written (default: 2026-11-01)")
-    p.add_argument("--days", type=int, default=4, help="consecutive dates written (default: 4)")
-    p.add_argument("--rows-per-day", type=int, default=50_000, help="rows per date (default: 50000)")
-    p.add_argument("--shards-per-day", type=int, default=4, help="Parquet files per date (default: 4)")
-    p.add_argument("--seed", type=int, default=7, help="random seed: same seed, same data (default: 7)")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint for --out")
-    return parser
 
 
 def resolve_dates(args: argparse.Namespace, cfg) -> list[str]:

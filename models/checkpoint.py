@@ -122,6 +122,16 @@ def build_architecture(arch: dict[str, Any]) -> Any:
     raise ModelError(f"architecture record needs 'builtin' or 'class', got keys {sorted(arch)}")
 
 
+def _save_safetensors(model: Any, wpath: str) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, wpath)
+    # safetensors writes 0600 (a temp file renamed); a scoring service running as another user
+    # must be able to read the checkpoint, as it reads the metadata file beside it
+    os.chmod(wpath, 0o666 & ~_umask())
+
+
 def save_checkpoint(
     directory: str,
     model: Any,
@@ -146,15 +156,9 @@ def save_checkpoint(
     wpath = os.path.join(directory, weights)
     model = model.eval()
     if format == "safetensors":
-        from safetensors.torch import save_file
-
         if architecture is None:
             raise ModelError("a safetensors checkpoint needs an architecture record to rebuild the model")
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, wpath)
-        # safetensors writes 0600 (a temp file renamed); a scoring service running as another
-        # user must be able to read the checkpoint, as it reads the metadata file beside it
-        os.chmod(wpath, 0o666 & ~_umask())
+        _save_safetensors(model, wpath)
     elif format == "torchscript":
         if example_inputs is None:
             raise ModelError("TorchScript export needs example_inputs")
