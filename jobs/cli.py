@@ -102,13 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _add_scoring_commands(sub)
+    _add_cluster_commands(sub)
     _add_demo_commands(sub)
+    _add_data_commands(sub)
     _add_table_commands(sub)
     return parser
 
 
 def _add_scoring_commands(sub: argparse._SubParsersAction) -> None:
-    """score, submit, backfill, validate: a config and its dates."""
+    """score and backfill: a config and its dates."""
     p = sub.add_parser(
         "score",
         help="score one date or a date range with a config",
@@ -130,19 +132,6 @@ def _add_scoring_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="rescore dates already committed with this model and config"
     )
-
-    p = sub.add_parser("submit", help="submit a score job to a Ray cluster (Ray Job API)")
-    p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
-    _add_config_args(p)
-    _add_date_args(p)
-    p.add_argument("--no-wait", action="store_true", help="return at once with the submission id")
-    p.add_argument(
-        "--deps",
-        choices=["pyproject", "none"],
-        default="pyproject",
-        help="pip-install pyproject's dependencies in the job's runtime env, or use the cluster's as is",
-    )
-    p.add_argument("--image", help="container image for the job (runtime_env image_uri) instead of pip")
 
     p = sub.add_parser(
         "backfill",
@@ -168,13 +157,29 @@ def _add_scoring_commands(sub: argparse._SubParsersAction) -> None:
         "its rows are written either way)",
     )
 
+
+def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:
+    """submit and validate: a config checked here, or run on a cluster."""
+    p = sub.add_parser("submit", help="submit a score job to a Ray cluster (Ray Job API)")
+    p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    _add_config_args(p)
+    _add_date_args(p)
+    p.add_argument("--no-wait", action="store_true", help="return at once with the submission id")
+    p.add_argument(
+        "--deps",
+        choices=["pyproject", "none"],
+        default="pyproject",
+        help="pip-install pyproject's dependencies in the job's runtime env, or use the cluster's as is",
+    )
+    p.add_argument("--image", help="container image for the job (runtime_env image_uri) instead of pip")
+
     p = sub.add_parser("validate", help="check config, input schema and model without scoring")
     _add_config_args(p)
     _add_date_args(p)
 
 
 def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
-    """demo, train, generate: sample data and built-in models."""
+    """demo: sample data, a built-in model and a scored table in one command."""
     p = sub.add_parser(
         "demo", help="generate sample data, train a demo model, score one date (--kind: which output)"
     )
@@ -201,6 +206,9 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
         "vectors), topk (each user's 10 best items); each trains its model and writes its own table",
     )
 
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """train and generate: built-in models and synthetic data."""
     p = sub.add_parser(
         "train",
         help="train a built-in model (DLRM, its heads variant, a two-tower) on synthetic-schema Parquet",
