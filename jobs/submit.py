@@ -120,7 +120,13 @@ def absolute_local_paths(cfg, address: str):
 
 
 def submission_id(cfg, dates: list[str], model: dict[str, str]) -> str:
-    what = json.dumps({"dates": dates, "scoring": cfg.scoring_digest(), "model": model}, sort_keys=True)
+    from models.imports import source_digest
+
+    parts: dict[str, Any] = {"dates": dates, "scoring": cfg.scoring_digest(), "model": model}
+    code = source_digest([p for p in (cfg.model.class_path, cfg.preprocessing.function) if p])
+    if code:  # an edit of the model's code is new work, as it is a new scoring identity
+        parts["code"] = code
+    what = json.dumps(parts, sort_keys=True)
     return f"batchscore-{cfg.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
 
 

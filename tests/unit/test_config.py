@@ -463,3 +463,20 @@ def test_code_beside_the_config_is_importable_and_shipped_by_submit(tmp_path, mo
     assert (scratch / "besidemodel" / "__init__.py").read_text() == (tmp_path / "besidemodel.py").read_text()
     cfg.model.class_path = "models.dlrm:DLRM"
     assert user_code(cfg) == [str(tmp_path / "besidefeatures")]
+
+
+def test_submit_treats_an_edit_of_the_model_code_as_new_work(tmp_path, monkeypatch):
+    """The submission id follows the scoring identity: the code of a class_path model is in it."""
+    from jobs.submit import submission_id
+
+    (tmp_path / "editedmodel.py").write_text("class Ranker:\n    scale = 1\n")
+    raw = base()
+    raw["model"].update(class_path="editedmodel:Ranker")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # restored afterwards
+    cfg = load_config(write_yaml(tmp_path, raw))
+    model = {"version": "v1", "sha256": "ab"}
+    before = submission_id(cfg, ["2026-11-01"], model)
+    assert submission_id(cfg, ["2026-11-01"], model) == before
+    (tmp_path / "editedmodel.py").write_text("class Ranker:\n    scale = 2\n")
+    assert submission_id(cfg, ["2026-11-01"], model) != before
