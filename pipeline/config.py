@@ -308,7 +308,11 @@ class OutputConfig(_Strict):
         description="Rows per output file: the write stage collects blocks up to this many rows, then "
         "writes them split evenly into files of at most this many, whatever the input files' sizes.",
     )
-    compression: Literal["snappy", "zstd", "gzip", "none"] = Field("zstd")
+    compression: Literal["snappy", "zstd", "gzip", "none"] = Field(
+        "zstd",
+        description="Parquet compression codec of the prediction files ('none': uncompressed). "
+        "Any Parquet reader reads each; zstd is the smallest, snappy the fastest to write.",
+    )
     max_bad_row_fraction: float = Field(
         0.01,
         ge=0,
@@ -565,13 +569,39 @@ def parse_date(value: str) -> dt.date:
         raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}: {e}") from e
 
 
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section holding `loc` accepts, found by walking the models along the path
+    (list indexes and dict keys of free-form sections are stepped over)."""
+    model: Any = JobConfig
+    for part in loc[:-1]:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = [a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type)]
+        subs = [a for a in inner if issubclass(a, BaseModel)]
+        model = subs[0] if subs else None
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _unknown_key_message(loc: tuple[Any, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1, cutoff=0.6)
+    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = _unknown_key_message(e["loc"])
         elif e["type"] == "missing":
             msg = "required key is missing"
         lines.append(f"  {loc}: {msg}")
@@ -621,7 +651,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    cfg = config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    if not str(path).startswith(ENV_PREFIX):
+        from models.imports import allow_imports_from
+
+        # a model class or preprocessing function beside the config (or in the working
+        # directory) imports without PYTHONPATH, as a user of recipe tools expects
+        named = [p for p in (cfg.model.class_path, cfg.preprocessing.function) if p]
+        allow_imports_from([str(Path(path).resolve().parent), os.getcwd()], named)
+    return cfg
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> JobConfig:

@@ -238,7 +238,11 @@ class Timings(_Part):
         "`run_score` otherwise (a library call, `batchscore demo`, a backfill's later runs); null when "
         "no row was scored",
     )
-    total_s: float | None = Field(None, description="the whole run")
+    total_s: float | None = Field(
+        None,
+        description="seconds from the same start as first_batch_s (the process's, or the call's) to "
+        "the end of the run, so first_batch_s <= total_s; the other timings are each phase's own",
+    )
 
     def items(self) -> list[tuple[str, float | None]]:
         """Every timing, the known ones first, then any a newer batchscore added."""
@@ -292,6 +296,12 @@ class RunReport(_Part):
     )
     heads: dict[str, HeadSummary] = Field(
         default_factory=dict, description="with several heads: head -> its run profile and training reference"
+    )
+    previous_references: dict[str, ScoreProfile] = Field(
+        default_factory=dict,
+        description="the profile of each earlier date a drift check compared with that this run did "
+        "not score, by its reference (`ds=DATE`; from the Delta log; the first head's): what the "
+        "page draws as `vs previous`",
     )
     drift: DriftSummary | None = Field(None, description="drift over the run")
     commits: Commits | None = Field(None, description="dates committed early, during the run")

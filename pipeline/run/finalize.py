@@ -139,7 +139,22 @@ def build_report(
             thresholds=cfg.drift.model_dump(mode="json"),
         ),
         skipped_inputs=p.inputs.skipped,
+        previous_references=_previous_references(c, drift, heads[0]),
     )
+
+
+def _previous_references(c: RunContext, drift: dict[str, dict], head: str) -> dict[str, dict]:
+    """The stored profiles of the earlier dates the drift checks compared with (from the Delta
+    log), so the page draws the reference each check used; dates of this run are in the report."""
+    col, found = c.cfg.input.partition_column, {}
+    for checks in drift.values():
+        ref = (checks.get("previous") or {}).get("reference", "")
+        date = ref.removeprefix(f"{col}=")
+        if ref and date not in c.dates and date in c.committed:
+            profile = c.committed[date][1].get(head)
+            if profile and profile.get("count"):
+                found[ref] = profile
+    return found
 
 
 def _partition_entry(p: Prepared, part, profiles: dict[str, dict], drift: dict[str, dict]) -> Partition:

@@ -35,7 +35,7 @@ from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import InProcessCounter, ProgressView, start_counter
 from pipeline.reporting.runs import INPUT_KEYS_DIR, RUNS_DIR
 from pipeline.reporting.schema import Commits, RunReport
-from pipeline.run.clock import seconds_to_first, take_origin
+from pipeline.run.clock import monotonic_start, seconds_to_first, take_origin
 from pipeline.run.context import RunContext
 from pipeline.run.execute import (
     build_dataset,
@@ -93,7 +93,9 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     run is a no-op for them) unless `force`; other committed dates are replaced.
     """
     origin = take_origin()
-    started, t_start = datetime.now(timezone.utc), time.perf_counter()
+    # total_s counts from the same origin as first_batch_s (the process start for `score`, else
+    # this call): the first batch can never come after the whole run
+    started, t_start = datetime.now(timezone.utc), monotonic_start(origin)
     runner = choose_runner(cfg, ray_running())
     if runner[0] == "local":
         local_pool(cfg)  # refuses what the local runner cannot do (top-K, a GPU) before any work
