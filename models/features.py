@@ -405,30 +405,58 @@ def reject_reasons(table: pa.Table, spec: FeatureSpec, key_columns: list[str]) -
     return reasons if found else None
 
 
+_NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _chunk_hash64(col: pa.Array) -> np.ndarray:
+    """One value hash per row of one chunk (uint64), nulls as `_NULL_HASH`. Never concatenates or
+    decodes a column into one buffer: a row group with more than 2 GiB of strings arrives as
+    several chunks (or with large offsets), and `combine_chunks` of string chunks overflows their
+    32-bit offsets."""
+    t = col.type
+    if pa.types.is_dictionary(t):  # each distinct value hashed once, then gathered by index
+        values = _chunk_hash64(col.dictionary)
+        if len(values) == 0:
+            return np.full(len(col), _NULL_HASH, dtype=np.uint64)
+        idx = col.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        v = values[idx]
+        if col.indices.null_count:
+            v[col.indices.is_null().to_numpy(zero_copy_only=False)] = _NULL_HASH
+        return v
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        ints = pc.cast(col, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        v = _splitmix64(ints.view(np.uint64))
+    elif is_text_type(t):
+        if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+            col = col.cast(pa.large_binary())  # fill_null has no kernel for views
+        v = _fnv1a_strings(col.fill_null(""))
+    else:  # dates, decimals, ...: by their text; large offsets, as a chunk's text may pass 2 GiB
+        v = _fnv1a_strings(pc.cast(col, pa.large_string()).fill_null(""))
+    if col.null_count:
+        v = v.copy()
+        v[col.is_null().to_numpy(zero_copy_only=False)] = _NULL_HASH
+    return v
+
+
+def column_hash64(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """`_chunk_hash64` of every chunk, end to end (chunk by chunk: any total size)."""
+    if isinstance(col, pa.ChunkedArray):
+        parts = [_chunk_hash64(c) for c in col.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+    return _chunk_hash64(col)
+
+
 def row_hash64(columns: list[pa.Array | pa.ChunkedArray], seed: int) -> np.ndarray:
     """A 64-bit hash per row over several columns (ints or strings), stable across processes.
 
-    Used to compare the multiset of keys in and out of a run without collecting the keys.
+    Used to compare the multiset of keys in and out of a run without collecting the keys. A
+    value hashes the same whatever its chunking, offsets width (string / large_string / view) or
+    dictionary encoding.
     """
     n = len(columns[0]) if columns else 0
     h = np.full(n, np.uint64(seed), dtype=np.uint64)
     for col in columns:
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
-        if pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        t = col.type
-        if pa.types.is_integer(t) or pa.types.is_boolean(t):
-            ints = pc.cast(col, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-            v = _splitmix64(ints.view(np.uint64))
-        elif is_text_type(t):
-            v = _fnv1a_strings(col.fill_null(""))
-        else:
-            v = _fnv1a_strings(pc.cast(col, pa.string()).fill_null(""))
-        if col.null_count:
-            v = v.copy()
-            v[col.is_null().to_numpy(zero_copy_only=False)] = np.uint64(0x9E3779B97F4A7C15)
-        h = _splitmix64(h * np.uint64(0x100000001B3) ^ v)
+        h = _splitmix64(h * np.uint64(0x100000001B3) ^ column_hash64(col))
     return h
 
 
