@@ -29,12 +29,25 @@ class FeatureError(ValueError):
     """A batch does not fit the feature spec (missing column, wrong type)."""
 
 
+TYPE_FAMILIES = ("integer", "string")
+
+
 @dataclass
 class CategoricalFeature:
-    """A categorical column hashed into `buckets` ids. Null goes to bucket 0, values to 1..buckets-1."""
+    """A categorical column hashed into `buckets` ids. Null goes to bucket 0, values to 1..buckets-1.
+
+    An integer hashes by its value and a string by its bytes, so the same id as int64 and as
+    string lands in different buckets. `dtype` records which family the model was trained on
+    ('integer': any integer width; 'string': string, large_string, binary, views, dictionaries of
+    them); a column of the other family is refused, unless `cast_from` names that family: its
+    values are then converted to `dtype` before hashing (integers to their decimal text, text
+    parsed as a base-10 int64), so 123 and "123" get the same bucket. `dtype` None: a spec saved
+    before types were recorded; either family is taken, one per column within a run."""
 
     name: str
     buckets: int
+    dtype: str | None = None
+    cast_from: str | None = None
 
 
 @dataclass
@@ -64,7 +77,12 @@ class FeatureSpec:
         return [f.name for f in self.categorical] + [f.name for f in self.dense]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for c in d["categorical"]:  # unset type fields left out: older specs keep their digest
+            for k in ("dtype", "cast_from"):
+                if c[k] is None:
+                    del c[k]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -201,6 +219,86 @@ def check_spec(spec: FeatureSpec) -> None:
             raise FeatureError(
                 f"categorical feature {f.name!r}: buckets must be >= 2 (and <= 2**63), got {f.buckets}"
             )
+        if f.dtype is not None and f.dtype not in TYPE_FAMILIES:
+            raise FeatureError(f"categorical feature {f.name!r}: dtype must be one of {TYPE_FAMILIES}")
+        if f.cast_from is not None and (f.dtype is None or f.cast_from not in TYPE_FAMILIES):
+            raise FeatureError(
+                f"categorical feature {f.name!r}: cast_from needs a dtype and must be the other of "
+                f"{TYPE_FAMILIES}, got dtype={f.dtype!r} cast_from={f.cast_from!r}"
+            )
+
+
+def type_family(t: pa.DataType) -> str | None:
+    """'integer' or 'string' (the two ways a categorical column hashes), None for anything else."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t):
+        return "integer"
+    return "string" if is_text_type(t) else None
+
+
+def type_problem(t: pa.DataType, feat: CategoricalFeature) -> str | None:
+    """Why a column of type `t` cannot feed `feat` as the model was trained, or None when it can
+    (the one rule the validate stage and the hashing both apply)."""
+    family = type_family(t)
+    if family is None:
+        return f"has type {t}, expected an integer or string column"
+    if feat.dtype is None or family == feat.dtype or feat.cast_from == family:
+        return None
+    return (
+        f"has type {t} ({family}), but the model was trained on {feat.dtype} values of it "
+        f"({family} and {feat.dtype} values hash to different buckets). Cast the column back to "
+        f"{feat.dtype}, or set cast_from: {family} on the feature in the spec to convert it "
+        "(the same bucket either way)"
+    )
+
+
+def _convert(column: pa.Array | pa.ChunkedArray, feat: CategoricalFeature) -> pa.Array | pa.ChunkedArray:
+    """A column of the family `feat.cast_from` as `feat.dtype`: integers as their decimal text,
+    text parsed as int64 (a value that is not a base-10 integer is an error naming the column)."""
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, column.type.value_type)
+    target = pa.large_string() if feat.dtype == "string" else pa.int64()
+    try:
+        return pc.cast(column, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise FeatureError(
+            f"categorical feature {feat.name!r}: cannot convert its {column.type} values to "
+            f"{feat.dtype} (cast_from: {feat.cast_from}): {e}"
+        ) from None
+
+
+def categorical_keys(
+    column: pa.Array | pa.ChunkedArray, feat: CategoricalFeature
+) -> pa.Array | pa.ChunkedArray:
+    """`categorical_key_column` after the type check against what the model was trained on, with
+    the spec's declared conversion applied; the check again where the batches are hashed, so a
+    column the validate stage did not see (a new file, another entry point) cannot mix hashes."""
+    why = type_problem(column.type, feat)
+    if why is not None:
+        raise FeatureError(f"categorical feature {feat.name!r}: column {why}")
+    if feat.dtype is not None and type_family(column.type) != feat.dtype:
+        column = _convert(column, feat)
+    return categorical_key_column(column, feat.name)
+
+
+def record_types(table: pa.Table, spec: FeatureSpec) -> FeatureSpec:
+    """A copy of `spec` with each categorical feature's `dtype` the family of its column in
+    `table` (the training data), so scoring can refuse a column whose type changed since."""
+    recorded = FeatureSpec.from_dict(spec.to_dict())
+    for f in recorded.categorical:
+        family = type_family(table.schema.field(f.name).type)
+        if family is None:
+            raise FeatureError(
+                f"categorical feature {f.name!r}: training column has type "
+                f"{table.schema.field(f.name).type}, expected an integer or string column"
+            )
+        if f.dtype is not None and f.dtype != family and f.cast_from != family:
+            raise FeatureError(
+                f"categorical feature {f.name!r}: spec says {f.dtype}, training data is {family}"
+            )
+        f.dtype = f.dtype or family
+    return recorded
 
 
 def _mostly_repeats(arr: pa.Array) -> bool:
@@ -291,7 +389,7 @@ def encode_table(table: pa.Table, spec: FeatureSpec) -> dict[str, pa.Array | pa.
     check_columns(table.column_names, spec.columns, "feature transform")
     out: dict[str, pa.Array | pa.ChunkedArray] = {}
     for f in spec.categorical:
-        out[CAT_KEY_PREFIX + f.name] = categorical_key_column(table.column(f.name), f.name)
+        out[CAT_KEY_PREFIX + f.name] = categorical_keys(table.column(f.name), f)
     for f in spec.dense:
         out[DENSE_RAW_PREFIX + f.name] = dense_raw_column(table.column(f.name), f)
     return out

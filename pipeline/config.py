@@ -87,6 +87,18 @@ class InputConfig(_Strict):
 class CategoricalFeatureConfig(_Strict):
     name: str = Field(description="Input column (integer or string).")
     buckets: int = Field(ge=2, description="Hash buckets; null -> 0, values -> 1..buckets-1.")
+    dtype: Literal["integer", "string"] | None = Field(
+        None,
+        description="The column's type family at training time (an integer hashes by value, a "
+        "string by its bytes: the same id gets another bucket). An input column of the other family "
+        "is an input error (exit 2) unless cast_from allows it. Unset: either family, one per column "
+        "within a run (specs saved before types were recorded; set it).",
+    )
+    cast_from: Literal["integer", "string"] | None = Field(
+        None,
+        description="Accept this other family too, converted to dtype before hashing (integers as "
+        "their decimal text, text parsed as base-10 int64), so 123 and '123' get the same bucket.",
+    )
 
 
 class DenseFeatureConfig(_Strict):
@@ -120,7 +132,9 @@ class PreprocessingConfig(_Strict):
     function: str | None = Field(
         None,
         description="Your own preprocessing, 'package.module:function'. Called as "
-        "fn(batch: pyarrow.Table) -> dict[str, numpy.ndarray] with one entry per model input.",
+        "fn(batch: pyarrow.Table) -> dict[str, numpy.ndarray] with one entry per model input. "
+        "It gets the columns as they are in the files (no type check or conversion: a column's type "
+        "may change between dates; cast to what the model was trained on).",
     )
     batch_size: int = Field(8192, ge=1, description="Rows per preprocessing batch.")
     num_cpus: float = Field(
@@ -514,7 +528,9 @@ class JobConfig(_Strict):
         model, output layout. Equal digests + equal model sha256 = the same scores."""
         what = {
             "input": self.input.model_dump(mode="json", include={"uri", "partition_column", "columns"}),
-            "preprocessing": self.preprocessing.model_dump(mode="json", include={"features", "function"}),
+            "preprocessing": _without_unset_types(
+                self.preprocessing.model_dump(mode="json", include={"features", "function"})
+            ),
             "model": self.model.model_dump(mode="json"),
             "output": self.output.model_dump(
                 mode="json", include={"uri", "key_columns", "partition_columns", "score_column"}
@@ -536,6 +552,16 @@ class JobConfig(_Strict):
         if kinds:
             what["output"]["kinds"] = kinds
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_unset_types(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """The features' unset dtype/cast_from left out: configs from before feature types keep
+    their scoring identity (and their committed dates are not rescored for it)."""
+    for c in (preprocessing.get("features") or {}).get("categorical", []):
+        for k in ("dtype", "cast_from"):
+            if c.get(k) is None:
+                c.pop(k, None)
+    return preprocessing
 
 
 def parse_date(value: str) -> dt.date:
