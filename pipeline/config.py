@@ -319,6 +319,14 @@ class OutputConfig(_Strict):
         description="Fail the run (publish nothing) when dead-letter rows exceed this fraction of a "
         "partition's input rows.",
     )
+    duplicate_keys: Literal["allow", "dead_letter", "fail"] = Field(
+        "fail",
+        description="Input rows whose key_columns repeat within a date (found before any model work "
+        "by one more read of the key columns): 'fail' refuses the run (exit 2, naming dates and keys); "
+        "'dead_letter' sends every row of a repeated key to the dead-letter table (they count against "
+        "max_bad_row_fraction); 'allow' scores each row (one prediction per input row, so the key "
+        "repeats in the table too). The report counts them in every mode.",
+    )
     verify: Literal["keys", "counts"] = Field(
         "keys",
         description="Reconciliation per partition before publishing: 'keys' checks that the multiset "
@@ -546,6 +554,8 @@ class JobConfig(_Strict):
                 "embedding_dtype": True,
                 # how the top-K is computed (partitions, max_group_rows) does not change it
                 "top_k": {"group_by", "k", "order_by", "count_column"},
+                # which rows get a prediction when keys repeat (the default, fail, scores none)
+                "duplicate_keys": True,
             },
             exclude_defaults=True,
         )

@@ -131,6 +131,7 @@ def _start(
     )
     log.info("runner: %s (%s)", *runner)
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
+    _check_duplicate_keys(cfg, p)  # Ray's tasks when Ray runs, before any model work
     tables = OutputTables.for_config(cfg)
     meta = p.model_meta
     run = RunIdentity(
@@ -174,6 +175,27 @@ def _start(
     return RunContext(
         cfg, p, run_id, started, t_start, pre.dates, pool, tables, run, policy, committer, committed, timings
     )
+
+
+def _check_duplicate_keys(cfg: JobConfig, p) -> None:
+    """Keys that repeat within a date: refused (exit 2, nothing scored), or found for the
+    preprocess tasks to send to the dead letters, or allowed; counted in the report either way."""
+    from pipeline.stages.duplicates import find_duplicates, refuse
+
+    t0 = time.perf_counter()
+    p.duplicates = find_duplicates(p.inputs, cfg.output.key_columns)
+    p.timings["duplicate_check_s"] = time.perf_counter() - t0
+    for date, dup in sorted(p.duplicates.dates.items()):
+        log.warning(
+            "%s=%s: %d key(s) occur more than once in the input (%d rows); output.duplicate_keys=%s",
+            cfg.input.partition_column,
+            date,
+            len(dup.keys),
+            dup.rows,
+            cfg.output.duplicate_keys,
+        )
+    if cfg.output.duplicate_keys == "fail":
+        refuse(p.duplicates)
 
 
 def _execute(ctx: RunContext):
