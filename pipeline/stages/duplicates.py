@@ -20,6 +20,8 @@ the number of repeated keys, not with the input."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,9 +110,10 @@ def _repeated_hashes(fs, plan: InputPlan, key_columns: list[str]) -> dict[str, n
     the shards staying in the object store between the rounds)."""
     ray = running_ray()
     out = {}
-    if ray is None:
+    if ray is None:  # threads: reading and hashing release the GIL
         for part in plan.partitions:
-            per_file = [_file_shards(fs, f.path, key_columns) for f in part.files]
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                per_file = list(pool.map(lambda f: _file_shards(fs, f.path, key_columns), part.files))
             out[part.date] = np.concatenate([_repeated(*[x[s] for x in per_file]) for s in range(SHARDS)])
         return out
     fs_ref = ray.put(fs)

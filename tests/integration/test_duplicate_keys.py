@@ -66,6 +66,9 @@ def test_fail_refuses_the_run_before_any_model_work(ray_cluster, dataset, checkp
     assert f"ds={DATES[0]}: {REPEATED} key(s) occur more than once ({2 * REPEATED} rows)" in proc.stderr
     assert "output.duplicate_keys=fail" in proc.stderr
     assert not (out / "_delta_log").exists()
+    # `validate` says so too, before a nightly run would
+    checked = run_cli(["validate", str(tmp_path / "job-fail.yaml"), "--date", DATES[0]], None)
+    assert checked.returncode == 2 and f"{REPEATED} key(s) occur more than once" in checked.stderr
 
 
 @pytest.mark.parametrize("runner", ["local", "ray"])
