@@ -59,7 +59,7 @@ from pipeline.run.local import DateFiles, LocalRun, preload_torch
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
-from pipeline.storage import delete_dir
+from pipeline.storage import delete_dir, resolve
 
 log = logging.getLogger("batchscore")
 
@@ -133,6 +133,7 @@ def _start(
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
     _check_duplicate_keys(cfg, p)  # Ray's tasks when Ray runs, before any model work
     tables = OutputTables.for_config(cfg)
+    _check_untyped_features(cfg, p, tables)
     meta = p.model_meta
     run = RunIdentity(
         run_id,
@@ -196,6 +197,27 @@ def _check_duplicate_keys(cfg: JobConfig, p) -> None:
         )
     if cfg.output.duplicate_keys == "fail":
         refuse(p.duplicates)
+
+
+def _check_untyped_features(cfg: JobConfig, p, tables) -> None:
+    """A feature spec without dtype (saved before types were recorded): the type of the input
+    of the last date this model scored stands in for it (pipeline/stages/validate.py)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.commit.tables import commits_of_history
+    from pipeline.stages.validate import check_untyped_against_history
+
+    req = p.requirements
+    if not any(f.dtype is None for f in req.features.values()):
+        return
+
+    def read_schema(uri: str):
+        loc = resolve(uri, cfg.storage)
+        return pq.read_schema(loc.path, filesystem=loc.fs)
+
+    table = tables.predictions.open()
+    history = commits_of_history(table, 100) if table is not None else []
+    check_untyped_against_history(p.inputs, req, history, p.model_meta.sha256, read_schema)
 
 
 def _execute(ctx: RunContext):

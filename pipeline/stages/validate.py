@@ -124,3 +124,45 @@ def check_schemas(plan: InputPlan, req: ColumnRequirements, on_bad_file: str = "
     mixed = _mixed_families(families)
     if mixed:
         raise InputError("input schema check failed:\n  " + "\n  ".join(mixed))
+
+
+def _run_families(plan: InputPlan, columns: list[str]) -> dict[str, tuple[str, str]]:
+    """column -> (family, first file) in this run's files (one family per column: checked before)."""
+    found: dict[str, tuple[str, str]] = {}
+    for part in plan.partitions:
+        for f in part.files:
+            for c in columns:
+                if c in f.schema.names and type_family(f.schema.field(c).type) is not None:
+                    found.setdefault(c, (type_family(f.schema.field(c).type), f.uri))
+    return found
+
+
+def check_untyped_against_history(
+    plan: InputPlan, req: ColumnRequirements, history: list[dict], model_sha256: str, read_schema
+) -> None:
+    """A spec without dtype cannot say which family the model was trained on, but a date this
+    model scored before can: its input files' type is what the model has been fed. A column of the
+    other family today would hash to other buckets than yesterday, silently, so it is refused.
+    `history`: the table's commits, newest first (commit metadata); `read_schema(uri)`: a file's
+    Arrow schema (OSError when it is gone: then nothing is known and nothing is refused)."""
+    untyped = [c for c in req.categorical if c in req.features and req.features[c].dtype is None]
+    now = _run_families(plan, untyped)
+    prev = next((h for h in history if h.get("model_sha256") == model_sha256 and h.get("input_files")), None)
+    if not now or prev is None:
+        return
+    uri = prev["input_files"][0]["uri"]
+    try:
+        schema = read_schema(uri)
+    except (OSError, ValueError) as e:  # gone (retention), or unreadable: nothing to compare with
+        log.info("could not read %s to compare feature types with %s: %s", uri, prev.get("date"), e)
+        return
+    problems = [
+        f"column {c!r} is {fam} in {first}, but {plan.partition_column}={prev['date']} was scored "
+        f"with this model from {type_family(schema.field(c).type)} values ({uri}); the model's feature "
+        "spec records no dtype, so one of them hashes to other buckets than the model was trained "
+        "with: set dtype (and cast_from) on the feature in preprocessing.features or the checkpoint"
+        for c, (fam, first) in now.items()
+        if c in schema.names and type_family(schema.field(c).type) not in (None, fam)
+    ]
+    if problems:
+        raise InputError("input schema check failed:\n  " + "\n  ".join(problems))

@@ -6,6 +6,7 @@ scores the strings exactly as the integers."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pyarrow as pa
@@ -94,3 +95,27 @@ def test_cast_from_declared_in_the_spec_scores_the_strings_as_the_integers(
     # a reader that is not ours sees both dates whole
     counts = read_duckdb(duckdb_connection(), str(out))
     assert {d: counts[d][0] for d in DATES} == {DATES[0]: 3000, DATES[1]: 3000}
+
+
+def test_a_checkpoint_without_types_refuses_a_type_other_than_the_last_date_it_scored(
+    ray_cluster, dataset, checkpoints, tmp_path
+):
+    """A checkpoint saved before types were recorded: one run scores the integers, the next
+    gets strings. What the model was fed before, read from the table's log, decides."""
+    data = _hour_as_string(dataset, tmp_path)
+    legacy = tmp_path / "legacy"
+    shutil.copytree(checkpoints.entries["safetensors"][0], legacy)
+    meta = json.loads((legacy / "batchscore.json").read_text())
+    for f in meta["feature_spec"]["categorical"]:
+        del f["dtype"]  # the weights (and their sha256) are unchanged
+    (legacy / "batchscore.json").write_text(json.dumps(meta))
+    cfg = _config(tmp_path, data, str(legacy), "local")
+    first = run_cli(["score", str(cfg), "--date", DATES[0]], None)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "records no dtype for" in first.stderr  # warned
+    second = run_cli(["score", str(cfg), "--date", DATES[1]], None)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"column 'hour' is string in {data}/ds={DATES[1]}/" in second.stderr
+    assert f"ds={DATES[0]} was scored with this model from integer values" in second.stderr
+    committed = read_duckdb(duckdb_connection(), str(tmp_path / "out"))
+    assert list(committed) == [DATES[0]]  # the second date was not published

@@ -111,7 +111,7 @@ def _inputs(tmp_path, types: dict[str, pa.DataType]):
     """One file per date, the `hour` column of the given type; the plan as preflight builds it."""
     for date, typ in types.items():
         d = tmp_path / f"ds={date}"
-        d.mkdir()
+        d.mkdir(parents=True)
         hours = pa.array([1, 2, 3]).cast(typ)
         pq.write_table(pa.table({"event_id": pa.array([1, 2, 3]), "hour": hours}), d / "part-0.parquet")
     return discover(resolve(str(tmp_path)), list(types), "ds")
@@ -185,3 +185,32 @@ def test_the_preprocess_stage_refuses_a_batch_of_the_other_family_exit_2():
     with pytest.raises(StageError, match=r"'hour'.*trained on integer") as e:
         pre(pa.table({"event_id": ["a"], "hour": ["3"]}))
     assert exit_code_of(e.value) == 2
+
+
+def test_an_untyped_spec_refuses_a_family_other_than_the_last_date_this_model_scored(tmp_path):
+    """Across runs: yesterday's input (as committed, in the Delta log's metadata) says what the
+    model has been fed; today's string column for yesterday's integers is refused."""
+    from pipeline.stages.validate import check_untyped_against_history
+
+    plan = _inputs(tmp_path, {"2026-10-02": pa.string()})
+    old = tmp_path / "old.parquet"
+    pq.write_table(pa.table({"event_id": [1], "hour": pa.array([1], pa.int32())}), old)
+    history = [
+        {"date": "2026-10-01", "model_sha256": "other", "input_files": [{"uri": "gone"}]},
+        {"date": "2026-10-01", "model_sha256": "abc", "input_files": [{"uri": str(old)}]},
+    ]
+    req = ColumnRequirements.for_job(["event_id"], _hour(None), None)
+    with pytest.raises(
+        InputError, match=r"'hour' is string in .*ds=2026-10-01 was scored with this model from integer"
+    ):
+        check_untyped_against_history(plan, req, history, "abc", pq.read_schema)
+    # the same family, another model, or yesterday's file gone: nothing to refuse
+    check_untyped_against_history(plan, req, history, "other", pq.read_schema)
+    same = _inputs(tmp_path / "same", {"2026-10-02": pa.int64()})
+    check_untyped_against_history(same, req, history, "abc", pq.read_schema)
+    old.unlink()
+    check_untyped_against_history(plan, req, history, "abc", pq.read_schema)
+    # a typed spec is checked against its dtype, not the history
+    check_untyped_against_history(
+        plan, ColumnRequirements.for_job(["event_id"], _hour("string"), None), history, "abc", pq.read_schema
+    )
