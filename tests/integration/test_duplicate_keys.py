@@ -107,3 +107,45 @@ def test_allow_scores_every_row_and_counts_them(ray_cluster, dataset, checkpoint
     assert set(counts["event_id"].to_list()) == repeated and set(counts["len"].to_list()) == {2}
     (part,) = _report(out)["partitions"]
     assert part["duplicate_keys"] == REPEATED and part["dead_letter_rows"] == 0
+
+
+def test_dead_letter_on_the_s3_server_under_ray(ray_cluster, s3, dataset, checkpoints, tmp_path):
+    """The check's Ray tasks read the keys through the S3 client, as the pipeline does."""
+    import pyarrow.fs as pafs
+
+    from pipeline.config import StorageConfig
+    from pipeline.storage import resolve
+
+    bucket = s3.make_bucket("dup-keys")
+    storage = StorageConfig(endpoint_url=s3.endpoint)
+    data, repeated = _with_repeats(dataset, tmp_path)
+    dst = resolve(f"s3://{bucket}/events", storage)
+    pafs.copy_files(
+        str(data), dst.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=dst.fs
+    )
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = f"s3://{bucket}/scores"
+    cfg = tmp_path / "job-s3.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "dups-s3",
+                "input": {"uri": f"s3://{bucket}/events"},
+                "model": {"uri": model_uri},
+                "ray": {"runner": "ray"},
+                "storage": {"endpoint_url": s3.endpoint},
+                "output": {
+                    "uri": out,
+                    "key_columns": ["event_id"],
+                    "duplicate_keys": "dead_letter",
+                    "max_bad_row_fraction": 0.1,
+                },
+            }
+        )
+    )
+    proc = run_cli(["score", str(cfg), "--date", DATES[0]], ray_cluster.address)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keys = read_delta(out, storage, date=DATES[0]).column("event_id").to_pylist()
+    assert len(keys) == len(set(keys)) == 3000 - REPEATED and not set(keys) & repeated
+    dead = read_delta(f"{out}/_dead_letter", storage, date=DATES[0])
+    assert dead.num_rows == 2 * REPEATED and set(dead.column("event_id").to_pylist()) == repeated
