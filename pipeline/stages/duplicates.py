@@ -4,7 +4,7 @@ driver, and then refused, sent to the dead-letter table, or allowed (`output.dup
 A key repeats within a date (a row of another date is another prediction). Exact and memory-bounded:
 
 1. one task per input file reads only the key columns and hashes each row's key (64 bits,
-   `row_hash64`), sorts the hashes and splits them by their top bits into `SHARDS` parts;
+   `row_hash64`) and splits the hashes by their top bits into `SHARDS` parts;
 2. one task per (date, shard) merges that shard of the date's files and finds the hashes that
    occur twice or more (numpy: sort, compare neighbours);
 3. only when there are such hashes, one task per file of those dates returns the rows whose hash
@@ -13,8 +13,8 @@ A key repeats within a date (a row of another date is another prediction). Exact
 
 Cost: one more read of the key columns (not the features); the hashes are 8 bytes per input row,
 held per shard task (a date's rows / SHARDS * 8 bytes each, in Ray's object store between the two
-rounds), never on the driver, which gets only the repeated keys. Without Ray (the local runner)
-the same functions run in this process, a date's hashes (8 bytes per row) in memory at once.
+rounds), never on the driver, which gets only the repeated keys. Without Ray (the local runner) the
+files are hashed on threads and a date's hashes (8 bytes per row, in memory at once) sorted once.
 The dead-letter mode carries the repeated keys to the preprocess tasks: its memory grows with
 the number of repeated keys, not with the input."""
 
@@ -84,12 +84,19 @@ def _keys_of(fs, path: str, key_columns: list[str]) -> pa.Table:
     return table
 
 
-def _file_shards(fs, path: str, key_columns: list[str]) -> list[np.ndarray]:
-    """Step 1: the file's key hashes, sorted and split by their top bits."""
+def _file_hashes(fs, path: str, key_columns: list[str]) -> np.ndarray:
     table = _keys_of(fs, path, key_columns)
-    h = np.sort(row_hash64([table.column(c) for c in key_columns], seed=HASH_SEED))
-    bounds = np.searchsorted(h >> _SHIFT, np.arange(SHARDS + 1, dtype=np.uint64))
-    return [h[bounds[s] : bounds[s + 1]].copy() for s in range(SHARDS)]
+    return row_hash64([table.column(c) for c in key_columns], seed=HASH_SEED)
+
+
+def _file_shards(fs, path: str, key_columns: list[str]) -> list[np.ndarray]:
+    """Step 1: the file's key hashes split by their top bits (a stable sort of 8-bit shard
+    numbers is a radix sort: linear, unlike sorting the hashes themselves)."""
+    h = _file_hashes(fs, path, key_columns)
+    shard = (h >> _SHIFT).astype(np.uint8)
+    h = h[np.argsort(shard, kind="stable")]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=SHARDS))])
+    return [h[bounds[s] : bounds[s + 1]] for s in range(SHARDS)]
 
 
 def _repeated(*shards: np.ndarray) -> np.ndarray:
@@ -110,11 +117,11 @@ def _repeated_hashes(fs, plan: InputPlan, key_columns: list[str]) -> dict[str, n
     the shards staying in the object store between the rounds)."""
     ray = running_ray()
     out = {}
-    if ray is None:  # threads: reading and hashing release the GIL
-        for part in plan.partitions:
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                per_file = list(pool.map(lambda f: _file_shards(fs, f.path, key_columns), part.files))
-            out[part.date] = np.concatenate([_repeated(*[x[s] for x in per_file]) for s in range(SHARDS)])
+    if ray is None:  # threads (reading and hashing release the GIL); one sort of the date's hashes
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for part in plan.partitions:
+                hashes = pool.map(lambda f: _file_hashes(fs, f.path, key_columns), part.files)
+                out[part.date] = _repeated(*hashes)
         return out
     fs_ref = ray.put(fs)
     step1 = ray.remote(num_cpus=1, num_returns=SHARDS, max_retries=3, retry_exceptions=[OSError])(

@@ -65,11 +65,16 @@ def test_hash_collisions_are_told_apart_by_the_key_values(tmp_path, monkeypatch)
     assert found.repeated(batch).tolist() == [True, True, False, False]
 
 
-def test_the_shards_cover_every_hash_once():
-    h = np.sort(np.random.default_rng(0).integers(0, 2**63, 10_000, dtype=np.int64).astype(np.uint64) * 2)
-    bounds = np.searchsorted(h >> duplicates._SHIFT, np.arange(duplicates.SHARDS + 1, dtype=np.uint64))
-    assert bounds[0] == 0 and bounds[-1] == len(h)
-    assert duplicates._repeated(h[:10], h[5:20]).tolist() == h[5:10].tolist()
+def test_the_shards_cover_every_hash_once_by_its_top_bits(tmp_path):
+    plan = _write(tmp_path, {f"{D1}/a": [[f"e{i}", i] for i in range(5000)]})
+    fs, path = plan.root.fs, plan.partitions[0].files[0].path
+    shards = duplicates._file_shards(fs, path, ["event_id"])
+    assert len(shards) == duplicates.SHARDS
+    for s, h in enumerate(shards):
+        assert ((h >> duplicates._SHIFT) == s).all()
+    every = np.sort(np.concatenate(shards))
+    assert np.array_equal(every, np.sort(duplicates._file_hashes(fs, path, ["event_id"])))
+    assert duplicates._repeated(every[:10], every[5:20]).tolist() == every[5:10].tolist()
 
 
 def test_fail_names_the_date_the_counts_and_example_keys(tmp_path):
