@@ -221,7 +221,9 @@ def check_spec(spec: FeatureSpec) -> None:
             )
         if f.dtype is not None and f.dtype not in TYPE_FAMILIES:
             raise FeatureError(f"categorical feature {f.name!r}: dtype must be one of {TYPE_FAMILIES}")
-        if f.cast_from is not None and (f.dtype is None or f.cast_from not in TYPE_FAMILIES):
+        if f.cast_from is not None and (
+            f.dtype is None or f.cast_from not in TYPE_FAMILIES or f.cast_from == f.dtype
+        ):
             raise FeatureError(
                 f"categorical feature {f.name!r}: cast_from needs a dtype and must be the other of "
                 f"{TYPE_FAMILIES}, got dtype={f.dtype!r} cast_from={f.cast_from!r}"

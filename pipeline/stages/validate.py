@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from models.features import CategoricalFeature, FeatureSpec, is_numeric_type, type_family, type_problem
+from models.features import (
+    CategoricalFeature,
+    FeatureSpec,
+    check_spec,
+    is_numeric_type,
+    type_family,
+    type_problem,
+)
 from pipeline.errors import InputError
 from pipeline.stages.read import InputPlan, drop_files
 
@@ -27,6 +34,8 @@ class ColumnRequirements:
     def for_job(
         cls, keys: list[str], spec: FeatureSpec | None, extra: list[str] | None
     ) -> ColumnRequirements:
+        if spec is not None:
+            check_spec(spec)  # a bad dtype / cast_from in a checkpoint's spec: refused before any data
         return cls(
             keys=list(keys),
             categorical=[f.name for f in spec.categorical] if spec else [],

@@ -87,7 +87,9 @@ def test_an_untyped_spec_takes_either_family_as_before():
         transform_table(pa.table({"hour": col}), _hour(None))
 
 
-@pytest.mark.parametrize("dtype,cast_from", [("int", None), (None, "string"), ("string", "float")])
+@pytest.mark.parametrize(
+    "dtype,cast_from", [("int", None), (None, "string"), ("string", "float"), ("integer", "integer")]
+)
 def test_a_bad_dtype_or_cast_from_is_refused(dtype, cast_from):
     with pytest.raises(FeatureError, match="'hour'"):
         check_spec(_hour(dtype, cast_from))
