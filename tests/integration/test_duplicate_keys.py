@@ -107,6 +107,7 @@ def test_allow_scores_every_row_and_counts_them(ray_cluster, dataset, checkpoint
     assert set(counts["event_id"].to_list()) == repeated and set(counts["len"].to_list()) == {2}
     (part,) = _report(out)["partitions"]
     assert part["duplicate_keys"] == REPEATED and part["dead_letter_rows"] == 0
+    assert f"repeats  {2 * REPEATED} rows carry a key that repeats within its date" in proc.stdout
 
 
 def test_dead_letter_on_the_s3_server_under_ray(ray_cluster, s3, dataset, checkpoints, tmp_path):
