@@ -150,3 +150,19 @@ def test_dead_letter_on_the_s3_server_under_ray(ray_cluster, s3, dataset, checkp
     assert len(keys) == len(set(keys)) == 3000 - REPEATED and not set(keys) & repeated
     dead = read_delta(f"{out}/_dead_letter", storage, date=DATES[0])
     assert dead.num_rows == 2 * REPEATED and set(dead.column("event_id").to_pylist()) == repeated
+
+
+def test_the_sharded_check_on_ray_tasks_finds_exactly_the_repeated_keys(ray_cluster, dataset, tmp_path):
+    """This process is connected to the session's Ray, so the check runs as Ray tasks (the
+    in-process path is tests/unit/test_duplicates.py)."""
+    from pipeline.raystate import running_ray
+    from pipeline.stages.duplicates import find_duplicates
+    from pipeline.stages.read import discover
+    from pipeline.storage import resolve
+
+    data, repeated = _with_repeats(dataset, tmp_path)
+    plan = discover(resolve(str(data)), [DATES[0]], "ds")
+    assert running_ray() is not None
+    on_ray = find_duplicates(plan, ["event_id"])
+    assert {k for (k,) in on_ray.dates[DATES[0]].keys} == repeated
+    assert on_ray.dates[DATES[0]].rows == 2 * REPEATED
