@@ -29,6 +29,7 @@ def _big_chunk() -> pa.Array:
     )
 
 
+@pytest.mark.slow  # hashes 2 GiB of bytes: 10-30 s on 2 CPUs, though it holds only ~100 MB
 def test_more_than_2_gib_of_strings_in_one_column_hash_chunk_by_chunk():
     """33 chunks of 64 MiB (2.06 GiB in all) that share one buffer, so the test holds 64 MiB:
     combining them overflows 32-bit offsets (the failure the issue saw); hashing them must not."""
