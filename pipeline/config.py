@@ -87,6 +87,18 @@ class InputConfig(_Strict):
 class CategoricalFeatureConfig(_Strict):
     name: str = Field(description="Input column (integer or string).")
     buckets: int = Field(ge=2, description="Hash buckets; null -> 0, values -> 1..buckets-1.")
+    dtype: Literal["integer", "string"] | None = Field(
+        None,
+        description="The column's type family at training time (an integer hashes by value, a "
+        "string by its bytes: the same id gets another bucket). An input column of the other family "
+        "is an input error (exit 2) unless cast_from allows it. Unset: either family, one per column "
+        "within a run (specs saved before types were recorded; set it).",
+    )
+    cast_from: Literal["integer", "string"] | None = Field(
+        None,
+        description="Accept this other family too, converted to dtype before hashing (integers as "
+        "their decimal text, text parsed as base-10 int64), so 123 and '123' get the same bucket.",
+    )
 
 
 class DenseFeatureConfig(_Strict):
@@ -120,7 +132,9 @@ class PreprocessingConfig(_Strict):
     function: str | None = Field(
         None,
         description="Your own preprocessing, 'package.module:function'. Called as "
-        "fn(batch: pyarrow.Table) -> dict[str, numpy.ndarray] with one entry per model input.",
+        "fn(batch: pyarrow.Table) -> dict[str, numpy.ndarray] with one entry per model input. "
+        "It gets the columns as they are in the files (no type check or conversion: a column's type "
+        "may change between dates; cast to what the model was trained on).",
     )
     batch_size: int = Field(8192, ge=1, description="Rows per preprocessing batch.")
     num_cpus: float = Field(
@@ -319,6 +333,14 @@ class OutputConfig(_Strict):
         le=1,
         description="Fail the run (publish nothing) when dead-letter rows exceed this fraction of a "
         "partition's input rows.",
+    )
+    duplicate_keys: Literal["allow", "dead_letter", "fail"] = Field(
+        "fail",
+        description="Input rows whose key_columns repeat within a date (found before any model work "
+        "by one more read of the key columns): 'fail' refuses the run (exit 2, naming dates and keys); "
+        "'dead_letter' sends every row of a repeated key to the dead-letter table (they count against "
+        "max_bad_row_fraction); 'allow' scores each row (one prediction per input row, so the key "
+        "repeats in the table too). The report counts them in every mode.",
     )
     verify: Literal["keys", "counts"] = Field(
         "keys",
@@ -536,7 +558,9 @@ class JobConfig(_Strict):
         model, output layout. Equal digests + equal model sha256 = the same scores."""
         what = {
             "input": self.input.model_dump(mode="json", include={"uri", "partition_column", "columns"}),
-            "preprocessing": self.preprocessing.model_dump(mode="json", include={"features", "function"}),
+            "preprocessing": _without_unset_types(
+                self.preprocessing.model_dump(mode="json", include={"features", "function"})
+            ),
             "model": self.model.model_dump(mode="json"),
             "output": self.output.model_dump(
                 mode="json", include={"uri", "key_columns", "partition_columns", "score_column"}
@@ -552,12 +576,24 @@ class JobConfig(_Strict):
                 "embedding_dtype": True,
                 # how the top-K is computed (partitions, max_group_rows) does not change it
                 "top_k": {"group_by", "k", "order_by", "count_column"},
+                # which rows get a prediction when keys repeat (the default, fail, scores none)
+                "duplicate_keys": True,
             },
             exclude_defaults=True,
         )
         if kinds:
             what["output"]["kinds"] = kinds
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_unset_types(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """The features' unset dtype/cast_from left out: configs from before feature types keep
+    their scoring identity (and their committed dates are not rescored for it)."""
+    for c in (preprocessing.get("features") or {}).get("categorical", []):
+        for k in ("dtype", "cast_from"):
+            if c.get(k) is None:
+                c.pop(k, None)
+    return preprocessing
 
 
 def parse_date(value: str) -> dt.date:

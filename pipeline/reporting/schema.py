@@ -103,6 +103,14 @@ class Partition(_Part):
     input_rows: int | None = Field(None, description="input rows (= output + dead letter)")
     output_rows: int | None = Field(None, description="predictions committed")
     dead_letter_rows: int | None = Field(None, description="rows sent to the dead-letter table")
+    duplicate_keys: int | None = Field(
+        None, description="distinct keys that occur more than once in the date's input (null: not checked)"
+    )
+    duplicate_key_rows: int | None = Field(
+        None,
+        description="input rows carrying such a key (all occurrences): dead letters with "
+        "output.duplicate_keys=dead_letter, predictions with allow",
+    )
     output_files: list[str] = Field(
         default_factory=list, description="files the commit added, relative to the table"
     )
@@ -186,6 +194,9 @@ class Rows(_Part):
     input: int | None = Field(None, description="input rows of the scored dates")
     output: int | None = Field(None, description="predictions committed")
     dead_letter: int | None = Field(None, description="rows in the dead-letter table")
+    duplicate_key_rows: int | None = Field(
+        None, description="input rows whose key occurs more than once within their date (null: not checked)"
+    )
 
 
 class DriftSummary(_Part):
@@ -227,6 +238,9 @@ class Stage(_Part):
 class Timings(_Part):
     model_check_s: float | None = Field(None, description="model found, hashed and checked")
     input_check_s: float | None = Field(None, description="inputs listed and footers checked")
+    duplicate_check_s: float | None = Field(
+        None, description="the key columns read once more for keys that repeat within a date"
+    )
     ray_start_s: float | None = Field(None, description="Ray started or joined")
     pipeline_s: float | None = Field(None, description="the Ray Data pipeline (read to write)")
     profile_s: float | None = Field(None, description="score profiles and drift")

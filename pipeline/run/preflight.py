@@ -34,6 +34,7 @@ class Prepared:
     output: Location
     timings: dict[str, float] = field(default_factory=dict)
     embedding_dim: int | None = None  # kind 'embedding': d, from the forward pass of the model check
+    duplicates: Any = None  # pipeline.stages.duplicates.DuplicateKeys, once checked (score only)
 
     @property
     def passthrough(self) -> list[str]:

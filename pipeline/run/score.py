@@ -60,7 +60,7 @@ from pipeline.run.local import DateFiles, LocalRun, preload_torch
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
-from pipeline.storage import delete_dir
+from pipeline.storage import delete_dir, resolve
 
 log = logging.getLogger("batchscore")
 
@@ -157,7 +157,9 @@ def _start(
     )
     log.info("runner: %s (%s)", *runner)
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
+    _check_duplicate_keys(cfg, p)  # Ray's tasks when Ray runs, before any model work
     tables = OutputTables.for_config(cfg)
+    _check_untyped_features(cfg, p, tables)
     meta = p.model_meta
     run = RunIdentity(
         run_id,
@@ -200,6 +202,48 @@ def _start(
     return RunContext(
         cfg, p, run_id, started, t_start, pre.dates, pool, tables, run, policy, committer, committed, timings
     )
+
+
+def _check_duplicate_keys(cfg: JobConfig, p) -> None:
+    """Keys that repeat within a date: refused (exit 2, nothing scored), or found for the
+    preprocess tasks to send to the dead letters, or allowed; counted in the report either way."""
+    from pipeline.stages.duplicates import find_duplicates, refuse
+
+    t0 = time.perf_counter()
+    p.duplicates = find_duplicates(p.inputs, cfg.output.key_columns)
+    p.timings["duplicate_check_s"] = time.perf_counter() - t0
+    for date, dup in sorted(p.duplicates.dates.items()):
+        log.warning(
+            "%s=%s: %d key(s) occur more than once in the input (%d rows); output.duplicate_keys=%s",
+            cfg.input.partition_column,
+            date,
+            len(dup.keys),
+            dup.rows,
+            cfg.output.duplicate_keys,
+        )
+    if cfg.output.duplicate_keys == "fail":
+        refuse(p.duplicates)
+
+
+def _check_untyped_features(cfg: JobConfig, p, tables) -> None:
+    """A feature spec without dtype (saved before types were recorded): the type of the input
+    of the last date this model scored stands in for it (pipeline/stages/validate.py)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.commit.tables import commits_of_history
+    from pipeline.stages.validate import check_untyped_against_history
+
+    req = p.requirements
+    if not any(f.dtype is None for f in req.features.values()):
+        return
+
+    def read_schema(uri: str):
+        loc = resolve(uri, cfg.storage)
+        return pq.read_schema(loc.path, filesystem=loc.fs)
+
+    table = tables.predictions.open()
+    history = commits_of_history(table, 100) if table is not None else []
+    check_untyped_against_history(p.inputs, req, history, p.model_meta.sha256, read_schema)
 
 
 def _execute(ctx: RunContext):
