@@ -59,9 +59,11 @@ def _report(out):
     return json.loads(path.read_text())
 
 
-def test_fail_refuses_the_run_before_any_model_work(ray_cluster, dataset, checkpoints, tmp_path):
+@pytest.mark.parametrize("runner", ["local", "ray"])
+def test_fail_refuses_the_run_before_any_model_work(ray_cluster, dataset, checkpoints, tmp_path, runner):
+    """ray: a new Ray of the process's own (no address), the check on threads beside its start."""
     data, repeated = _with_repeats(dataset, tmp_path)
-    proc, out = _run(tmp_path, data, checkpoints, "fail", "local", None)
+    proc, out = _run(tmp_path, data, checkpoints, "fail", runner, None)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"ds={DATES[0]}: {REPEATED} key(s) occur more than once ({2 * REPEATED} rows)" in proc.stderr
     assert "output.duplicate_keys=fail" in proc.stderr
