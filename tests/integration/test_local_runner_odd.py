@@ -231,8 +231,9 @@ def test_a_file_that_breaks_mid_run_fails_naming_it_and_a_rerun_after_the_fix_is
     checkpoints, tmp_path, monkeypatch
 ):
     """Three dates on two scoring threads; a file of the second date gets damaged pages behind a
-    good footer once the run is under way, so it fails when a thread reads it, after the first date was committed (the
-    thread reaching it waits for that commit, as in a long backfill) and while the other thread
+    good footer once the run is under way, so it fails when a thread reads it, after the first
+    date was committed (the thread reaching it waits for that commit, as in a long backfill) and
+    while the other thread
     scores the third date. The run fails with an error naming the file; a reader sees the first
     date, exact, and nothing of the others (their files are removed). After the file is fixed, a
     rerun skips the committed date and commits the two others, exact, each once."""
