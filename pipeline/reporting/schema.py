@@ -252,6 +252,11 @@ class Timings(_Part):
         "`run_score` otherwise (a library call, `batchscore demo`, a backfill's later runs); null when "
         "no row was scored",
     )
+    first_batch_after_ray_s: float | None = Field(
+        None,
+        description="seconds from Ray being up (started or joined by this run) to the first scored batch: "
+        "what the Ray runner's replicas or tasks take to start and score; null without Ray or a row",
+    )
     total_s: float | None = Field(
         None,
         description="seconds from the same start as first_batch_s (the process's, or the call's) to "

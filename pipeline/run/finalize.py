@@ -96,6 +96,7 @@ def timings_of(p: Prepared, t: dict[str, float | None], t_start: float) -> Timin
         profile_s=r(t.get("profile")),
         commit_s=r(t.get("commit")),
         first_batch_s=r(t.get("first_batch")),  # from the process start or the call: run/clock.py
+        first_batch_after_ray_s=r(t.get("first_batch_after_ray")),
         total_s=round(time.perf_counter() - t_start, 3),
     )
 

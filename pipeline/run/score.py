@@ -108,6 +108,10 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     try:
         ds, snapshot = _execute(ctx)
         ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
+        if ctx.timings.get("ray_up_at") is not None:
+            ctx.timings["first_batch_after_ray"] = seconds_to_first(
+                snapshot, "scored", ctx.timings["ray_up_at"]
+            )
         try:
             return _finish(ctx, ds, snapshot)
         except BaseException as e:  # refused, conflicting, Ctrl-C: what this run did not commit goes
@@ -159,6 +163,7 @@ def _start(
     log.info("runner: %s (%s)", *runner)
     dups = _duplicate_check_beside_ray_start(cfg, p, runner[0])
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
+    ray_up_at = time.time() if runner[0] == "ray" else None  # wall clock, as the workers count
     if dups is None:
         _check_duplicate_keys(cfg, p)  # Ray's tasks when Ray runs, before any model work
     else:
@@ -203,7 +208,7 @@ def _start(
         # top-K: the shuffle by group ends only when every date is scored, so dates commit at the end
         early=cfg.output.top_k is None,
     )
-    timings: dict[str, float | None] = {"ray": t_ray}
+    timings: dict[str, float | None] = {"ray": t_ray, "ray_up_at": ray_up_at}
     return RunContext(
         cfg, p, run_id, started, t_start, pre.dates, pool, tables, run, policy, committer, committed, timings
     )
