@@ -126,9 +126,11 @@ class Watchdog:
                 return
 
     def check(self, now: float) -> None:
-        rows = dict(self.progress.poll().get("rows", {}))
+        snap = self.progress.poll()
+        rows = dict(snap.get("rows", {}))
         written = self.progress.written() if self.progress.written is not None else None
-        state = (tuple(sorted(rows.items())), written)
+        # a replica that has loaded its model has moved too (a big model loads for minutes)
+        state = (tuple(sorted(rows.items())), written, len(snap.get("replicas", [])))
         if state != self._last:
             self._last, self._moved_at = state, now
         if self.deadline is not None:
