@@ -141,13 +141,16 @@ class Watchdog:
     def _trip(self, error: RunStopped) -> None:
         if self.error is None:
             self.error = error
-            log.error("%s", error)
+            # the whole message comes with the error; this marks the moment in the log
+            log.error("watchdog: stopping the run: %s", str(error).splitlines()[0])
             self.tripped.set()
 
     def _stall_message(self, rows: dict[str, int], written: int | None, now: float) -> str:
         stage = stalled_stage(rows, written, self.total)
         doing = self.hooks.doing()
-        last = ", ".join(f"{k} {human(v)}" for k, v in sorted(rows.items())) or "nothing counted"
+        order = ["read", "preprocessed", "rejected", "scored"]  # the pipeline's order, then the rest
+        names = [k for k in order if k in rows] + sorted(k for k in rows if k not in order)
+        last = ", ".join(f"{k} {human(rows[k])}" for k in names) or "nothing counted"
         if written is not None:
             last += f", written {human(written)}"
         lines = [

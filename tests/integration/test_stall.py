@@ -90,6 +90,7 @@ def test_a_stalled_run_ends_with_its_exit_code_and_publishes_nothing_half_done(
         proc.kill()
     ended = time.time()
     assert proc.returncode == EXIT_STALLED, err[-3000:]
+    print(err[-2500:])  # the message, for whoever reads the test's output
     assert blocked.exists(), "the plug-in never blocked: the test proves nothing"
     # from the moment the batch blocked: the timeout, the watchdog's tick, the report, Ray's end
     # (other workers may have moved after it, or nothing before it: no lower bound from here)
@@ -97,6 +98,11 @@ def test_a_stalled_run_ends_with_its_exit_code_and_publishes_nothing_half_done(
     assert waited <= stall_s + 45, (waited, err[-3000:])
     assert "run stalled" in err and "stalled stage: preprocess" in err, err[-3000:]
     assert "report:" in err
+    # what was in flight: the local runner's threads, the Ray replicas and units
+    if shape["ray"]["runner"] == "local":
+        assert "in flight: thread batchscore-score-" in err, err[-3000:]
+    elif shape["predict"]["mode"] == "actors":
+        assert "units done" in err, err[-3000:]
     report = _report(out)
     assert report["status"] == "stalled"
     assert "stalled stage: preprocess" in report["error"]
