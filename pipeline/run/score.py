@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -343,10 +344,14 @@ def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks
     plan = unit_plan(ctx.p, files, prefix, ctx.pool.max_replicas, ctx.policy.read_keys)
     run = ReplicaRun(ctx.pool.max_replicas)
     units = len(plan.units)
+    stop = threading.Event()  # the watchdog's or Ctrl-C's stop, seen as the next unit comes back
+    hooks.halt.append(stop.set)
     hooks.activity.append(lambda: [f"{len(run.records)} of {units} units done, others in flight or waiting"])
     with run_data_context():
         ds = replica_dataset(plan, fused_scorer(ctx.p, pre, kwargs), ctx.pool, ctx.cfg.predict.label_selector)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if stop.is_set():  # leaving the loop ends Ray Data's execution, and with it the pool
+                break
             run.add(batch)
     return run
 

@@ -241,11 +241,11 @@ def supervise(work: Callable[[], T], dog: Watchdog, grace_s: float = 10.0) -> T:
             thread.join(0.2)
     except BaseException:  # Ctrl-C: the workers stop after their current piece of work
         dog.hooks.stop()
-        thread.join(grace_s)
+        thread.join(grace_s if dog.hooks.halt else 0)
         raise
     if thread.is_alive():  # tripped: whatever the stopped runner returns is partial
         dog.hooks.stop()
-        thread.join(grace_s)
+        thread.join(grace_s if dog.hooks.halt else 0)  # a runner with no stop cannot be waited out
         assert dog.error is not None
         dog.error.abandoned = thread.is_alive()
         raise dog.error
