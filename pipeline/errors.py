@@ -5,6 +5,8 @@
     2  bad config, input or model: the message names the key, file or column (UserError)
     3  score drift over the thresholds with drift.on_breach=fail (DriftError)
     4  another run committed a date first, with another model, config or inputs (CommitConflictError)
+    5  no progress for run.stall_timeout: the run was stopped (StallError)
+    6  still scoring at run.deadline with run.on_deadline=fail: the run was stopped (DeadlineError)
 
 Errors raised inside Ray tasks and actors reach the driver wrapped by Ray; `find_known_error`
 finds the original by following the exception's causes (no parsing of traceback text).
@@ -13,6 +15,7 @@ finds the original by following the exception's causes (no parsing of traceback 
 from __future__ import annotations
 
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_DRIFT, EXIT_CONFLICT = 0, 1, 2, 3, 4
+EXIT_STALLED, EXIT_DEADLINE = 5, 6
 
 
 class BatchscoreError(Exception):
@@ -57,6 +60,26 @@ class CommitConflictError(BatchscoreError):
     """Another run committed the same date first, with another model, config or inputs."""
 
     exit_code = EXIT_CONFLICT
+
+
+class RunStopped(BatchscoreError):
+    """The watchdog stopped a run that was still scoring (pipeline/run/watchdog.py). Dates it
+    committed stay committed, the others are not published. `abandoned`: a worker did not stop
+    (blocked in user code), so the process should exit instead of going on (jobs/cli.py does)."""
+
+    abandoned = False
+
+
+class StallError(RunStopped):
+    """No row was read, scored or written for run.stall_timeout."""
+
+    exit_code = EXIT_STALLED
+
+
+class DeadlineError(RunStopped):
+    """Still scoring at run.deadline with run.on_deadline=fail."""
+
+    exit_code = EXIT_DEADLINE
 
 
 def known_error_types() -> tuple[type[Exception], ...]:
