@@ -26,7 +26,8 @@ fi
 if [ "${SKIP_CHECK:-0}" != 1 ]; then
   timeout 180 $PY benchmarks/gpu_check.py --out "$OUT" --skip-pipeline 2>&1 | grep -E "^(limit|predictor|preprocess)" | cut -c1-200
 fi
+# the variant: half the default replicas per GPU, to see which side of the default the optimum is
 timeout "${BENCH_TIMEOUT:-420}" $PY benchmarks/gpu_bench.py --rows "$ROWS" --only "$ONLY" --out "$OUT" \
-  --logs "$LOGS" ${BENCH_ARGS:-} 2>&1 | grep -v -E "^\s*$|WARNING|INFO" | cut -c1-1500 | tail -40
+  --logs "$LOGS" ${BENCH_ARGS:---variant predict.replicas_per_gpu=8} 2>&1 | grep -v -E "^\s*$|WARNING|INFO" | cut -c1-1500 | tail -40
 tar czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null
 for f in "$LOGS"/*.err; do [ -s "$f" ] && { echo "== $f"; tail -c 1500 "$f"; }; done 2>/dev/null | tail -80
