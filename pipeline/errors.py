@@ -5,6 +5,7 @@
     2  bad config, input or model: the message names the key, file or column (UserError)
     3  score drift over the thresholds with drift.on_breach=fail (DriftError)
     4  another run committed a date first, with another model, config or inputs (CommitConflictError)
+    5  another live process holds this --run-id; nothing was written (RunIdInUseError)
 
 Errors raised inside Ray tasks and actors reach the driver wrapped by Ray; `find_known_error`
 finds the original by following the exception's causes (no parsing of traceback text).
@@ -12,7 +13,7 @@ finds the original by following the exception's causes (no parsing of traceback 
 
 from __future__ import annotations
 
-EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_DRIFT, EXIT_CONFLICT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_DRIFT, EXIT_CONFLICT, EXIT_RUN_ID_IN_USE = 0, 1, 2, 3, 4, 5
 
 
 class BatchscoreError(Exception):
@@ -57,6 +58,12 @@ class CommitConflictError(BatchscoreError):
     """Another run committed the same date first, with another model, config or inputs."""
 
     exit_code = EXIT_CONFLICT
+
+
+class RunIdInUseError(BatchscoreError):
+    """Another live process runs the same --run-id: this one stops before it writes anything."""
+
+    exit_code = EXIT_RUN_ID_IN_USE
 
 
 def known_error_types() -> tuple[type[Exception], ...]:

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import datetime, timezone
 
 from pipeline.commit.filestats import ReadKeys
 from pipeline.commit.groups import TopKCheck
-from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
+from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions, withdraw_date
 from pipeline.commit.streaming import DateCommitter, subset
 from pipeline.commit.tables import WrittenRows, list_run_files, run_file_prefix, vacuum_tables
 from pipeline.config import JobConfig
@@ -34,6 +35,7 @@ from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import InProcessCounter, ProgressView, start_counter
 from pipeline.reporting.runs import INPUT_KEYS_DIR, RUNS_DIR
 from pipeline.reporting.schema import Commits, RunReport
+from pipeline.run.attempt import Attempt
 from pipeline.run.clock import seconds_to_first, take_origin
 from pipeline.run.context import RunContext
 from pipeline.run.execute import (
@@ -59,25 +61,36 @@ from pipeline.run.local import DateFiles, LocalRun, preload_torch
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
-from pipeline.storage import delete_dir
+from pipeline.storage import Location, delete_dir, remove_empty_dir
 
 log = logging.getLogger("batchscore")
 
 
-def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
-    """Delete this run's files of the `dates` it never committed (not in the log, so no reader
-    has them); dates it committed are skipped. A killed run's files are left for vacuum."""
+def _discard_uncommitted(tables, dates: list[str], run_id: str, attempt: str) -> None:
+    """Delete an attempt's files of the `dates` it never committed (not in the log, so no reader
+    has them); dates it committed are skipped. Only this process's attempt, or one proved dead
+    (pipeline/run/attempt.py): never a live process's files. A killed run's files wait for its
+    rerun or for vacuum."""
     col = tables.partition_column
     preds = tables.predictions.open()
     for d in dates:
-        if tables.predictions.ever_committed_by(preds, col, d, run_id):
+        if tables.predictions.ever_committed_by(preds, col, d, run_id, attempt):
             continue  # its files are in the log (maybe only in older versions): never delete them
         for loc, kind in ((tables.location, "part"), (tables.dead_letters.location, "dl")):
             try:  # by name only: a file cut short by the failure has no footer to read
-                for info in list_run_files(loc, col, d, run_id, kind):
+                for info in list_run_files(loc, col, d, run_id, kind, attempt):
                     loc.fs.delete_file(info.path)
             except OSError as e:  # best effort: vacuum removes them later
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
+
+
+def _discard_dead_attempts(tables, attempt: Attempt) -> None:
+    """The files of earlier attempts of this run id that died (killed, node lost) before their
+    commit, and their input key records: nothing will ever commit them."""
+    for dead in attempt.dead:
+        _discard_uncommitted(tables, dead.dates, dead.run_id, dead.attempt)
+        with contextlib.suppress(OSError):
+            delete_dir(tables.location.join(RUNS_DIR, dead.run_id, INPUT_KEYS_DIR, dead.attempt))
 
 
 def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force: bool = False) -> RunReport:
@@ -94,23 +107,31 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
         local_pool(cfg)  # refuses what the local runner cannot do (top-K, a GPU) before any work
         preload_torch()
     pre = preflight(cfg, dates, run_id, force)
-    if pre.prepared is None:
-        return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
-    ctx = _start(cfg, pre, started, t_start, runner)
-    try:
-        ds, snapshot = _execute(ctx)
-        ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
+    with pre.attempt.held():  # its record says how it ended; a killed one's heartbeat stops
+        if pre.prepared is None:
+            return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
+        ctx = _start(cfg, pre, started, t_start, runner)
         try:
-            return _finish(ctx, ds, snapshot)
-        except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
-            _discard_uncommitted(ctx.tables, ctx.dates, ctx.run_id)
-            raise
-    finally:
-        if ctx.policy.read_keys is not None:  # the input's recorded fingerprints: used up
+            ds, snapshot = _execute(ctx)
+            ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
             try:
-                delete_dir(ctx.policy.read_keys.location)
-            except OSError as e:
-                log.debug("could not remove %s: %s", ctx.policy.read_keys.location.uri, e)
+                return _finish(ctx, ds, snapshot)
+            except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
+                _discard_uncommitted(ctx.tables, ctx.dates, ctx.run_id, ctx.run.attempt)
+                raise
+        finally:
+            if ctx.policy.read_keys is not None:  # the input's recorded fingerprints: used up
+                _remove_read_keys(ctx.policy.read_keys.location)
+
+
+def _remove_read_keys(where: Location) -> None:
+    """This attempt's key records, and their run's folder once no attempt has any left (locally;
+    S3 has no folders): a folder another attempt still writes into is not empty, so it stays."""
+    try:
+        delete_dir(where)
+        remove_empty_dir(where.join(".."))
+    except OSError as e:
+        log.debug("could not remove %s: %s", where.uri, e)
 
 
 def _start(
@@ -141,11 +162,14 @@ def _start(
         cfg.digest(),
         scoring_identity(cfg, meta),
         seen=pre.dates.generations,
+        attempt=pre.attempt.id,
+        check_lease=pre.attempt.check_lease,
     )
+    _discard_dead_attempts(tables, pre.attempt)
     read_keys = None
     if cfg.output.verify == "keys":  # the read tasks record the input's key fingerprints
-        where = tables.location.join(RUNS_DIR, run_id, INPUT_KEYS_DIR)
-        delete_dir(where)  # left by an earlier attempt with this --run-id: not this run's reads
+        # per attempt: an earlier attempt's records of this run id describe other reads
+        where = tables.location.join(RUNS_DIR, run_id, INPUT_KEYS_DIR, pre.attempt.id)
         # top-K reconciles groups: the input's group keys are what its commit compares
         keys = cfg.output.top_k.group_by if cfg.output.top_k is not None else cfg.output.key_columns
         read_keys = ReadKeys(where, list(keys), cfg.input.partition_column)
@@ -180,9 +204,8 @@ def _execute(ctx: RunContext):
     """The pipeline, streaming from the input files to files under the table, with progress on
     stderr; the committer commits each date as soon as its rows are all written."""
     cfg, col, tables = ctx.cfg, ctx.cfg.input.partition_column, ctx.tables
-    written = [
-        WrittenRows(tables.location.join(f"{col}={d}"), run_file_prefix(ctx.run_id)) for d in ctx.dates
-    ]
+    prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
+    written = [WrittenRows(tables.location.join(f"{col}={d}"), prefix) for d in ctx.dates]
     counter = InProcessCounter() if ctx.pool.runner == "local" else start_counter()
     progress = ProgressView(
         counter, ctx.p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
@@ -194,7 +217,8 @@ def _execute(ctx: RunContext):
     except BaseException as e:  # Ctrl-C too: the committer stops before the run ends
         ctx.committer.stop()
         progress.stop(completed=False)
-        _discard_uncommitted(tables, [d for d in ctx.dates if d not in ctx.committer.committed], ctx.run_id)
+        left = [d for d in ctx.dates if d not in ctx.committer.committed]
+        _discard_uncommitted(tables, left, ctx.run_id, ctx.run.attempt)
         known = find_known_error(e) if isinstance(e, Exception) else None
         if known is not None:
             raise known from None
@@ -209,7 +233,9 @@ def _run_pipeline(ctx: RunContext, counter):
     own Ray Data context is left as it was)."""
     cfg, tables = ctx.cfg, ctx.tables
     col = cfg.input.partition_column
-    dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id)
+    dead_letter = DeadLetterWriter(
+        tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id, ctx.run.attempt
+    )
     if ctx.pool.runner == "local":
         return _run_local(ctx, counter, dead_letter)
     from pipeline.stages.write import write_predictions, write_tasks_at_once  # Ray Data: now
@@ -227,7 +253,7 @@ def _run_pipeline(ctx: RunContext, counter):
             partitions = cfg.output.top_k.partitions or default_partitions(ctx.p.inputs.rows)
             ds = top_k_dataset(ds, TopKSpec.from_config(cfg), partitions, dead_letter)
         writes = write_tasks_at_once(ctx.pool.cluster_cpus, fused_task_cap(cfg, ctx.pool))
-        return write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes)
+        return write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes, ctx.run.attempt)
 
 
 def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter) -> LocalRun:
@@ -238,6 +264,7 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter) -> Local
         ctx.cfg.output,
         ctx.run_id,
         {part.date: len(part.files) for part in ctx.p.inputs.partitions},
+        ctx.run.attempt,
     )
     scorer = fused_scorer(ctx.p, pre, kwargs)
     return LocalRun(ctx.p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys).run()
@@ -264,6 +291,7 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
             rest,
             cfg.output.value_columns,
             c.run_id,
+            c.run.attempt,
         ),
     }
     checked = evaluate_heads(
@@ -290,7 +318,8 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
     report.commits = Commits(**c.committer.summary())
     if breaches and cfg.drift.on_breach == "fail":
         uri = fail_report(c, report, "rejected", None)
-        published = f"; committed before the breach: {', '.join(early)}" if early else ""
+        mine = c.committer.published
+        published = f"; committed before the breach: {', '.join(mine)}" if mine else ""
         raise DriftError(
             "score drift over the thresholds with drift.on_breach=fail; nothing published "
             f"for {', '.join(rest)}{published} (report: {uri}):\n  " + "\n  ".join(breaches)
@@ -307,23 +336,29 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
 
 def _check_early_commits_unchanged(c: RunContext) -> None:
     """A date committed while the run went on must not have changed since: file names are
-    deterministic so that a retried task rewrites its own file, and a task re-run after the
-    commit (lineage reconstruction after a node loss) would rewrite committed files."""
+    deterministic within an attempt so that a retried task rewrites its own file, and a task re-run
+    after the commit (lineage reconstruction after a node loss) would rewrite committed files.
+    Such a date is withdrawn from the table (readers see it no more, the next run rescores it)
+    and the run fails naming it: it never stays committed with other rows than were checked."""
     loc, col = c.tables.location, c.cfg.input.partition_column
     for x in c.committer.commits:
         for path, size in x.file_sizes.items():
             now = loc.fs.get_file_info(loc.join(path).path).size
-            if now != size:
-                raise CommitError(
-                    f"{col}={x.date}: {path} changed after the date was committed ({size} -> {now} bytes; "
-                    "a task ran again after the commit); rerun with --force to rewrite the date"
-                )
+            if now == size:
+                continue
+            why = f"{path} changed after the date was committed ({size} -> {now} bytes)"
+            version = withdraw_date(c.tables, x.date, c.run, why)
+            done = (
+                f"withdrawn from the table at version {version}; the next run rescores it"
+                if version is not None
+                else "another run has committed the date since; its files are not this run's"
+            )
+            raise CommitError(f"{col}={x.date}: {why}; {done}")
 
 
 def _commit_rest(c: RunContext, report: RunReport, rest: list[str], profiles: dict, drift: dict) -> list:
     from pipeline.errors import CommitConflictError
 
-    early = c.committer.committed
     try:
         return commit_partitions(
             c.tables,
@@ -334,7 +369,8 @@ def _commit_rest(c: RunContext, report: RunReport, rest: list[str], profiles: di
         )
     except CommitError as e:
         uri = fail_report(c, report, "failed", str(e))
-        published = f"; committed by this run before it: {', '.join(early)}" if early else ""
+        mine = c.committer.published
+        published = f"; committed by this run before it: {', '.join(mine)}" if mine else ""
         raise CommitError(f"{e}\n  (not published: {', '.join(rest)}{published}; report: {uri})") from None
     except CommitConflictError as e:
         uri = fail_report(c, report, "conflict", str(e))
