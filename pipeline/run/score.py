@@ -142,8 +142,9 @@ def _start(
 
     p, run_id = pre.prepared, pre.run_id
     log.info(
-        "run %s: %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
+        "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
         run_id,
+        pre.attempt.id,
         p.inputs.rows,
         len(p.inputs.paths),
         len(p.dates),

@@ -60,7 +60,8 @@ def test_a_killed_process_on_this_machine_is_dead_at_once_and_a_live_one_is_not(
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     _foreign(output, "r3", heartbeat_age_s=1, host=Host(me.hostname, me.boot_id, me.pid_ns, gone.pid, "1"))
-    assert len(Attempt(output, "r3", "job", []).claim().dead) == 1  # fresh heartbeat, process gone
+    with Attempt(output, "r3", "job", []).claim().held() as mine:
+        assert len(mine.dead) == 1  # a fresh heartbeat, but its process is gone
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -75,12 +76,10 @@ def test_a_killed_process_on_this_machine_is_dead_at_once_and_a_live_one_is_not(
 
 def test_a_second_attempt_while_the_first_holds_the_run_id_is_refused_and_an_ended_one_is_not(output):
     first = Attempt(output, "r5", "job", []).claim()
-    with pytest.raises(RunIdInUseError):
+    with first.held(), pytest.raises(RunIdInUseError):
         Attempt(output, "r5", "job", []).claim()
-    with first.held():
-        pass
-    again = Attempt(output, "r5", "job", []).claim()
-    assert again.dead == [] and again.id != first.id
+    with Attempt(output, "r5", "job", []).claim().held() as again:
+        assert again.dead == [] and again.id != first.id
 
 
 def test_an_attempt_declared_dead_commits_nothing_more(tmp_path, monkeypatch):
@@ -90,5 +89,5 @@ def test_an_attempt_declared_dead_commits_nothing_more(tmp_path, monkeypatch):
     rec.status, rec.found_dead_by = "dead", "ffffffffffff"
     write_bytes(mine.location, rec.to_json())
     monkeypatch.setattr(mine, "_last_beat", time.monotonic() - attempts.STALE_AFTER_S)  # a long pause
-    with pytest.raises(CommitError, match="declared dead by attempt ffffffffffff"):
+    with pytest.raises(CommitError, match="declared dead by attempt ffffffffffff"), mine.held():
         mine.check_lease()
