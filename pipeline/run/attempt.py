@@ -40,8 +40,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from pipeline.errors import CommitError, RunIdInUseError
+from pipeline.errors import CommitError, RunIdInUseError, StorageError
 from pipeline.reporting.runs import RUNS_DIR
 from pipeline.storage import Location, list_files, read_bytes, write_bytes
 
@@ -183,8 +184,12 @@ class Attempt:
     def location(self) -> Location:
         return attempts_dir(self.output, self.run_id).join(f"{self.id}.json")
 
-    def _write(self) -> None:
+    def _write(self, **changes: Any) -> None:
+        """Apply `changes` to the record and write it, under one lock: the heartbeat thread and
+        the end of the run write the same object, in the order they changed it."""
         with self._lock:
+            for k, v in changes.items():
+                setattr(self.record, k, v)
             write_bytes(self.location, self.record.to_json())
 
     def claim(self) -> Attempt:
@@ -192,12 +197,15 @@ class Attempt:
         process (exit 5) before it writes anything else. Writing before reading means two
         processes started at once see each other at least one way: the one that sees the other
         is refused (both are, when each sees the other)."""
-        self._write()
+        try:
+            self._write()
+        except OSError as e:
+            raise StorageError(f"cannot write the attempt record {self.location.uri}: {e}") from None
         others = [r for r in read_attempts(self.output, self.run_id) if r.attempt != self.id]
         now = time.time()
         live = [why for r in others if (why := r.why_live(self.record.host, now))]
         if live:
-            self._end("refused")
+            self.end("refused")
             raise RunIdInUseError(
                 f"--run-id {self.run_id}: another process is running this run id: {live[0]}; "
                 "nothing was written. Two processes must not share a run id: wait for it to end "
@@ -228,8 +236,7 @@ class Attempt:
         if mine.status != "running":
             self.lost = f"attempt {self.id} was declared dead by attempt {mine.found_dead_by}"
             return
-        self.record.heartbeat_at = time.time()
-        self._write()
+        self._write(heartbeat_at=time.time())
         self._last_beat = time.monotonic()
 
     def _beat_loop(self) -> None:
@@ -252,13 +259,13 @@ class Attempt:
         if self.lost is not None:
             raise CommitError(f"run {self.run_id}: {self.lost}; nothing more is committed by this process")
 
-    def _end(self, status: str) -> None:
+    def end(self, status: str) -> None:
+        """Stop the heartbeat and record how the attempt ended (succeeded, failed, refused)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        self.record.status, self.record.ended_at = status, time.time()
         try:
-            self._write()
+            self._write(status=status, ended_at=time.time())
         except OSError as e:  # the record stays 'running': its heartbeat ages, so it counts as dead
             log.warning("run %s: could not record the end of attempt %s: %s", self.run_id, self.id, e)
 
@@ -268,6 +275,6 @@ class Attempt:
         try:
             yield self
         except BaseException:
-            self._end("failed")
+            self.end("failed")
             raise
-        self._end("succeeded")
+        self.end("succeeded")

@@ -240,15 +240,14 @@ def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool)
     log.debug("run %s: resolved config:\n%s", run_id, dump_config(cfg))
     meta = ModelSource.from_config(cfg).inspect()[0]
     attempt = Attempt(resolve(cfg.output.uri, cfg.storage), run_id, cfg.name, dates)
-    check_output_writable(
-        cfg, run_id, attempt.id
-    )  # an unreachable or unwritable output fails here, in seconds
+    # an unreachable or unwritable output fails here, in seconds
+    check_output_writable(cfg, run_id, attempt.id)
     attempt.claim()  # another live process with this run id: refused here, before any data is written
     try:
         return _plan(cfg, dates, run_id, meta, force, attempt)
     except BaseException:
-        with attempt.held():
-            raise
+        attempt.end("failed")
+        raise
 
 
 def _plan(

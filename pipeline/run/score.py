@@ -20,7 +20,13 @@ from pipeline.commit.filestats import ReadKeys
 from pipeline.commit.groups import TopKCheck
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions, withdraw_date
 from pipeline.commit.streaming import DateCommitter, subset
-from pipeline.commit.tables import WrittenRows, list_run_files, run_file_prefix, vacuum_tables
+from pipeline.commit.tables import (
+    OutputTables,
+    WrittenRows,
+    list_run_files,
+    run_file_prefix,
+    vacuum_tables,
+)
 from pipeline.config import JobConfig
 from pipeline.errors import CommitError, DriftError, find_known_error
 from pipeline.quality.drift import (
@@ -108,6 +114,7 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
         preload_torch()
     pre = preflight(cfg, dates, run_id, force)
     with pre.attempt.held():  # its record says how it ended; a killed one's heartbeat stops
+        _discard_dead_attempts(OutputTables.for_config(cfg), pre.attempt)
         if pre.prepared is None:
             return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
         ctx = _start(cfg, pre, started, t_start, runner)
@@ -138,8 +145,6 @@ def _start(
     cfg: JobConfig, pre: Preflight, started: datetime, t_start: float, runner: tuple[str, str]
 ) -> RunContext:
     """Ray and the pool; the run's identity, its commit policy and its committer thread."""
-    from pipeline.commit.tables import OutputTables
-
     p, run_id = pre.prepared, pre.run_id
     log.info(
         "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
@@ -166,7 +171,6 @@ def _start(
         attempt=pre.attempt.id,
         check_lease=pre.attempt.check_lease,
     )
-    _discard_dead_attempts(tables, pre.attempt)
     read_keys = None
     if cfg.output.verify == "keys":  # the read tasks record the input's key fingerprints
         # per attempt: an earlier attempt's records of this run id describe other reads
