@@ -160,7 +160,7 @@ class ReadKeys:
     files without one are read (a record not written yet, a read task over several dates, a file
     whose rows changed since)."""
 
-    location: Location  # OUTPUT/_runs/RUN/input_keys: removed at the end of the run
+    location: Location  # OUTPUT/_runs/RUN/input_keys/ATTEMPT: removed at the end of the attempt
     key_columns: list[str]
     partition_column: str
 

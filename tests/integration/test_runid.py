@@ -252,6 +252,25 @@ def _attempt(name: str) -> str:
     return name.split(".", 2)[1]
 
 
+def test_only_a_commit_that_landed_is_logged_as_committed(ray_cluster, dataset, checkpoints, tmp_path):
+    """Two runs of one date with one model (run ids of their own) race: one commits, the other's
+    commit is a no-op, and its log must not say it committed."""
+    out = tmp_path / "preds"
+    cfg = _cfg(str(dataset), str(out), checkpoints, "local")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "jobs.score", str(config), "--date", DATES[0]]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errs]
+    claims = [e.count(f"committed ds={DATES[0]}") for e in errs]
+    assert sorted(claims) == [0, 1], errs
+    other = errs[claims.index(0)]  # it lost the race, or (started late) found the date committed
+    assert "nothing committed by this run" in other or "already committed" in other, other[-2000:]
+    assert_keys_exact(str(dataset), str(out), DATES[0])
+
+
 def test_a_date_changed_after_its_commit_is_withdrawn_and_the_next_run_rescores_it(
     ray_cluster, dataset, checkpoints, tmp_path
 ):
