@@ -24,7 +24,7 @@ from jobs.synthetic import write_days
 from pipeline.config import StorageConfig
 from pipeline.storage import resolve
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # the local runner's tests start no Ray
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = "nightly-2026-12-04"
 
@@ -191,7 +191,7 @@ def _kill_then_rerun(tmp_path, cfg, input_uri: str, store: Store, moment: str, r
 
 @pytest.mark.parametrize("moment", ["scoring", "committed"])
 def test_a_killed_run_and_its_killed_rerun_with_the_same_run_id_end_exact(
-    ray_cluster, dataset, checkpoints, tmp_path, moment
+    dataset, checkpoints, tmp_path, moment
 ):
     """The local runner on local disk (the issue's repro: fixed file names rewritten in place)."""
     out = tmp_path / "preds"
@@ -199,7 +199,7 @@ def test_a_killed_run_and_its_killed_rerun_with_the_same_run_id_end_exact(
     _kill_then_rerun(tmp_path, cfg, str(dataset), Store(str(out)), moment)
 
 
-def test_a_killed_run_rerun_with_the_same_run_id_on_s3_ends_exact(ray_cluster, s3, checkpoints, tmp_path):
+def test_a_killed_run_rerun_with_the_same_run_id_on_s3_ends_exact(s3, checkpoints, tmp_path):
     bucket = s3.make_bucket("runid")
     storage = StorageConfig(endpoint_url=s3.endpoint)
     events, out = f"s3://{bucket}/events", f"s3://{bucket}/preds"
@@ -225,7 +225,7 @@ def test_the_ray_runner_reruns_a_killed_run_id_after_its_first_commit(
 
 
 def test_a_second_live_process_with_the_same_run_id_is_refused_before_it_writes(
-    ray_cluster, dataset, checkpoints, tmp_path
+    dataset, checkpoints, tmp_path
 ):
     out = tmp_path / "preds"
     store = Store(str(out))
@@ -252,7 +252,7 @@ def _attempt(name: str) -> str:
     return name.split(".", 2)[1]
 
 
-def test_only_a_commit_that_landed_is_logged_as_committed(ray_cluster, dataset, checkpoints, tmp_path):
+def test_only_a_commit_that_landed_is_logged_as_committed(dataset, checkpoints, tmp_path):
     """Two runs of one date with one model (run ids of their own) race: one commits, the other's
     commit is a no-op, and its log must not say it committed."""
     out = tmp_path / "preds"
@@ -272,7 +272,7 @@ def test_only_a_commit_that_landed_is_logged_as_committed(ray_cluster, dataset, 
 
 
 def test_a_date_changed_after_its_commit_is_withdrawn_and_the_next_run_rescores_it(
-    ray_cluster, dataset, checkpoints, tmp_path
+    dataset, checkpoints, tmp_path
 ):
     """A committed file rewritten while the run goes on (what a task re-run after the commit does):
     the run fails naming the date and the file, no reader sees the changed file as the date, and
