@@ -175,6 +175,7 @@ class Attempt:
         self.record.file_prefixes = {k: f"{k}-{run_id}.{self.id}." for k in ("part", "dl")}
         self.dead: list[AttemptRecord] = []  # earlier attempts of the run found dead at the claim
         self.lost: str | None = None  # why this attempt may no longer commit
+        self.claimed = False  # its record is written (a run with nothing to score writes none)
         self._last_beat = time.monotonic()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -199,6 +200,7 @@ class Attempt:
         is refused (both are, when each sees the other)."""
         try:
             self._write()
+            self.claimed = True
         except OSError as e:
             raise StorageError(f"cannot write the attempt record {self.location.uri}: {e}") from None
         others = [r for r in read_attempts(self.output, self.run_id) if r.attempt != self.id]
@@ -262,6 +264,8 @@ class Attempt:
     def end(self, status: str) -> None:
         """Stop the heartbeat and record how the attempt ended (succeeded, failed, refused)."""
         self._stop.set()
+        if not self.claimed:
+            return
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         try:

@@ -1,7 +1,7 @@
 """The preflight phase: everything checked before any model work, and nothing written but a probe
-and the attempt's record: the model (sha256), the output (writable), the run id (no other live
-process runs it), each date's state in the Delta log (skip or score, and why), the input files
-(footers, schemas, columns)."""
+and, once there is something to score, the attempt's record: the model (sha256), the output
+(writable), each date's state in the Delta log (skip or score, and why), the input files (footers,
+schemas, columns), the run id (no other live process runs it)."""
 
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ class Preflight:
 
 
 def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool) -> Preflight:
-    """Model, output, run id, dates and inputs checked; nothing written but the output probe and
+    """Model, output, dates, inputs and run id checked; nothing written but the output probe and
     the attempt's record. A run id given again (a scheduler's retry) is taken up by this process
     unless another live process runs it; the caller ends the attempt (`Attempt.held`)."""
     if run_id:
@@ -242,12 +242,10 @@ def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool)
     attempt = Attempt(resolve(cfg.output.uri, cfg.storage), run_id, cfg.name, dates)
     # an unreachable or unwritable output fails here, in seconds
     check_output_writable(cfg, run_id, attempt.id)
-    attempt.claim()  # another live process with this run id: refused here, before any data is written
-    try:
-        return _plan(cfg, dates, run_id, meta, force, attempt)
-    except BaseException:
-        attempt.end("failed")
-        raise
+    pre = _plan(cfg, dates, run_id, meta, force, attempt)
+    if pre.prepared is not None:  # after the checks (a bad input writes nothing), before any data
+        attempt.claim()  # another live process with this run id: refused here
+    return pre
 
 
 def _plan(
