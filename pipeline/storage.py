@@ -7,7 +7,6 @@ touches storage, so they are not pickled into Ray tasks, logged or written to re
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 import tempfile
@@ -123,14 +122,6 @@ def write_bytes(loc: Location, data: bytes) -> None:
 def delete_dir(loc: Location) -> None:
     if exists(loc):
         loc.fs.delete_dir(loc.path)
-
-
-def remove_empty_dir(loc: Location) -> None:
-    """Remove a local directory only if it is empty at that moment (one system call, so a file
-    another process puts there meanwhile is never deleted with it); S3 has no directories."""
-    if isinstance(loc.fs, pafs.LocalFileSystem):
-        with contextlib.suppress(OSError):  # not empty, or gone: nothing of anyone's is lost
-            os.rmdir(posixpath.normpath(loc.path))
 
 
 def download_dir(loc: Location, dest: str) -> str:

@@ -39,7 +39,7 @@ from pipeline.quality.drift import (
 from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import InProcessCounter, ProgressView, start_counter
-from pipeline.reporting.runs import INPUT_KEYS_DIR, RUNS_DIR
+from pipeline.reporting.runs import RUNS_DIR, input_keys_dir
 from pipeline.reporting.schema import Commits, RunReport
 from pipeline.run.attempt import Attempt
 from pipeline.run.clock import seconds_to_first, take_origin
@@ -67,7 +67,7 @@ from pipeline.run.local import DateFiles, LocalRun, preload_torch
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
-from pipeline.storage import Location, delete_dir, remove_empty_dir
+from pipeline.storage import delete_dir
 
 log = logging.getLogger("batchscore")
 
@@ -96,7 +96,7 @@ def _discard_dead_attempts(tables, attempt: Attempt) -> None:
     for dead in attempt.dead:
         _discard_uncommitted(tables, dead.dates, dead.run_id, dead.attempt)
         with contextlib.suppress(OSError):
-            delete_dir(tables.location.join(RUNS_DIR, dead.run_id, INPUT_KEYS_DIR, dead.attempt))
+            delete_dir(tables.location.join(RUNS_DIR, dead.run_id, input_keys_dir(dead.attempt)))
 
 
 def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force: bool = False) -> RunReport:
@@ -128,17 +128,10 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
                 raise
         finally:
             if ctx.policy.read_keys is not None:  # the input's recorded fingerprints: used up
-                _remove_read_keys(ctx.policy.read_keys.location)
-
-
-def _remove_read_keys(where: Location) -> None:
-    """This attempt's key records, and their run's folder once no attempt has any left (locally;
-    S3 has no folders): a folder another attempt still writes into is not empty, so it stays."""
-    try:
-        delete_dir(where)
-        remove_empty_dir(where.join(".."))
-    except OSError as e:
-        log.debug("could not remove %s: %s", where.uri, e)
+                try:
+                    delete_dir(ctx.policy.read_keys.location)
+                except OSError as e:
+                    log.debug("could not remove %s: %s", ctx.policy.read_keys.location.uri, e)
 
 
 def _start(
@@ -174,7 +167,7 @@ def _start(
     read_keys = None
     if cfg.output.verify == "keys":  # the read tasks record the input's key fingerprints
         # per attempt: an earlier attempt's records of this run id describe other reads
-        where = tables.location.join(RUNS_DIR, run_id, INPUT_KEYS_DIR, pre.attempt.id)
+        where = tables.location.join(RUNS_DIR, run_id, input_keys_dir(pre.attempt.id))
         # top-K reconciles groups: the input's group keys are what its commit compares
         keys = cfg.output.top_k.group_by if cfg.output.top_k is not None else cfg.output.key_columns
         read_keys = ReadKeys(where, list(keys), cfg.input.partition_column)
