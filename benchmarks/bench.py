@@ -364,6 +364,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=65_536)
     ap.add_argument("--root", default="bench-data")
     ap.add_argument("--repeat", type=int, default=1, help="runs of the script and of batchscore; best kept")
+    ap.add_argument("--only", default=None, help="comma-separated runs (default: all): script,batchscore,...")
     ap.add_argument(
         "--s3", action="store_true", help="also run batchscore with input and output on a local S3 server"
     )
@@ -406,11 +407,25 @@ def main() -> int:
                 config, dates, root / "out-batchscore", logs, "batchscore_ray", ("--set", "ray.runner=ray")
             ),
         ),
+        (
+            # the GPU path's shape on CPU: actors, a Ray that declares one GPU, replicas sharing it
+            "batchscore_ray_gpu_shape",
+            lambda: bench_batchscore(
+                config,
+                dates,
+                root / "out-batchscore",
+                logs,
+                "batchscore_ray_gpu_shape",
+                ("--set", "ray.runner=ray", "--set", "predict.mode=actors", "--set", "ray.num_gpus=1"),
+            ),
+        ),
     )
+    only = set(args.only.split(",")) if args.only else {name for name, _ in runs}
+    runs = tuple((name, fn) for name, fn in runs if name in only | {"script"})
     for name, fn in runs:
         results[name] = best_of(args.repeat, fn)
         print(name, json.dumps(results[name]), flush=True)
-    names = ["limit", "script", "batchscore", "batchscore_ray"]
+    names = ["limit", "script", "batchscore", "batchscore_ray", "batchscore_ray_gpu_shape"]
     if args.s3:
         server, endpoint = start_s3_server()
         try:
@@ -436,7 +451,7 @@ def main() -> int:
         "\n| run | whole process s | rows/s | ratio to limit | ratio to script | first batch s "
         "| pipeline rows/s | peak RSS (GiB) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
-    for name in names:
+    for name in [n for n in names if n in results]:
         r = results[name]
         print(
             f"| {name} | {r['seconds']} | {r['rows_per_s']:,} | {r['rows_per_s'] / limit:.2f} "

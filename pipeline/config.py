@@ -8,7 +8,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -181,12 +181,14 @@ class PredictConfig(_Strict):
         "the model); unset: one per CPU.",
     )
     num_cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica.")
-    mode: Literal["auto", "actors", "fused"] = Field(
+    mode: Literal["auto", "actors", "staged", "fused"] = Field(
         "auto",
-        description="actors: a pool of model replicas (actors) fed by separate read/preprocess tasks; "
-        "fused: read, preprocess, predict and write in one CPU task per block, the model cached per "
-        "worker process (no object-store traffic between stages); auto: actors with GPUs, fused on "
-        "CPU-only pools.",
+        description="actors: a pool of model replicas, each taking a unit of input (a file or a range of "
+        "its row groups) through read, preprocessing, the forward pass and the write in its own process, "
+        "several replicas per GPU (predict.replicas_per_gpu); staged: separate read/preprocess tasks "
+        "feeding a pool of predictor replicas (what output.top_k and preprocessing.label_selector need, "
+        "chosen for them); fused: read, preprocess and predict in one CPU task per block, the model "
+        "cached per worker process; auto: actors with GPUs, fused on CPU-only pools.",
     )
     torch_threads: int | Literal["auto"] = Field(
         "auto",
@@ -195,7 +197,16 @@ class PredictConfig(_Strict):
         "may use the CPUs they leave idle); on GPU replicas, num_cpus_per_replica.",
     )
     num_gpus_per_replica: float | Literal["auto"] = Field(
-        "auto", description="GPUs per replica; 'auto' = 1 when the cluster has GPUs, else 0."
+        "auto",
+        description="GPUs per replica; 'auto': 1 / replicas_per_gpu when the cluster has GPUs, else 0.",
+    )
+    replicas_per_gpu: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Replicas sharing one GPU when num_gpus_per_replica is 'auto' (actors mode). Each "
+        "replica does its own reading, preprocessing and writing on num_cpus_per_replica CPUs, so "
+        "several keep one GPU fed; each holds its own copy of the model and a CUDA context (about "
+        "0.5 GiB) on the GPU. 'auto': the CPUs per GPU of the GPU nodes over num_cpus_per_replica "
+        "(staged mode: 1).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto' uses the GPU Ray assigned to the replica, else the CPU."
@@ -208,11 +219,11 @@ class PredictConfig(_Strict):
         description="Place replicas (or, in fused mode, the fused tasks) only on nodes with these Ray "
         "node labels, e.g. {pool: gpu}.",
     )
-    reserve_cpus: float = Field(
-        1.0,
-        ge=0,
-        description="CPUs kept free of replicas for reading, preprocessing and writing. A pool "
-        "that would leave fewer is refused before the run starts.",
+    reserve_cpus: float | Literal["auto"] = Field(
+        "auto",
+        description="CPUs kept free of replicas for separate read, preprocess and write tasks. A pool "
+        "that would leave fewer is refused before the run starts. 'auto': 1 in staged mode, 0 in "
+        "actors mode (its replicas read, preprocess and write themselves).",
     )
 
     @model_validator(mode="after")
@@ -454,6 +465,13 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(
         None, ge=1, description="CPUs of a new local Ray, or of the local runner (default: all)."
     )
+    num_gpus: int | None = Field(
+        None,
+        ge=0,
+        description="GPUs of a new local Ray (default: those it detects). Logical GPUs on a machine "
+        "without one give the GPU pool's plan (replicas sharing each GPU) with the replicas on the CPU: "
+        "a way to try that shape anywhere.",
+    )
     runner: Literal["auto", "ray", "local"] = Field(
         "auto",
         description="Where the stages run. 'ray': a Ray Data job (on ray.address, RAY_ADDRESS or a new "
@@ -461,7 +479,7 @@ class RayConfig(_Strict):
         "top-K): on one machine it skips Ray's start and its workers' imports. 'auto': 'ray' when an "
         "address is given, Ray is already initialized in this process, the job wants a GPU "
         "(predict.device cuda, a GPU visible to predict.device auto, num_gpus_per_replica > 0), "
-        "predict.mode is 'actors' or output.top_k is set; else 'local'.",
+        "predict.mode is 'actors', ray.num_gpus is set or output.top_k is set; else 'local'.",
     )
 
 

@@ -52,6 +52,8 @@ def ensure_ray(cfg: JobConfig) -> None:
         # cluster /tmp/ray/ray_current_cluster names (another user's `ray start`, a test's).
         kwargs["address"] = "local"
         kwargs["num_cpus"] = cfg.ray.num_cpus
+        if cfg.ray.num_gpus is not None:
+            kwargs["num_gpus"] = cfg.ray.num_gpus
         kwargs["include_dashboard"] = False
     try:
         ray.init(**kwargs)
@@ -115,8 +117,9 @@ def build_dataset(
     progress: Any = None,
     read_keys: Any = None,
 ):
-    """The stages folded over the lazy read: fused into one task per file, or preprocess tasks
-    feeding an actor pool of model replicas (resources from the config and the pool plan).
+    """The stages folded over the lazy read, as a Dataset of predictions: fused into one task per
+    file, or preprocess tasks feeding an actor pool of model replicas (staged; resources from the
+    config and the pool plan). The actors mode's replicas write themselves: pipeline/run/replicas.py.
     `read_keys`: where the read tasks record the input's key fingerprints (see read_dataset)."""
     cfg = p.cfg
     cap = fused_task_cap(cfg, pool)
@@ -197,8 +200,10 @@ def choose_runner(cfg: JobConfig, ray_is_running: bool) -> tuple[str, str]:
         return "ray", "Ray is initialized in this process"
     if cfg.output.top_k is not None:
         return "ray", "output.top_k shuffles by group (a Ray Data shuffle)"
-    if cfg.predict.mode == "actors":
-        return "ray", "predict.mode is 'actors'"
+    if cfg.predict.mode in ("actors", "staged"):
+        return "ray", f"predict.mode is {cfg.predict.mode!r}"
+    if cfg.ray.num_gpus is not None:
+        return "ray", "ray.num_gpus is set (a new local Ray with that many GPUs)"
     if wants_gpu(cfg):
         return "ray", "the job wants a GPU (one replica per GPU in a Ray actor pool)"
     return "local", "one machine and no GPU: threads in this process; ray.runner: ray for a Ray job"
@@ -250,6 +255,16 @@ def local_pool(cfg: JobConfig) -> PoolPlan:
     return replace(plan_pool(predict, [{"CPU": float(local_cpus(cfg))}]), runner="local")
 
 
+def staged_because(cfg: JobConfig) -> str | None:
+    """Why this job needs the staged pool (separate read/preprocess tasks feeding the replicas)
+    instead of replicas that take their units through every stage; None: it does not."""
+    if cfg.output.top_k is not None:
+        return "output.top_k shuffles the predictions by group before the write"
+    if cfg.preprocessing.label_selector:
+        return "preprocessing.label_selector places preprocessing on other nodes than the replicas"
+    return None
+
+
 def start_ray(cfg: JobConfig) -> tuple[float, PoolPlan]:
     """Connect to (or start) Ray and size the scoring pool. Returns (seconds taken, pool)."""
     t0 = time.perf_counter()
@@ -258,5 +273,6 @@ def start_ray(cfg: JobConfig) -> tuple[float, PoolPlan]:
         cfg.predict,
         cluster_nodes(cfg.predict.label_selector),
         cluster_cpus=sum(n.get("CPU", 0.0) for n in cluster_nodes()),
+        staged=staged_because(cfg) is not None,
     )
     return time.perf_counter() - t0, pool

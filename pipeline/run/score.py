@@ -236,6 +236,8 @@ def _run_pipeline(ctx: RunContext, counter):
     )
     if ctx.pool.runner == "local":
         return _run_local(ctx, counter, dead_letter)
+    if ctx.pool.mode == "actors":
+        return _run_replicas(ctx, counter, dead_letter)
     from pipeline.stages.write import write_predictions, write_tasks_at_once  # Ray Data: now
 
     with run_data_context():
@@ -266,6 +268,27 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter) -> Local
     )
     scorer = fused_scorer(ctx.p, pre, kwargs)
     return LocalRun(ctx.p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys).run()
+
+
+def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter):
+    """Replicas that take each unit of input through every stage and write its files themselves
+    (pipeline/run/replicas.py); the driver gets one small record per unit."""
+    import uuid
+
+    from pipeline.run.replicas import ReplicaRun, replica_dataset, unit_plan
+    from pipeline.stages.layout import OutputFiles
+
+    pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
+    files = OutputFiles.for_output(ctx.tables.location, ctx.cfg.output)
+    # this attempt's own names: a rerun with the same run id never writes over them
+    prefix = f"{run_file_prefix(ctx.run_id)}{uuid.uuid4().hex[:12]}-"
+    plan = unit_plan(ctx.p, files, prefix, ctx.pool.max_replicas, ctx.policy.read_keys)
+    run = ReplicaRun(ctx.pool.max_replicas)
+    with run_data_context():
+        ds = replica_dataset(plan, fused_scorer(ctx.p, pre, kwargs), ctx.pool, ctx.cfg.predict.label_selector)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            run.add(batch)
+    return run
 
 
 def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
@@ -308,7 +331,7 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
     for line in breaches:
         log.warning("score drift: %s", line)
     report = build_report(c, snapshot, profiles, drift)
-    if isinstance(ds, LocalRun):
+    if hasattr(ds, "stats_text"):  # the local runner's threads, or the replicas' records
         report.stages, report.ray_data_stats = ds.stages(), ds.stats_text()
     else:
         report.stages = stage_metrics(ds, p.inputs.rows)

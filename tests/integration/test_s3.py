@@ -44,15 +44,18 @@ def s3_job(s3, checkpoints):
     return bucket, storage
 
 
-def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints, monkeypatch):
+@pytest.mark.parametrize("mode", ["auto", "actors"])
+def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints, monkeypatch, mode):
     import pipeline.commit.partitions as partitions
 
     bucket, storage = s3_job
+    out = "predictions" if mode == "auto" else "predictions-actors"  # a table of its own
     cfg = make_config(
         f"s3://{bucket}/events",
         f"s3://{bucket}/models/ts",
-        f"s3://{bucket}/predictions",
+        f"s3://{bucket}/{out}",
         storage={"endpoint_url": s3.endpoint},
+        predict={"mode": mode},  # auto: fused CPU tasks; actors: replicas writing to S3 themselves
     )
     read: list[str] = []  # files the key check had to read rows of
     real = partitions.fingerprint_files
@@ -63,7 +66,7 @@ def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints, monkeypatch)
 
     for d in DATES:
         inp = read_input(f"s3://{bucket}/events", d, storage)
-        got = read_output(f"s3://{bucket}/predictions", d, storage)
+        got = read_output(f"s3://{bucket}/{out}", d, storage)
         assert got.num_rows == inp.num_rows == 3000
         expected = dict(
             zip(
@@ -75,10 +78,10 @@ def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints, monkeypatch)
         got_scores = scores_by_key(got)
         assert got_scores.keys() == expected.keys()
         assert max(abs(got_scores[k] - expected[k]) for k in expected) < 1e-6
-    keys = s3.keys(bucket, "predictions/")
-    assert "predictions/_delta_log/00000000000000000000.json" in keys
-    assert "predictions/_dead_letter/_delta_log/00000000000000000000.json" in keys
-    assert f"predictions/_runs/{report.run_id}/report.json" in keys
+    keys = s3.keys(bucket, f"{out}/")
+    assert f"{out}/_delta_log/00000000000000000000.json" in keys
+    assert f"{out}/_dead_letter/_delta_log/00000000000000000000.json" in keys
+    assert f"{out}/_runs/{report.run_id}/report.json" in keys
     assert not [k for k in keys if "/_staging/" in k or "/_locks/" in k or k.endswith("_manifest.json")]
     assert not [k for k in keys if "/input_keys/" in k]  # the read tasks' records: removed after the run
     # every data file on the store is in the table: the run wrote nothing it did not commit
@@ -87,12 +90,12 @@ def test_score_s3_to_s3_exact(ray_cluster, s3, s3_job, checkpoints, monkeypatch)
     live = {
         u.split(f"{bucket}/", 1)[1]
         for u in DeltaTable(
-            f"s3://{bucket}/predictions", storage_options=delta_options(f"s3://{bucket}/predictions", storage)
+            f"s3://{bucket}/{out}", storage_options=delta_options(f"s3://{bucket}/{out}", storage)
         ).file_uris()
     }
     on_store = {k for k in keys if k.endswith(".parquet") and "/_" not in k}
     assert on_store == live
-    assert report.report_uri.startswith(f"s3://{bucket}/predictions/_runs/")
+    assert report.report_uri.startswith(f"s3://{bucket}/{out}/_runs/")
 
 
 def test_credentials_never_reach_reports_or_the_delta_log(ray_cluster, s3, s3_job):

@@ -57,6 +57,31 @@ def test_pipeline_scores_equal_direct_model_call(ray_cluster, dataset, checkpoin
     assert set(got.column("model_version").to_pylist()) == {want_version}
 
 
+@pytest.mark.parametrize("function", [None, "batchscore_test_plugins:my_features"])
+def test_actors_mode_replicas_score_and_write_every_unit_exactly(
+    ray_cluster, dataset, checkpoints, tmp_path, function
+):
+    """Replicas that read, preprocess, predict and write their units themselves (the GPU path's
+    shape, here on CPU replicas): both dates exact, with the built-in transforms on the replica's
+    device or a user's numpy function; files per unit, none written twice."""
+    from batchscore_test_plugins import PLUGIN_FEATURES
+
+    model_uri, _ = checkpoints.entries["safetensors"]
+    out = tmp_path / "preds"
+    extra = {"preprocessing": {"function": function}, "input": {"columns": PLUGIN_FEATURES.columns}}
+    cfg = make_config(
+        str(dataset), model_uri, str(out), predict={"mode": "actors"}, **(extra if function else {})
+    )
+    report = run_score(cfg, DATES)
+    assert (report.pool.mode, report.pool.max_replicas) == ("actors", 3)
+    assert [s.name for s in report.stages] == ["ReadParquet", "Score", "Write"]
+    assert len({r.pid for r in report.replicas}) >= 2, report.replicas  # the units were shared
+    for d in DATES:
+        inp = read_input(str(dataset), d)
+        spec = PLUGIN_FEATURES if function else checkpoints.spec
+        assert_exact_output(inp, read_output(str(out), d), direct_scores(model_uri, inp, spec))
+
+
 def _commits(out) -> list[dict]:
     from deltalake import DeltaTable
 
@@ -270,7 +295,7 @@ def test_unschedulable_pool_is_refused_up_front(ray_cluster, dataset, checkpoint
         str(dataset),
         model_uri,
         str(tmp_path / "preds"),
-        predict={"min_replicas": 3, "max_replicas": 3, "mode": "actors"},
+        predict={"min_replicas": 4, "max_replicas": 4, "mode": "actors"},  # the session's Ray has 3 CPUs
     )
     with pytest.raises(ConfigError, match="cannot be scheduled"):
         run_score(cfg, [DATES[0]])

@@ -201,7 +201,7 @@ def test_endpoint_url_without_credentials_accepted(url):
 def test_defaults():
     cfg = config_from_dict(base())
     assert cfg.predict.num_gpus_per_replica == "auto"
-    assert cfg.predict.reserve_cpus == 1.0
+    assert cfg.predict.reserve_cpus == "auto" and cfg.predict.replicas_per_gpu == "auto"
     assert cfg.output.partition_columns == ["ds"]
     assert cfg.preprocessing.features is None
 

@@ -12,8 +12,9 @@ from pipeline.run.resources import plan_pool
 
 
 def predict(**kw) -> PredictConfig:
-    """A CPU actor pool unless the test says otherwise (the sizing rules below are for actors)."""
-    return PredictConfig(**{"mode": "actors", **kw})
+    """A staged CPU pool unless the test says otherwise (separate read tasks beside the replicas:
+    the sizing rules below keep CPUs free for them; actors mode has its own tests at the end)."""
+    return PredictConfig(**{"mode": "staged", **kw})
 
 
 def test_cpu_only_two_cpu_node_min_two_replicas_refused():
@@ -154,7 +155,7 @@ def test_torch_threads_auto():
     assert plan_pool(actors, [{"CPU": 2.0}]).torch_threads == 2
     four = PredictConfig(mode="actors", max_replicas=4)
     assert plan_pool(four, [{"CPU": 16.0}]).torch_threads == 4
-    assert plan_pool(PredictConfig(mode="actors"), [{"CPU": 4.0}, {"CPU": 4.0}]).torch_threads == 4
+    assert plan_pool(PredictConfig(mode="staged"), [{"CPU": 4.0}, {"CPU": 4.0}]).torch_threads == 4
     # GPU replicas: their own CPUs; an explicit value wins
     assert plan_pool(PredictConfig(), [{"CPU": 16.0, "GPU": 1.0}]).torch_threads == 1
     assert plan_pool(PredictConfig(torch_threads=3, mode="actors"), [{"CPU": 16.0}]).torch_threads == 3
@@ -171,3 +172,37 @@ def test_fused_keeps_no_cpus_free_and_caps_only_when_max_replicas_is_set():
 def test_fused_task_larger_than_any_node_is_refused():
     with pytest.raises(ConfigError, match="no node has predict.num_cpus_per_replica=4"):
         plan_pool(PredictConfig(num_cpus_per_replica=4), [{"CPU": 2.0}] * 4)
+
+
+def test_actors_mode_shares_each_gpu_among_its_cpus():
+    """Replicas that read, preprocess and write themselves: one per CPU of a GPU node, sharing its
+    GPU, no CPU kept free for read tasks."""
+    plan = plan_pool(PredictConfig(), [{"CPU": 16.0, "GPU": 1.0}])
+    assert plan.mode == "actors"
+    assert plan.max_replicas == 16
+    assert plan.num_gpus == 0.0625 and plan.num_gpus * 16 <= 1.0
+    two = plan_pool(PredictConfig(), [{"CPU": 16.0, "GPU": 2.0}, {"CPU": 4.0}])
+    assert two.num_gpus == 0.125 and two.max_replicas == 16  # 8 per GPU; the CPU node has none
+    thirds = plan_pool(PredictConfig(), [{"CPU": 3.0, "GPU": 1.0}])
+    assert thirds.num_gpus == 0.3333 and thirds.max_replicas == 3  # 1e-4 units: 3 fit on a GPU
+
+
+def test_actors_mode_replicas_per_gpu_and_cpus_per_replica():
+    nodes = [{"CPU": 16.0, "GPU": 1.0}]
+    assert plan_pool(PredictConfig(replicas_per_gpu=4), nodes).max_replicas == 4
+    two_cpus = plan_pool(PredictConfig(num_cpus_per_replica=2), nodes)
+    assert (two_cpus.max_replicas, two_cpus.num_gpus, two_cpus.torch_threads) == (8, 0.125, 2)
+    assert plan_pool(PredictConfig(num_gpus_per_replica=1), nodes).max_replicas == 1  # explicit wins
+    assert plan_pool(PredictConfig(max_replicas=3), nodes).max_replicas == 3
+
+
+def test_staged_mode_one_replica_per_gpu_and_cpus_kept_free():
+    plan = plan_pool(PredictConfig(), [{"CPU": 16.0, "GPU": 2.0}], staged=True)
+    assert plan.mode == "staged" and plan.num_gpus == 1.0 and plan.max_replicas == 1
+    cpu = plan_pool(PredictConfig(mode="actors", max_replicas=2), [{"CPU": 2.0}], staged=True)
+    assert cpu.mode == "staged" and cpu.max_replicas == 1  # one CPU kept for the read tasks
+
+
+def test_actors_mode_on_cpus_takes_every_cpu():
+    plan = plan_pool(PredictConfig(mode="actors"), [{"CPU": 2.0}])
+    assert (plan.mode, plan.max_replicas, plan.num_gpus, plan.torch_threads) == ("actors", 2, 0.0, 1)

@@ -1,0 +1,72 @@
+"""The actors mode's units (pipeline/run/replicas.py): how input is cut into units, and how a
+unit's predictions become files. No Ray here."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.run.replicas import UnitFiles, pack
+from pipeline.stages.layout import OutputFiles
+from pipeline.stages.read import InputFile
+
+
+def _file(name: str, rows: int, groups: int = 1) -> InputFile:
+    return InputFile(
+        path=name,
+        uri=name,
+        size=rows * 10,
+        rows=rows,
+        schema=pa.schema([("k", pa.int64())]),
+        row_groups=groups,
+    )
+
+
+def test_small_files_of_a_date_are_packed_up_to_the_cap_and_dates_never_mix():
+    a = [(_file(f"a{i}", 500), "d1", None) for i in range(5)]
+    b = [(_file(f"b{i}", 500), "d2", None) for i in range(2)]
+    units = pack([*a, *b], cap=1000)
+    assert [[p[0].path for p in u] for u in units] == [["a0", "a1"], ["a2", "a3"], ["a4"], ["b0", "b1"]]
+
+
+def test_a_piece_over_the_cap_is_a_unit_alone_and_row_group_ranges_count_their_share():
+    big = _file("big", 10_000, groups=10)
+    pieces = [(big, "d", range(0, 5)), (big, "d", range(5, 10)), (_file("s", 100), "d", None)]
+    assert [len(u) for u in pack(pieces, cap=4000)] == [1, 1, 1]  # each over the cap or past it
+    units = pack(pieces, cap=6000)
+    assert [len(u) for u in units] == [1, 2]  # half the row groups are 5,000 rows; + 100 fit
+    assert units[1][0][2] == range(5, 10) and units[1][1][0].path == "s"
+
+
+def _files(tmp_path, target: int) -> OutputFiles:
+    return OutputFiles(
+        fs=pafs.LocalFileSystem(),
+        path=str(tmp_path),
+        partition_cols=["ds"],
+        target=target,
+        key_columns=["k"],
+        value_columns=["score"],
+        compression="zstd",
+        make_dirs=True,
+    )
+
+
+def test_unit_files_write_whole_targets_as_they_fill_and_the_rest_at_close(tmp_path):
+    out = UnitFiles(_files(tmp_path, target=1000), "part-r.attempt-000003")
+    for i in range(5):  # 5 x 450 rows: whole targets written as soon as they are buffered
+        rows = pa.table(
+            {
+                "k": pa.array(range(i * 450, (i + 1) * 450)),
+                "score": pa.array([0.5] * 450, pa.float32()),
+                "ds": pa.array(["2026-01-01"] * 450),
+            }
+        )
+        out.add(rows)
+    assert out.rows == 2000 and out.count == 2
+    out.close()
+    files = sorted((tmp_path / "ds=2026-01-01").iterdir())
+    assert [f.name for f in files] == [f"part-r.attempt-000003-{i}.parquet" for i in range(3)]
+    assert [pq.read_metadata(f).num_rows for f in files] == [1000, 1000, 250]
+    keys = pa.concat_tables([pq.read_table(f) for f in files]).column("k").to_pylist()
+    assert sorted(keys) == list(range(2250))  # every row once
