@@ -273,15 +273,13 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter) -> Local
 def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter):
     """Replicas that take each unit of input through every stage and write its files themselves
     (pipeline/run/replicas.py); the driver gets one small record per unit."""
-    import uuid
-
     from pipeline.run.replicas import ReplicaRun, replica_dataset, unit_plan
     from pipeline.stages.layout import OutputFiles
 
     pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
     files = OutputFiles.for_output(ctx.tables.location, ctx.cfg.output)
     # this attempt's own names: a rerun with the same run id never writes over them
-    prefix = f"{run_file_prefix(ctx.run_id)}{uuid.uuid4().hex[:12]}-"
+    prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
     plan = unit_plan(ctx.p, files, prefix, ctx.pool.max_replicas, ctx.policy.read_keys)
     run = ReplicaRun(ctx.pool.max_replicas)
     with run_data_context():
