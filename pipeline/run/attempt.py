@@ -198,9 +198,9 @@ class Attempt:
         process (exit 5) before it writes anything else. Writing before reading means two
         processes started at once see each other at least one way: the one that sees the other
         is refused (both are, when each sees the other)."""
-        try:
-            self._write()
-            self.claimed = True
+        try:  # the checks before the claim may have taken minutes: the heartbeat starts now
+            self._write(heartbeat_at=time.time())
+            self._last_beat, self.claimed = time.monotonic(), True
         except OSError as e:
             raise StorageError(f"cannot write the attempt record {self.location.uri}: {e}") from None
         others = [r for r in read_attempts(self.output, self.run_id) if r.attempt != self.id]
