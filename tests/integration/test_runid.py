@@ -208,11 +208,14 @@ def test_a_killed_run_rerun_with_the_same_run_id_on_s3_ends_exact(s3, checkpoint
     _kill_then_rerun(tmp_path, cfg, events, Store(out, s3, storage), "committed")
 
 
+@pytest.mark.parametrize("mode", ["fused", "actors"])
 def test_the_ray_runner_reruns_a_killed_run_id_after_its_first_commit(
-    ray_cluster, dataset, checkpoints, tmp_path
+    ray_cluster, dataset, checkpoints, tmp_path, mode
 ):
+    """Fused tasks write through Ray Data's datasink, actors-mode replicas write their units' files
+    themselves: both name them by attempt."""
     out = tmp_path / "preds"
-    cfg = _cfg(str(dataset), str(out), checkpoints, "ray")
+    cfg = _cfg(str(dataset), str(out), checkpoints, "ray", predict={"mode": mode})
     store = Store(str(out))
     first = _score(cfg, tmp_path, "first", ray_cluster.address)
     assert _wait_for(_moment(store, "committed", 0), first), first.communicate()[1][-3000:]
