@@ -246,7 +246,7 @@ def run_pipeline(args, tmp: Path, synth: SyntheticSpec, cuda: bool) -> dict:
     for d in dates[1:]:  # same rows under other dates: fast to make, same work to score
         shutil.copytree(tmp / "data" / f"ds={dates[0]}", tmp / "data" / f"ds={d}")
     ncpu = os.cpu_count() or 2
-    ray.init(num_cpus=ncpu, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=ncpu, include_dashboard=False, logging_level="WARNING")
     # (replicas, GPUs each, CPUs each); gpus 0 = the fused CPU-only path on every CPU
     layouts = [(4, 0.25, 1), (1, 0.0, 1)] if cuda else [(1, 0.0, 1)]
     out = {}

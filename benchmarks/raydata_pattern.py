@@ -55,7 +55,7 @@ def main() -> int:
     import torch
     from ray.data import ActorPoolStrategy
 
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING")  # a Ray of its own
     gpus = 1 if torch.cuda.is_available() else 0
     ds = ray.data.read_parquet(args.data, columns=["id", *DENSE, *CATEGORICAL])
     ds = ds.map_batches(features, batch_format="pyarrow", batch_size=args.batch)

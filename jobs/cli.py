@@ -20,6 +20,35 @@ log = logging.getLogger("batchscore")
 
 from pipeline.errors import EXIT_FAILED, EXIT_OK  # noqa: E402 - light, no torch or ray
 
+EXIT_CODES_HELP = """exit codes:
+  0  success (also: nothing to do, every date already committed)
+  2  bad config, input or model: the message names the key, file or column
+  3  scores drifted past the thresholds with drift.on_breach=fail (nothing published)
+  4  another run committed a date first with another model or inputs
+  1  anything else"""
+
+SCORE_OUTPUT_HELP = """output:
+  predictions  a Delta Lake table at output.uri (read it with deltalake, polars or DuckDB)
+  dead letters output.uri/_dead_letter (another Delta table)
+  report       output.uri/_runs/RUN_ID/report.json and report.html
+  stdout       a summary, then one JSON line: status, run id, report path, row counts"""
+
+
+def package_version() -> str:
+    """The installed distribution's version; from a source tree that is not installed (the
+    Ray job's working_dir), pyproject's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchscore")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+        found = re.search(r'^version = "([^"]+)"', text, re.M)
+        return found.group(1) if found else "unknown"
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="job config (YAML), e.g. configs/demo.yaml")
@@ -63,12 +92,35 @@ def _add_table_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchscore",
-        description="Distributed offline batch scoring: Parquet -> preprocess -> PyTorch on Ray -> Parquet.",
+        description="Offline batch scoring: Parquet (local or s3://) -> preprocess -> PyTorch\n"
+        "(on Ray, or threads on one machine) -> a Delta Lake table, each date one transaction.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"batchscore {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("score", help="score one date or a date range with a config")
+    _add_scoring_commands(sub)
+    _add_cluster_commands(sub)
+    _add_demo_commands(sub)
+    _add_data_commands(sub)
+    _add_table_commands(sub)
+    return parser
+
+
+def _add_scoring_commands(sub: argparse._SubParsersAction) -> None:
+    """score and backfill: a config and its dates."""
+    p = sub.add_parser(
+        "score",
+        help="score one date or a date range with a config",
+        description="Score the dates of a config in one run. Each date is committed to the Delta "
+        "table at output.uri as soon as its rows are written; dates already committed with this "
+        "model, config and inputs are skipped (--force rescores). For a long range that may be "
+        "stopped and resumed, or to preview what would run, see `batchscore backfill`.",
+        epilog=SCORE_OUTPUT_HELP + "\n\n" + EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_config_args(p)
     _add_date_args(p)
     p.add_argument(
@@ -81,20 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="rescore dates already committed with this model and config"
     )
 
-    p = sub.add_parser("submit", help="submit a score job to a Ray cluster (Ray Job API)")
-    p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
-    _add_config_args(p)
-    _add_date_args(p)
-    p.add_argument("--no-wait", action="store_true", help="return at once with the submission id")
-    p.add_argument(
-        "--deps",
-        choices=["pyproject", "none"],
-        default="pyproject",
-        help="pip-install pyproject's dependencies in the job's runtime env, or use the cluster's as is",
+    p = sub.add_parser(
+        "backfill",
+        help="score a date range, skipping dates already committed",
+        description="Like `score --start D1 --end D2`, for long ranges: lists what would run and "
+        "what is already committed (--dry-run), and can split the range into several runs "
+        "(--dates-per-run), so a stopped backfill resumes where it stopped. `score` with a range "
+        "also skips committed dates, in one run.",
+        epilog=SCORE_OUTPUT_HELP + "\n\n" + EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--image", help="container image for the job (runtime_env image_uri) instead of pip")
-
-    p = sub.add_parser("backfill", help="score a date range, skipping dates already committed")
     _add_config_args(p)
     p.add_argument("--start", required=True, help="first date (inclusive)")
     p.add_argument("--end", required=True, help="last date (inclusive)")
@@ -109,19 +157,47 @@ def build_parser() -> argparse.ArgumentParser:
         "its rows are written either way)",
     )
 
+
+def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:
+    """submit and validate: a config checked here, or run on a cluster."""
+    p = sub.add_parser("submit", help="submit a score job to a Ray cluster (Ray Job API)")
+    p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    _add_config_args(p)
+    _add_date_args(p)
+    p.add_argument("--no-wait", action="store_true", help="return at once with the submission id")
+    p.add_argument(
+        "--deps",
+        choices=["pyproject", "none"],
+        default="pyproject",
+        help="pip-install pyproject's dependencies in the job's runtime env, or use the cluster's as is",
+    )
+    p.add_argument("--image", help="container image for the job (runtime_env image_uri) instead of pip")
+
     p = sub.add_parser("validate", help="check config, input schema and model without scoring")
     _add_config_args(p)
     _add_date_args(p)
 
+
+def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
+    """demo: sample data, a built-in model and a scored table in one command."""
     p = sub.add_parser(
         "demo", help="generate sample data, train a demo model, score one date (--kind: which output)"
     )
     p.add_argument("--workdir", default="demo", help="where data, model and predictions go (default: demo)")
-    p.add_argument("--rows-per-day", type=int, default=50_000)
+    p.add_argument(
+        "--rows-per-day", type=int, default=50_000, help="synthetic rows per date (default: 50000)"
+    )
     p.add_argument("--days", type=int, default=4, help="days generated; all but the last train the model")
-    p.add_argument("--shards-per-day", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--shards-per-day", type=int, default=4, help="Parquet files per date (default: 4)")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs of the demo model (default: 2)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the demo's scoring config, e.g. --set predict.batch_size=4096",
+    )
     p.add_argument(
         "--kind",
         choices=["scores", "heads", "embedding", "topk"],
@@ -130,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         "vectors), topk (each user's 10 best items); each trains its model and writes its own table",
     )
 
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """train and generate: built-in models and synthetic data."""
     p = sub.add_parser(
         "train",
         help="train a built-in model (DLRM, its heads variant, a two-tower) on synthetic-schema Parquet",
@@ -137,8 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root (local or s3://), hive-partitioned by ds")
     p.add_argument("--dates", nargs="+", required=True, help="dates to train on")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--format", choices=["safetensors", "torchscript", "export"], default="safetensors")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "torchscript", "export"],
+        default="safetensors",
+        help="checkpoint format: safetensors weights + architecture record (default), TorchScript "
+        "or torch.export",
+    )
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training rows (default: 2)")
     p.add_argument(
         "--preset",
         default="dlrm-demo",
@@ -148,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="model version (default: dlrm-<utc date>)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint for --data")
 
+    p = sub.add_parser("generate", help="write synthetic interaction logs (hive-partitioned Parquet)")
+    p.add_argument("--out", required=True, help="dataset root (local or s3://)")
+    p.add_argument("--start", default="2026-11-01", help="first date written (default: 2026-11-01)")
+    p.add_argument("--days", type=int, default=4, help="consecutive dates written (default: 4)")
+    p.add_argument("--rows-per-day", type=int, default=50_000, help="rows per date (default: 50000)")
+    p.add_argument("--shards-per-day", type=int, default=4, help="Parquet files per date (default: 4)")
+    p.add_argument("--seed", type=int, default=7, help="random seed: same seed, same data (default: 7)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint for --out")
+
+
+def _add_table_commands(sub: argparse._SubParsersAction) -> None:
+    """report, vacuum, history and the references: reading what runs left."""
     p = sub.add_parser("report", help="print a run's report summary and write its HTML page")
     p.add_argument(
         "target",
@@ -184,16 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "report-reference", help="print the report.json reference (the generated part of docs/reports.md)"
     )
-
-    p = sub.add_parser("generate", help="write synthetic interaction logs (hive-partitioned Parquet)")
-    p.add_argument("--out", required=True, help="dataset root (local or s3://)")
-    p.add_argument("--start", default="2026-11-01")
-    p.add_argument("--days", type=int, default=4)
-    p.add_argument("--rows-per-day", type=int, default=50_000)
-    p.add_argument("--shards-per-day", type=int, default=4)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint for --out")
-    return parser
 
 
 def resolve_dates(args: argparse.Namespace, cfg) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -78,12 +79,28 @@ def demo(args: argparse.Namespace) -> dict:
         DEMO_CONFIG,
         [f"input.uri={data}", f"model.uri={model}", f"output.uri={preds}", *kind_overrides, *args.overrides],
     )
+    _quiet_ray(cfg)
     report = run_score(cfg, [score_date])
     print_summary(report)
 
     _how_to_read(preds, score_date)
     _show_kind(kind, preds, score_date, cfg)
     return report
+
+
+def _quiet_ray(cfg) -> None:
+    """The demo shows batchscore's own progress and summary; Ray's notes to operators (its token
+    authentication notice, Ray Data's plans, progress logs and tips) would bury them. Only
+    for a Ray the demo starts itself: token authentication, Ray's default for a new local
+    cluster, is then asked for explicitly, which is the same setting without the notice."""
+    import logging
+
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray.data  # noqa: F401 - configures the ray.data logger, which is then turned down
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def _show_kind(kind: str, preds: str, score_date: str, cfg) -> None:
@@ -120,6 +137,13 @@ def _show_kind(kind: str, preds: str, score_date: str, cfg) -> None:
             print(f"  item_id={item}  {cfg.output.order_by}={score:.4f}")
 
 
+def _this_python() -> str:
+    """The interpreter running the demo (the venv's, which has deltalake), as a path the user can
+    type from here: a bare `python` is often another environment."""
+    rel = os.path.relpath(sys.executable)
+    return shlex.quote(sys.executable if rel.startswith("..") else rel)
+
+
 def _how_to_read(preds: str, score_date: str) -> None:
     """The table as a Delta reader sees it, and how to read it."""
     from deltalake import DeltaTable
@@ -130,7 +154,7 @@ def _how_to_read(preds: str, score_date: str) -> None:
         f"\npredictions: a Delta Lake table at {preds} (version {table.version()}, {score_date}: {rows} rows)"
     )
     print(
-        "  read it:   python -c \"import deltalake; print(deltalake.DeltaTable('"
+        f"  read it:   {_this_python()} -c \"import deltalake; print(deltalake.DeltaTable('"
         + str(preds)
         + "').to_pandas())\""
     )

@@ -8,8 +8,10 @@ the job's logs and exits with its outcome (0 succeeded, 1 otherwise); `--no-wait
 The project directory is shipped as the job's working_dir (without .venv, data, caches, and
 never .env, .aws/, *.pem, .netrc or other credential files). The resolved config travels as a
 file inside that upload (not in the job's environment or metadata, which the dashboard shows:
-model.kwargs may hold secrets), so a config file outside the project works too. Credentials are
-never shipped: the cluster's nodes get them from their own environment or instance role.
+model.kwargs may hold secrets), so a config file outside the project works too. The module of a
+model.class_path or preprocessing.function beside the config or in the working directory is
+shipped with it (py_modules), as `score` imports it there. Credentials are never shipped: the
+cluster's nodes get them from their own environment or instance role.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -117,16 +120,58 @@ def absolute_local_paths(cfg, address: str):
 
 
 def submission_id(cfg, dates: list[str], model: dict[str, str]) -> str:
-    what = json.dumps({"dates": dates, "scoring": cfg.scoring_digest(), "model": model}, sort_keys=True)
+    from models.imports import source_digest
+
+    parts: dict[str, Any] = {"dates": dates, "scoring": cfg.scoring_digest(), "model": model}
+    code = source_digest([p for p in (cfg.model.class_path, cfg.preprocessing.function) if p])
+    if code:  # an edit of the model's code is new work, as it is a new scoring identity
+        parts["code"] = code
+    what = json.dumps(parts, sort_keys=True)
     return f"batchscore-{cfg.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
 
 
-def runtime_env(deps: str, image: str | None) -> dict[str, Any]:
+def user_code(cfg) -> list[str]:
+    """The modules or packages that model.class_path and preprocessing.function name, where they
+    live outside the project root (beside the config, in the working directory): shipped as
+    py_modules, so the job imports them as `score` on this machine does. Those at the project
+    root travel with the working_dir; installed packages must be installed on the cluster."""
+    from models.imports import searched_folders, top_level_location
+
+    folders = [f for f in searched_folders() if Path(f).resolve() != PROJECT_ROOT]
+    found = []
+    for path in (cfg.model.class_path, cfg.preprocessing.function):
+        where = top_level_location(path) if path else None
+        if where and any(Path(where).resolve().parent == Path(f).resolve() for f in folders):
+            found.append(where)
+    return sorted(set(found))
+
+
+def as_packages(paths: list[str], scratch: str) -> list[str]:
+    """py_modules entries the Job API can upload: it takes directories only (a single .py file
+    fails in Ray 2.60's job SDK), so a module file goes as a package of the same name whose
+    __init__.py is the file: `import name` and `name:Class` work the same on the cluster."""
+    import shutil
+
+    shipped = []
+    for path in paths:
+        if os.path.isdir(path):
+            shipped.append(path)
+            continue
+        package = Path(scratch) / Path(path).stem
+        package.mkdir()
+        shutil.copyfile(path, package / "__init__.py")
+        shipped.append(str(package))
+    return shipped
+
+
+def runtime_env(deps: str, image: str | None, py_modules: list[str] | None = None) -> dict[str, Any]:
     env: dict[str, Any] = {
         "working_dir": str(PROJECT_ROOT),
         "excludes": EXCLUDES,
         "env_vars": {"PYTHONUNBUFFERED": "1"},
     }
+    if py_modules:
+        env["py_modules"] = list(py_modules)
     if image:
         env["image_uri"] = image
     elif deps == "pyproject":
@@ -159,11 +204,40 @@ def follow(client, job_id: str, poll_s: float = 1.0) -> str:
         time.sleep(poll_s)
 
 
+def _submit_new(client, args: argparse.Namespace, cfg, job_id: str, dates: list[str], model: dict) -> str:
+    """Submit the job (config, user code and project uploaded); returns its entrypoint."""
+    from pipeline.config import dump_config
+
+    shipped = Path(SUBMIT_DIR) / f"{job_id}.yaml"
+    entrypoint = shlex.join(["python", "-m", "jobs.score", shipped.as_posix(), *date_args(dates)])
+    local = PROJECT_ROOT / shipped
+    local.parent.mkdir(exist_ok=True)
+    local.write_text(dump_config(cfg, redact=False))
+    local.chmod(0o600)
+    scratch = tempfile.TemporaryDirectory(prefix="batchscore-submit-")
+    try:  # the upload of the working_dir and py_modules happens inside submit_job
+        client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=job_id,
+            runtime_env=runtime_env(args.deps, args.image, as_packages(user_code(cfg), scratch.name)),
+            metadata={
+                "batchscore_job": cfg.name,
+                "dates": ",".join(dates),
+                "model_version": model["version"],
+                "scoring_hash": cfg.scoring_digest(),
+            },
+        )
+    finally:
+        local.unlink(missing_ok=True)
+        scratch.cleanup()
+    return entrypoint
+
+
 def submit(args: argparse.Namespace) -> dict[str, Any]:
     from ray.job_submission import JobSubmissionClient
 
     from jobs.cli import resolve_dates
-    from pipeline.config import dump_config, load_config
+    from pipeline.config import load_config
 
     cfg = absolute_local_paths(load_config(args.config, args.overrides), args.address)
     dates = resolve_dates(args, cfg)
@@ -191,26 +265,7 @@ def submit(args: argparse.Namespace) -> dict[str, Any]:
         return result
     else:
         job_id = sid if not ours else f"{sid}-r{len(ours) + 1}"
-        shipped = Path(SUBMIT_DIR) / f"{job_id}.yaml"
-        entrypoint = shlex.join(["python", "-m", "jobs.score", shipped.as_posix(), *date_args(dates)])
-        local = PROJECT_ROOT / shipped
-        local.parent.mkdir(exist_ok=True)
-        local.write_text(dump_config(cfg, redact=False))
-        local.chmod(0o600)
-        try:  # the upload of the working_dir happens inside submit_job
-            client.submit_job(
-                entrypoint=entrypoint,
-                submission_id=job_id,
-                runtime_env=runtime_env(args.deps, args.image),
-                metadata={
-                    "batchscore_job": cfg.name,
-                    "dates": ",".join(dates),
-                    "model_version": model["version"],
-                    "scoring_hash": cfg.scoring_digest(),
-                },
-            )
-        finally:
-            local.unlink(missing_ok=True)
+        entrypoint = _submit_new(client, args, cfg, job_id, dates, model)
         print(f"submitted {job_id} to {args.address}: {entrypoint}")
         result.update(submission_id=job_id, submitted=True)
     if args.no_wait:

@@ -25,6 +25,16 @@ def validate(config: str, overrides: list[str], args: argparse.Namespace) -> Non
     for part in p.inputs.partitions:
         print(f"input    {part.uri}: ok ({len(part.files)} files, {part.rows} rows)")
     print(f"columns  {p.requirements.columns}: present with usable types in every file")
+    from pipeline.stages.duplicates import find_duplicates, refuse
+
+    found = find_duplicates(p.inputs, cfg.output.key_columns)  # what `score` would find
+    if cfg.output.duplicate_keys == "fail":
+        refuse(found)
+    repeats = ", ".join(f"{d}: {len(x.keys)} keys on {x.rows} rows" for d, x in sorted(found.dates.items()))
+    print(
+        f"keys     {cfg.output.key_columns}: "
+        + (f"repeat ({repeats}), {cfg.output.duplicate_keys}" if repeats else "unique within each date")
+    )
 
     from pipeline.run.preflight import probe_model_output
 

@@ -14,7 +14,6 @@ recorded (or given) is refused.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from models.features import FeatureSpec
+from models.imports import ModelError, import_object  # callers import both from here too
 
 METADATA_FILE = "batchscore.json"
 FORMATS = ("safetensors", "torchscript", "export")
@@ -35,10 +35,6 @@ _WEIGHTS_NAME = {
     "export": "model.pt2",
 }
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".bin", ".ckpt")
-
-
-class ModelError(ValueError):
-    """A model or checkpoint cannot be used: what was wrong, and with which file."""
 
 
 @dataclass
@@ -68,6 +64,20 @@ class LoadedModel:
     path: str
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -76,24 +86,24 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def import_object(path: str) -> Any:
-    """`package.module:Name` (or `package.module.Name`) -> the object."""
-    mod_name, sep, attr = path.partition(":")
-    if not sep:
-        mod_name, _, attr = path.rpartition(".")
-    if not mod_name or not attr:
-        raise ModelError(f"import path {path!r}: expected 'package.module:Name'")
+def _check_call(fn: Any, kwargs: dict[str, Any], what: str, args: tuple[Any, ...] = ()) -> None:
+    """Refuse a call whose arguments do not fit `fn`'s signature (a ModelError, exit 2) before
+    it is made, instead of a TypeError deep inside a stage: `what` says whose arguments."""
+    import inspect
+
     try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ModelError(f"import path {path!r}: cannot import module {mod_name!r}: {e}") from e
-    owner = mod_name
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ModelError(f"import path {path!r}: {owner!r} has no attribute {part!r}")
-        obj = getattr(obj, part)
-        owner = f"{owner}.{part}"
-    return obj
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise ModelError(f"{what}{sig}: {e}") from None
+
+
+def check_forward_inputs(module: Any, inputs: list[str], class_path: str) -> None:
+    """model.inputs must fit forward: the predictor calls `module(*inputs)` positionally."""
+    _check_call(module.forward, {}, f"model.inputs {inputs} do not fit {class_path}.forward", tuple(inputs))
 
 
 def build_architecture(arch: dict[str, Any]) -> Any:
@@ -107,8 +117,19 @@ def build_architecture(arch: dict[str, Any]) -> Any:
         return build_dlrm(preset=arch.get("preset", "dlrm-demo"), **kwargs)
     if "class" in arch:
         cls = import_object(arch["class"])
+        _check_call(cls, kwargs, f"model.kwargs {sorted(kwargs)} do not fit {arch['class']}")
         return cls(**kwargs)
     raise ModelError(f"architecture record needs 'builtin' or 'class', got keys {sorted(arch)}")
+
+
+def _save_safetensors(model: Any, wpath: str) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, wpath)
+    # safetensors writes 0600 (a temp file renamed); a scoring service running as another user
+    # must be able to read the checkpoint, as it reads the metadata file beside it
+    os.chmod(wpath, 0o666 & ~_umask())
 
 
 def save_checkpoint(
@@ -135,12 +156,9 @@ def save_checkpoint(
     wpath = os.path.join(directory, weights)
     model = model.eval()
     if format == "safetensors":
-        from safetensors.torch import save_file
-
         if architecture is None:
             raise ModelError("a safetensors checkpoint needs an architecture record to rebuild the model")
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, wpath)
+        _save_safetensors(model, wpath)
     elif format == "torchscript":
         if example_inputs is None:
             raise ModelError("TorchScript export needs example_inputs")
@@ -318,6 +336,8 @@ def load_model(path: str, *, map_location: str = "cpu", **overrides: Any) -> Loa
     meta, wpath = inspect_checkpoint(path, **overrides)
     if meta.format == "safetensors":
         module = _load_safetensors(wpath, meta.architecture).to(map_location)
+        if "class" in (meta.architecture or {}):
+            check_forward_inputs(module, meta.inputs, meta.architecture["class"])
     elif meta.format == "torchscript":
         _refuse_plain_pickle(wpath)
         try:

@@ -29,12 +29,25 @@ class FeatureError(ValueError):
     """A batch does not fit the feature spec (missing column, wrong type)."""
 
 
+TYPE_FAMILIES = ("integer", "string")
+
+
 @dataclass
 class CategoricalFeature:
-    """A categorical column hashed into `buckets` ids. Null goes to bucket 0, values to 1..buckets-1."""
+    """A categorical column hashed into `buckets` ids. Null goes to bucket 0, values to 1..buckets-1.
+
+    An integer hashes by its value and a string by its bytes, so the same id as int64 and as
+    string lands in different buckets. `dtype` records which family the model was trained on
+    ('integer': any integer width; 'string': string, large_string, binary, views, dictionaries of
+    them); a column of the other family is refused, unless `cast_from` names that family: its
+    values are then converted to `dtype` before hashing (integers to their decimal text, text
+    parsed as a base-10 int64), so 123 and "123" get the same bucket. `dtype` None: a spec saved
+    before types were recorded; either family is taken, one per column within a run."""
 
     name: str
     buckets: int
+    dtype: str | None = None
+    cast_from: str | None = None
 
 
 @dataclass
@@ -64,7 +77,12 @@ class FeatureSpec:
         return [f.name for f in self.categorical] + [f.name for f in self.dense]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for c in d["categorical"]:  # unset type fields left out: older specs keep their digest
+            for k in ("dtype", "cast_from"):
+                if c[k] is None:
+                    del c[k]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -201,6 +219,88 @@ def check_spec(spec: FeatureSpec) -> None:
             raise FeatureError(
                 f"categorical feature {f.name!r}: buckets must be >= 2 (and <= 2**63), got {f.buckets}"
             )
+        if f.dtype is not None and f.dtype not in TYPE_FAMILIES:
+            raise FeatureError(f"categorical feature {f.name!r}: dtype must be one of {TYPE_FAMILIES}")
+        if f.cast_from is not None and (
+            f.dtype is None or f.cast_from not in TYPE_FAMILIES or f.cast_from == f.dtype
+        ):
+            raise FeatureError(
+                f"categorical feature {f.name!r}: cast_from needs a dtype and must be the other of "
+                f"{TYPE_FAMILIES}, got dtype={f.dtype!r} cast_from={f.cast_from!r}"
+            )
+
+
+def type_family(t: pa.DataType) -> str | None:
+    """'integer' or 'string' (the two ways a categorical column hashes), None for anything else."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t):
+        return "integer"
+    return "string" if is_text_type(t) else None
+
+
+def type_problem(t: pa.DataType, feat: CategoricalFeature) -> str | None:
+    """Why a column of type `t` cannot feed `feat` as the model was trained, or None when it can
+    (the one rule the validate stage and the hashing both apply)."""
+    family = type_family(t)
+    if family is None:
+        return f"has type {t}, expected an integer or string column"
+    if feat.dtype is None or family == feat.dtype or feat.cast_from == family:
+        return None
+    return (
+        f"has type {t} ({family}), but the model was trained on {feat.dtype} values of it "
+        f"({family} and {feat.dtype} values hash to different buckets). Cast the column back to "
+        f"{feat.dtype}, or set cast_from: {family} on the feature in the spec to convert it "
+        "(the same bucket either way)"
+    )
+
+
+def _convert(column: pa.Array | pa.ChunkedArray, feat: CategoricalFeature) -> pa.Array | pa.ChunkedArray:
+    """A column of the family `feat.cast_from` as `feat.dtype`: integers as their decimal text,
+    text parsed as int64 (a value that is not a base-10 integer is an error naming the column)."""
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, column.type.value_type)
+    target = pa.large_string() if feat.dtype == "string" else pa.int64()
+    try:
+        return pc.cast(column, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise FeatureError(
+            f"categorical feature {feat.name!r}: cannot convert its {column.type} values to "
+            f"{feat.dtype} (cast_from: {feat.cast_from}): {e}"
+        ) from None
+
+
+def categorical_keys(
+    column: pa.Array | pa.ChunkedArray, feat: CategoricalFeature
+) -> pa.Array | pa.ChunkedArray:
+    """`categorical_key_column` after the type check against what the model was trained on, with
+    the spec's declared conversion applied; the check again where the batches are hashed, so a
+    column the validate stage did not see (a new file, another entry point) cannot mix hashes."""
+    why = type_problem(column.type, feat)
+    if why is not None:
+        raise FeatureError(f"categorical feature {feat.name!r}: column {why}")
+    if feat.dtype is not None and type_family(column.type) != feat.dtype:
+        column = _convert(column, feat)
+    return categorical_key_column(column, feat.name)
+
+
+def record_types(table: pa.Table, spec: FeatureSpec) -> FeatureSpec:
+    """A copy of `spec` with each categorical feature's `dtype` the family of its column in
+    `table` (the training data), so scoring can refuse a column whose type changed since."""
+    recorded = FeatureSpec.from_dict(spec.to_dict())
+    for f in recorded.categorical:
+        family = type_family(table.schema.field(f.name).type)
+        if family is None:
+            raise FeatureError(
+                f"categorical feature {f.name!r}: training column has type "
+                f"{table.schema.field(f.name).type}, expected an integer or string column"
+            )
+        if f.dtype is not None and f.dtype != family and f.cast_from != family:
+            raise FeatureError(
+                f"categorical feature {f.name!r}: spec says {f.dtype}, training data is {family}"
+            )
+        f.dtype = f.dtype or family
+    return recorded
 
 
 def _mostly_repeats(arr: pa.Array) -> bool:
@@ -291,7 +391,7 @@ def encode_table(table: pa.Table, spec: FeatureSpec) -> dict[str, pa.Array | pa.
     check_columns(table.column_names, spec.columns, "feature transform")
     out: dict[str, pa.Array | pa.ChunkedArray] = {}
     for f in spec.categorical:
-        out[CAT_KEY_PREFIX + f.name] = categorical_key_column(table.column(f.name), f.name)
+        out[CAT_KEY_PREFIX + f.name] = categorical_keys(table.column(f.name), f)
     for f in spec.dense:
         out[DENSE_RAW_PREFIX + f.name] = dense_raw_column(table.column(f.name), f)
     return out
@@ -405,30 +505,58 @@ def reject_reasons(table: pa.Table, spec: FeatureSpec, key_columns: list[str]) -
     return reasons if found else None
 
 
+_NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _chunk_hash64(col: pa.Array) -> np.ndarray:
+    """One value hash per row of one chunk (uint64), nulls as `_NULL_HASH`. Never concatenates or
+    decodes a column into one buffer: a row group with more than 2 GiB of strings arrives as
+    several chunks (or with large offsets), and `combine_chunks` of string chunks overflows their
+    32-bit offsets."""
+    t = col.type
+    if pa.types.is_dictionary(t):  # each distinct value hashed once, then gathered by index
+        values = _chunk_hash64(col.dictionary)
+        if len(values) == 0:
+            return np.full(len(col), _NULL_HASH, dtype=np.uint64)
+        idx = col.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        v = values[idx]
+        if col.indices.null_count:
+            v[col.indices.is_null().to_numpy(zero_copy_only=False)] = _NULL_HASH
+        return v
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        ints = pc.cast(col, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        v = _splitmix64(ints.view(np.uint64))
+    elif is_text_type(t):
+        if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+            col = col.cast(pa.large_binary())  # fill_null has no kernel for views
+        v = _fnv1a_strings(col.fill_null(""))
+    else:  # dates, decimals, ...: by their text; large offsets, as a chunk's text may pass 2 GiB
+        v = _fnv1a_strings(pc.cast(col, pa.large_string()).fill_null(""))
+    if col.null_count:
+        v = v.copy()
+        v[col.is_null().to_numpy(zero_copy_only=False)] = _NULL_HASH
+    return v
+
+
+def column_hash64(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """`_chunk_hash64` of every chunk, end to end (chunk by chunk: any total size)."""
+    if isinstance(col, pa.ChunkedArray):
+        parts = [_chunk_hash64(c) for c in col.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+    return _chunk_hash64(col)
+
+
 def row_hash64(columns: list[pa.Array | pa.ChunkedArray], seed: int) -> np.ndarray:
     """A 64-bit hash per row over several columns (ints or strings), stable across processes.
 
-    Used to compare the multiset of keys in and out of a run without collecting the keys.
+    Used to compare the multiset of keys in and out of a run without collecting the keys. A
+    value hashes the same whatever its chunking, offsets width (string / large_string / view) or
+    dictionary encoding.
     """
     n = len(columns[0]) if columns else 0
     h = np.full(n, np.uint64(seed), dtype=np.uint64)
     for col in columns:
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
-        if pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        t = col.type
-        if pa.types.is_integer(t) or pa.types.is_boolean(t):
-            ints = pc.cast(col, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-            v = _splitmix64(ints.view(np.uint64))
-        elif is_text_type(t):
-            v = _fnv1a_strings(col.fill_null(""))
-        else:
-            v = _fnv1a_strings(pc.cast(col, pa.string()).fill_null(""))
-        if col.null_count:
-            v = v.copy()
-            v[col.is_null().to_numpy(zero_copy_only=False)] = np.uint64(0x9E3779B97F4A7C15)
-        h = _splitmix64(h * np.uint64(0x100000001B3) ^ v)
+        h = _splitmix64(h * np.uint64(0x100000001B3) ^ column_hash64(col))
     return h
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from models.features import FeatureSpec, fit_dense_stats, transform_table
+from models.features import FeatureSpec, fit_dense_stats, record_types, transform_table
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -80,7 +80,8 @@ def train_dlrm(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    spec = fit_dense_stats(table, spec)
+    # the statistics and the column types the model learns from go into its checkpoint's spec
+    spec = record_types(table, fit_dense_stats(table, spec))
     feats = transform_table(table, spec)
     heads = list(PRESETS.get(preset, {}).get("heads", []))
     if heads:

@@ -87,6 +87,18 @@ class InputConfig(_Strict):
 class CategoricalFeatureConfig(_Strict):
     name: str = Field(description="Input column (integer or string).")
     buckets: int = Field(ge=2, description="Hash buckets; null -> 0, values -> 1..buckets-1.")
+    dtype: Literal["integer", "string"] | None = Field(
+        None,
+        description="The column's type family at training time (an integer hashes by value, a "
+        "string by its bytes: the same id gets another bucket). An input column of the other family "
+        "is an input error (exit 2) unless cast_from allows it. Unset: either family, one per column "
+        "within a run (specs saved before types were recorded; set it).",
+    )
+    cast_from: Literal["integer", "string"] | None = Field(
+        None,
+        description="Accept this other family too, converted to dtype before hashing (integers as "
+        "their decimal text, text parsed as base-10 int64), so 123 and '123' get the same bucket.",
+    )
 
 
 class DenseFeatureConfig(_Strict):
@@ -120,7 +132,9 @@ class PreprocessingConfig(_Strict):
     function: str | None = Field(
         None,
         description="Your own preprocessing, 'package.module:function'. Called as "
-        "fn(batch: pyarrow.Table) -> dict[str, numpy.ndarray] with one entry per model input.",
+        "fn(batch: pyarrow.Table) -> dict[str, numpy.ndarray] with one entry per model input. "
+        "It gets the columns as they are in the files (no type check or conversion: a column's type "
+        "may change between dates; cast to what the model was trained on).",
     )
     batch_size: int = Field(8192, ge=1, description="Rows per preprocessing batch.")
     num_cpus: float = Field(
@@ -308,13 +322,25 @@ class OutputConfig(_Strict):
         description="Rows per output file: the write stage collects blocks up to this many rows, then "
         "writes them split evenly into files of at most this many, whatever the input files' sizes.",
     )
-    compression: Literal["snappy", "zstd", "gzip", "none"] = Field("zstd")
+    compression: Literal["snappy", "zstd", "gzip", "none"] = Field(
+        "zstd",
+        description="Parquet compression codec of the prediction files ('none': uncompressed). "
+        "Any Parquet reader reads each; zstd is the smallest, snappy the fastest to write.",
+    )
     max_bad_row_fraction: float = Field(
         0.01,
         ge=0,
         le=1,
         description="Fail the run (publish nothing) when dead-letter rows exceed this fraction of a "
         "partition's input rows.",
+    )
+    duplicate_keys: Literal["allow", "dead_letter", "fail"] = Field(
+        "fail",
+        description="Input rows whose key_columns repeat within a date (found before any model work "
+        "by one more read of the key columns): 'fail' refuses the run (exit 2, naming dates and keys); "
+        "'dead_letter' sends every row of a repeated key to the dead-letter table (they count against "
+        "max_bad_row_fraction); 'allow' scores each row (one prediction per input row, so the key "
+        "repeats in the table too). The report counts them in every mode.",
     )
     verify: Literal["keys", "counts"] = Field(
         "keys",
@@ -532,7 +558,9 @@ class JobConfig(_Strict):
         model, output layout. Equal digests + equal model sha256 = the same scores."""
         what = {
             "input": self.input.model_dump(mode="json", include={"uri", "partition_column", "columns"}),
-            "preprocessing": self.preprocessing.model_dump(mode="json", include={"features", "function"}),
+            "preprocessing": _without_unset_types(
+                self.preprocessing.model_dump(mode="json", include={"features", "function"})
+            ),
             "model": self.model.model_dump(mode="json"),
             "output": self.output.model_dump(
                 mode="json", include={"uri", "key_columns", "partition_columns", "score_column"}
@@ -548,12 +576,24 @@ class JobConfig(_Strict):
                 "embedding_dtype": True,
                 # how the top-K is computed (partitions, max_group_rows) does not change it
                 "top_k": {"group_by", "k", "order_by", "count_column"},
+                # which rows get a prediction when keys repeat (the default, fail, scores none)
+                "duplicate_keys": True,
             },
             exclude_defaults=True,
         )
         if kinds:
             what["output"]["kinds"] = kinds
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_unset_types(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """The features' unset dtype/cast_from left out: configs from before feature types keep
+    their scoring identity (and their committed dates are not rescored for it)."""
+    for c in (preprocessing.get("features") or {}).get("categorical", []):
+        for k in ("dtype", "cast_from"):
+            if c.get(k) is None:
+                c.pop(k, None)
+    return preprocessing
 
 
 def parse_date(value: str) -> dt.date:
@@ -565,13 +605,39 @@ def parse_date(value: str) -> dt.date:
         raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}: {e}") from e
 
 
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section holding `loc` accepts, found by walking the models along the path
+    (list indexes and dict keys of free-form sections are stepped over)."""
+    model: Any = JobConfig
+    for part in loc[:-1]:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = [a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type)]
+        subs = [a for a in inner if issubclass(a, BaseModel)]
+        model = subs[0] if subs else None
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _unknown_key_message(loc: tuple[Any, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1, cutoff=0.6)
+    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = _unknown_key_message(e["loc"])
         elif e["type"] == "missing":
             msg = "required key is missing"
         lines.append(f"  {loc}: {msg}")
@@ -621,7 +687,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    cfg = config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    if not str(path).startswith(ENV_PREFIX):
+        from models.imports import allow_imports_from
+
+        # a model class or preprocessing function beside the config (or in the working
+        # directory) imports without PYTHONPATH, as a user of recipe tools expects
+        named = [p for p in (cfg.model.class_path, cfg.preprocessing.function) if p]
+        allow_imports_from([str(Path(path).resolve().parent), os.getcwd()], named)
+    return cfg
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> JobConfig:

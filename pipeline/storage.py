@@ -7,9 +7,10 @@ touches storage, so they are not pickled into Ray tasks, logged or written to re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
-import tempfile
+import secrets
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -110,13 +111,41 @@ def write_bytes(loc: Location, data: bytes) -> None:
     parent = posixpath.dirname(loc.path)
     if isinstance(loc.fs, pafs.LocalFileSystem):
         os.makedirs(parent, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, loc.path)
+        # Not mkstemp: it creates 0600 files, and a report or a checkpoint must be readable by
+        # the other users the umask allows (a scoring service, a dashboard), as Parquet files are.
+        tmp = os.path.join(parent, f".tmp-{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, loc.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         return
     with loc.fs.open_output_stream(loc.path) as f:
         f.write(data)
+
+
+def probe_writable(root: Location, name: str) -> None:
+    """Write and delete the object `name` under `root` (raises OSError when that fails). Local
+    folders the probe had to create are removed again: a run refused after its probe (exit 2)
+    leaves no empty output folder behind. Only empty ones: another run may have filled them."""
+    created = []
+    if isinstance(root.fs, pafs.LocalFileSystem):
+        folder = root.path
+        while folder and not os.path.exists(folder):
+            created.append(folder)
+            folder = os.path.dirname(folder.rstrip("/"))
+    probe = root.join(name)
+    try:
+        write_bytes(probe, b"")
+        probe.fs.delete_file(probe.path)
+    finally:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 def delete_dir(loc: Location) -> None:

@@ -2,7 +2,8 @@
 
 Run it in its own process (`FaultProxy.spawn`) when delta-rs talks through it: delta-rs calls can
 hold the GIL while they wait for the network, so a proxy thread in the same process would stall.
-`GET /__faultproxy_stats` returns the counts of injected faults as JSON.
+`GET /__faultproxy_stats` returns the counts of injected faults as JSON; `GET /__faultproxy_outage/on`
+starts an outage (every request answered 503 ServiceUnavailable) and `.../off` ends it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
+UNAVAILABLE = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+    b"<Message>Service is unable to handle request.</Message></Error>"
+)
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
@@ -31,8 +36,9 @@ class FaultProxy:
         self.upstream = urlparse(upstream)
         self.slow_every, self.drop_every = slow_every, drop_every
         self.counter = itertools.count(1)
-        self.injected = {"slow_down": 0, "dropped": 0, "forwarded": 0}
+        self.injected = {"slow_down": 0, "dropped": 0, "forwarded": 0, "outage": 0}
         self.enabled = True
+        self.outage = False
         self.lock = threading.Lock()
         proxy = self
 
@@ -65,10 +71,25 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _error(self, body: bytes) -> None:
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
             def _handle(self) -> None:
                 body = self._body()
                 if self.path == "/__faultproxy_stats":
                     return self._stats()
+                if self.path.startswith("/__faultproxy_outage/"):
+                    proxy.outage = self.path.endswith("/on")
+                    return self._stats()
+                if proxy.outage:
+                    with proxy.lock:
+                        proxy.injected["outage"] += 1
+                    return self._error(UNAVAILABLE)
                 n = next(proxy.counter)
                 if proxy.enabled and proxy.drop_every and n % proxy.drop_every == 2:
                     with proxy.lock:
@@ -79,13 +100,7 @@ class FaultProxy:
                 if proxy.enabled and proxy.slow_every and n % proxy.slow_every == 1:
                     with proxy.lock:
                         proxy.injected["slow_down"] += 1
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(SLOW_DOWN)
-                    return
+                    return self._error(SLOW_DOWN)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
                 headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
@@ -143,6 +158,12 @@ class SpawnedFaultProxy:
     def injected(self) -> dict[str, int]:
         with urllib.request.urlopen(self.endpoint + "/__faultproxy_stats", timeout=10) as r:
             return json.loads(r.read())
+
+    def set_outage(self, on: bool) -> None:
+        """Every request answered 503 from now on (an S3 outage), or forwarded again."""
+        url = f"{self.endpoint}/__faultproxy_outage/{'on' if on else 'off'}"
+        with urllib.request.urlopen(url, timeout=10):
+            pass
 
     def __exit__(self, *exc) -> None:
         assert self.proc is not None

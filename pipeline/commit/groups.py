@@ -94,11 +94,13 @@ def duplicate_groups(fs, paths: list[str], group_by: list[str], limit: int = 3) 
     if running_ray() is not None:
         import ray.data
 
-        ds = ray.data.read_parquet(paths, filesystem=fs, columns=group_by)
+        # select_columns, not columns= (deprecated in Ray 2.60, it warned on the user's terminal);
+        # Ray pushes the projection into the read all the same
+        ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(group_by)
         # partitions: one per file, not Ray's default of 200 (an actor each, seconds to start)
         counts = ds.groupby(group_by, num_partitions=max(1, min(len(paths), 64))).count()
         found = counts.map_batches(lambda b: over_one(b, "count()"), batch_format="pyarrow")
-        return [{**r, "rows": r.pop("count()")} for r in found.take(limit)]
+        return [_rows_named(r, "count()") for r in found.take(limit)]
     import pyarrow.parquet as pq
 
     tables = []
@@ -107,7 +109,14 @@ def duplicate_groups(fs, paths: list[str], group_by: list[str], limit: int = 3) 
             tables.append(pq.read_table(f, columns=group_by))
     counts = pa.concat_tables(tables).group_by(group_by, use_threads=False).aggregate([([], "count_all")])
     found = over_one(counts, "count_all").slice(0, limit).to_pylist()
-    return [{**r, "rows": r.pop("count_all")} for r in found]
+    return [_rows_named(r, "count_all") for r in found]
+
+
+def _rows_named(group: dict, count_key: str) -> dict:
+    """A group's keys and its row count as `rows` (the aggregate's own name dropped: `{**r,
+    "rows": r.pop(k)}` kept it, as the dict was unpacked before the pop)."""
+    rows = group.pop(count_key)
+    return {**group, "rows": rows}
 
 
 def check_groups(

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
+import signal
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -33,6 +36,7 @@ from pipeline.commit.tables import (
     TableFile,
     check_partitioning,
     check_schema,
+    committed_files,
     date_app_id,
     delete_run_files,
     digest_of,
@@ -40,12 +44,18 @@ from pipeline.commit.tables import (
     run_files,
     table_schema,
 )
-from pipeline.errors import CommitConflictError, CommitError
+from pipeline.errors import CommitConflictError, CommitError, StorageError
 from pipeline.stages.deadletter import REASON_COLUMN, dead_letter_schema
 from pipeline.stages.read import InputPartition, InputPlan
 from pipeline.storage import Location
 
 log = logging.getLogger("batchscore")
+
+# Test hooks (tests/integration/test_race.py), unset in production: each names a file that the
+# process writes, then stops itself with SIGSTOP, at one moment of a date's commit, so that a test
+# can SIGKILL it there or let it go on (SIGCONT) when it chooses: the race windows made reproducible.
+PAUSE_BEFORE_COMMIT_ENV = "BATCHSCORE_TEST_PAUSE_BEFORE_COMMIT"  # checked; the predictions' commit next
+PAUSE_BETWEEN_COMMITS_ENV = "BATCHSCORE_TEST_PAUSE_BETWEEN_COMMITS"  # predictions in; dead letters next
 
 
 @dataclass
@@ -305,30 +315,43 @@ def _committed_by_this_run(tables: OutputTables, preds, date: str, run: RunIdent
     return tables.predictions.committed_by(preds, tables.partition_column, date, run.run_id, run.attempt)
 
 
+@dataclass
+class _Published:
+    """A date whose predictions this run has committed: what its dead letters' commit needs."""
+
+    preds: Any
+    dls: Any
+    dl_schema: Any
+    generation: int
+
+
 def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, meta: dict) -> DateCommit:
-    from deltalake.exceptions import CommitFailedError
+    """The predictions' commit, then the dead letters'. A storage error ends in a StorageError
+    saying which of the two commits is in the log (a raw delta-rs or S3 traceback says neither)."""
+    from deltalake.exceptions import DeltaError
 
     col, date = tables.partition_column, c.part.date
-    preds, dls, schema, dl_schema = _open_tables(tables, c, policy)
-    identity = identity_of(c.part, run.model_sha256, run.scoring_hash)
-    generation = _committed_by_this_run(tables, preds, date, run)
-    if generation is None:
-        current = preds.transaction_version(date_app_id(col, date))
-        if date in run.seen and current != run.seen[date]:
-            return _lost_race(tables, c, run, identity, "it was committed after this run started")
-        generation = (current or 0) + 1
-        if run.check_lease is not None:
-            run.check_lease()
-        try:
-            tables.predictions.commit_date(
-                preds, col, date, c.staged, schema, generation, identity, meta, run.run_id, run.attempt
-            )
-        except CommitFailedError as e:
-            preds = tables.predictions.open()
-            if _committed_by_this_run(tables, preds, date, run) != generation:
-                return _lost_race(tables, c, run, identity, f"delta-rs: {str(e)[:200]}")
-    version = tables.predictions.version_of(preds, date, run.run_id, run.attempt)  # refreshes `preds`
-    dl_version = _commit_dead_letters(tables, dls, c, dl_schema, generation, meta)
+    try:
+        done = _commit_predictions(tables, c, run, policy, meta)
+    except (OSError, DeltaError) as e:
+        raise StorageError(
+            f"{col}={date}: storage failed during the commit of its predictions ({brief_error(e)}); nothing "
+            "of it was published by this run, unless that commit landed and its reply was lost. Run "
+            "the same command again: a date committed as asked is skipped, any other is scored again"
+        ) from None
+    if isinstance(done, DateCommit):  # another run committed the date first
+        return done
+    pause_for_test(PAUSE_BETWEEN_COMMITS_ENV, col, date)
+    try:
+        version = tables.predictions.version_of(done.preds, date, run.run_id, run.attempt)  # refreshes it
+        dl_version = _commit_dead_letters(tables, done.dls, c, done.dl_schema, done.generation, meta)
+    except (OSError, DeltaError) as e:
+        raise StorageError(
+            f"{col}={date}: its predictions are committed, but storage failed before its dead letters "
+            f"were ({brief_error(e)}). Readers see the date's predictions whole; its "
+            f"{sum(f.rows for f in c.dead)} dead letters are missing: run the same command again, it "
+            "scores the date again and commits both"
+        ) from None
     return DateCommit(
         date=date,
         version=version,
@@ -341,6 +364,53 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
         dead_letter_reasons=_reason_counts(tables.dead_letters.location, c.dead) if c.dead else {},
         file_sizes={f.path: f.size for f in c.staged},
     )
+
+
+def _commit_predictions(
+    tables: OutputTables, c: _Checked, run, policy: CommitPolicy, meta: dict
+) -> _Published | DateCommit:
+    """The date's predictions in one transaction: `_Published`, or the DateCommit of a lost race."""
+    from deltalake.exceptions import CommitFailedError
+
+    col, date = tables.partition_column, c.part.date
+    preds, dls, schema, dl_schema = _open_tables(tables, c, policy)
+    identity = identity_of(c.part, run.model_sha256, run.scoring_hash)
+    generation = _committed_by_this_run(tables, preds, date, run)
+    if generation is None:
+        current = preds.transaction_version(date_app_id(col, date))
+        if date in run.seen and current != run.seen[date]:
+            return _lost_race(tables, c, run, policy, "it was committed after this run started")
+        generation = (current or 0) + 1
+        pause_for_test(PAUSE_BEFORE_COMMIT_ENV, col, date)  # resumed, it commits on a stale snapshot
+        if run.check_lease is not None:
+            run.check_lease()
+        try:
+            tables.predictions.commit_date(
+                preds, col, date, c.staged, schema, generation, identity, meta, run.run_id, run.attempt
+            )
+        except CommitFailedError as e:
+            preds = tables.predictions.open()
+            if _committed_by_this_run(tables, preds, date, run) != generation:
+                return _lost_race(tables, c, run, policy, f"delta-rs: {str(e)[:200]}")
+    return _Published(preds, dls, dl_schema, generation)
+
+
+def brief_error(e: BaseException, limit: int = 300) -> str:
+    """An error's text on one line for a message: delta-rs colours its error chains for a terminal."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def pause_for_test(env: str, col: str, date: str) -> None:
+    """A test hook (PAUSE_*_ENV) when its variable is set: the file says which process and date,
+    written whole (a rename) so that a test polling for it never reads half of it."""
+    path = os.environ.get(env)
+    if not path:
+        return
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {col}={date}\n")
+    os.replace(path + ".tmp", path)
+    os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _arrow_schema(table) -> Any:
@@ -356,13 +426,13 @@ def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generat
     from deltalake.exceptions import CommitFailedError
 
     col, date = tables.partition_column, c.part.date
-    run_id, attempt = meta["run_id"], meta["attempt"]
+    run_id, attempt = meta["run_id"], meta.get("attempt", "")
     for _attempt in range(5):
         current = tables.predictions.open().transaction_version(date_app_id(col, date))
         if current != generation:
             log.warning("%s=%s was replaced by a newer run before its dead letters were committed", col, date)
             if not tables.dead_letters.ever_committed_by(dls, col, date, run_id, attempt):
-                delete_run_files(tables.dead_letters.location, c.dead)
+                delete_run_files(tables.dead_letters, c.dead)
             return None
         if tables.dead_letters.committed_by(dls, col, date, run_id, attempt) == generation:
             return tables.dead_letters.version_of(dls, date, run_id, attempt)  # landed despite a conflict
@@ -385,23 +455,33 @@ def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generat
     raise CommitError(f"{col}={date}: the dead-letter table kept changing under this run's commit")
 
 
-def _lost_race(tables: OutputTables, c: _Checked, run, identity: DateIdentity, how: str) -> DateCommit:
-    """Another run committed the date between our read of the log and our commit."""
+def _lost_race(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, how: str) -> DateCommit:
+    """Another run committed the date between our read of the log and our commit. With the same
+    model, scoring config and inputs the date is theirs; if their dead letters of it are not in the
+    log (that run may have died between its two commits), this run commits its own, which are the
+    same rows (`_stand_in_dead_letters`), or fails: a date is never left without them by a run
+    that exits 0."""
     col, date = tables.partition_column, c.part.date
+    identity = identity_of(c.part, run.model_sha256, run.scoring_hash)
     preds = tables.predictions.open()
-    state = tables.predictions.state(preds, col, date, identity)
+    state = tables.predictions.state(preds, col, date, identity, tables.dead_letters.open())
+    dl_version = None
+    if state.same_model and state.same_inputs and not state.dead_letters_current:
+        dl_version = _stand_in_dead_letters(tables, c, run, policy, preds, state.generation)
     if not tables.predictions.ever_committed_by(preds, col, date, run.run_id, run.attempt):
-        delete_run_files(tables.predictions.location, c.staged)
-        delete_run_files(tables.dead_letters.location, c.dead)
+        delete_run_files(tables.predictions, c.staged)
+        if dl_version is None:  # committed ones are the table's now
+            delete_run_files(tables.dead_letters, c.dead)
     if state.same_model and state.same_inputs:
         log.info("%s=%s: another run committed it first with the same model and inputs (a no-op)", col, date)
         return DateCommit(
             date=date,
             version=preds.version(),
-            dead_letter_version=None,
+            dead_letter_version=dl_version,
             input_rows=c.part.rows,
             output_rows=0,
-            dead_letter_rows=0,
+            dead_letter_rows=sum(f.rows for f in c.dead) if dl_version is not None else 0,
+            dead_letter_files=[f.path for f in c.dead] if dl_version is not None else [],
             outcome="done by another run",
         )
     raise CommitConflictError(
@@ -409,6 +489,57 @@ def _lost_race(tables: OutputTables, c: _Checked, run, identity: DateIdentity, h
         f"from this run's ({state.why_rescored()}; table version {preds.version()}); nothing of this "
         f"run was published for it. Run again to replace it ({how})"
     )
+
+
+def _stand_in_dead_letters(tables: OutputTables, c: _Checked, run, policy, preds, generation) -> int | None:
+    """Commit this run's dead letters of a date whose predictions another run with the same model,
+    scoring config and inputs committed without its dead letters. Ours are that run's rows when its
+    committed predictions are ours (counts, and key fingerprints from the footers): our own check
+    proved input = our predictions + our dead letters. Otherwise the date is reported incomplete."""
+    col, date = tables.partition_column, c.part.date
+    why = _differs_from_committed(tables, c, policy, preds)
+    if why:
+        raise CommitError(
+            f"{col}={date} is incomplete: another run committed its predictions with this model and "
+            f"inputs but not its dead letters, and this run's cannot stand in for them ({why}). Run the "
+            "same command again: it scores the date again and commits both"
+        )
+    log.warning(
+        "%s=%s: another run committed its predictions but not its dead letters (it stopped between the "
+        "two commits): committing this run's %d dead-letter rows, the same rows, for it",
+        col,
+        date,
+        sum(f.rows for f in c.dead),
+    )
+    from deltalake.exceptions import DeltaError
+
+    _, dl_schema = _schemas(tables, c, policy.key_columns)
+    try:
+        dls = tables.dead_letters.open_or_create(dl_schema)
+        check_schema(dls, dl_schema)
+        return _commit_dead_letters(
+            tables, dls, c, _arrow_schema(dls), generation, {"run_id": run.run_id, "attempt": run.attempt}
+        )
+    except (OSError, DeltaError) as e:
+        raise StorageError(
+            f"{col}={date} is incomplete: another run committed its predictions but not its dead letters, "
+            f"and storage failed while this run committed them for it ({brief_error(e)}). Run the same "
+            "command again: it scores the date again and commits both"
+        ) from None
+
+
+def _differs_from_committed(tables: OutputTables, c: _Checked, policy: CommitPolicy, preds) -> str | None:
+    """Why the date's committed predictions are not the rows this run staged, or None."""
+    col, date, loc = tables.partition_column, c.part.date, tables.predictions.location
+    theirs = committed_files(loc, preds, col, date)
+    rows = sum(f.rows for f in theirs), sum(f.rows for f in c.staged)
+    if rows[0] != rows[1]:
+        return f"{rows[0]} committed prediction rows, {rows[1]} scored by this run"
+    if policy.top_k is None and policy.verify == "keys":
+        keys = policy.key_columns
+        if written_fingerprint(loc, theirs, keys) != written_fingerprint(loc, c.staged, keys):
+            return "the committed predictions' keys are not this run's"
+    return None
 
 
 def withdraw_date(tables: OutputTables, date: str, run: RunIdentity, why: str) -> int | None:

@@ -187,18 +187,50 @@ def run_files(
         return list(pool.map(footer, infos))
 
 
+def committed_files(table_loc: Location, table, col: str, date: str) -> list[TableFile]:
+    """The files of one date in the table's current snapshot (whoever wrote them), with the row
+    count and the stats each footer holds (footers only, no rows read)."""
+    uris = table.file_uris(file_pruning_predicate=[(col, "=", date)])
+    paths = [unquote(u.split("://", 1)[-1]) for u in uris]
+
+    def footer(info) -> TableFile:
+        with table_loc.fs.open_input_file(info.path) as f:
+            md = pq.ParquetFile(f).metadata
+        rel = posixpath.relpath(info.path, table_loc.path)
+        mtime = int(info.mtime.timestamp() * 1000) if info.mtime is not None else 0
+        return TableFile(rel, info.size, md.num_rows, mtime, partition_values(rel), stats_from_footer(md))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(footer, table_loc.fs.get_file_info(paths) if paths else []))
+
+
 def file_schema(table: Location, f: TableFile):
     with table.fs.open_input_file(table.join(f.path).path) as fh:
         return pq.ParquetFile(fh).schema_arrow
 
 
-def delete_run_files(table: Location, files: list[TableFile]) -> None:
+def delete_files(root: Location, paths: list[str], options: dict[str, str] | None) -> None:
+    """Delete files under `root` (paths relative to it); `options`: delta-rs's for an s3:// root.
+    On S3 through delta-rs's object store, not pyarrow: pyarrow's S3 delete_file writes a zero-byte
+    marker object for the parent directory (`ds=DATE/`) on every delete, which no Delta log
+    references and neither client can remove later (both strip the key's trailing '/')."""
+    if options is None or not is_s3(root.uri):
+        for p in paths:
+            root.fs.delete_file(root.join(p).path)
+        return
+    from deltalake.fs import DeltaStorageHandler
+
+    handler = DeltaStorageHandler(root.uri, options)
+    for p in paths:
+        handler.delete_file(p)
+
+
+def delete_run_files(table: DeltaOutput, files: list[TableFile]) -> None:
     """Remove files this run wrote but never committed (best effort: vacuum removes leftovers)."""
-    for f in files:
-        try:
-            table.fs.delete_file(table.join(f.path).path)
-        except OSError as e:
-            logging.getLogger("batchscore").debug("could not delete %s: %s", f.path, e)
+    try:
+        table.delete_files([f.path for f in files])
+    except Exception as e:  # pyarrow raises OSError, delta-rs its own errors
+        log.debug("could not delete files of %s: %s", table.uri, e)
 
 
 class DeltaOutput:
@@ -209,6 +241,11 @@ class DeltaOutput:
         self.partition_by = list(partition_by)
         self.uri = location.uri
         self.options = storage_options(location.uri, storage)
+
+    def delete_files(self, paths: list[str]) -> None:
+        """Delete files under the table (relative paths), leaving no directory markers on S3."""
+        if paths:
+            delete_files(self.location, paths, self.options)
 
     def open(self, version: int | None = None):
         """The table (at `version`, default the latest), or None when there is no table yet."""

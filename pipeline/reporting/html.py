@@ -2,9 +2,9 @@
 
 No scripts, no external URLs, no web fonts: inline CSS and inline SVG only, so the file can be
 opened from object storage, mailed or archived as is. Every text taken from the report is escaped.
-The plots are matplotlib's (pipeline/reporting/plots.py): a score histogram per date against its
-reference (the checkpoint's training profile, else the run-wide profile; all dates on one score
-range), rows/s per Ray Data operator, and output and dead-letter rows per date.
+The plots are matplotlib's (pipeline/reporting/plots.py): a score histogram per date against each
+reference its drift checks used (the previous date, the checkpoint's training profile; all dates on
+one score range), rows/s per Ray Data operator, and output and dead-letter rows per date.
 
 It renders the typed report (pipeline/reporting/schema.py); numbers are formatted by
 pipeline/reporting/formats.py, as in the terminal summary."""
@@ -74,26 +74,31 @@ def score_range(report: RunReport) -> tuple[float, float] | None:
     return plots.round_range(min(lo for lo, _ in ends), max(hi for _, hi in ends))
 
 
-def _reference(report: RunReport) -> tuple[ScoreProfile | None, str, str]:
-    """The profile each date is drawn against, its legend label and its description."""
-    if report.score_reference and report.score_reference.count:
-        return (
-            report.score_reference,
-            "training reference",
-            "the checkpoint's training reference (score_reference)",
-        )
-    if report.scores and report.scores.count:
-        desc = "all dates of this run together (the checkpoint has no training reference)"
-        return report.scores, "all dates of this run", desc
-    return None, "", ""
+def _references(report: RunReport, part: Partition) -> list[tuple[str, ScoreProfile]]:
+    """What the date's drift checks compared it with, named as the drift table names them: the
+    previous date (in this run, or its stored profile) and the checkpoint's training profile."""
+    found = []
+    for which, check in part.drift.checks() if part.drift else []:
+        if which == "previous":
+            ref = check.reference
+            in_run = [p.scores for p in report.partitions if _partition_key(p) == ref]
+            profile = in_run[0] if in_run else report.previous_references.get(ref)
+        else:
+            profile = report.score_reference
+        if profile is not None and profile.count:
+            found.append((f"vs {which} ({check.reference})", profile))
+    return found
+
+
+def _partition_key(part: Partition) -> str:
+    return ",".join(f"{k}={v}" for k, v in part.partition.items())
 
 
 def _histograms(report: RunReport) -> str:
     if not report.partitions:
         return ""
-    reference, ref_label, ref_desc = _reference(report)
     rng = score_range(report)
-    figures = []
+    figures, drawn = [], False
     for p in report.partitions:
         today = plots.density(p.scores.as_dict() if p.scores else None, *rng, HIST_BINS) if rng else None
         if today is None:
@@ -101,13 +106,16 @@ def _histograms(report: RunReport) -> str:
                 "score-histogram", f"Score distribution {p.label}", f"{p.label}: no scores", height=260
             )
         else:
-            ref = plots.density(reference.as_dict(), *rng, HIST_BINS) if reference else None
-            svg = plots.score_histogram_svg(p.label, today, ref, ref_label, *rng)
+            refs = [(n, plots.density(r.as_dict(), *rng, HIST_BINS)) for n, r in _references(report, p)]
+            refs = [(n, d) for n, d in refs if d is not None]
+            drawn = drawn or bool(refs)
+            svg = plots.score_histogram_svg(p.label, today, refs, *rng)
         figures.append(f"<figure>{svg}</figure>")
     note = (
-        f"Bars: the date's score density; line: {_e(ref_desc)}. All plots share one score range."
-        if reference
-        else "No reference profile in this report: bars only."
+        "Bars: the date's score density; lines: each reference its drift checks compared it with "
+        "(the previous date, the checkpoint's training profile). All plots share one score range."
+        if drawn
+        else "No drift check compared these dates with a reference: bars only."
     )
     return (
         f'<h2>Score distributions</h2><p class="note">{note}</p><div class="plots">{"".join(figures)}</div>'

@@ -24,6 +24,9 @@ C_OUT = "#54a24b"
 C_DEAD = "#f58518"
 C_STAGE = "#72b7b2"
 C_TEXT = "#1f2328"
+C_PREV = "#b279a2"
+# one line per reference a date was checked against: the first solid red, the next dashed purple
+REFERENCE_STYLES: list[dict[str, Any]] = [{"color": C_REF}, {"color": C_PREV, "linestyle": "--"}]
 
 _STYLE = {
     "svg.fonttype": "none",
@@ -83,10 +86,11 @@ def message_svg(kind: str, title: str, message: str, width: int = 560, height: i
 
 
 def score_histogram_svg(
-    label: str, today: list[float], reference: list[float] | None, ref_label: str, lo: float, hi: float
+    label: str, today: list[float], references: list[tuple[str, list[float]]], lo: float, hi: float
 ) -> str:
-    """The date's score density (bars, one per bin over [lo, hi]) against a reference's (a line)."""
-    title = f"Score distribution {label}" + (f" vs {ref_label}" if reference else "")
+    """The date's score density (bars, one per bin over [lo, hi]) against each reference's (a line
+    each: the references its drift checks used, e.g. `vs previous (ds=...)`, `vs training`)."""
+    title = f"Score distribution {label}" + "".join(f" {name}" for name, _ in references)
     bins = len(today)
     width = (hi - lo) / bins
     centres = [lo + (i + 0.5) * width for i in range(bins)]
@@ -98,9 +102,10 @@ def score_histogram_svg(
         )
         for i, bar in enumerate(bars):
             bar.set_gid(_cls("bar", i))
-        if reference is not None:
-            (line,) = ax.plot(centres, reference, color=C_REF, linewidth=2.5, label=ref_label)
-            line.set_gid(_cls("reference", 0))
+        for i, (name, density_) in enumerate(references):
+            style = REFERENCE_STYLES[i % len(REFERENCE_STYLES)]
+            (line,) = ax.plot(centres, density_, linewidth=2.5, label=name, **style)
+            line.set_gid(_cls("reference", i))
         ax.set(xlim=(lo, hi), xlabel="score", ylabel="density", title=label)
         ax.title.set_horizontalalignment("left")
         ax.title.set_x(0.0)

@@ -103,6 +103,14 @@ class Partition(_Part):
     input_rows: int | None = Field(None, description="input rows (= output + dead letter)")
     output_rows: int | None = Field(None, description="predictions committed")
     dead_letter_rows: int | None = Field(None, description="rows sent to the dead-letter table")
+    duplicate_keys: int | None = Field(
+        None, description="distinct keys that occur more than once in the date's input (null: not checked)"
+    )
+    duplicate_key_rows: int | None = Field(
+        None,
+        description="input rows carrying such a key (all occurrences): dead letters with "
+        "output.duplicate_keys=dead_letter, predictions with allow",
+    )
     output_files: list[str] = Field(
         default_factory=list, description="files the commit added, relative to the table"
     )
@@ -186,6 +194,9 @@ class Rows(_Part):
     input: int | None = Field(None, description="input rows of the scored dates")
     output: int | None = Field(None, description="predictions committed")
     dead_letter: int | None = Field(None, description="rows in the dead-letter table")
+    duplicate_key_rows: int | None = Field(
+        None, description="input rows whose key occurs more than once within their date (null: not checked)"
+    )
 
 
 class DriftSummary(_Part):
@@ -227,6 +238,9 @@ class Stage(_Part):
 class Timings(_Part):
     model_check_s: float | None = Field(None, description="model found, hashed and checked")
     input_check_s: float | None = Field(None, description="inputs listed and footers checked")
+    duplicate_check_s: float | None = Field(
+        None, description="the key columns read once more for keys that repeat within a date"
+    )
     ray_start_s: float | None = Field(None, description="Ray started or joined")
     pipeline_s: float | None = Field(None, description="the Ray Data pipeline (read to write)")
     profile_s: float | None = Field(None, description="score profiles and drift")
@@ -238,7 +252,11 @@ class Timings(_Part):
         "`run_score` otherwise (a library call, `batchscore demo`, a backfill's later runs); null when "
         "no row was scored",
     )
-    total_s: float | None = Field(None, description="the whole run")
+    total_s: float | None = Field(
+        None,
+        description="seconds from the same start as first_batch_s (the process's, or the call's) to "
+        "the end of the run, so first_batch_s <= total_s; the other timings are each phase's own",
+    )
 
     def items(self) -> list[tuple[str, float | None]]:
         """Every timing, the known ones first, then any a newer batchscore added."""
@@ -292,6 +310,12 @@ class RunReport(_Part):
     )
     heads: dict[str, HeadSummary] = Field(
         default_factory=dict, description="with several heads: head -> its run profile and training reference"
+    )
+    previous_references: dict[str, ScoreProfile] = Field(
+        default_factory=dict,
+        description="the profile of each earlier date a drift check compared with that this run did "
+        "not score, by its reference (`ds=DATE`; from the Delta log; the first head's): what the "
+        "page draws as `vs previous`",
     )
     drift: DriftSummary | None = Field(None, description="drift over the run")
     commits: Commits | None = Field(None, description="dates committed early, during the run")

@@ -78,6 +78,12 @@ def _header(r: RunReport, color: bool) -> list[str]:
             + (f"; {lim}" if lim else "")
             + ")"
         )
+    if r.rows.duplicate_key_rows:  # repeats scored (allow) or dead-lettered: worth a line of its own
+        repeated = [f"{p.label} {p.duplicate_keys} keys" for p in r.partitions if p.duplicate_keys]
+        out.append(
+            f"  repeats  {f.count(r.rows.duplicate_key_rows)} rows carry a key that repeats within its date"
+            + (f" ({', '.join(repeated)})" if repeated else "")
+        )
     if r.skipped_committed:
         out.append(f"  skipped  already committed: {', '.join(r.skipped_committed)}")
     if r.error:

@@ -5,7 +5,8 @@ A command whose run is the process's work (`batchscore score` and `backfill`, al
 figure holds interpreter start, imports and Ray's start, as a user timing the command sees them.
 A library call of `run_score` counts from the call (a notebook's idle minutes before it are not
 the run's), and so do `batchscore demo` (which first generates data and trains) and any later run
-of the same process (a backfill's second run)."""
+of the same process (a backfill's second run). The run's `total_s` counts from the same origin,
+so first_batch_s <= total_s."""
 
 from __future__ import annotations
 
@@ -47,3 +48,10 @@ def seconds_to_first(snapshot: dict, stage: str, origin: float) -> float | None:
     wall clocks of the worker and the driver), or None when it counted none."""
     at = (snapshot.get("first_at") or {}).get(stage)
     return round(at - origin, 3) if at is not None else None
+
+
+def monotonic_start(origin: float) -> float:
+    """`origin` (wall clock, from `take_origin`) on time.perf_counter's clock: the run's total
+    then counts from where its first batch counts from, and is not thrown off by a wall-clock
+    step during the run."""
+    return time.perf_counter() - max(0.0, time.time() - origin)

@@ -100,6 +100,7 @@ def stage_objects(
         dead_letter=dead_letter,
         progress=progress,
         device_transforms=True,  # the numeric transforms run in the predictor, on its device
+        duplicates=p.duplicates if cfg.output.duplicate_keys == "dead_letter" else None,
     )
     return pre, predictor_kwargs
 

@@ -69,6 +69,7 @@ def fill_report(report: RunReport, c: RunContext, commits: list) -> None:
         input=c.p.inputs.rows,
         output=sum(x.output_rows for x in commits),
         dead_letter=sum(x.dead_letter_rows for x in commits),
+        duplicate_key_rows=_duplicate_rows(c.p, None),
     )
     report.finished_at = _now()
     _time(report, c)
@@ -125,7 +126,7 @@ def build_report(
         pool=Pool(**asdict(c.pool)),
         replicas=[Replica(**r) for r in replicas],
         partitions=[_partition_entry(p, part, profiles, drift) for part in p.inputs.partitions],
-        rows=Rows(input=p.inputs.rows),
+        rows=Rows(input=p.inputs.rows, duplicate_key_rows=_duplicate_rows(p, None)),
         output_kind=cfg.output.kind,
         output_columns=heads,
         scores=ScoreProfile(**run_profiles[heads[0]]),
@@ -139,13 +140,29 @@ def build_report(
             thresholds=cfg.drift.model_dump(mode="json"),
         ),
         skipped_inputs=p.inputs.skipped,
+        previous_references=_previous_references(c, drift, heads[0]),
     )
+
+
+def _previous_references(c: RunContext, drift: dict[str, dict], head: str) -> dict[str, dict]:
+    """The stored profiles of the earlier dates the drift checks compared with (from the Delta
+    log), so the page draws the reference each check used; dates of this run are in the report."""
+    col, found = c.cfg.input.partition_column, {}
+    for checks in drift.values():
+        ref = (checks.get("previous") or {}).get("reference", "")
+        date = ref.removeprefix(f"{col}=")
+        if ref and date not in c.dates and date in c.committed:
+            profile = c.committed[date][1].get(head)
+            if profile and profile.get("count"):
+                found[ref] = profile
+    return found
 
 
 def _partition_entry(p: Prepared, part, profiles: dict[str, dict], drift: dict[str, dict]) -> Partition:
     col, d = p.cfg.input.partition_column, part.date
     heads = p.cfg.output.value_columns
     first = profiles[d][heads[0]]
+    dup = p.duplicates.dates.get(d) if p.duplicates is not None else None
     per_head = drift[d].get("heads") or {}
     return Partition(
         partition={col: d},
@@ -153,12 +170,22 @@ def _partition_entry(p: Prepared, part, profiles: dict[str, dict], drift: dict[s
         input_files=len(part.files),
         input_rows=part.rows,
         output_rows=first.get("count", 0) + first.get("nan", 0),
+        duplicate_keys=len(dup.keys) if dup else 0 if p.duplicates is not None else None,
+        duplicate_key_rows=_duplicate_rows(p, d),
         scores=first,
         drift=DateDrift(**{k: v for k, v in drift[d].items() if k != "heads"}),
         heads={h: Head(scores=profiles[d][h], drift=per_head.get(h)) for h in heads}
         if len(heads) > 1
         else {},
     )
+
+
+def _duplicate_rows(p: Prepared, date: str | None) -> int | None:
+    """Rows whose key repeats within their date: of `date`, or of every date (None: not checked)."""
+    if p.duplicates is None:
+        return None
+    found = p.duplicates.dates
+    return sum(x.rows for d, x in found.items() if date is None or d == date)
 
 
 def write_report(cfg: JobConfig, p: Prepared, run_id: str, report: RunReport) -> str:

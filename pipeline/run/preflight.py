@@ -18,7 +18,7 @@ from pipeline.run.attempt import Attempt
 from pipeline.stages.predict import ModelSource
 from pipeline.stages.read import discover
 from pipeline.stages.validate import ColumnRequirements, check_schemas
-from pipeline.storage import Location, resolve, write_bytes
+from pipeline.storage import Location, is_s3, probe_writable, resolve, write_bytes
 
 log = logging.getLogger("batchscore")
 
@@ -36,6 +36,7 @@ class Prepared:
     output: Location
     timings: dict[str, float] = field(default_factory=dict)
     embedding_dim: int | None = None  # kind 'embedding': d, from the forward pass of the model check
+    duplicates: Any = None  # pipeline.stages.duplicates.DuplicateKeys, once checked (score only)
 
     @property
     def passthrough(self) -> list[str]:
@@ -138,6 +139,11 @@ def probe_model_output(p: Prepared, rows: int = 16) -> OutputProbe:
         table = predictor(batch)
     except StageError as e:
         raise UserError(f"model {cfg.model.uri}: on {batch.num_rows} rows of {first.uri}: {e}") from None
+    except (TypeError, RuntimeError) as e:  # e.g. a TorchScript forward called with other inputs
+        raise UserError(
+            f"model {cfg.model.uri}: calling it on {batch.num_rows} rows of {first.uri} failed "
+            f"(model.inputs {p.model_meta.inputs}): {type(e).__name__}: {e}"
+        ) from None
     arrays = {
         c: embedding_matrix(table.column(c)) if output.kind == "embedding" else table.column(c).to_numpy()
         for c in output.columns
@@ -155,12 +161,19 @@ class _Discard:
 def check_output_writable(cfg: JobConfig, run_id: str, attempt: str = "") -> None:
     """Write and delete a probe object before any work, so a bad output fails in seconds. Named by
     attempt: two processes with one run id must not delete each other's probe."""
+    from deltalake.exceptions import DeltaError
+
+    from pipeline.commit.tables import delete_files, storage_options
+
     output = resolve(cfg.output.uri, cfg.storage, quick=True)
-    probe = output.join(f".batchscore-probe-{run_id}{'.' + attempt if attempt else ''}")  # at the root
+    name = f".batchscore-probe-{run_id}{'.' + attempt if attempt else ''}"  # at the root: no directories
     try:
-        write_bytes(probe, b"")
-        probe.fs.delete_file(probe.path)
-    except OSError as e:
+        if is_s3(output.uri):  # not pyarrow's delete on S3: it would leave a marker for the root
+            write_bytes(output.join(name), b"")
+            delete_files(output, [name], storage_options(output.uri, cfg.storage))
+        else:  # the local folders the probe created are removed again
+            probe_writable(output, name)
+    except (OSError, DeltaError) as e:
         raise StorageError(f"cannot write to the output {output.uri}: {e}") from None
 
 
@@ -185,10 +198,17 @@ class DatePlan:
 def scoring_identity(cfg: JobConfig, meta: Any) -> str:
     """What decides the scores besides the weights: the scoring config and the checkpoint's own
     metadata (feature spec with its statistics, architecture, inputs). A checkpoint re-exported
-    with new normalisation statistics but the same weights is a new identity. (The code of a
-    preprocessing.function or class_path module is not hashed: rescore with --force after
-    changing it.)"""
-    return digest_of(cfg.scoring_digest(), meta.format, meta.feature_spec, meta.architecture, meta.inputs)
+    with new normalisation statistics but the same weights is a new identity. So is an edit of
+    the file that defines a class_path model or a preprocessing.function (files it imports are
+    not hashed: rescore with --force after changing those)."""
+    from models.imports import source_digest
+
+    parts = [cfg.scoring_digest(), meta.format, meta.feature_spec, meta.architecture, meta.inputs]
+    named = [cfg.model.class_path, cfg.preprocessing.function, (meta.architecture or {}).get("class")]
+    code = source_digest([p for p in named if p])
+    if code:  # only with code of the user's: the other configs keep the identities they committed
+        parts.append(code)
+    return digest_of(*parts)
 
 
 def plan_dates(cfg: JobConfig, dates: list[str], meta: Any, force: bool = False) -> DatePlan:

@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import posixpath
 import time
 from datetime import datetime, timezone
 
 from pipeline.commit.filestats import ReadKeys
 from pipeline.commit.groups import TopKCheck
-from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions, withdraw_date
+from pipeline.commit.partitions import (
+    CommitPolicy,
+    RunIdentity,
+    brief_error,
+    commit_partitions,
+    withdraw_date,
+)
 from pipeline.commit.streaming import DateCommitter, subset
 from pipeline.commit.tables import (
     OutputTables,
@@ -28,7 +36,7 @@ from pipeline.commit.tables import (
     vacuum_tables,
 )
 from pipeline.config import JobConfig
-from pipeline.errors import CommitError, DriftError, find_known_error
+from pipeline.errors import CommitError, DriftError, StorageError, find_known_error
 from pipeline.quality.drift import (
     commit_profiles,
     committed_profiles,
@@ -42,7 +50,7 @@ from pipeline.reporting.progress import InProcessCounter, ProgressView, start_co
 from pipeline.reporting.runs import RUNS_DIR, input_keys_dir
 from pipeline.reporting.schema import Commits, RunReport
 from pipeline.run.attempt import Attempt
-from pipeline.run.clock import seconds_to_first, take_origin
+from pipeline.run.clock import monotonic_start, seconds_to_first, take_origin
 from pipeline.run.context import RunContext
 from pipeline.run.execute import (
     build_dataset,
@@ -67,7 +75,7 @@ from pipeline.run.local import DateFiles, LocalRun, preload_torch
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
-from pipeline.storage import delete_dir
+from pipeline.storage import delete_dir, resolve
 
 log = logging.getLogger("batchscore")
 
@@ -78,15 +86,19 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str, attempt: str) ->
     (pipeline/run/attempt.py): never a live process's files. A killed run's files wait for its
     rerun or for vacuum."""
     col = tables.partition_column
-    preds = tables.predictions.open()
+    try:  # each table apart: a race's survivor may have committed only a date's dead letters
+        logs = [(t, t.open()) for t in (tables.predictions, tables.dead_letters)]
+    except Exception as e:  # storage down: the error being raised says more; vacuum cleans up
+        log.debug("could not read the tables' logs to remove uncommitted files: %s", e)
+        return
     for d in dates:
-        if tables.predictions.ever_committed_by(preds, col, d, run_id, attempt):
-            continue  # its files are in the log (maybe only in older versions): never delete them
-        for loc, kind in ((tables.location, "part"), (tables.dead_letters.location, "dl")):
+        for (table, snapshot), kind in zip(logs, ("part", "dl"), strict=True):
+            if table.ever_committed_by(snapshot, col, d, run_id, attempt):
+                continue  # its files are in the log (maybe only in older versions): never delete them
             try:  # by name only: a file cut short by the failure has no footer to read
-                for info in list_run_files(loc, col, d, run_id, kind, attempt):
-                    loc.fs.delete_file(info.path)
-            except OSError as e:  # best effort: vacuum removes them later
+                infos = list_run_files(table.location, col, d, run_id, kind, attempt)
+                table.delete_files([posixpath.relpath(i.path, table.location.path) for i in infos])
+            except Exception as e:  # best effort (pyarrow's or delta-rs's errors): vacuum removes them
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
@@ -107,7 +119,9 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     run is a no-op for them) unless `force`; other committed dates are replaced.
     """
     origin = take_origin()
-    started, t_start = datetime.now(timezone.utc), time.perf_counter()
+    # total_s counts from the same origin as first_batch_s (the process start for `score`, else
+    # this call): the first batch can never come after the whole run
+    started, t_start = datetime.now(timezone.utc), monotonic_start(origin)
     runner = choose_runner(cfg, ray_running())
     if runner[0] == "local":
         local_pool(cfg)  # refuses what the local runner cannot do (top-K, a GPU) before any work
@@ -117,21 +131,44 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
         _discard_dead_attempts(OutputTables.for_config(cfg), pre.attempt)
         if pre.prepared is None:
             return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
-        ctx = _start(cfg, pre, started, t_start, runner)
+        return _score(_start(cfg, pre, started, t_start, runner), origin)
+
+
+def _score(ctx: RunContext, origin) -> RunReport:
+    """Execute, then finish; on any failure what this attempt did not commit goes."""
+    try:
+        ds, snapshot = _execute(ctx)
+        ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
         try:
-            ds, snapshot = _execute(ctx)
-            ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
+            return _finish(ctx, ds, snapshot)
+        except BaseException as e:  # refused, conflicting, Ctrl-C: what this run did not commit goes
+            _discard_uncommitted(ctx.tables, ctx.dates, ctx.run_id, ctx.run.attempt)
+            if _is_storage_failure(e):
+                raise _as_storage_error(e) from None
+            raise
+    finally:
+        if ctx.policy.read_keys is not None:  # the input's recorded fingerprints: used up
             try:
-                return _finish(ctx, ds, snapshot)
-            except BaseException:  # refused, conflicting, Ctrl-C: what this run did not commit goes
-                _discard_uncommitted(ctx.tables, ctx.dates, ctx.run_id, ctx.run.attempt)
-                raise
-        finally:
-            if ctx.policy.read_keys is not None:  # the input's recorded fingerprints: used up
-                try:
-                    delete_dir(ctx.policy.read_keys.location)
-                except OSError as e:
-                    log.debug("could not remove %s: %s", ctx.policy.read_keys.location.uri, e)
+                delete_dir(ctx.policy.read_keys.location)
+            except OSError as e:
+                log.debug("could not remove %s: %s", ctx.policy.read_keys.location.uri, e)
+
+
+def _is_storage_failure(e: BaseException) -> bool:
+    """An S3 or file-system error (pyarrow, delta-rs) that batchscore did not explain itself."""
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    return isinstance(e, OSError) or (isinstance(e, DeltaError) and not isinstance(e, CommitFailedError))
+
+
+def _as_storage_error(e: BaseException) -> StorageError:
+    """A storage failure after scoring (profiles, reconciliation, commits, the report) as an error
+    that says what is left, instead of a traceback (exit 1)."""
+    return StorageError(
+        f"storage failed while committing this run's dates ({type(e).__name__}: {brief_error(e)}). "
+        "Dates this run committed stay committed, the others are not published (its files of them are "
+        "left to vacuum): run the same command again; committed dates are skipped, the others scored again"
+    )
 
 
 def _start(
@@ -150,8 +187,14 @@ def _start(
         p.model_meta.sha256[:12],
     )
     log.info("runner: %s (%s)", *runner)
+    dups = _duplicate_check_beside_ray_start(cfg, p, runner[0])
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
+    if dups is None:
+        _check_duplicate_keys(cfg, p)  # Ray's tasks when Ray runs, before any model work
+    else:
+        dups.result()
     tables = OutputTables.for_config(cfg)
+    _check_untyped_features(cfg, p, tables)
     meta = p.model_meta
     run = RunIdentity(
         run_id,
@@ -196,6 +239,62 @@ def _start(
     return RunContext(
         cfg, p, run_id, started, t_start, pre.dates, pool, tables, run, policy, committer, committed, timings
     )
+
+
+def _duplicate_check_beside_ray_start(cfg: JobConfig, p, runner: str):
+    """A new local Ray takes seconds to start (6 s on a 16-CPU GPU machine), waiting mostly on
+    its processes: the duplicate check runs on this machine's threads meanwhile instead of on Ray
+    tasks after it, off the path to the first scored batch. None: checked after (a cluster)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if runner != "ray" or ray_running() or cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="batchscore-duplicates")
+    future = pool.submit(_check_duplicate_keys, cfg, p)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _check_duplicate_keys(cfg: JobConfig, p) -> None:
+    """Keys that repeat within a date: refused (exit 2, nothing scored), or found for the
+    preprocess tasks to send to the dead letters, or allowed; counted in the report either way."""
+    from pipeline.stages.duplicates import find_duplicates, refuse
+
+    t0 = time.perf_counter()
+    p.duplicates = find_duplicates(p.inputs, cfg.output.key_columns)
+    p.timings["duplicate_check_s"] = time.perf_counter() - t0
+    for date, dup in sorted(p.duplicates.dates.items()):
+        log.warning(
+            "%s=%s: %d key(s) occur more than once in the input (%d rows); output.duplicate_keys=%s",
+            cfg.input.partition_column,
+            date,
+            len(dup.keys),
+            dup.rows,
+            cfg.output.duplicate_keys,
+        )
+    if cfg.output.duplicate_keys == "fail":
+        refuse(p.duplicates)
+
+
+def _check_untyped_features(cfg: JobConfig, p, tables) -> None:
+    """A feature spec without dtype (saved before types were recorded): the type of the input
+    of the last date this model scored stands in for it (pipeline/stages/validate.py)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.commit.tables import commits_of_history
+    from pipeline.stages.validate import check_untyped_against_history
+
+    req = p.requirements
+    if not any(f.dtype is None for f in req.features.values()):
+        return
+
+    def read_schema(uri: str):
+        loc = resolve(uri, cfg.storage)
+        return pq.read_schema(loc.path, filesystem=loc.fs)
+
+    table = tables.predictions.open()
+    history = commits_of_history(table, 100) if table is not None else []
+    check_untyped_against_history(p.inputs, req, history, p.model_meta.sha256, read_schema)
 
 
 def _execute(ctx: RunContext):

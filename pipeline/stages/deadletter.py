@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from models.features import row_hash64
 from pipeline.commit.filestats import write_parquet
 from pipeline.commit.tables import run_file_prefix
-from pipeline.storage import Location
+from pipeline.storage import Location, is_s3
 
 REASON_COLUMN = "reason"
 
@@ -97,7 +97,8 @@ class DeadLetterWriter:
             part = table.filter(pc.equal(table.column(self.partition_column), d))
             part = part.drop_columns([self.partition_column])
             target = self.root.join(f"{self.partition_column}={d}", f"{name}.parquet")
-            self.root.fs.create_dir(target.path.rsplit("/", 1)[0], recursive=True)
+            if not is_s3(self.root.uri):  # S3 needs no directories; pyarrow's would be marker objects
+                self.root.fs.create_dir(target.path.rsplit("/", 1)[0], recursive=True)
             keys = [c for c in self.key_columns if c in part.column_names]
             write_parquet(self.root.fs, target.path, part, keys, compression="zstd")  # stats in the footer
         return table.num_rows

@@ -70,6 +70,7 @@ class Preprocessor:
         dead_letter: DeadLetterWriter | None = None,
         progress: Any = None,
         device_transforms: bool = False,
+        duplicates: Any = None,
     ) -> None:
         if spec is None and function is None:
             raise StageError("preprocess: needs a feature spec or a preprocessing function")
@@ -90,6 +91,8 @@ class Preprocessor:
         self.key_columns = list(key_columns or [])
         self.dead_letter = dead_letter
         self.progress = progress  # a pipeline.reporting.progress counter actor, or None
+        # pipeline.stages.duplicates.DuplicateKeys: rows whose key repeats go to the dead letters
+        self.duplicates = duplicates
         self.required = list(
             dict.fromkeys(
                 self.passthrough + (required or []) + (spec.columns if spec and not function else [])
@@ -102,6 +105,18 @@ class Preprocessor:
             raise StageError(f"stage {self.name!r}: {len(reasons)} rows cannot be scored: {counts}")
         self.dead_letter.write(rows, reasons, batch)
 
+    def _duplicate_keys(self, batch: pa.Table, reasons: np.ndarray | None) -> np.ndarray | None:
+        """`reasons` with the rows whose key repeats within their date (and no other reason yet)."""
+        repeated = self.duplicates.repeated(batch) if self.duplicates is not None else None
+        if repeated is None:
+            return reasons
+        from pipeline.stages.duplicates import REASON
+
+        if reasons is None:
+            reasons = np.full(batch.num_rows, None, dtype=object)
+        reasons[repeated & (reasons == None)] = REASON  # noqa: E711
+        return reasons
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         missing = [c for c in self.required if c not in batch.column_names]
         if missing:
@@ -109,7 +124,9 @@ class Preprocessor:
                 f"stage {self.name!r}: missing columns {missing}; present columns: {batch.column_names}"
             )
         count(self.progress, "read", batch.num_rows)
-        reasons = reject_reasons(batch, self.spec or FeatureSpec(), self.key_columns)
+        reasons = self._duplicate_keys(
+            batch, reject_reasons(batch, self.spec or FeatureSpec(), self.key_columns)
+        )
         if reasons is not None:
             bad = np.array([r is not None for r in reasons], dtype=bool)
             self._reject(batch.filter(pa.array(bad)), reasons[bad], batch)

@@ -148,10 +148,8 @@ def discover(
             skipped.append({"date": d, "uri": part.uri, "reason": f"input partition {what}"})
         else:
             problems.append(f"input partition {part.uri} {what}")
-    if problems:
-        raise InputError(
-            "\n  ".join(problems) if len(problems) == 1 else "input problems:\n  " + "\n  ".join(problems)
-        )
+    if problems and not partitions and not exists(root):  # one cause, named as the config names it
+        raise InputError(f"input.uri {root.uri} does not exist (no dates to read: {', '.join(dates)})")
     all_files = [(f, p.date) for p in partitions for f in p.files]
     with ThreadPoolExecutor(max_workers=16) as pool:
         footers = list(
@@ -165,13 +163,13 @@ def discover(
         else:
             f.rows, f.schema, f.row_groups = footer
     plan = InputPlan(root=root, partition_column=partition_column, partitions=partitions, skipped=skipped)
+    # missing dates and unreadable files come out together, so one fix-up round mends them all
+    problems += bad.values() if on_bad_file != "skip" else []
+    if problems:
+        raise InputError(
+            "\n  ".join(problems) if len(problems) == 1 else "input problems:\n  " + "\n  ".join(problems)
+        )
     if bad:
-        if on_bad_file != "skip":
-            raise InputError(
-                "\n  ".join(bad.values())
-                if len(bad) == 1
-                else "unreadable input files:\n  " + "\n  ".join(bad.values())
-            )
         drop_files(plan, bad)
     if not plan.partitions:
         raise InputError(f"nothing to score: every requested date was skipped: {plan.skipped}")
@@ -183,8 +181,9 @@ def drop_files(plan: InputPlan, reasons: dict[str, str]) -> None:
     kept = []
     for part in plan.partitions:
         for f in part.files:
-            if f.path in reasons:
-                plan.skipped.append({"date": part.date, "uri": f.uri, "reason": reasons[f.path]})
+            if f.path in reasons:  # the reason starts with the file's URI, recorded beside it
+                reason = reasons[f.path].removeprefix(f"{f.uri}: ")
+                plan.skipped.append({"date": part.date, "uri": f.uri, "reason": reason})
         part.files = [f for f in part.files if f.path not in reasons]
         if part.files:
             kept.append(part)

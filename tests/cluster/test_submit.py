@@ -89,8 +89,11 @@ def test_submit_runs_the_job_once_and_reports_the_existing_one(ray_head, dataset
     from jobs.submit import auth_headers
 
     # as a user writes it: paths relative to where they run `batchscore submit`, outside the
-    # project (so not inside the uploaded working_dir), and a model with constructor kwargs
+    # project (so not inside the uploaded working_dir), and a model with constructor kwargs whose
+    # class is in a module beside the config (shipped as py_modules, imported on the cluster)
     model_uri, extra = checkpoints.entries["class_path"]
+    (tmp_path / "myranker.py").write_text("from models.dlrm import DLRM as Ranker  # noqa: F401\n")
+    extra = {**extra, "model": {**extra["model"], "class_path": "myranker:Ranker"}}
     out = tmp_path / "preds"
     cfg = make_config(
         os.path.relpath(dataset, tmp_path),

@@ -65,6 +65,12 @@ def test_unshifted_next_date_passes_against_previous_and_training(
     assert prev.psi < 0.05 and not prev.breach, prev
     assert train.psi < 0.1 and not train.breach, train
     assert report.drift.breach is False
+    # the previous date was committed by an earlier run: its stored profile is in the report, so
+    # the page draws the reference the check used
+    assert list(report.previous_references) == [f"ds={D1}"]
+    assert (
+        report.previous_references[f"ds={D1}"].count == latest_commit(str(out), D1)["score_profile"]["count"]
+    )
 
     # score statistics agree with the committed scores
     scores = read_output(str(out), D2).column("score").to_numpy()

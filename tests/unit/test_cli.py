@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import subprocess
@@ -259,3 +260,42 @@ def test_vacuum_refuses_a_path_that_is_not_a_delta_table(tmp_path, capsys):
 
     assert main(["vacuum", str(tmp_path)]) == 2
     assert "not a Delta table (no _delta_log)" in capsys.readouterr().err
+
+
+def test_version_prints_the_package_version():
+    proc = run_cli("-m", "jobs.cli", "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("batchscore 0.") or proc.stdout.startswith("batchscore 1.")
+
+
+def help_text(*argv: str) -> str:
+    proc = run_cli("-m", "jobs.cli", *argv, "--help")
+    assert proc.returncode == 0, proc.stderr
+    return " ".join(proc.stdout.split())  # argparse wraps at the terminal's width
+
+
+def test_top_line_names_the_delta_table_not_parquet_out():
+    text = help_text()
+    assert "Delta Lake table" in text
+    assert "-> Parquet." not in text
+
+
+@pytest.mark.parametrize("command", ["score", "backfill"])
+def test_score_help_says_where_output_goes_and_the_exit_codes(command):
+    text = help_text(command)
+    assert "output.uri/_runs/RUN_ID/report.json" in text
+    for code in ("0 success", "2 bad config", "3 scores drifted", "4 another run", "1 anything else"):
+        assert code in text, code
+
+
+def test_score_and_backfill_help_say_how_they_differ():
+    assert "see `batchscore backfill`" in help_text("score")
+    assert "Like `score --start D1 --end D2`" in help_text("backfill")
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "generate"])
+def test_every_option_has_help_text(command):
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    bare = [a.option_strings or a.dest for a in parser._actions if not a.help]
+    assert not bare, f"`batchscore {command}` options without help: {bare}"

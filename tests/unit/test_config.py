@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -374,3 +376,107 @@ def test_submit_never_uploads_credential_files():
         assert excluded(PROJECT_ROOT / secret), secret
     for kept in ["pipeline/run/score.py", "configs/demo.yaml", "README.md"]:
         assert not excluded(Path(PROJECT_ROOT / kept)), kept
+
+
+@pytest.mark.parametrize(
+    ("mutate", "hint"),
+    [
+        (
+            lambda r: r.update(predict={"batch_sise": 10}),
+            "predict.batch_sise: unknown key; did you mean 'batch_size'?",
+        ),
+        (
+            lambda r: r["output"].update(key_column=["x"]),
+            "output.key_column: unknown key; did you mean 'key_columns'?",
+        ),
+        (lambda r: r.update(modle={}), "modle: unknown key; did you mean 'model'?"),
+        (
+            lambda r: r.update(preprocessing={"features": {"dense": [{"name": "p", "lgo1p": True}]}}),
+            "preprocessing.features.dense.0.lgo1p: unknown key; did you mean 'log1p'?",
+        ),
+    ],
+)
+def test_typo_gets_did_you_mean(tmp_path, mutate, hint):
+    raw = base()
+    mutate(raw)
+    with pytest.raises(ConfigError) as ei:
+        load_config(write_yaml(tmp_path, raw))
+    assert hint in str(ei.value)
+
+
+def test_unknown_key_far_from_any_gets_no_guess(tmp_path):
+    raw = base()
+    raw["zzzzqqq"] = 1
+    with pytest.raises(ConfigError) as ei:
+        load_config(write_yaml(tmp_path, raw))
+    assert "zzzzqqq: unknown key" in str(ei.value) and "did you mean" not in str(ei.value)
+
+
+def test_every_config_key_has_a_meaning():
+    """docs/config.md is generated from the descriptions: a key without one has an empty meaning."""
+    from pydantic import BaseModel
+
+    def walk(model: type[BaseModel], prefix: str) -> list[str]:
+        bare = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            subs = [
+                a
+                for a in (ann, *getattr(ann, "__args__", ()))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ]
+            if subs:
+                bare += walk(subs[0], f"{prefix}{name}.")
+            elif not field.description:
+                bare.append(f"{prefix}{name}")
+        return bare
+
+    assert walk(JobConfig, "") == []
+
+
+def test_code_beside_the_config_is_importable_and_shipped_by_submit(tmp_path, monkeypatch):
+    """class_path and preprocessing.function modules beside the config import without PYTHONPATH,
+    and `submit` ships them as py_modules (a module and a package); the project's own modules
+    travel with the working_dir and are not listed."""
+    from jobs.submit import as_packages, runtime_env, user_code
+    from models.checkpoint import import_object
+
+    (tmp_path / "besidemodel.py").write_text("class Ranker:\n    pass\n")
+    (tmp_path / "besidefeatures").mkdir()
+    (tmp_path / "besidefeatures" / "__init__.py").write_text("def build(batch):\n    return {}\n")
+    raw = base()
+    raw["model"].update(class_path="besidemodel:Ranker")
+    raw["preprocessing"] = {"function": "besidefeatures:build"}
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    cfg = load_config(write_yaml(tmp_path, raw))
+    assert import_object("besidemodel:Ranker").__name__ == "Ranker"
+    assert str(tmp_path) in os.environ["PYTHONPATH"]  # for Ray's worker processes
+    shipped = runtime_env("none", None, user_code(cfg))["py_modules"]
+    assert shipped == [str(tmp_path / "besidefeatures"), str(tmp_path / "besidemodel.py")]
+    # Ray's job SDK uploads directories only: a module file goes as a package of its name
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    packaged = as_packages(shipped, str(scratch))
+    assert packaged == [str(tmp_path / "besidefeatures"), str(scratch / "besidemodel")]
+    assert (scratch / "besidemodel" / "__init__.py").read_text() == (tmp_path / "besidemodel.py").read_text()
+    cfg.model.class_path = "models.dlrm:DLRM"
+    assert user_code(cfg) == [str(tmp_path / "besidefeatures")]
+
+
+def test_submit_treats_an_edit_of_the_model_code_as_new_work(tmp_path, monkeypatch):
+    """The submission id follows the scoring identity: the code of a class_path model is in it."""
+    from jobs.submit import submission_id
+
+    (tmp_path / "editedmodel.py").write_text("class Ranker:\n    scale = 1\n")
+    raw = base()
+    raw["model"].update(class_path="editedmodel:Ranker")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # restored afterwards
+    cfg = load_config(write_yaml(tmp_path, raw))
+    model = {"version": "v1", "sha256": "ab"}
+    before = submission_id(cfg, ["2026-11-01"], model)
+    assert submission_id(cfg, ["2026-11-01"], model) == before
+    (tmp_path / "editedmodel.py").write_text("class Ranker:\n    scale = 2\n")
+    assert submission_id(cfg, ["2026-11-01"], model) != before

@@ -88,3 +88,36 @@ def test_models_and_pipeline_import_only_what_the_layout_allows():
 
     assert not imported("models") & {"pipeline", "jobs"}
     assert "jobs" not in imported("pipeline")
+
+
+def readme_block(marker: str) -> str:
+    blocks = (ROOT / "README.md").read_text().split("```python\n")[1:]
+    found = [b.split("```", 1)[0] for b in blocks if marker in b]
+    assert len(found) == 1, f"one python block of README.md holding {marker!r}"
+    return found[0]
+
+
+def test_readme_reading_snippet_runs_as_printed_offline(tmp_path):
+    """The README's reading snippet (deltalake, polars, DuckDB with the wheel's extension folder),
+    run in a new process against a Delta table, with OUTPUT its path and nothing else changed.
+    DuckDB's `LOAD` reads the extension folder and never downloads, and autoinstall is off in
+    the snippet: it cannot pass by fetching the extension from the internet."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    table = tmp_path / "preds"
+    rows = pa.table({"event_id": ["a", "b", "c"], "score": [0.1, 0.2, 0.3], "ds": ["2026-11-03"] * 3})
+    write_deltalake(str(table), rows, partition_by=["ds"])
+    code = readme_block("delta_scan")
+    assert '"autoinstall_known_extensions": False' in code
+    proc = subprocess.run(
+        [sys.executable, "-c", code.replace("OUTPUT", str(table))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2026-11-03" in proc.stdout and "│" in proc.stdout  # DuckDB's table of the counts

@@ -38,13 +38,15 @@ def test_page_has_every_plot_kind_and_one_histogram_per_date():
         assert "viewBox" in h["attrs"] or "viewbox" in h["attrs"]
         assert count(h, "title") >= 1
         assert count(h, "g", "bar") >= 10  # the date's density
-        assert count(h, "g", "reference") == 1  # the training reference
+    # a line per reference the date's drift checks used: training for the first date, the
+    # previous date and training for the others
+    assert [count(h, "g", "reference") for h in hists] == [1, 2, 2]
     (stages,) = plots.of("stage-throughput")
     assert count(stages, "g", "bar") == len(report["stages"])
     (parts,) = plots.of("partition-counts")
     assert count(parts, "g", "output") == 3
     assert count(parts, "g", "dead-letter") == 2  # the first date has no dead letter
-    assert "training reference" in page
+    assert f"vs previous (ds={DATES[1]})" in page and "vs training (checkpoint)" in page
 
 
 def test_header_table_and_drift_banner():
@@ -107,22 +109,38 @@ def test_text_from_the_report_is_escaped():
     assert len(parse(page).of("score-histogram")) == 3
 
 
-def test_report_without_stages_or_reference_falls_back_to_the_run_profile():
+def test_without_a_training_reference_each_date_is_drawn_against_its_previous_date():
+    """Not against "all dates of this run" (itself among them): the reference the check used."""
     report = sample_report(with_reference=False, with_stages=False)
     page = render_html(load(report))
-    plots = parse(page)
-    assert len(plots.of("score-histogram")) == 3
-    for h in plots.of("score-histogram"):
-        assert count(h, "g", "reference") == 1  # the run-wide profile
-    assert "all dates of this run" in page
-    (stages,) = plots.of("stage-throughput")
+    hists = parse(page).of("score-histogram")
+    assert [count(h, "g", "reference") for h in hists] == [0, 1, 1]
+    assert f"vs previous (ds={DATES[0]})" in page and "all dates of this run" not in page
+    (stages,) = parse(page).of("stage-throughput")
     assert count(stages, "g", "bar") == 0
     assert "no per-stage statistics" in page
 
 
+def test_a_previous_date_of_an_earlier_run_is_drawn_from_its_stored_profile():
+    """The breach `vs previous (ds=...)` of a nightly run: the previous date is in the Delta log,
+    not in this run; the report keeps its profile and the page draws it."""
+    report = sample_report()
+    earlier = report["partitions"][1]
+    report["partitions"] = report["partitions"][2:]
+    report["previous_references"] = {f"ds={DATES[1]}": earlier["scores"]}
+    page = render_html(load(report))
+    (h,) = parse(page).of("score-histogram")
+    assert count(h, "g", "reference") == 2
+    assert f"vs previous (ds={DATES[1]})" in page
+    del report["previous_references"]
+    (h,) = parse(render_html(load(report))).of("score-histogram")
+    assert count(h, "g", "reference") == 1  # training only: the previous profile is unknown
+
+
 def test_report_without_any_reference_has_bars_only():
     report = sample_report(with_reference=False)
-    report["scores"] = None
+    for part in report["partitions"]:
+        part["drift"] = None  # drift checks off: nothing was compared
     page = render_html(load(report))
     for h in parse(page).of("score-histogram"):
         assert count(h, "g", "bar") >= 10 and count(h, "g", "reference") == 0

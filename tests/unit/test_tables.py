@@ -115,3 +115,62 @@ def test_vacuum_removes_the_key_records_of_killed_runs_past_the_retention(tmp_pa
     assert not killed.exists() and not empty.exists() and empty.parent.exists()
     assert report.read_text() == "{}"  # the run's other files stay
     assert len(list(running.rglob("*.json"))) == 4
+
+
+def test_committed_files_are_the_dates_files_in_the_log_with_their_footer_stats(tmp_path):
+    """What a race's survivor compares its own files with: whoever wrote them, only the date's
+    files of the current snapshot (a space in the table's path too), footers read, rows not."""
+    from deltalake import write_deltalake
+
+    from pipeline.commit.filestats import write_parquet
+    from pipeline.commit.tables import TableFile, committed_files, table_schema
+
+    root = tmp_path / "the preds"
+    write_deltalake(str(root), pa.table({"k": ["x"], "ds": ["2026-10-02"]}), partition_by=["ds"])
+    out = DeltaOutput(resolve(str(root)), StorageConfig(), ["ds"])
+    table = out.open()
+    (root / "ds=2026-10-01").mkdir()
+    written = []
+    for i, keys in enumerate((["a", "b"], ["c"])):
+        path = f"ds=2026-10-01/part-other.{i}.parquet"
+        write_parquet(out.location.fs, str(root / path), pa.table({"k": keys}), ["k"])
+        size = (root / path).stat().st_size
+        written.append(TableFile(path, size, len(keys), 0, {"ds": "2026-10-01"}))
+    schema = table_schema(pa.schema([("k", pa.string())]), ["ds"])
+    out.commit_date(table, "ds", "2026-10-01", written, schema, 1, None, {}, "other")
+    got = committed_files(out.location, out.open(), "ds", "2026-10-01")
+    assert sorted((f.path, f.rows) for f in got) == [(w.path, w.rows) for w in written]
+    assert all(f.stats is not None and f.stats.fingerprint_for(["k"]) is not None for f in got)
+
+
+def test_a_failed_run_keeps_the_dead_letters_it_committed_for_a_race_winner(tmp_path):
+    """A race's survivor commits only a date's dead letters (the winner's predictions stand); if
+    the run then fails, its cleanup must judge each table by its own log: deleting those files
+    would leave the dead-letter table pointing at files that are gone."""
+    from pipeline.commit.tables import OutputTables, TableFile
+    from pipeline.run.score import _discard_uncommitted
+
+    loc = resolve(str(tmp_path / "preds"))
+    tables = OutputTables(
+        DeltaOutput(loc, StorageConfig(), ["ds"]),
+        DeltaOutput(loc.join("_dead_letter"), StorageConfig(), ["ds"]),
+        "ds",
+    )
+    tables.predictions.open_or_create(pa.schema([("k", pa.string()), ("ds", pa.string())]))
+    dl_schema = pa.schema([("k", pa.string()), ("reason", pa.string()), ("ds", pa.string())])
+    dls = tables.dead_letters.open_or_create(dl_schema)
+    for root, name, columns in (
+        (loc.path, "part-b.0.parquet", {"k": ["x"]}),
+        (f"{loc.path}/_dead_letter", "dl-b.0.parquet", {"k": [None], "reason": ["null key"]}),
+    ):
+        os.makedirs(f"{root}/ds=2026-10-01", exist_ok=True)
+        pq.write_table(
+            pa.table(columns, schema=pa.schema([(c, pa.string()) for c in columns])),
+            f"{root}/ds=2026-10-01/{name}",
+        )
+    dead = f"{loc.path}/_dead_letter/ds=2026-10-01/dl-b.0.parquet"
+    committed = TableFile("ds=2026-10-01/dl-b.0.parquet", os.path.getsize(dead), 1, 0, {"ds": "2026-10-01"})
+    tables.dead_letters.commit_date(dls, "ds", "2026-10-01", [committed], dl_schema, 1, None, {}, "b")
+    _discard_uncommitted(tables, ["2026-10-01"], "b")
+    assert os.path.exists(dead), "a committed dead-letter file was deleted"
+    assert not os.path.exists(f"{loc.path}/ds=2026-10-01/part-b.0.parquet"), "an uncommitted file was kept"

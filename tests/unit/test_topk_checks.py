@@ -223,3 +223,17 @@ def test_config_defaults_and_refusals():
     ]:
         with pytest.raises(ConfigError, match=msg):
             _cfg(**bad)
+
+
+def test_duplicate_groups_names_each_group_and_its_rows(tmp_path):
+    """Without Ray: the groups in more than one output row, each with its keys and `rows` only."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from pipeline.commit.groups import duplicate_groups
+
+    paths = []
+    for i, users in enumerate([[1, 2, 3], [4, 2, 5]]):
+        paths.append(str(tmp_path / f"part-{i}.parquet"))
+        pq.write_table(pa.table({"user_id": users}), paths[-1])
+    assert duplicate_groups(pafs.LocalFileSystem(), paths, ["user_id"]) == [{"user_id": 2, "rows": 2}]
