@@ -80,7 +80,7 @@ from pipeline.storage import delete_dir, resolve
 log = logging.getLogger("batchscore")
 
 
-def _discard_uncommitted(tables, dates: list[str], run_id: str, attempt: str) -> None:
+def _discard_uncommitted(tables, dates: list[str], run_id: str, attempt: str = "") -> None:
     """Delete an attempt's files of the `dates` it never committed (not in the log, so no reader
     has them); dates it committed are skipped. Only this process's attempt, or one proved dead
     (pipeline/run/attempt.py): never a live process's files. A killed run's files wait for its
