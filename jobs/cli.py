@@ -12,6 +12,7 @@ import datetime as dt
 import gc
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -468,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except known_error_types() as e:
         print(f"batchscore {args.command}: error: {e}", file=sys.stderr)
+        if getattr(e, "abandoned", False):  # a worker is blocked for good: see end_abandoned
+            end_abandoned(exit_code_of(e))
         return exit_code_of(e)
     except KeyboardInterrupt:
         print(f"batchscore {args.command}: interrupted", file=sys.stderr)
@@ -485,6 +488,30 @@ def exit_process(code: int) -> NoReturn:
     cycles are left to the operating system with the rest of the process."""
     gc.freeze()
     sys.exit(code)
+
+
+def end_abandoned(code: int, ray_grace_s: float = 10.0) -> NoReturn:
+    """End the process of a run the watchdog stopped while a worker stayed blocked (in user code:
+    pipeline/run/watchdog.py). A normal exit would wait on that thread or on Ray's shutdown behind
+    it; so Ray is shut down on a thread given `ray_grace_s` (it stops a local Ray's processes; a
+    cluster ends the job's workers with their driver either way), then the process ends at once.
+    The report and the error message are written by then."""
+    import threading
+
+    def shutdown() -> None:
+        if "ray" in sys.modules:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+
+    t = threading.Thread(target=shutdown, name="batchscore-ray-shutdown", daemon=True)
+    t.start()
+    t.join(ray_grace_s)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def console() -> NoReturn:

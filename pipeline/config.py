@@ -509,6 +509,82 @@ class RayConfig(_Strict):
     )
 
 
+DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+TIME_OF_DAY_RE = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?\s+(\S+)$")
+
+
+def parse_duration(value: str) -> float:
+    """Seconds of '90', '90s', '30m', '2h', '1h30m' (a bare number is seconds)."""
+    m = DURATION_RE.match(value.strip().lower())
+    if not value.strip() or m is None or not any(m.groups()):
+        raise ValueError(f"expected a duration like '90s', '30m', '2h' or '1h30m', got {value!r}")
+    h, mins, secs = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mins * 60 + secs
+
+
+def resolve_deadline(value: str, start: dt.datetime) -> dt.datetime:
+    """The deadline of a run started at `start` (aware): 'HH:MM[:SS] ZONE' is the next such time
+    of day in that zone after the start (a run started at 07:00 for '06:00' has tomorrow's);
+    a duration ('2h') counts from the start."""
+    from zoneinfo import ZoneInfo
+
+    m = TIME_OF_DAY_RE.match(value.strip())
+    if m is None:
+        return start + dt.timedelta(seconds=parse_duration(value))
+    hour, minute, second, zone = int(m[1]), int(m[2]), int(m[3] or 0), m[4]
+    local = start.astimezone(ZoneInfo(zone))
+    at = local.replace(hour=hour, minute=minute, second=second, microsecond=0)
+    if at <= local:
+        at = (local + dt.timedelta(days=1)).replace(hour=hour, minute=minute, second=second, microsecond=0)
+    return at
+
+
+class RunConfig(_Strict):
+    stall_timeout: str | None = Field(
+        "30m",
+        description="End the run when no row has been read, scored or written for this long ('90s', "
+        "'30m', '2h'; a bare number is seconds; null: never). The run exits 5 with a report naming the "
+        "stalled stage, its work in flight and the last progress; dates already committed stay "
+        "committed, nothing of the others is published.",
+    )
+    deadline: str | None = Field(
+        None,
+        description="When the run must be done: a time of day with its zone ('06:00 Europe/Berlin': the "
+        "next such time after the start) or a duration from the start ('2h'). While the run goes, the "
+        "ETA from measured throughput is held against it: a projected miss is logged and exported to "
+        "report.prometheus_textfile as soon as it is seen.",
+    )
+    on_deadline: Literal["warn", "fail"] = Field(
+        "warn",
+        description="Still scoring at the deadline: 'warn' logs it and goes on; 'fail' stops the run "
+        "(exit 6; dates already committed stay committed, nothing of the others is published).",
+    )
+
+    @field_validator("stall_timeout")
+    @classmethod
+    def _stall(cls, v: str | None) -> str | None:
+        if v is not None and parse_duration(v) <= 0:
+            raise ValueError("must be longer than 0 seconds (null: no stall timeout)")
+        return v
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                resolve_deadline(v, dt.datetime.now(dt.timezone.utc))
+            except (ValueError, KeyError) as e:  # ZoneInfoNotFoundError is a KeyError
+                raise ValueError(
+                    f"expected a time of day with its zone ('06:00 Europe/Berlin') or a duration "
+                    f"('2h'), got {v!r}: {e}"
+                ) from None
+        return v
+
+    @property
+    def stall_timeout_s(self) -> float | None:
+        return parse_duration(self.stall_timeout) if self.stall_timeout is not None else None
+
+
 class JobConfig(_Strict):
     name: str = Field(description="Job name, used in run ids and reports.")
     input: InputConfig
@@ -520,6 +596,7 @@ class JobConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
     def _partitions(self) -> JobConfig:

@@ -5,7 +5,9 @@
     2  bad config, input or model: the message names the key, file or column (UserError)
     3  score drift over the thresholds with drift.on_breach=fail (DriftError)
     4  another run committed a date first, with another model, config or inputs (CommitConflictError)
-    5  another live process holds this --run-id; nothing was written (RunIdInUseError)
+    5  no progress for run.stall_timeout: the run was stopped (StallError)
+    6  still scoring at run.deadline with run.on_deadline=fail: the run was stopped (DeadlineError)
+    7  another live process runs this --run-id; nothing was written (RunIdInUseError)
 
 Errors raised inside Ray tasks and actors reach the driver wrapped by Ray; `find_known_error`
 finds the original by following the exception's causes (no parsing of traceback text).
@@ -13,7 +15,9 @@ finds the original by following the exception's causes (no parsing of traceback 
 
 from __future__ import annotations
 
-EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_DRIFT, EXIT_CONFLICT, EXIT_RUN_ID_IN_USE = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_DRIFT, EXIT_CONFLICT = 0, 1, 2, 3, 4
+EXIT_STALLED, EXIT_DEADLINE = 5, 6
+EXIT_RUN_ID_IN_USE = 7
 
 
 class BatchscoreError(Exception):
@@ -58,6 +62,26 @@ class CommitConflictError(BatchscoreError):
     """Another run committed the same date first, with another model, config or inputs."""
 
     exit_code = EXIT_CONFLICT
+
+
+class RunStopped(BatchscoreError):
+    """The watchdog stopped a run that was still scoring (pipeline/run/watchdog.py). Dates it
+    committed stay committed, the others are not published. `abandoned`: a worker did not stop
+    (blocked in user code), so the process should exit instead of going on (jobs/cli.py does)."""
+
+    abandoned = False
+
+
+class StallError(RunStopped):
+    """No row was read, scored or written for run.stall_timeout."""
+
+    exit_code = EXIT_STALLED
+
+
+class DeadlineError(RunStopped):
+    """Still scoring at run.deadline with run.on_deadline=fail."""
+
+    exit_code = EXIT_DEADLINE
 
 
 class RunIdInUseError(BatchscoreError):

@@ -108,17 +108,63 @@ def prometheus_text(report: RunReport) -> str:
     ]
     if psi:
         metric("batchscore_score_psi", "Population stability index of a date's scores.", psi)
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    d = report.deadline
+    if d is not None:
+        text += deadline_text(job, _epoch(d.at), _epoch(d.projected_finish), d.projected_miss or d.missed)
+    return text
+
+
+def _epoch(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso).timestamp() if iso else None
+
+
+DEADLINE_PREFIX = "batchscore_deadline"
+
+
+def deadline_text(job: str, deadline: float | None, projected: float | None, miss: bool) -> str:
+    """The deadline gauges: the deadline, the projected finish (ETA from measured throughput) and
+    whether it falls past the deadline. Written while a run goes (`update_deadline_gauges`) and
+    with the run's other figures at its end."""
+    lbl = f'{{job="{_label(job)}"}}'
+    out = []
+    for name, help_, value in (
+        (f"{DEADLINE_PREFIX}_timestamp_seconds", "The run's deadline (Unix time).", deadline),
+        (
+            f"{DEADLINE_PREFIX}_projected_finish_timestamp_seconds",
+            "The running run's projected finish from measured throughput (Unix time).",
+            projected,
+        ),
+        (f"{DEADLINE_PREFIX}_projected_miss", "1 if the run is projected to finish past its deadline.", miss),
+    ):
+        if value is not None:
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name}{lbl} {float(value)!r}"]
+    return "\n".join(out) + "\n" if out else ""
+
+
+def update_deadline_gauges(path: str, text: str) -> None:
+    """Replace the deadline gauges in the textfile while a run goes, keeping the last run's other
+    figures (one file: node_exporter rejects a metric that two files both hold)."""
+    try:
+        with open(path) as f:
+            kept = [line for line in f.read().splitlines() if DEADLINE_PREFIX not in line]
+    except FileNotFoundError:
+        kept = []
+    _write_atomically(path, "\n".join(kept).strip("\n") + ("\n" if kept else "") + text)
 
 
 def write_prometheus(path: str, report: RunReport) -> None:
+    _write_atomically(path, prometheus_text(report))
+
+
+def _write_atomically(path: str, text: str) -> None:
     """Write the textfile atomically (node_exporter must never read half a file)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".batchscore-", suffix=".prom.tmp", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(prometheus_text(report))
+            f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

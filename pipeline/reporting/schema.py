@@ -252,6 +252,11 @@ class Timings(_Part):
         "`run_score` otherwise (a library call, `batchscore demo`, a backfill's later runs); null when "
         "no row was scored",
     )
+    first_batch_after_ray_s: float | None = Field(
+        None,
+        description="seconds from Ray being up (started or joined by this run) to the first scored batch: "
+        "what the Ray runner's replicas or tasks take to start and score; null without Ray or a row",
+    )
     total_s: float | None = Field(
         None,
         description="seconds from the same start as first_batch_s (the process's, or the call's) to "
@@ -261,6 +266,16 @@ class Timings(_Part):
     def items(self) -> list[tuple[str, float | None]]:
         """Every timing, the known ones first, then any a newer batchscore added."""
         return [(k, v) for k, v in self.model_dump().items() if v is None or isinstance(v, (int, float))]
+
+
+class DeadlineSummary(_Part):
+    at: str = Field(description="the run's deadline (`run.deadline` resolved at the start), ISO 8601")
+    on_deadline: str = Field("warn", description="`warn` or `fail` (`run.on_deadline`)")
+    projected_finish: str | None = Field(
+        None, description="the latest ETA from measured throughput while scoring, ISO 8601"
+    )
+    projected_miss: bool = Field(False, description="a finish past the deadline was projected while scoring")
+    missed: bool = Field(False, description="the run was still going at the deadline")
 
 
 class RunReport(_Part):
@@ -273,10 +288,13 @@ class RunReport(_Part):
         "succeeded",
         description="`succeeded`; `rejected` (drift with `on_breach: fail`: the flagged date and later ones "
         "not published); `failed` (a date failed its commit checks, `error` says why); `conflict` "
-        "(another run committed a date first with another identity: exit 4); `skipped` (all dates "
-        "already committed; no report file is written then)",
+        "(another run committed a date first with another identity: exit 4); `stalled` (no progress for "
+        "`run.stall_timeout`: exit 5); `deadline` (still scoring at `run.deadline` with `on_deadline: "
+        "fail`: exit 6); `skipped` (all dates already committed; no report file is written then)",
     )
-    error: str | None = Field(None, description="why the run failed, for `failed` and `conflict`")
+    error: str | None = Field(
+        None, description="why the run failed, for `failed`, `conflict`, `stalled` and `deadline`"
+    )
     started_at: str | None = Field(None, description="ISO 8601, UTC")
     finished_at: str | None = Field(None, description="ISO 8601, UTC")
     dates: list[str] = Field(default_factory=list, description="the dates scored")
@@ -327,6 +345,9 @@ class RunReport(_Part):
     throughput_rows_per_s: float | None = Field(None, description="input rows / `timings_s.pipeline_s`")
     ray_data_stats: str | None = Field(None, description="Ray Data's own stats text")
     vacuum: dict[str, Any] | None = Field(None, description="what `output.vacuum_after_run` removed")
+    deadline: DeadlineSummary | None = Field(
+        None, description="with `run.deadline`: it and the ETA held against it"
+    )
     report_uri: str | None = Field(None, description="where this report is")
 
     def to_json(self) -> str:

@@ -29,6 +29,7 @@ class RunContext:
     committer: DateCommitter
     committed: dict[str, tuple[str, dict]]  # date -> (model sha256, score profile), from the log
     timings: dict[str, float | None]
+    deadline: dict[str, Any] | None = None  # the watchdog's summary (pipeline/run/watchdog.py)
 
     @property
     def dates(self) -> list[str]:

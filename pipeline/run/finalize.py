@@ -13,7 +13,9 @@ from pipeline.config import JobConfig, dump_config, shown_config
 from pipeline.reporting.metrics import write_prometheus
 from pipeline.reporting.runs import REPORT_NAME, RUNS_DIR
 from pipeline.reporting.schema import (
+    Commits,
     DateDrift,
+    DeadlineSummary,
     DriftSummary,
     Head,
     HeadSummary,
@@ -52,7 +54,37 @@ def fail_report(c: RunContext, report: RunReport, status: str, error: str | None
     report.status = status
     report.error = error or report.error
     _time(report, c)
+    if c.deadline and report.deadline is None:
+        report.deadline = DeadlineSummary(**c.deadline)
     return write_report(c.cfg, c.p, c.run_id, report)
+
+
+def stopped_report(c: RunContext, snapshot: dict[str, Any], status: str, error: str) -> str:
+    """The report of a run the watchdog stopped (`stalled`, `deadline`): what it had done, the
+    dates committed before it stopped, and why; no profiles (its other dates were not finished)."""
+    cfg, p = c.cfg, c.p
+    replicas = sorted(snapshot.get("replicas", []), key=lambda r: (r["node_id"], r["pid"]))
+    report = RunReport(
+        run_id=c.run_id,
+        job=cfg.name,
+        started_at=c.started.isoformat(timespec="seconds"),
+        finished_at=_now(),
+        dates=p.dates,
+        skipped_committed=c.dp.done,
+        rescored_because={d: why for d, why in c.dp.why.items() if d in p.dates},
+        config=shown_config(cfg),
+        config_hash=cfg.digest(),
+        model=_model_info(cfg, p.model_meta),
+        pool=Pool(**asdict(c.pool)),
+        replicas=[Replica(**r) for r in replicas],
+        rows=Rows(input=p.inputs.rows),
+        output_kind=cfg.output.kind,
+        output_columns=cfg.output.value_columns,
+        commits=Commits(**c.committer.summary()),
+        deadline=DeadlineSummary(**c.deadline) if c.deadline else None,
+        skipped_inputs=p.inputs.skipped,
+    )
+    return fail_report(c, report, status, error)
 
 
 def fill_report(report: RunReport, c: RunContext, commits: list) -> None:
@@ -72,6 +104,7 @@ def fill_report(report: RunReport, c: RunContext, commits: list) -> None:
         duplicate_key_rows=_duplicate_rows(c.p, None),
     )
     report.finished_at = _now()
+    report.deadline = DeadlineSummary(**c.deadline) if c.deadline else None
     _time(report, c)
 
 
@@ -81,7 +114,7 @@ def _now() -> str:
 
 def _time(report: RunReport, c: RunContext) -> None:
     report.timings_s = timings_of(c.p, c.timings, c.t_start)
-    t_exec = c.timings["exec"] or 0
+    t_exec = c.timings.get("exec") or 0
     report.throughput_rows_per_s = round(c.p.inputs.rows / t_exec, 1) if t_exec > 0 else None
 
 
@@ -96,6 +129,7 @@ def timings_of(p: Prepared, t: dict[str, float | None], t_start: float) -> Timin
         profile_s=r(t.get("profile")),
         commit_s=r(t.get("commit")),
         first_batch_s=r(t.get("first_batch")),  # from the process start or the call: run/clock.py
+        first_batch_after_ray_s=r(t.get("first_batch_after_ray")),
         total_s=round(time.perf_counter() - t_start, 3),
     )
 

@@ -200,6 +200,7 @@ class LocalRun:
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
+        self._doing: dict[str, tuple[str, str, float]] = {}  # thread -> (what, file, since): for a stall
 
     def run(self) -> LocalRun:
         import torch
@@ -225,8 +226,8 @@ class LocalRun:
                     w.join(0.2)  # a timed join: Ctrl-C reaches this thread
         except BaseException:
             self._halt()
-            for w in workers:
-                w.join()
+            for w in workers:  # bounded: a thread blocked in user code is left behind (a daemon)
+                w.join(5.0)
             raise
         if self._errors:
             raise self._errors[0]
@@ -241,10 +242,14 @@ class LocalRun:
         try:
             while (job := self._next_job()) is not None:
                 of, rows = job
+                me = threading.current_thread().name
+                what = "reading a block of" if rows is None else f"scoring {rows.num_rows} rows of"
+                self._doing[me] = (what, of.file.path, time.time())
                 if rows is None:
                     self._read_block(of)
                 else:
                     self._score_slice(of, rows, predictor)
+                self._doing.pop(me, None)
         except BaseException as e:  # the run raises it; the other threads stop
             with self._cv:
                 self._errors.append(e)
@@ -316,6 +321,18 @@ class LocalRun:
             self._open.remove(of)
             return True
         return False
+
+    def halt(self) -> None:
+        """Stop the threads after their current piece of work (the watchdog's stop)."""
+        self._halt()
+
+    def activity(self) -> list[str]:
+        """What each busy thread is doing and for how long (a stalled run's report names them)."""
+        now = time.time()
+        return [
+            f"thread {name}: {what} {path} for {now - since:.0f}s"
+            for name, (what, path, since) in sorted(self._doing.items())
+        ]
 
     def stages(self) -> list[Stage]:
         """The report's stages: read, score (preprocess + predict) and write, across the threads."""

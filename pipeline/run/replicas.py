@@ -18,6 +18,7 @@ begun, and no unit's rows are ever in two files."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +33,21 @@ from pipeline.stages.predict import FusedScorer, Predictor
 from pipeline.stages.read import InputFile, PlannedParquet
 
 Piece = tuple[InputFile, str, "range | None"]  # a file of a date, or a range of its row groups
-RECORD_FIELDS = ("unit", "rows_in", "rows_out", "files", "read_s", "score_s", "write_s", "start", "end")
+RECORD_FIELDS = (
+    "unit",
+    "rows_in",
+    "rows_out",
+    "files",
+    "read_s",
+    "score_s",
+    "write_s",
+    "start",
+    "end",
+    "pid",
+    "process_start",  # wall clock: the replica's process started, its __init__ began and ended
+    "init_start",
+    "init_end",
+)
 
 
 @dataclass
@@ -55,11 +70,15 @@ class ScoringReplica:
     name = "score"
 
     def __init__(self, plan: UnitPlan, scorer: FusedScorer, host_threads: int = 1) -> None:
+        from pipeline.run.clock import process_started_at
+
+        self.started = {"pid": os.getpid(), "process_start": process_started_at(), "init_start": time.time()}
         # Arrow's own pools default to every core of the machine, in each of a node's replicas
         pa.set_cpu_count(max(1, host_threads))
         pa.set_io_thread_count(max(2, host_threads))
         self.plan, self.scorer = plan, scorer
         self.predictor = Predictor(**scorer.predictor_kwargs)
+        self.started["init_end"] = time.time()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = [self.score_unit(int(u)) for u in batch["unit"]]
@@ -80,6 +99,7 @@ class ScoringReplica:
             "files": out.count,
             **clock,
             "end": time.time(),
+            **self.started,
         }
 
     def _score_blocks(self, blocks: Iterator[pa.Table], out: UnitFiles, clock: dict[str, float]) -> int:
@@ -174,7 +194,25 @@ class ReplicaRun:
             f"{s.task_time_s} s busy over {self.replicas} replica(s)"
             for s in self.stages()
         ]
-        return "\n".join([*lines, self.ray_stats]).strip()
+        return "\n".join([*lines, *self.startup_lines(), self.ray_stats]).strip()
+
+    def startup_lines(self) -> list[str]:
+        """Each replica's start, relative to the first unit anywhere: its process, its __init__
+        (imports, model load, device) and its first unit."""
+        if not self.records:
+            return []
+        t0 = min(r["process_start"] for r in self.records)
+        out = []
+        for pid in sorted({r["pid"] for r in self.records}):
+            mine = [r for r in self.records if r["pid"] == pid]
+            r = mine[0]
+            first = min(x["start"] for x in mine)
+            out.append(
+                f"replica pid {pid}: process +{r['process_start'] - t0:.2f} s, "
+                f"init +{r['init_start'] - t0:.2f} to +{r['init_end'] - t0:.2f} s, "
+                f"first unit +{first - t0:.2f} s, {len(mine)} unit(s)"
+            )
+        return out
 
 
 def unit_plan(p: Any, files: OutputFiles, file_prefix: str, replicas: int, read_keys: Any) -> UnitPlan:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -36,7 +37,7 @@ from pipeline.commit.tables import (
     vacuum_tables,
 )
 from pipeline.config import JobConfig
-from pipeline.errors import CommitError, DriftError, StorageError, find_known_error
+from pipeline.errors import CommitError, DriftError, RunStopped, StallError, StorageError, find_known_error
 from pipeline.quality.drift import (
     commit_profiles,
     committed_profiles,
@@ -69,10 +70,12 @@ from pipeline.run.finalize import (
     fill_report,
     ray_data_stats,
     skipped_report,
+    stopped_report,
     write_report,
 )
 from pipeline.run.local import DateFiles, LocalRun, preload_torch
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
+from pipeline.run.watchdog import Hooks, Watchdog, supervise
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
 from pipeline.storage import delete_dir, resolve
@@ -139,6 +142,10 @@ def _score(ctx: RunContext, origin) -> RunReport:
     try:
         ds, snapshot = _execute(ctx)
         ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
+        if ctx.timings.get("ray_up_at") is not None:
+            ctx.timings["first_batch_after_ray"] = seconds_to_first(
+                snapshot, "scored", ctx.timings["ray_up_at"]
+            )
         try:
             return _finish(ctx, ds, snapshot)
         except BaseException as e:  # refused, conflicting, Ctrl-C: what this run did not commit goes
@@ -189,6 +196,7 @@ def _start(
     log.info("runner: %s (%s)", *runner)
     dups = _duplicate_check_beside_ray_start(cfg, p, runner[0])
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
+    ray_up_at = time.time() if runner[0] == "ray" else None  # wall clock, as the workers count
     if dups is None:
         _check_duplicate_keys(cfg, p)  # Ray's tasks when Ray runs, before any model work
     else:
@@ -235,7 +243,7 @@ def _start(
         # top-K: the shuffle by group ends only when every date is scored, so dates commit at the end
         early=cfg.output.top_k is None,
     )
-    timings: dict[str, float | None] = {"ray": t_ray}
+    timings: dict[str, float | None] = {"ray": t_ray, "ray_up_at": ray_up_at}
     return RunContext(
         cfg, p, run_id, started, t_start, pre.dates, pool, tables, run, policy, committer, committed, timings
     )
@@ -299,7 +307,8 @@ def _check_untyped_features(cfg: JobConfig, p, tables) -> None:
 
 def _execute(ctx: RunContext):
     """The pipeline, streaming from the input files to files under the table, with progress on
-    stderr; the committer commits each date as soon as its rows are all written."""
+    stderr; the committer commits each date as soon as its rows are all written. The watchdog
+    stops a run that stalls (or, with run.on_deadline fail, is still going at its deadline)."""
     cfg, col, tables = ctx.cfg, ctx.cfg.input.partition_column, ctx.tables
     prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
     written = [WrittenRows(tables.location.join(f"{col}={d}"), prefix) for d in ctx.dates]
@@ -307,25 +316,78 @@ def _execute(ctx: RunContext):
     progress = ProgressView(
         counter, ctx.p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
     ).start()
+    hooks = Hooks()
+    dog = _watchdog(ctx, progress, hooks).start()
     ctx.committer.start()
     t0 = time.perf_counter()
     try:
-        ds = _run_pipeline(ctx, progress.counter)
+        ds = supervise(lambda: _run_pipeline(ctx, progress.counter, hooks), dog)
     except BaseException as e:  # Ctrl-C too: the committer stops before the run ends
+        dog.stop()
+        ctx.deadline = dog.summary()
         ctx.committer.stop()
         progress.stop(completed=False)
         left = [d for d in ctx.dates if d not in ctx.committer.committed]
         _discard_uncommitted(tables, left, ctx.run_id, ctx.run.attempt)
+        if isinstance(e, RunStopped):
+            ctx.timings["exec"] = time.perf_counter() - t0
+            raise _stopped(ctx, e, progress.last) from None
         known = find_known_error(e) if isinstance(e, Exception) else None
         if known is not None:
             raise known from None
         raise
+    dog.stop()
+    ctx.deadline = dog.summary()
     snapshot = progress.stop()
     ctx.timings["exec"] = time.perf_counter() - t0
     return ds, snapshot
 
 
-def _run_pipeline(ctx: RunContext, counter):
+def _watchdog(ctx: RunContext, progress: ProgressView, hooks: Hooks) -> Watchdog:
+    from pipeline.config import resolve_deadline
+
+    run = ctx.cfg.run
+    if ctx.pool.runner != "local":  # Ray: the replicas that registered, for a stall's report
+
+        def replicas() -> list[str]:
+            return [
+                f"replica pid {r['pid']} on node {str(r['node_id'])[:12]} ({r['device']})"
+                for r in progress.last.get("replicas", [])
+            ]
+
+        hooks.activity.append(replicas)
+    return Watchdog(
+        progress,
+        ctx.p.inputs.rows,
+        run.stall_timeout_s,
+        resolve_deadline(run.deadline, ctx.started) if run.deadline else None,
+        run.on_deadline,
+        ctx.cfg.report.prometheus_textfile,
+        ctx.cfg.name,
+        hooks,
+    )
+
+
+def _stopped(ctx: RunContext, e: RunStopped, snapshot: dict) -> RunStopped:
+    """The watchdog's error with what was published and where the report is."""
+    status = "stalled" if isinstance(e, StallError) else "deadline"
+    done = ctx.committer.committed
+    left = [d for d in ctx.dates if d not in done]
+    published = (
+        f"committed before it stopped: {', '.join(done)}; not published: {', '.join(left)}"
+        if done
+        else f"nothing published (not published: {', '.join(left)})"
+    )
+    try:
+        uri = stopped_report(ctx, snapshot, status, str(e))
+    except Exception as err:  # storage may be what stalled: the error still says what happened
+        uri = f"not written ({type(err).__name__}: {brief_error(err)})"
+    stopped = type(e)(f"{e}\n  {published}; report: {uri}")
+    stopped.abandoned = e.abandoned
+    return stopped
+
+
+def _run_pipeline(ctx: RunContext, counter, hooks: Hooks):
     """The lazy pipeline, executed by its write, under this run's Ray Data settings (the caller's
     own Ray Data context is left as it was)."""
     cfg, tables = ctx.cfg, ctx.tables
@@ -334,9 +396,9 @@ def _run_pipeline(ctx: RunContext, counter):
         tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id, ctx.run.attempt
     )
     if ctx.pool.runner == "local":
-        return _run_local(ctx, counter, dead_letter)
+        return _run_local(ctx, counter, dead_letter, hooks)
     if ctx.pool.mode == "actors":
-        return _run_replicas(ctx, counter, dead_letter)
+        return _run_replicas(ctx, counter, dead_letter, hooks)
     from pipeline.stages.write import write_predictions, write_tasks_at_once  # Ray Data: now
 
     with run_data_context():
@@ -355,7 +417,7 @@ def _run_pipeline(ctx: RunContext, counter):
         return write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes, ctx.run.attempt)
 
 
-def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter) -> LocalRun:
+def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: Hooks) -> LocalRun:
     """The same stages on threads in this process (pipeline/run/local.py)."""
     pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
     files = DateFiles(
@@ -366,10 +428,13 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter) -> Local
         ctx.run.attempt,
     )
     scorer = fused_scorer(ctx.p, pre, kwargs)
-    return LocalRun(ctx.p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys).run()
+    run = LocalRun(ctx.p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys)
+    hooks.halt.append(run.halt)
+    hooks.activity.append(run.activity)
+    return run.run()
 
 
-def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter):
+def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: Hooks):
     """Replicas that take each unit of input through every stage and write its files themselves
     (pipeline/run/replicas.py); the driver gets one small record per unit."""
     from pipeline.run.replicas import ReplicaRun, replica_dataset, unit_plan
@@ -381,9 +446,15 @@ def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter):
     prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
     plan = unit_plan(ctx.p, files, prefix, ctx.pool.max_replicas, ctx.policy.read_keys)
     run = ReplicaRun(ctx.pool.max_replicas)
+    units = len(plan.units)
+    stop = threading.Event()  # the watchdog's or Ctrl-C's stop, seen as the next unit comes back
+    hooks.halt.append(stop.set)
+    hooks.activity.append(lambda: [f"{len(run.records)} of {units} units done, others in flight or waiting"])
     with run_data_context():
         ds = replica_dataset(plan, fused_scorer(ctx.p, pre, kwargs), ctx.pool, ctx.cfg.predict.label_selector)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if stop.is_set():  # leaving the loop ends Ray Data's execution, and with it the pool
+                break
             run.add(batch)
     return run
 

@@ -420,6 +420,7 @@ class Predictor:
         mask = pa.array(bad)
         reasons = np.full(int(bad.sum()), NON_FINITE_EMBEDDING, dtype=object)
         self.dead_letter.write(batch.filter(mask), reasons, batch)
+        count(self.progress, "rejected", len(reasons))
         keep = pa.array(~bad)
         return batch.filter(keep), {c: v.filter(keep) for c, v in values.items()}
 

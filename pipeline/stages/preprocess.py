@@ -104,6 +104,7 @@ class Preprocessor:
             counts = dict(Counter(reasons.tolist()))
             raise StageError(f"stage {self.name!r}: {len(reasons)} rows cannot be scored: {counts}")
         self.dead_letter.write(rows, reasons, batch)
+        count(self.progress, "rejected", len(reasons))
 
     def _duplicate_keys(self, batch: pa.Table, reasons: np.ndarray | None) -> np.ndarray | None:
         """`reasons` with the rows whose key repeats within their date (and no other reason yet)."""
@@ -118,6 +119,12 @@ class Preprocessor:
         return reasons
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        out = self._process(batch)
+        # with 'read' (counted on entry) this says which stage holds rows when a run stalls
+        count(self.progress, "preprocessed", batch.num_rows)
+        return out
+
+    def _process(self, batch: pa.Table) -> pa.Table:
         missing = [c for c in self.required if c not in batch.column_names]
         if missing:
             raise StageError(

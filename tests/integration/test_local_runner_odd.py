@@ -230,9 +230,10 @@ def _rows_on_disk(out, date: str) -> int:
 def test_a_file_that_breaks_mid_run_fails_naming_it_and_a_rerun_after_the_fix_is_exact(
     checkpoints, tmp_path, monkeypatch
 ):
-    """Three dates on two scoring threads; a file of the second date has damaged pages behind a
-    good footer, so it fails when a thread reads it, after the first date was committed (the
-    thread reaching it waits for that commit, as in a long backfill) and while the other thread
+    """Three dates on two scoring threads; a file of the second date gets damaged pages behind a
+    good footer once the run is under way, so it fails when a thread reads it, after the first
+    date was committed (the thread reaching it waits for that commit, as in a long backfill) and
+    while the other thread
     scores the third date. The run fails with an error naming the file; a reader sees the first
     date, exact, and nothing of the others (their files are removed). After the file is fixed, a
     rerun skips the committed date and commits the two others, exact, each once."""
@@ -243,7 +244,7 @@ def test_a_file_that_breaks_mid_run_fails_naming_it_and_a_rerun_after_the_fix_is
         for i in range(3):
             _write(data, d, f"part-{i}.parquet", t.slice(500 * i, 500))
     broken = data / f"ds={d2}" / "part-1.parquet"
-    good = _corrupt_pages(broken)
+    good = broken.read_bytes()  # damaged only once the run is under way (after its key checks)
 
     # the committer polls often, and the thread that reaches the broken file waits for d1's commit
     start = DateCommitter.start
@@ -265,6 +266,7 @@ def test_a_file_that_breaks_mid_run_fails_naming_it_and_a_rerun_after_the_fix_is
                 time.sleep(0.05)
             if latest_commit(str(out), d1) is not None and _rows_on_disk(out, d3) == 1500:
                 waited.set()  # d1 committed, d3 all written but not committable before d2
+            _corrupt_pages(broken)
         yield from read_file(self, f, d, max_block_bytes)
 
     monkeypatch.setattr(PlannedParquet, "read_file", read_after_first_commit)

@@ -239,7 +239,7 @@ def test_a_second_live_process_with_the_same_run_id_is_refused_before_it_writes(
     t0 = time.time()
     second = _score(cfg, tmp_path, "second")
     code, _, err = second.wait(timeout=120), *second.communicate()
-    assert code == 5, err[-3000:]
+    assert code == 7, err[-3000:]
     assert f"--run-id {RUN_ID}: " in err and "still running" in err, err[-3000:]
     assert first.poll() is None, "the first run did not outlive the refusal: the test proves nothing"
     # the first run goes on writing, under its attempt's names; the refused one wrote nothing

@@ -34,3 +34,22 @@ def record_node_features(batch: pa.Table) -> dict[str, np.ndarray]:
     with open(os.path.join(os.environ["BATCHSCORE_TEST_NODE_LOG"], uuid.uuid4().hex), "w") as f:
         f.write(f"{node} {os.getpid()}")
     return transform_table(batch, PLUGIN_FEATURES)
+
+
+# the second test date's (tests/support.py DATES) row 1500: its batch never comes back
+BLOCK_EVENT = "2026-10-02-1500"
+
+
+def blocking_features(batch: pa.Table) -> dict[str, np.ndarray]:
+    """Blocks forever on the one batch holding BLOCK_EVENT, like user code waiting on a peer that
+    never answers; every other batch goes through."""
+    import os
+    import threading
+
+    if BLOCK_EVENT in batch.column("event_id").to_pylist():
+        marker = os.environ.get("BATCHSCORE_TEST_BLOCKED")
+        if marker:  # when it blocked, for the test's clock
+            with open(marker, "w") as f:
+                f.write(str(time.time()))
+        threading.Event().wait()
+    return transform_table(batch, PLUGIN_FEATURES)
