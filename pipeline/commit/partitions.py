@@ -27,8 +27,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.commit.filestats import ReadKeys
-from pipeline.commit.reconcile import Fingerprint, fingerprint_files, total
 from pipeline.commit.tables import (
     DateIdentity,
     OutputTables,
@@ -45,6 +43,8 @@ from pipeline.commit.tables import (
     table_schema,
 )
 from pipeline.errors import CommitConflictError, CommitError, StorageError
+from pipeline.filestats import ReadKeys
+from pipeline.keys import Fingerprint, fingerprint_files, total
 from pipeline.stages.deadletter import REASON_COLUMN, dead_letter_schema
 from pipeline.stages.read import InputPartition, InputPlan
 from pipeline.storage import Location

@@ -34,9 +34,9 @@ from urllib.parse import quote, unquote, urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit.filestats import FileStats, stats_from_footer, vacuum_input_keys
 from pipeline.config import JobConfig, StorageConfig
 from pipeline.errors import UserError
+from pipeline.filestats import FileStats, stats_from_footer, vacuum_input_keys
 from pipeline.storage import Location, is_s3, list_files, resolve
 
 log = logging.getLogger("batchscore")

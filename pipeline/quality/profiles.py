@@ -1,6 +1,6 @@
 """Profiles of a run's prediction files, per output column (a head; an embedding by its vectors' L2
 norms, models.outputs.profiled_values). Each file's footer holds the summary of its columns
-(models.scoreprofile's Partial, written with the file: pipeline/commit/filestats.py), so the driver
+(models.scoreprofile's Partial, written with the file: pipeline/filestats.py), so the driver
 merges a few hundred numbers per file and column, read from footers. A file without them is read by
 a Ray task (its output columns only)."""
 

@@ -18,13 +18,13 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from pipeline.commit.filestats import ReadKeys
 from pipeline.commit.groups import TopKCheck
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, brief_error, commit_partitions
 from pipeline.commit.streaming import DateCommitter, subset
 from pipeline.commit.tables import WrittenRows, list_run_files, run_file_prefix, vacuum_tables
 from pipeline.config import JobConfig
 from pipeline.errors import CommitError, DriftError, RunStopped, StallError, StorageError, find_known_error
+from pipeline.filestats import ReadKeys
 from pipeline.quality.drift import (
     commit_profiles,
     committed_profiles,

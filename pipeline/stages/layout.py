@@ -13,9 +13,9 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.commit.filestats import write_parquet
 from pipeline.commit.tables import HIVE_NULL
 from pipeline.config import OutputConfig
+from pipeline.filestats import write_parquet
 from pipeline.storage import Location, is_s3
 
 
