@@ -70,7 +70,8 @@ def history(args: argparse.Namespace) -> dict[str, Any]:
     for c in commits:
         print(
             f"{c['version']:>7}  {c.get('date', '?'):10}  {c.get('output_rows', 0):>10}  "
-            f"{str(c.get('model_version', ''))[:24]:24}  {c.get('run_id', '')}"
+            f"{str(c.get('model_version', '(withdrawn)' if c.get('withdrawn') else ''))[:24]:24}  "
+            f"{c.get('run_id', '')}"
         )
     print(
         "read a version: deltalake.DeltaTable(URI, version=V).to_pyarrow_table() or "

@@ -7,6 +7,7 @@
     4  another run committed a date first, with another model, config or inputs (CommitConflictError)
     5  no progress for run.stall_timeout: the run was stopped (StallError)
     6  still scoring at run.deadline with run.on_deadline=fail: the run was stopped (DeadlineError)
+    7  another live process runs this --run-id; nothing was written (RunIdInUseError)
 
 Errors raised inside Ray tasks and actors reach the driver wrapped by Ray; `find_known_error`
 finds the original by following the exception's causes (no parsing of traceback text).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_DRIFT, EXIT_CONFLICT = 0, 1, 2, 3, 4
 EXIT_STALLED, EXIT_DEADLINE = 5, 6
+EXIT_RUN_ID_IN_USE = 7
 
 
 class BatchscoreError(Exception):
@@ -80,6 +82,12 @@ class DeadlineError(RunStopped):
     """Still scoring at run.deadline with run.on_deadline=fail."""
 
     exit_code = EXIT_DEADLINE
+
+
+class RunIdInUseError(BatchscoreError):
+    """Another live process runs the same --run-id: this one stops before it writes anything."""
+
+    exit_code = EXIT_RUN_ID_IN_USE
 
 
 def known_error_types() -> tuple[type[Exception], ...]:

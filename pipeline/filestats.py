@@ -160,7 +160,7 @@ class ReadKeys:
     files without one are read (a record not written yet, a read task over several dates, a file
     whose rows changed since)."""
 
-    location: Location  # OUTPUT/_runs/RUN/input_keys: removed at the end of the run
+    location: Location  # OUTPUT/_runs/RUN/input_keys.ATTEMPT: removed at the end of the attempt
     key_columns: list[str]
     partition_column: str
 
@@ -236,15 +236,16 @@ class ReadKeys:
 
 def vacuum_input_keys(output: Location, retention_hours: float, dry_run: bool = False) -> list[str]:
     """Delete the key records that runs killed before their end left behind
-    (OUTPUT/_runs/RUN/input_keys; a run that ends deletes its own), once the newest file in the
-    folder is older than `retention_hours`: the age vacuum waits for before it deletes a run's
-    uncommitted data files, so a run still reading keeps its records. Nothing else under _runs
-    (report.json, ...) is touched. Returns the URIs of the folders deleted (or, `dry_run`, to be)."""
+    (OUTPUT/_runs/RUN/input_keys.ATTEMPT, or input_keys from older versions; a run that ends
+    deletes its own), once the newest file in the folder is older than `retention_hours`: the age
+    vacuum waits for before it deletes a run's uncommitted data files, so a run still reading keeps
+    its records. Nothing else under _runs (report.json, ...) is touched. Returns the URIs of the
+    folders deleted (or, `dry_run`, to be)."""
     cutoff_ns = time.time_ns() - int(retention_hours * 3600 * 1e9)
     stale = [
         run for run, newest in _input_keys_newest(output).items() if newest is not None and newest < cutoff_ns
     ]
-    folders = [output.join(RUNS_DIR, run, INPUT_KEYS_DIR) for run in sorted(stale)]
+    folders = [output.join(RUNS_DIR, run) for run in sorted(stale)]
     if not dry_run:
         for folder in folders:
             delete_dir(folder)
@@ -252,17 +253,18 @@ def vacuum_input_keys(output: Location, retention_hours: float, dry_run: bool = 
 
 
 def _input_keys_newest(output: Location) -> dict[str, int | None]:
-    """Run id -> the newest mtime (ns) of the files in its input_keys folder, or of the folder
-    and its subfolders when it holds no file (a run killed before its first record); None when
-    storage gives no times. One listing of _runs."""
+    """RUN/input_keys[.ATTEMPT] -> the newest mtime (ns) of the files in that folder, or of the
+    folder and its subfolders when it holds no file (a run killed before its first record); None
+    when storage gives no times. One listing of _runs."""
     runs = output.join(RUNS_DIR)
     listing = output.fs.get_file_info(pafs.FileSelector(runs.path, recursive=True, allow_not_found=True))
     times: dict[str, tuple[list[int], list[int]]] = {}
     for info in listing:
         run, _, rest = posixpath.relpath(info.path, runs.path).partition("/")
-        if rest.split("/")[0] != INPUT_KEYS_DIR:
+        folder = rest.split("/")[0]
+        if folder != INPUT_KEYS_DIR and not folder.startswith(INPUT_KEYS_DIR + "."):
             continue
-        files, folders = times.setdefault(run, ([], []))
+        files, folders = times.setdefault(f"{run}/{folder}", ([], []))
         if info.mtime_ns is not None:
             (files if info.type == pafs.FileType.File else folders).append(info.mtime_ns)
     return {

@@ -21,6 +21,7 @@ import os
 import re
 import signal
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -38,7 +39,6 @@ from pipeline.commit.tables import (
     delete_run_files,
     digest_of,
     file_schema,
-    identity_app_id,
     run_files,
     table_schema,
 )
@@ -69,6 +69,10 @@ class RunIdentity:
     # each date's generation in the log when the run planned it: a different one at commit time
     # means another run committed the date meanwhile (see `_lost_race`)
     seen: dict[str, int | None] = field(default_factory=dict)
+    # the process's attempt of the run (pipeline/run/attempt.py): its files are the ones committed
+    attempt: str = ""
+    # called before each commit: raises when this attempt may no longer commit (its lease lapsed)
+    check_lease: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -222,6 +226,7 @@ def _metadata(c: _Checked, run: RunIdentity, inputs: InputPlan, policy, extra: d
         {
             "date": c.part.date,
             "run_id": run.run_id,
+            "attempt": run.attempt,
             "job": run.job,
             "model_version": run.model_version,
             "model_sha256": run.model_sha256,
@@ -255,8 +260,8 @@ def commit_partitions(
     for part in sorted(inputs.partitions, key=lambda p: p.date):
         c = _Checked(
             part,
-            run_files(tables.predictions.location, col, part.date, run.run_id),
-            run_files(tables.dead_letters.location, col, part.date, run.run_id, kind="dl"),
+            run_files(tables.predictions.location, col, part.date, run.run_id, attempt=run.attempt),
+            run_files(tables.dead_letters.location, col, part.date, run.run_id, "dl", run.attempt),
         )
         why = _check(tables, inputs, c, policy)
         if why:
@@ -303,13 +308,11 @@ def _open_tables(tables: OutputTables, c: _Checked, policy: CommitPolicy):
     return preds, dls, _arrow_schema(preds), _arrow_schema(dls)
 
 
-def _committed_by_this_run(tables: OutputTables, preds, date: str, run_id: str) -> int | None:
-    """The date's generation when its current commit is this run's own (a commit that landed
-    although its reply was lost, or one made before an error later in the same step)."""
-    col = tables.partition_column
-    current = preds.transaction_version(date_app_id(col, date))
-    mine = preds.transaction_version(identity_app_id(col, date, "run", run_id))
-    return current if current is not None and mine == current else None
+def _committed_by_this_run(tables: OutputTables, preds, date: str, run: RunIdentity) -> int | None:
+    """The date's generation when its current commit is this attempt's own (a commit that landed
+    although its reply was lost, or one made before an error later in the same step). By attempt,
+    not run id: an earlier attempt's commit with the same run id holds other files."""
+    return tables.predictions.committed_by(preds, tables.partition_column, date, run.run_id, run.attempt)
 
 
 @dataclass
@@ -340,7 +343,7 @@ def _commit_date(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, m
         return done
     pause_for_test(PAUSE_BETWEEN_COMMITS_ENV, col, date)
     try:
-        version = tables.predictions.version_of(done.preds, date, run.run_id)  # refreshes `preds`
+        version = tables.predictions.version_of(done.preds, date, run.run_id, run.attempt)  # refreshes it
         dl_version = _commit_dead_letters(tables, done.dls, c, done.dl_schema, done.generation, meta)
     except (OSError, DeltaError) as e:
         raise StorageError(
@@ -372,20 +375,22 @@ def _commit_predictions(
     col, date = tables.partition_column, c.part.date
     preds, dls, schema, dl_schema = _open_tables(tables, c, policy)
     identity = identity_of(c.part, run.model_sha256, run.scoring_hash)
-    generation = _committed_by_this_run(tables, preds, date, run.run_id)
+    generation = _committed_by_this_run(tables, preds, date, run)
     if generation is None:
         current = preds.transaction_version(date_app_id(col, date))
         if date in run.seen and current != run.seen[date]:
             return _lost_race(tables, c, run, policy, "it was committed after this run started")
         generation = (current or 0) + 1
         pause_for_test(PAUSE_BEFORE_COMMIT_ENV, col, date)  # resumed, it commits on a stale snapshot
+        if run.check_lease is not None:
+            run.check_lease()
         try:
             tables.predictions.commit_date(
-                preds, col, date, c.staged, schema, generation, identity, meta, run.run_id
+                preds, col, date, c.staged, schema, generation, identity, meta, run.run_id, run.attempt
             )
         except CommitFailedError as e:
             preds = tables.predictions.open()
-            if _committed_by_this_run(tables, preds, date, run.run_id) != generation:
+            if _committed_by_this_run(tables, preds, date, run) != generation:
                 return _lost_race(tables, c, run, policy, f"delta-rs: {str(e)[:200]}")
     return _Published(preds, dls, dl_schema, generation)
 
@@ -421,16 +426,16 @@ def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generat
     from deltalake.exceptions import CommitFailedError
 
     col, date = tables.partition_column, c.part.date
+    run_id, attempt = meta["run_id"], meta.get("attempt", "")
     for _attempt in range(5):
         current = tables.predictions.open().transaction_version(date_app_id(col, date))
         if current != generation:
             log.warning("%s=%s was replaced by a newer run before its dead letters were committed", col, date)
-            if not tables.dead_letters.ever_committed_by(dls, col, date, meta["run_id"]):
+            if not tables.dead_letters.ever_committed_by(dls, col, date, run_id, attempt):
                 delete_run_files(tables.dead_letters, c.dead)
             return None
-        mine = dls.transaction_version(identity_app_id(col, date, "run", meta["run_id"]))
-        if mine == generation:  # our commit landed although delta-rs reported a conflict
-            return tables.dead_letters.version_of(dls, date, meta["run_id"])
+        if tables.dead_letters.committed_by(dls, col, date, run_id, attempt) == generation:
+            return tables.dead_letters.version_of(dls, date, run_id, attempt)  # landed despite a conflict
         try:
             tables.dead_letters.commit_date(
                 dls,
@@ -440,10 +445,11 @@ def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generat
                 schema,
                 generation,
                 None,
-                {"date": date, "run_id": meta["run_id"]},
-                meta["run_id"],
+                {"date": date, "run_id": run_id, "attempt": attempt},
+                run_id,
+                attempt,
             )
-            return tables.dead_letters.version_of(dls, date, meta["run_id"])  # refreshes `dls`
+            return tables.dead_letters.version_of(dls, date, run_id, attempt)  # refreshes `dls`
         except CommitFailedError:
             dls = tables.dead_letters.open()
     raise CommitError(f"{col}={date}: the dead-letter table kept changing under this run's commit")
@@ -462,7 +468,7 @@ def _lost_race(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, how
     dl_version = None
     if state.same_model and state.same_inputs and not state.dead_letters_current:
         dl_version = _stand_in_dead_letters(tables, c, run, policy, preds, state.generation)
-    if not tables.predictions.ever_committed_by(preds, col, date, run.run_id):
+    if not tables.predictions.ever_committed_by(preds, col, date, run.run_id, run.attempt):
         delete_run_files(tables.predictions, c.staged)
         if dl_version is None:  # committed ones are the table's now
             delete_run_files(tables.dead_letters, c.dead)
@@ -511,7 +517,9 @@ def _stand_in_dead_letters(tables: OutputTables, c: _Checked, run, policy, preds
     try:
         dls = tables.dead_letters.open_or_create(dl_schema)
         check_schema(dls, dl_schema)
-        return _commit_dead_letters(tables, dls, c, _arrow_schema(dls), generation, {"run_id": run.run_id})
+        return _commit_dead_letters(
+            tables, dls, c, _arrow_schema(dls), generation, {"run_id": run.run_id, "attempt": run.attempt}
+        )
     except (OSError, DeltaError) as e:
         raise StorageError(
             f"{col}={date} is incomplete: another run committed its predictions but not its dead letters, "
@@ -532,3 +540,31 @@ def _differs_from_committed(tables: OutputTables, c: _Checked, policy: CommitPol
         if written_fingerprint(loc, theirs, keys) != written_fingerprint(loc, c.staged, keys):
             return "the committed predictions' keys are not this run's"
     return None
+
+
+def withdraw_date(tables: OutputTables, date: str, run: RunIdentity, why: str) -> int | None:
+    """Take `date` out of both tables (one commit each that removes its files and marks it
+    withdrawn, so the next plan rescores it), when its current commit is still this attempt's:
+    a date whose files changed after the commit must not stay published. Returns the predictions'
+    new version, or None when another run has replaced the date since (nothing to withdraw)."""
+    from deltalake.exceptions import CommitFailedError
+
+    col = tables.partition_column
+    preds = tables.predictions.open()
+    generation = _committed_by_this_run(tables, preds, date, run)
+    if generation is None:
+        return None
+    meta = {"date": date, "run_id": run.run_id, "attempt": run.attempt, "withdrawn": why, "output_rows": 0}
+    args = (col, date, [], _arrow_schema(preds), generation + 1, None, meta, run.run_id, run.attempt)
+    try:
+        tables.predictions.commit_date(preds, *args, withdraw=True)
+    except CommitFailedError:  # another run committed the date meanwhile: its files are not ours
+        return None
+    dls = tables.dead_letters.open()
+    if dls is not None:  # the date's dead letters go with it (a rerun commits new ones)
+        dl_args = (col, date, [], _arrow_schema(dls), generation + 1, None, meta, run.run_id, run.attempt)
+        try:
+            tables.dead_letters.commit_date(dls, *dl_args, withdraw=True)
+        except CommitFailedError as e:
+            log.warning("%s=%s: its dead letters could not be withdrawn: %s", col, date, e)
+    return tables.predictions.version_of(preds, date, run.run_id, run.attempt)

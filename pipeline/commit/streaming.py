@@ -76,12 +76,21 @@ class DateCommitter:
 
     @property
     def committed(self) -> list[str]:
+        """Dates done: committed by this run, or found committed as asked by another run."""
         return [c.date for c in self.commits]
+
+    @property
+    def published(self) -> list[str]:
+        """Dates this run's own commits published (what its messages may call committed)."""
+        return [c.date for c in self.commits if c.outcome == "committed"]
 
     def _rows(self, loc: Location, kind: str) -> int:
         """Rows in this run's complete Parquet files under `loc` (footers read once per file)."""
         if loc.path not in self._counters:
-            self._counters[loc.path] = WrittenRows(loc, run_file_prefix(self.run.run_id, kind))
+            # this attempt's files only: another process with the same run id writes its own
+            self._counters[loc.path] = WrittenRows(
+                loc, run_file_prefix(self.run.run_id, kind, self.run.attempt)
+            )
         return self._counters[loc.path]()
 
     def _staged_rows(self, date: str) -> int:
@@ -98,7 +107,7 @@ class DateCommitter:
             if part.date in self.held or self._staged_rows(part.date) != part.rows:
                 return
             profile = profile_partitions(
-                self.tables.location, col, [part.date], self.value_columns, self.run.run_id
+                self.tables.location, col, [part.date], self.value_columns, self.run.run_id, self.run.attempt
             )
             profiles = {**self.profiles, **profile}
             drift = evaluate_heads(
@@ -131,11 +140,18 @@ class DateCommitter:
             self.drift[part.date] = drift
             self.commits.extend(commits)
             self._pending.pop(0)
-            if drain:
-                log.info("committed %s=%s (%d rows)", col, part.date, part.rows)
-            else:
+            if not drain:
                 self.during_run.append(part.date)
-                log.info("committed %s=%s while the run goes on (%d rows)", col, part.date, part.rows)
+            self._log_commit(commits[0], drain)
+
+    def _log_commit(self, commit: DateCommit, drain: bool) -> None:
+        """Say what the commit did: only a commit that landed is 'committed' (another run's commit
+        of the same date found first is a no-op of this run's)."""
+        col, when = self.inputs.partition_column, "" if drain else " while the run goes on"
+        if commit.outcome == "committed":
+            log.info("committed %s=%s%s (%d rows)", col, commit.date, when, commit.input_rows)
+        else:
+            log.info("%s=%s: %s, nothing committed by this run%s", col, commit.date, commit.outcome, when)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

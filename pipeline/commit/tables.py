@@ -14,6 +14,8 @@ records Delta application transactions (`txn` actions, kept in every snapshot):
     batchscore/<col>=<date>/model/<digest>      -> g   model sha256 + scoring config
     batchscore/<col>=<date>/inputs/<digest>     -> g   input files (path, size, mtime)
     batchscore/<col>=<date>/run/<run id>        -> g   the run that committed it
+    batchscore/<col>=<date>/attempt/<attempt>   -> g   the process (attempt of the run) that did
+    batchscore/<col>=<date>/withdrawn           -> g   the date was taken out (a file changed)
 
 so "is this date committed with this model and these inputs" is three lookups in the snapshot:
 an identity is current exactly when its version equals the date's generation. The commit's
@@ -75,6 +77,10 @@ def identity_app_id(col: str, date: str, kind: str, digest: str) -> str:
     return f"{APP_PREFIX}/{col}={date}/{kind}/{digest}"
 
 
+def withdrawn_app_id(col: str, date: str) -> str:
+    return f"{date_app_id(col, date)}/withdrawn"
+
+
 def digest_of(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -93,6 +99,7 @@ class DateState:
     same_model: bool
     same_inputs: bool
     dead_letters_current: bool
+    withdrawn: bool = False  # the current generation took the date out of the table
 
     @property
     def committed_as_asked(self) -> bool:
@@ -103,6 +110,8 @@ class DateState:
     def why_rescored(self) -> str:
         if self.generation is None:
             return "not committed yet"
+        if self.withdrawn:
+            return "withdrawn: a file of its last commit changed after the commit (see `batchscore history`)"
         if not self.same_model:
             return "committed with another model or scoring config"
         if not self.same_inputs:
@@ -133,15 +142,19 @@ def partition_values(relpath: str) -> dict[str, str | None]:
     return values
 
 
-def run_file_prefix(run_id: str, kind: str = "part") -> str:
-    """Every file a run writes starts with this (part- predictions, dl- dead letters). The '.'
-    after the run id cannot occur in a run id, so run `a` never claims the files of run `a-b`."""
-    return f"{kind}-{run_id}."
+def run_file_prefix(run_id: str, kind: str = "part", attempt: str = "") -> str:
+    """Every file a run writes starts with this (part- predictions, dl- dead letters), then the
+    attempt (the process, see pipeline/run/attempt.py): `part-RUN.ATTEMPT.`. The '.' cannot occur
+    in a run id or an attempt id, so run `a` never claims the files of run `a-b`, nor one attempt
+    another's. Without `attempt`: every attempt's files of the run (and those of older versions)."""
+    return f"{kind}-{run_id}.{attempt}." if attempt else f"{kind}-{run_id}."
 
 
-def list_run_files(table: Location, col: str, date: str, run_id: str, kind: str = "part") -> list:
-    """This run's files of one date under a table, as listed (names only, no footer read)."""
-    prefix = run_file_prefix(run_id, kind)
+def list_run_files(
+    table: Location, col: str, date: str, run_id: str, kind: str = "part", attempt: str = ""
+) -> list:
+    """This run's (attempt's) files of one date under a table, as listed (names only)."""
+    prefix = run_file_prefix(run_id, kind, attempt)
     return [
         i
         for i in list_files(table.join(f"{col}={date}"), suffix=".parquet")
@@ -149,10 +162,12 @@ def list_run_files(table: Location, col: str, date: str, run_id: str, kind: str 
     ]
 
 
-def run_files(table: Location, col: str, date: str, run_id: str, kind: str = "part") -> list[TableFile]:
-    """This run's complete files of one date under a table, with the row count and the stats
-    each footer holds (footers read in parallel threads; no rows are read)."""
-    infos = list_run_files(table, col, date, run_id, kind)
+def run_files(
+    table: Location, col: str, date: str, run_id: str, kind: str = "part", attempt: str = ""
+) -> list[TableFile]:
+    """This run's (attempt's) complete files of one date under a table, with the row count and the
+    stats each footer holds (footers read in parallel threads; no rows are read)."""
+    infos = list_run_files(table, col, date, run_id, kind, attempt)
 
     def footer(info) -> TableFile:
         with table.fs.open_input_file(info.path) as f:
@@ -276,14 +291,30 @@ class DeltaOutput:
             same_model=table.transaction_version(identity_app_id(col, date, "model", identity.model)) == g,
             same_inputs=table.transaction_version(identity_app_id(col, date, "inputs", identity.inputs)) == g,
             dead_letters_current=dl_g == g,
+            withdrawn=table.transaction_version(withdrawn_app_id(col, date)) == g,
         )
 
-    def ever_committed_by(self, table, col: str, date: str, run_id: str) -> bool:
-        """The run committed this date at some version (its files may be in older snapshots)."""
-        return (
-            table is not None
-            and table.transaction_version(identity_app_id(col, date, "run", run_id)) is not None
+    def ever_committed_by(self, table, col: str, date: str, run_id: str, attempt: str = "") -> bool:
+        """The run (its `attempt`, when given) committed this date at some version (its files may
+        be in older snapshots)."""
+        app = (
+            identity_app_id(col, date, "attempt", attempt)
+            if attempt
+            else identity_app_id(col, date, "run", run_id)
         )
+        return table is not None and table.transaction_version(app) is not None
+
+    def committed_by(self, table, col: str, date: str, run_id: str, attempt: str = "") -> int | None:
+        """The date's generation when its current commit is this run's (attempt's) own, else None."""
+        if table is None:
+            return None
+        current = table.transaction_version(date_app_id(col, date))
+        app = (
+            identity_app_id(col, date, "attempt", attempt)
+            if attempt
+            else identity_app_id(col, date, "run", run_id)
+        )
+        return current if current is not None and table.transaction_version(app) == current else None
 
     def commit_date(
         self,
@@ -296,10 +327,12 @@ class DeltaOutput:
         identity: DateIdentity | None,
         metadata: dict[str, Any],
         run_id: str,
+        attempt: str = "",
+        withdraw: bool = False,
     ) -> None:
         """One transaction: the date's current files out, `files` in (`version_of` tells the
         version it got). Raises deltalake's CommitFailedError when a concurrent commit touched the
-        same date."""
+        same date. `withdraw` (with no files): the date leaves the table, marked as withdrawn."""
         from deltalake import CommitProperties
         from deltalake.transaction import AddAction, Transaction
 
@@ -318,6 +351,10 @@ class DeltaOutput:
             Transaction(date_app_id(col, date), generation),
             Transaction(identity_app_id(col, date, "run", run_id), generation),
         ]
+        if attempt:
+            txns.append(Transaction(identity_app_id(col, date, "attempt", attempt), generation))
+        if withdraw:
+            txns.append(Transaction(withdrawn_app_id(col, date), generation))
         if identity is not None:
             txns += [
                 Transaction(identity_app_id(col, date, "model", identity.model), generation),
@@ -334,12 +371,12 @@ class DeltaOutput:
             ),
         )
 
-    def version_of(self, table, date: str, run_id: str) -> int:
+    def version_of(self, table, date: str, run_id: str, attempt: str = "") -> int:
         """The version our commit got (the table object is not refreshed by the commit, and other
         runs may have committed right after it)."""
         table.update_incremental()
         for c in commits_of_history(table, 50):
-            if c.get("run_id") == run_id and c.get("date") == date:
+            if c.get("run_id") == run_id and c.get("date") == date and c.get("attempt", "") == attempt:
                 return int(c["version"])
         return table.version()
 

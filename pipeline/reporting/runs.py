@@ -9,7 +9,15 @@ from datetime import datetime, timezone
 
 RUNS_DIR = "_runs"
 REPORT_NAME = "report.json"
-INPUT_KEYS_DIR = "input_keys"  # _runs/<run id>/input_keys: the read tasks' key records (ReadKeys)
+# _runs/<run id>/input_keys.<attempt>: the read tasks' key records (ReadKeys), one folder per
+# attempt beside the run's report (so deleting it leaves no empty-folder marker on S3)
+INPUT_KEYS_DIR = "input_keys"
+
+
+def input_keys_dir(attempt: str) -> str:
+    return f"{INPUT_KEYS_DIR}.{attempt}"
+
+
 _STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _STAMP = re.compile(r"-(\d{8}T\d{6}Z)-")
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # also a file-name part: nothing else

@@ -96,12 +96,18 @@ class DateFiles:
     into the table's directory of each partition: whole targets as soon as the buffer holds them
     (the rest stays buffered), and a date's last rows, one smaller file, once its last input file
     is scored, so the committer can commit the date while later dates are scored. Names carry the
-    run's prefix and a sequence number (no retries here, so nothing is ever written twice)."""
+    attempt's prefix (part-RUN.ATTEMPT.) and a sequence number: no retries here, and no other
+    process has the attempt, so nothing is ever written twice or over another process's file."""
 
     def __init__(
-        self, table: Location, out: OutputConfig, run_id: str, files_per_date: dict[str, int]
+        self,
+        table: Location,
+        out: OutputConfig,
+        run_id: str,
+        files_per_date: dict[str, int],
+        attempt: str = "",
     ) -> None:
-        self.files, self.run_id = OutputFiles.for_output(table, out), run_id
+        self.files, self.run_id, self.attempt = OutputFiles.for_output(table, out), run_id, attempt
         self.left = dict(files_per_date)
         self.clock = StageClock("Write")
         self._buf: dict[str, list[pa.Table]] = defaultdict(list)
@@ -146,7 +152,7 @@ class DateFiles:
     def _write(self, tables: list[pa.Table]) -> None:
         t0 = time.perf_counter()
         rows = pa.concat_tables(tables, promote_options="default")
-        prefix = run_file_prefix(self.run_id)
+        prefix = run_file_prefix(self.run_id, attempt=self.attempt)
         files = self.files.write(rows, lambda _: f"{prefix}local-{next(self._seq):06d}.parquet")
         self.clock.add(t0, rows.num_rows, rows.num_rows, tasks=files)
 

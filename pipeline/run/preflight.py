@@ -1,6 +1,7 @@
-"""The preflight phase: everything checked before any model work, and nothing written but a probe:
-the model (sha256), the output (writable), each date's state in the Delta log (skip or score,
-and why), the input files (footers, schemas, columns)."""
+"""The preflight phase: everything checked before any model work, and nothing written but a probe
+and, once there is something to score, the attempt's record: the model (sha256), the output
+(writable), each date's state in the Delta log (skip or score, and why), the input files (footers,
+schemas, columns), the run id (no other live process runs it)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pipeline.commit.tables import digest_of
 from pipeline.config import JobConfig, dump_config
 from pipeline.errors import StageError, StorageError, UserError
 from pipeline.reporting.runs import bad_run_id, new_run_id
+from pipeline.run.attempt import Attempt
 from pipeline.stages.predict import ModelSource
 from pipeline.stages.read import discover
 from pipeline.stages.validate import ColumnRequirements, check_schemas
@@ -156,14 +158,15 @@ class _Discard:
         return rows.num_rows
 
 
-def check_output_writable(cfg: JobConfig, run_id: str) -> None:
-    """Write and delete a probe object before any work, so a bad output fails in seconds."""
+def check_output_writable(cfg: JobConfig, run_id: str, attempt: str = "") -> None:
+    """Write and delete a probe object before any work, so a bad output fails in seconds. Named by
+    attempt: two processes with one run id must not delete each other's probe."""
     from deltalake.exceptions import DeltaError
 
     from pipeline.commit.tables import delete_files, storage_options
 
     output = resolve(cfg.output.uri, cfg.storage, quick=True)
-    name = f".batchscore-probe-{run_id}"  # at the root: leaves no directories behind
+    name = f".batchscore-probe-{run_id}{'.' + attempt if attempt else ''}"  # at the root: no directories
     try:
         if is_s3(output.uri):  # not pyarrow's delete on S3: it would leave a marker for the root
             write_bytes(output.join(name), b"")
@@ -235,14 +238,6 @@ def plan_dates(cfg: JobConfig, dates: list[str], meta: Any, force: bool = False)
     return DatePlan(todo, done, why, listed, gens)
 
 
-def refuse_committed_run_id(cfg: JobConfig, run_id: str) -> None:
-    from pipeline.commit.tables import OutputTables, commits_of_history
-
-    table = OutputTables.for_config(cfg).predictions.open()
-    if table is not None and any(c.get("run_id") == run_id for c in commits_of_history(table)):
-        raise UserError(f"--run-id {run_id}: a run with this id already committed to {cfg.output.uri}")
-
-
 @dataclass
 class Preflight:
     """What the preflight found: the model, the dates to score (and why), the checked inputs
@@ -252,17 +247,31 @@ class Preflight:
     model_meta: Any
     dates: DatePlan
     prepared: Prepared | None
+    attempt: Attempt
 
 
 def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool) -> Preflight:
-    """Model, output, dates and inputs checked; nothing written but the output probe."""
+    """Model, output, dates, inputs and run id checked; nothing written but the output probe and
+    the attempt's record. A run id given again (a scheduler's retry) is taken up by this process
+    unless another live process runs it; the caller ends the attempt (`Attempt.held`)."""
     if run_id:
         check_run_id(run_id)
-        refuse_committed_run_id(cfg, run_id)
     run_id = run_id or new_run_id(cfg.name)
     log.debug("run %s: resolved config:\n%s", run_id, dump_config(cfg))
     meta = ModelSource.from_config(cfg).inspect()[0]
-    check_output_writable(cfg, run_id)  # an unreachable or unwritable output fails here, in seconds
+    attempt = Attempt(resolve(cfg.output.uri, cfg.storage), run_id, cfg.name, dates)
+    # an unreachable or unwritable output fails here, in seconds
+    check_output_writable(cfg, run_id, attempt.id)
+    pre = _plan(cfg, dates, run_id, meta, force, attempt)
+    if pre.prepared is not None:  # after the checks (a bad input writes nothing), before any data
+        attempt.claim()  # another live process with this run id: refused here
+    return pre
+
+
+def _plan(
+    cfg: JobConfig, dates: list[str], run_id: str, meta: Any, force: bool, attempt: Attempt
+) -> Preflight:
+    """Each date's state in the log, then the inputs of the dates to score and the model's output."""
     dp = plan_dates(cfg, dates, meta, force)
     if dp.done:
         log.info(
@@ -276,4 +285,4 @@ def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool)
         prepared.embedding_dim = probe_model_output(prepared).embedding_dim
         took = time.perf_counter() - t0
         prepared.timings["model_check_s"] = prepared.timings.get("model_check_s", 0.0) + took
-    return Preflight(run_id, meta, dp, prepared)
+    return Preflight(run_id, meta, dp, prepared, attempt)

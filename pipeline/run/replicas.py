@@ -59,7 +59,7 @@ class UnitPlan:
     source: PlannedParquet
     units: list[list[Piece]]
     files: OutputFiles
-    file_prefix: str  # the run's prefix and this attempt's id: part-<run>.<attempt>-
+    file_prefix: str  # the run's prefix and this attempt's id: part-<run>.<attempt>.
     block_bytes: int
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
@@ -19,9 +20,21 @@ import time
 from datetime import datetime, timezone
 
 from pipeline.commit.groups import TopKCheck
-from pipeline.commit.partitions import CommitPolicy, RunIdentity, brief_error, commit_partitions
+from pipeline.commit.partitions import (
+    CommitPolicy,
+    RunIdentity,
+    brief_error,
+    commit_partitions,
+    withdraw_date,
+)
 from pipeline.commit.streaming import DateCommitter, subset
-from pipeline.commit.tables import WrittenRows, list_run_files, run_file_prefix, vacuum_tables
+from pipeline.commit.tables import (
+    OutputTables,
+    WrittenRows,
+    list_run_files,
+    run_file_prefix,
+    vacuum_tables,
+)
 from pipeline.config import JobConfig
 from pipeline.errors import CommitError, DriftError, RunStopped, StallError, StorageError, find_known_error
 from pipeline.filestats import ReadKeys
@@ -35,8 +48,9 @@ from pipeline.quality.drift import (
 from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import InProcessCounter, ProgressView, start_counter
-from pipeline.reporting.runs import INPUT_KEYS_DIR, RUNS_DIR
+from pipeline.reporting.runs import RUNS_DIR, input_keys_dir
 from pipeline.reporting.schema import Commits, RunReport
+from pipeline.run.attempt import Attempt
 from pipeline.run.clock import monotonic_start, seconds_to_first, take_origin
 from pipeline.run.context import RunContext
 from pipeline.run.execute import (
@@ -69,9 +83,11 @@ from pipeline.storage import delete_dir, resolve
 log = logging.getLogger("batchscore")
 
 
-def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
-    """Delete this run's files of the `dates` it never committed (not in the log, so no reader
-    has them); dates it committed are skipped. A killed run's files are left for vacuum."""
+def _discard_uncommitted(tables, dates: list[str], run_id: str, attempt: str = "") -> None:
+    """Delete an attempt's files of the `dates` it never committed (not in the log, so no reader
+    has them); dates it committed are skipped. Only this process's attempt, or one proved dead
+    (pipeline/run/attempt.py): never a live process's files. A killed run's files wait for its
+    rerun or for vacuum."""
     col = tables.partition_column
     try:  # each table apart: a race's survivor may have committed only a date's dead letters
         logs = [(t, t.open()) for t in (tables.predictions, tables.dead_letters)]
@@ -80,13 +96,22 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str) -> None:
         return
     for d in dates:
         for (table, snapshot), kind in zip(logs, ("part", "dl"), strict=True):
-            if table.ever_committed_by(snapshot, col, d, run_id):
+            if table.ever_committed_by(snapshot, col, d, run_id, attempt):
                 continue  # its files are in the log (maybe only in older versions): never delete them
             try:  # by name only: a file cut short by the failure has no footer to read
-                infos = list_run_files(table.location, col, d, run_id, kind)
+                infos = list_run_files(table.location, col, d, run_id, kind, attempt)
                 table.delete_files([posixpath.relpath(i.path, table.location.path) for i in infos])
             except Exception as e:  # best effort (pyarrow's or delta-rs's errors): vacuum removes them
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
+
+
+def _discard_dead_attempts(tables, attempt: Attempt) -> None:
+    """The files of earlier attempts of this run id that died (killed, node lost) before their
+    commit, and their input key records: nothing will ever commit them."""
+    for dead in attempt.dead:
+        _discard_uncommitted(tables, dead.dates, dead.run_id, dead.attempt)
+        with contextlib.suppress(OSError):
+            delete_dir(tables.location.join(RUNS_DIR, dead.run_id, input_keys_dir(dead.attempt)))
 
 
 def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force: bool = False) -> RunReport:
@@ -105,9 +130,15 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
         local_pool(cfg)  # refuses what the local runner cannot do (top-K, a GPU) before any work
         preload_torch()
     pre = preflight(cfg, dates, run_id, force)
-    if pre.prepared is None:
-        return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
-    ctx = _start(cfg, pre, started, t_start, runner)
+    with pre.attempt.held():  # its record says how it ended; a killed one's heartbeat stops
+        _discard_dead_attempts(OutputTables.for_config(cfg), pre.attempt)
+        if pre.prepared is None:
+            return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
+        return _score(_start(cfg, pre, started, t_start, runner), origin)
+
+
+def _score(ctx: RunContext, origin) -> RunReport:
+    """Execute, then finish; on any failure what this attempt did not commit goes."""
     try:
         ds, snapshot = _execute(ctx)
         ctx.timings["first_batch"] = seconds_to_first(snapshot, "scored", origin)
@@ -118,7 +149,7 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
         try:
             return _finish(ctx, ds, snapshot)
         except BaseException as e:  # refused, conflicting, Ctrl-C: what this run did not commit goes
-            _discard_uncommitted(ctx.tables, ctx.dates, ctx.run_id)
+            _discard_uncommitted(ctx.tables, ctx.dates, ctx.run_id, ctx.run.attempt)
             if _is_storage_failure(e):
                 raise _as_storage_error(e) from None
             raise
@@ -151,12 +182,11 @@ def _start(
     cfg: JobConfig, pre: Preflight, started: datetime, t_start: float, runner: tuple[str, str]
 ) -> RunContext:
     """Ray and the pool; the run's identity, its commit policy and its committer thread."""
-    from pipeline.commit.tables import OutputTables
-
     p, run_id = pre.prepared, pre.run_id
     log.info(
-        "run %s: %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
+        "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
         run_id,
+        pre.attempt.id,
         p.inputs.rows,
         len(p.inputs.paths),
         len(p.dates),
@@ -182,11 +212,13 @@ def _start(
         cfg.digest(),
         scoring_identity(cfg, meta),
         seen=pre.dates.generations,
+        attempt=pre.attempt.id,
+        check_lease=pre.attempt.check_lease,
     )
     read_keys = None
     if cfg.output.verify == "keys":  # the read tasks record the input's key fingerprints
-        where = tables.location.join(RUNS_DIR, run_id, INPUT_KEYS_DIR)
-        delete_dir(where)  # left by an earlier attempt with this --run-id: not this run's reads
+        # per attempt: an earlier attempt's records of this run id describe other reads
+        where = tables.location.join(RUNS_DIR, run_id, input_keys_dir(pre.attempt.id))
         # top-K reconciles groups: the input's group keys are what its commit compares
         keys = cfg.output.top_k.group_by if cfg.output.top_k is not None else cfg.output.key_columns
         read_keys = ReadKeys(where, list(keys), cfg.input.partition_column)
@@ -278,9 +310,8 @@ def _execute(ctx: RunContext):
     stderr; the committer commits each date as soon as its rows are all written. The watchdog
     stops a run that stalls (or, with run.on_deadline fail, is still going at its deadline)."""
     cfg, col, tables = ctx.cfg, ctx.cfg.input.partition_column, ctx.tables
-    written = [
-        WrittenRows(tables.location.join(f"{col}={d}"), run_file_prefix(ctx.run_id)) for d in ctx.dates
-    ]
+    prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
+    written = [WrittenRows(tables.location.join(f"{col}={d}"), prefix) for d in ctx.dates]
     counter = InProcessCounter() if ctx.pool.runner == "local" else start_counter()
     progress = ProgressView(
         counter, ctx.p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
@@ -296,7 +327,8 @@ def _execute(ctx: RunContext):
         ctx.deadline = dog.summary()
         ctx.committer.stop()
         progress.stop(completed=False)
-        _discard_uncommitted(tables, [d for d in ctx.dates if d not in ctx.committer.committed], ctx.run_id)
+        left = [d for d in ctx.dates if d not in ctx.committer.committed]
+        _discard_uncommitted(tables, left, ctx.run_id, ctx.run.attempt)
         if isinstance(e, RunStopped):
             ctx.timings["exec"] = time.perf_counter() - t0
             raise _stopped(ctx, e, progress.last) from None
@@ -360,7 +392,9 @@ def _run_pipeline(ctx: RunContext, counter, hooks: Hooks):
     own Ray Data context is left as it was)."""
     cfg, tables = ctx.cfg, ctx.tables
     col = cfg.input.partition_column
-    dead_letter = DeadLetterWriter(tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id)
+    dead_letter = DeadLetterWriter(
+        tables.dead_letters.location, col, cfg.output.key_columns, ctx.run_id, ctx.run.attempt
+    )
     if ctx.pool.runner == "local":
         return _run_local(ctx, counter, dead_letter, hooks)
     if ctx.pool.mode == "actors":
@@ -380,7 +414,7 @@ def _run_pipeline(ctx: RunContext, counter, hooks: Hooks):
             partitions = cfg.output.top_k.partitions or default_partitions(ctx.p.inputs.rows)
             ds = top_k_dataset(ds, TopKSpec.from_config(cfg), partitions, dead_letter)
         writes = write_tasks_at_once(ctx.pool.cluster_cpus, fused_task_cap(cfg, ctx.pool))
-        return write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes)
+        return write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes, ctx.run.attempt)
 
 
 def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: Hooks) -> LocalRun:
@@ -391,6 +425,7 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: H
         ctx.cfg.output,
         ctx.run_id,
         {part.date: len(part.files) for part in ctx.p.inputs.partitions},
+        ctx.run.attempt,
     )
     scorer = fused_scorer(ctx.p, pre, kwargs)
     run = LocalRun(ctx.p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys)
@@ -402,15 +437,13 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: H
 def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: Hooks):
     """Replicas that take each unit of input through every stage and write its files themselves
     (pipeline/run/replicas.py); the driver gets one small record per unit."""
-    import uuid
-
     from pipeline.run.replicas import ReplicaRun, replica_dataset, unit_plan
     from pipeline.stages.layout import OutputFiles
 
     pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
     files = OutputFiles.for_output(ctx.tables.location, ctx.cfg.output)
     # this attempt's own names: a rerun with the same run id never writes over them
-    prefix = f"{run_file_prefix(ctx.run_id)}{uuid.uuid4().hex[:12]}-"
+    prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
     plan = unit_plan(ctx.p, files, prefix, ctx.pool.max_replicas, ctx.policy.read_keys)
     run = ReplicaRun(ctx.pool.max_replicas)
     units = len(plan.units)
@@ -447,6 +480,7 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
             rest,
             cfg.output.value_columns,
             c.run_id,
+            c.run.attempt,
         ),
     }
     checked = evaluate_heads(
@@ -473,7 +507,8 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
     report.commits = Commits(**c.committer.summary())
     if breaches and cfg.drift.on_breach == "fail":
         uri = fail_report(c, report, "rejected", None)
-        published = f"; committed before the breach: {', '.join(early)}" if early else ""
+        mine = c.committer.published
+        published = f"; committed before the breach: {', '.join(mine)}" if mine else ""
         raise DriftError(
             "score drift over the thresholds with drift.on_breach=fail; nothing published "
             f"for {', '.join(rest)}{published} (report: {uri}):\n  " + "\n  ".join(breaches)
@@ -490,23 +525,29 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
 
 def _check_early_commits_unchanged(c: RunContext) -> None:
     """A date committed while the run went on must not have changed since: file names are
-    deterministic so that a retried task rewrites its own file, and a task re-run after the
-    commit (lineage reconstruction after a node loss) would rewrite committed files."""
+    deterministic within an attempt so that a retried task rewrites its own file, and a task re-run
+    after the commit (lineage reconstruction after a node loss) would rewrite committed files.
+    Such a date is withdrawn from the table (readers see it no more, the next run rescores it)
+    and the run fails naming it: it never stays committed with other rows than were checked."""
     loc, col = c.tables.location, c.cfg.input.partition_column
     for x in c.committer.commits:
         for path, size in x.file_sizes.items():
             now = loc.fs.get_file_info(loc.join(path).path).size
-            if now != size:
-                raise CommitError(
-                    f"{col}={x.date}: {path} changed after the date was committed ({size} -> {now} bytes; "
-                    "a task ran again after the commit); rerun with --force to rewrite the date"
-                )
+            if now == size:
+                continue
+            why = f"{path} changed after the date was committed ({size} -> {now} bytes)"
+            version = withdraw_date(c.tables, x.date, c.run, why)
+            done = (
+                f"withdrawn from the table at version {version}; the next run rescores it"
+                if version is not None
+                else "another run has committed the date since; its files are not this run's"
+            )
+            raise CommitError(f"{col}={x.date}: {why}; {done}")
 
 
 def _commit_rest(c: RunContext, report: RunReport, rest: list[str], profiles: dict, drift: dict) -> list:
     from pipeline.errors import CommitConflictError
 
-    early = c.committer.committed
     try:
         return commit_partitions(
             c.tables,
@@ -517,7 +558,8 @@ def _commit_rest(c: RunContext, report: RunReport, rest: list[str], profiles: di
         )
     except CommitError as e:
         uri = fail_report(c, report, "failed", str(e))
-        published = f"; committed by this run before it: {', '.join(early)}" if early else ""
+        mine = c.committer.published
+        published = f"; committed by this run before it: {', '.join(mine)}" if mine else ""
         raise CommitError(f"{e}\n  (not published: {', '.join(rest)}{published}; report: {uri})") from None
     except CommitConflictError as e:
         uri = fail_report(c, report, "conflict", str(e))

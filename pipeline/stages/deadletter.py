@@ -1,9 +1,11 @@
 """Rows that cannot be scored, written under the dead-letter table (OUTPUT/_dead_letter) with the
 reason; each date's files are committed to that Delta table in the same step as its predictions.
 
-File names are unique per run, Ray Data task and batch, and deterministic: a retried task (same
-task index, its batches in the same order) rewrites the same files instead of adding copies, and
-two batches never share a name, even when their keys are equal (every null key hashes alike).
+File names are unique per attempt (the process running the run id), Ray Data task and batch, and
+deterministic within the attempt: a retried task (same task index, its batches in the same order)
+rewrites the same files instead of adding copies, and two batches never share a name, even when
+their keys are equal (every null key hashes alike). Another attempt of the same run id never
+shares a name: it could be alive, or its files committed.
 Like the predictions, each file's footer holds the key fingerprint of its rows."""
 
 from __future__ import annotations
@@ -44,11 +46,14 @@ def _content_token(batch: pa.Table) -> str:
 
 
 class DeadLetterWriter:
-    def __init__(self, root: Location, partition_column: str, key_columns: list[str], run_id: str) -> None:
+    def __init__(
+        self, root: Location, partition_column: str, key_columns: list[str], run_id: str, attempt: str = ""
+    ) -> None:
         self.root = root
         self.partition_column = partition_column
         self.key_columns = list(key_columns)
         self.run_id = run_id
+        self.attempt = attempt
         self.tag = ""
         self._seq: dict[str, int] = {}
         self._lock = threading.Lock()  # the local runner's threads share one writer
@@ -63,7 +68,9 @@ class DeadLetterWriter:
     def tagged(self, tag: str) -> DeadLetterWriter:
         """A writer for another stage of the same task (fused mode runs preprocess and predict in
         one task): its files get `tag` in their names, so the two stages never share a name."""
-        other = DeadLetterWriter(self.root, self.partition_column, self.key_columns, self.run_id)
+        other = DeadLetterWriter(
+            self.root, self.partition_column, self.key_columns, self.run_id, self.attempt
+        )
         other.tag = tag
         return other
 
@@ -72,7 +79,7 @@ class DeadLetterWriter:
         with self._lock:
             seq = self._seq.get(token, 0)
             self._seq[token] = seq + 1
-        return f"{run_file_prefix(self.run_id, 'dl')}{self.tag}{token}-{seq:04d}"
+        return f"{run_file_prefix(self.run_id, 'dl', self.attempt)}{self.tag}{token}-{seq:04d}"
 
     def write(self, rows: pa.Table, reasons: np.ndarray, batch: pa.Table | None = None) -> int:
         """Write `rows` (with one reason each) under root/<partition>=<date>/. `batch`: the whole

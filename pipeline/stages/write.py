@@ -30,16 +30,17 @@ from pipeline.storage import Location, is_s3
 
 
 class RunFileNames(FilenameProvider):
-    """Names per run: part-<run_id>.<write uuid>-<task>-<i>.parquet. The write uuid is fixed for the
-    run's one write (Ray's APPEND mode requires it), so a retried write task rewrites its own file,
-    and the run's files are found by their prefix."""
+    """Names per attempt: part-<run_id>.<attempt>.<write uuid>-<task>-<i>.parquet. The write uuid is
+    fixed for the attempt's one write (Ray's APPEND mode requires it), so a retried write task
+    rewrites its own file, and the attempt's files are found by their prefix; another process with
+    the same run id has another attempt, so never the same names."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, attempt: str = "") -> None:
         super().__init__(file_format=None)
-        self.run_id = run_id
+        self.run_id, self.attempt = run_id, attempt
 
     def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return f"{run_file_prefix(self.run_id)}{write_uuid}-{task_index:06d}"
+        return f"{run_file_prefix(self.run_id, attempt=self.attempt)}{write_uuid}-{task_index:06d}"
 
 
 class PredictionFiles(ParquetDatasink):
@@ -51,13 +52,14 @@ class PredictionFiles(ParquetDatasink):
         table: Location,
         out: OutputConfig,
         run_id: str,
+        attempt: str = "",
     ) -> None:
         super().__init__(
             table.path,
             filesystem=table.fs,
             partition_cols=list(out.partition_columns),
             mode=SaveMode.APPEND,  # the table's committed files stay; ours have run-unique names
-            filename_provider=RunFileNames(run_id),
+            filename_provider=RunFileNames(run_id, attempt),
         )
         self.files = OutputFiles.for_output(table, out)
 
@@ -100,7 +102,7 @@ def write_tasks_at_once(cluster_cpus: float, fused_cap: int | None) -> int:
 
 
 def write_predictions(
-    ds: Dataset, table: Location, out: OutputConfig, run_id: str, concurrency: int
+    ds: Dataset, table: Location, out: OutputConfig, run_id: str, concurrency: int, attempt: str = ""
 ) -> Dataset:
     """Executes the whole lazy pipeline: rows stream from read to files under the table.
     `concurrency`: from `write_tasks_at_once`."""
@@ -113,5 +115,5 @@ def write_predictions(
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'Write'")
     # Not ds.repartition(): Ray 2.60's streaming repartition did not combine blocks from different
     # tasks and held every write back until the predictor had finished (a 5-7 s tail on 4 M rows).
-    ds.write_datasink(PredictionFiles(table, out, run_id), concurrency=concurrency)
+    ds.write_datasink(PredictionFiles(table, out, run_id, attempt), concurrency=concurrency)
     return ds  # the executed Dataset: its stats describe this run

@@ -209,7 +209,10 @@ def test_a_file_whose_date_column_disagrees_with_its_directory_is_an_input_error
         run_score(cfg, [DATES[0]])
 
 
-def test_run_ids_are_checked_and_a_committed_one_is_refused(ray_cluster, dataset, checkpoints, tmp_path):
+def test_run_ids_are_checked_and_a_reused_one_is_a_new_attempt(ray_cluster, dataset, checkpoints, tmp_path):
+    """A run id given again (a scheduler's retry) is taken up by a new attempt, whose files never
+    share a name with the first's: its committed dates stay as they are (killed reruns, two live
+    processes: tests/integration/test_runid.py)."""
     from pipeline.errors import UserError
 
     model_uri, _ = checkpoints.entries["safetensors"]
@@ -218,8 +221,13 @@ def test_run_ids_are_checked_and_a_committed_one_is_refused(ray_cluster, dataset
     with pytest.raises(UserError, match="--run-id '../x': use 1-128 letters"):
         run_score(cfg, [DATES[0]], run_id="../x")
     run_score(cfg, [DATES[0]], run_id="nightly-1")
-    with pytest.raises(UserError, match="--run-id nightly-1: a run with this id already committed"):
-        run_score(cfg, [DATES[1]], run_id="nightly-1")
+    first = {p.name for p in (out / f"ds={DATES[0]}").glob("*.parquet")}
+    again = run_score(cfg, DATES, run_id="nightly-1")
+    assert again.skipped_committed == [DATES[0]] and again.rows.output == 3000
+    assert {p.name for p in (out / f"ds={DATES[0]}").glob("*.parquet")} == first
+    for d in DATES:
+        assert read_output(str(out), d).num_rows == 3000
+    assert {p.name.split(".")[1] for p in out.glob("ds=*/*.parquet")} != {next(iter(first)).split(".")[1]}
 
 
 def test_only_the_requested_partitions_are_opened(ray_cluster, dataset, checkpoints, tmp_path):

@@ -59,9 +59,9 @@ def test_input_inside_the_output_is_refused():
 
 
 def _killed_runs_records(out: Path, run_id: str) -> Path:
-    """What the read tasks of a run leave under OUTPUT/_runs/RUN/input_keys when the run is killed
-    before its end (a run that ends deletes them): one record per read task, two dates."""
-    where = out / "_runs" / run_id / "input_keys"
+    """What the read tasks of a run leave under OUTPUT/_runs/RUN/input_keys.ATTEMPT when the run is
+    killed before its end (a run that ends deletes them): one record per read task, two dates."""
+    where = out / "_runs" / run_id / "input_keys.0123456789ab"
     keys = ReadKeys(resolve(str(where)), ["event_id"], "ds")
     for date in ("2026-10-01", "2026-10-02"):
         for part in range(2):
@@ -89,7 +89,8 @@ def test_vacuum_removes_the_key_records_of_killed_runs_past_the_retention(tmp_pa
     report = out / "_runs" / "itest-20261001T020000Z-aaaaaa" / "report.json"  # not a record: kept
     report.write_text("{}")
     _age([report], 2)
-    # killed before any read task recorded: folders only, their own times count
+    # killed before any read task recorded (by an older version: no attempt in the folder's name):
+    # folders only, their own times count
     empty = out / "_runs" / "itest-20261001T030000Z-cccccc" / "input_keys"
     (empty / "ds=2026-10-01").mkdir(parents=True)
     _age([empty / "ds=2026-10-01", empty], 2)
