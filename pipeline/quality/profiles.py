@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 
 from models.scoreprofile import Partial, merge, partial_of
-from pipeline.commit.tables import TableFile, run_files
 from pipeline.storage import Location, map_files
+from pipeline.tablefiles import TableFile, run_files
 
 log = logging.getLogger("batchscore")
 

@@ -23,10 +23,10 @@ from ray.data import Dataset, SaveMode
 from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
 from ray.data.datasource import FilenameProvider
 
-from pipeline.commit.tables import run_file_prefix
 from pipeline.config import OutputConfig
 from pipeline.stages.layout import OutputFiles
 from pipeline.storage import Location, is_s3
+from pipeline.tablefiles import run_file_prefix
 
 
 class RunFileNames(FilenameProvider):

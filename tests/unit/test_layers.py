@@ -15,17 +15,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("jobs", "models", "pipeline")
 
-# Still imported from pipeline.commit.tables by the lower layers. They move below the commit layer
-# once the `runid` branch, which rewrites run_file_prefix and run_files in tables.py, is merged;
-# this list may only shrink.
-NOT_MOVED_YET = {
-    ("pipeline.stages.layout", "pipeline.commit.tables"),  # HIVE_NULL
-    ("pipeline.stages.deadletter", "pipeline.commit.tables"),  # run_file_prefix
-    ("pipeline.stages.write", "pipeline.commit.tables"),  # run_file_prefix
-    ("pipeline.quality.drift", "pipeline.commit.tables"),  # commits_of_history
-    ("pipeline.quality.profiles", "pipeline.commit.tables"),  # TableFile, run_files
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
@@ -124,7 +113,7 @@ def test_stages_and_quality_do_not_import_the_commit_layer():
         for dep in deps
         if dep == "pipeline.commit" or dep.startswith("pipeline.commit.")
     }
-    assert upward - NOT_MOVED_YET == set()
+    assert upward == set()
 
 
 def test_no_subcommand_imports_the_cli():
