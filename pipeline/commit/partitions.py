@@ -3,7 +3,7 @@
 Per date, before anything is committed:
   - input rows = this run's prediction rows + dead-letter rows (from the files' footers);
   - with verify='keys', the multiset of input keys = output keys + dead-letter keys (hash sums;
-    the written files' sums are in their footers, see pipeline/commit/filestats.py);
+    the written files' sums are in their footers, see pipeline/filestats.py);
   - dead-letter rows within output.max_bad_row_fraction.
 Then the predictions commit (the commit point for every reader: the date's old files out, the
 new ones in), then the dead-letter table's commit of the same date, with the same generation.
