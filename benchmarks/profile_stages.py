@@ -24,8 +24,8 @@ import pyarrow.fs as pafs  # noqa: E402
 from common import best_of  # noqa: E402
 
 from models.checkpoint import load_model  # noqa: E402
-from pipeline.commit.reconcile import _file_fingerprint
 from pipeline.config import config_from_dict  # noqa: E402
+from pipeline.keys import _file_fingerprint
 from pipeline.stages.predict import ModelSource, Predictor
 from pipeline.stages.preprocess import Preprocessor
 

@@ -1,3 +1,4 @@
-from jobs.cli import exit_process, main
+from jobs.cli import main
+from jobs.common import exit_process
 
 exit_process(main())

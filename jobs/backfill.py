@@ -10,12 +10,11 @@ committed.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 
 def backfill(args: argparse.Namespace) -> dict[str, Any]:
-    from jobs.cli import resolve_dates
+    from jobs.common import resolve_dates
     from jobs.score import print_summary
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
@@ -55,13 +54,7 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def main() -> int:
-    from jobs.cli import main as cli_main
+if __name__ == "__main__":  # `python -m jobs.backfill ARGS`: the program, above the module
+    from jobs.cli import run_as
 
-    return cli_main(["backfill", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    from jobs.cli import exit_process
-
-    exit_process(main())
+    run_as("backfill")

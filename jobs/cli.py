@@ -8,8 +8,6 @@ or inputs; 1 anything else.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import gc
 import json
 import logging
 import os
@@ -19,6 +17,7 @@ from typing import NoReturn
 
 log = logging.getLogger("batchscore")
 
+from jobs.common import exit_process  # noqa: E402 - light, no torch or ray
 from pipeline.errors import EXIT_FAILED, EXIT_OK  # noqa: E402 - light, no torch or ray
 
 EXIT_CODES_HELP = """exit codes:
@@ -284,46 +283,6 @@ def _add_table_commands(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def resolve_dates(args: argparse.Namespace, cfg) -> list[str]:
-    """Dates from the command line, else from the config. Errors name the argument."""
-    from zoneinfo import ZoneInfo
-
-    from pipeline.config import parse_date
-    from pipeline.errors import ConfigError
-
-    def one(value: str, what: str) -> dt.date:
-        today = dt.datetime.now(ZoneInfo(cfg.input.timezone)).date()
-        if value == "today":
-            return today
-        if value == "yesterday":
-            return today - dt.timedelta(days=1)
-        try:
-            return parse_date(value)
-        except ValueError as e:
-            raise ConfigError(f"{what}: {e}") from None
-
-    def span(a: dt.date, b: dt.date, what: str) -> list[str]:
-        if b < a:
-            raise ConfigError(f"{what}: end {b} is before start {a}")
-        return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
-
-    dates = [one(d, "--date").isoformat() for d in args.date]
-    if args.start or args.end:
-        if not (args.start and args.end):
-            raise ConfigError("--start and --end go together")
-        dates += span(one(args.start, "--start"), one(args.end, "--end"), "--start/--end")
-    if not dates:
-        inp = cfg.input
-        dates = list(inp.dates or [])
-        if inp.start_date or inp.end_date:
-            if not (inp.start_date and inp.end_date):
-                raise ConfigError("input.start_date and input.end_date go together")
-            dates += span(parse_date(inp.start_date), parse_date(inp.end_date), "input.start_date/end_date")
-    if not dates:
-        raise ConfigError("no dates: give --date or --start/--end, or input.dates in the config")
-    return sorted(dict.fromkeys(dates))
-
-
 def _final_line(payload: dict) -> None:
     """Key figures as JSON on the last line of stdout, for schedulers."""
     print(json.dumps(payload, sort_keys=True), flush=True)
@@ -480,16 +439,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def exit_process(code: int) -> NoReturn:
-    """End a command's process with `code`, skipping the interpreter's last full garbage
-    collection: after a scoring run it walks the ~200 k objects of torch, pyarrow and the run
-    (measured 0.4-0.8 s of a 9 s, 4 M-row run on 2 CPUs). Everything the command wrote is closed
-    by then; at exit, stdout is flushed and logging shut down as before, only unreachable
-    cycles are left to the operating system with the rest of the process."""
-    gc.freeze()
-    sys.exit(code)
-
-
 def end_abandoned(code: int, ray_grace_s: float = 10.0) -> NoReturn:
     """End the process of a run the watchdog stopped while a worker stayed blocked (in user code:
     pipeline/run/watchdog.py). A normal exit would wait on that thread or on Ray's shutdown behind
@@ -517,6 +466,13 @@ def end_abandoned(code: int, ray_grace_s: float = 10.0) -> NoReturn:
 def console() -> NoReturn:
     """The `batchscore` command (pyproject's entry point): `main`, then `exit_process`."""
     exit_process(main())
+
+
+def run_as(*command: str) -> NoReturn:
+    """`python -m jobs.score ARGS` (a subcommand module run as a program, as Ray job entrypoints
+    do) is `batchscore score ARGS`: the same parser, error messages and exit codes. Called only
+    from a subcommand's `__main__` block, so importing the subcommand never imports this module."""
+    exit_process(main([*command, *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

@@ -163,13 +163,7 @@ def _how_to_read(preds: str, score_date: str) -> None:
     print(f"run report:  .venv/bin/batchscore report {preds}  (summary here, plots in report.html)")
 
 
-def main() -> int:
-    from jobs.cli import main as cli_main
+if __name__ == "__main__":  # `python -m jobs.demo ARGS`: the program, above the module
+    from jobs.cli import run_as
 
-    return cli_main(["demo", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    from jobs.cli import exit_process
-
-    exit_process(main())
+    run_as("demo")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def generate(args: argparse.Namespace) -> dict[str, int]:
@@ -19,13 +18,7 @@ def generate(args: argparse.Namespace) -> dict[str, int]:
     return counts
 
 
-def main() -> int:
-    from jobs.cli import main as cli_main
+if __name__ == "__main__":  # `python -m jobs.generate ARGS`: the program, above the module
+    from jobs.cli import run_as
 
-    return cli_main(["generate", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    from jobs.cli import exit_process
-
-    exit_process(main())
+    run_as("generate")

@@ -196,13 +196,7 @@ def write_html(page: str, report_loc: Location, data: RunReport, html: str | Non
     return dest.uri
 
 
-def main() -> int:
-    from jobs.cli import main as cli_main
+if __name__ == "__main__":  # `python -m jobs.report ARGS`: the program, above the module
+    from jobs.cli import run_as
 
-    return cli_main(["report", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    from jobs.cli import exit_process
-
-    exit_process(main())
+    run_as("report")

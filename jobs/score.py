@@ -18,7 +18,7 @@ def score(
     run_id: str | None = None,
     force: bool = False,
 ) -> RunReport:
-    from jobs.cli import resolve_dates
+    from jobs.common import resolve_dates
     from pipeline.config import load_config
     from pipeline.run.score import run_score
 
@@ -47,13 +47,7 @@ def print_summary(report: RunReport) -> None:
     print(f"  read     deltalake.DeltaTable({table!r}).to_pyarrow_table()  (or polars, DuckDB)")
 
 
-def main() -> int:
-    from jobs.cli import main as cli_main
+if __name__ == "__main__":  # `python -m jobs.score ARGS`: the program, above the module
+    from jobs.cli import run_as
 
-    return cli_main(["score", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    from jobs.cli import exit_process
-
-    exit_process(main())
+    run_as("score")

@@ -236,7 +236,7 @@ def _submit_new(client, args: argparse.Namespace, cfg, job_id: str, dates: list[
 def submit(args: argparse.Namespace) -> dict[str, Any]:
     from ray.job_submission import JobSubmissionClient
 
-    from jobs.cli import resolve_dates
+    from jobs.common import resolve_dates
     from pipeline.config import load_config
 
     cfg = absolute_local_paths(load_config(args.config, args.overrides), args.address)
@@ -276,13 +276,7 @@ def submit(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main() -> int:
-    from jobs.cli import main as cli_main
+if __name__ == "__main__":  # `python -m jobs.submit ARGS`: the program, above the module
+    from jobs.cli import run_as
 
-    return cli_main(["submit", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    from jobs.cli import exit_process
-
-    exit_process(main())
+    run_as("submit")

@@ -80,13 +80,7 @@ def history(args: argparse.Namespace) -> dict[str, Any]:
     return {"commits": len(commits)}
 
 
-def main() -> int:
-    from jobs.cli import main as cli_main
+if __name__ == "__main__":  # `python -m jobs.tables vacuum|history ARGS`: the program above the module
+    from jobs.cli import run_as
 
-    return cli_main(sys.argv[1:])
-
-
-if __name__ == "__main__":
-    from jobs.cli import exit_process
-
-    exit_process(main())
+    run_as()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import sys
 from typing import Any
 
 log = logging.getLogger("batchscore")
@@ -91,13 +90,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return result.metrics
 
 
-def main() -> int:
-    from jobs.cli import main as cli_main
+if __name__ == "__main__":  # `python -m jobs.train ARGS`: the program, above the module
+    from jobs.cli import run_as
 
-    return cli_main(["train", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    from jobs.cli import exit_process
-
-    exit_process(main())
+    run_as("train")

@@ -8,11 +8,10 @@ model/feature mismatch shows up now rather than at 2 a.m.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def validate(config: str, overrides: list[str], args: argparse.Namespace) -> None:
-    from jobs.cli import resolve_dates
+    from jobs.common import resolve_dates
     from pipeline.config import load_config
     from pipeline.run.preflight import prepare
 
@@ -48,13 +47,7 @@ def validate(config: str, overrides: list[str], args: argparse.Namespace) -> Non
     print(f"forward  {probe.rows} rows of {probe.uri}: ok ({', '.join(shown)})")
 
 
-def main() -> int:
-    from jobs.cli import main as cli_main
+if __name__ == "__main__":  # `python -m jobs.validate ARGS`: the program, above the module
+    from jobs.cli import run_as
 
-    return cli_main(["validate", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    from jobs.cli import exit_process
-
-    exit_process(main())
+    run_as("validate")

@@ -24,7 +24,7 @@ import warnings
 
 import torch
 
-from models.features import FeatureError, FeatureSpec, check_spec
+from models.featurespec import FeatureError, FeatureSpec, check_spec
 
 _M64 = (1 << 64) - 1
 _SPLITMIX_C1 = 0xBF58476D1CE4E5B9

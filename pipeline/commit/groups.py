@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.commit.reconcile import HASH_SEED, Fingerprint, total
+from pipeline.keys import HASH_SEED, Fingerprint, total
 from pipeline.raystate import running_ray
 from pipeline.storage import map_files
 

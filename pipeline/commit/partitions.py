@@ -3,7 +3,7 @@
 Per date, before anything is committed:
   - input rows = this run's prediction rows + dead-letter rows (from the files' footers);
   - with verify='keys', the multiset of input keys = output keys + dead-letter keys (hash sums;
-    the written files' sums are in their footers, see pipeline/commit/filestats.py);
+    the written files' sums are in their footers, see pipeline/filestats.py);
   - dead-letter rows within output.max_bad_row_fraction.
 Then the predictions commit (the commit point for every reader: the date's old files out, the
 new ones in), then the dead-letter table's commit of the same date, with the same generation.
@@ -28,8 +28,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.commit.filestats import ReadKeys
-from pipeline.commit.reconcile import Fingerprint, fingerprint_files, total
 from pipeline.commit.tables import (
     DateIdentity,
     OutputTables,
@@ -45,6 +43,8 @@ from pipeline.commit.tables import (
     table_schema,
 )
 from pipeline.errors import CommitConflictError, CommitError, StorageError
+from pipeline.filestats import ReadKeys
+from pipeline.keys import Fingerprint, fingerprint_files, total
 from pipeline.stages.deadletter import REASON_COLUMN, dead_letter_schema
 from pipeline.stages.read import InputPartition, InputPlan
 from pipeline.storage import Location

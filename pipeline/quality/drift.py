@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 from models.scoreprofile import compare
-from pipeline.commit.tables import commits_of_history
 from pipeline.config import DriftConfig
+from pipeline.tablefiles import commits_of_history
 
 log = logging.getLogger("batchscore")
 

@@ -1,6 +1,6 @@
 """Profiles of a run's prediction files, per output column (a head; an embedding by its vectors' L2
 norms, models.outputs.profiled_values). Each file's footer holds the summary of its columns
-(models.scoreprofile's Partial, written with the file: pipeline/commit/filestats.py), so the driver
+(models.scoreprofile's Partial, written with the file: pipeline/filestats.py), so the driver
 merges a few hundred numbers per file and column, read from footers. A file without them is read by
 a Ray task (its output columns only)."""
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 
 from models.scoreprofile import Partial, merge, partial_of
-from pipeline.commit.tables import TableFile, run_files
 from pipeline.storage import Location, map_files
+from pipeline.tablefiles import TableFile, run_files
 
 log = logging.getLogger("batchscore")
 

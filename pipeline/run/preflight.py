@@ -16,7 +16,7 @@ from pipeline.errors import StageError, StorageError, UserError
 from pipeline.reporting.runs import bad_run_id, new_run_id
 from pipeline.run.attempt import Attempt
 from pipeline.stages.predict import ModelSource
-from pipeline.stages.read import discover
+from pipeline.stages.read import survey
 from pipeline.stages.validate import ColumnRequirements, check_schemas
 from pipeline.storage import Location, is_s3, probe_writable, resolve, write_bytes
 
@@ -61,7 +61,8 @@ def prepare(
     if cfg.preprocessing.function:
         spec = None
     t1 = time.perf_counter()
-    inputs = discover(
+    # missing dates, unreadable files and the readable files' schema problems in one report
+    inputs, problems = survey(
         resolve(cfg.input.uri, cfg.storage),
         dates,
         cfg.input.partition_column,
@@ -69,7 +70,7 @@ def prepare(
         listed=listed,
     )
     req = ColumnRequirements.for_job(cfg.output.key_columns, spec, cfg.input.columns)
-    check_schemas(inputs, req, cfg.input.on_bad_file)
+    check_schemas(inputs, req, cfg.input.on_bad_file, earlier=problems)
     for s in inputs.skipped:
         log.warning("skipped (input.on_bad_file=skip): %s: %s", s["uri"], s["reason"])
     t2 = time.perf_counter()
@@ -224,7 +225,7 @@ def plan_dates(cfg: JobConfig, dates: list[str], meta: Any, force: bool = False)
     preds, dls = tables.predictions.open(), tables.dead_letters.open()
     todo, done, why, gens = [], [], {}, {}
     for d in dates:
-        if d not in listed:  # nothing to score: discover() reports or skips it
+        if d not in listed:  # nothing to score: survey() reports or skips it
             todo.append(d)
             continue
         identity = identity_of(listed[d], meta.sha256, scoring_identity(cfg, meta))

@@ -19,7 +19,6 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from pipeline.commit.filestats import ReadKeys
 from pipeline.commit.groups import TopKCheck
 from pipeline.commit.partitions import (
     CommitPolicy,
@@ -38,6 +37,7 @@ from pipeline.commit.tables import (
 )
 from pipeline.config import JobConfig
 from pipeline.errors import CommitError, DriftError, RunStopped, StallError, StorageError, find_known_error
+from pipeline.filestats import ReadKeys
 from pipeline.quality.drift import (
     commit_profiles,
     committed_profiles,

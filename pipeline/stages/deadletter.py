@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.features import row_hash64
-from pipeline.commit.filestats import write_parquet
-from pipeline.commit.tables import run_file_prefix
+from pipeline.filestats import write_parquet
 from pipeline.storage import Location, is_s3
+from pipeline.tablefiles import run_file_prefix
 
 REASON_COLUMN = "reason"
 

@@ -13,10 +13,10 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.commit.filestats import write_parquet
-from pipeline.commit.tables import HIVE_NULL
 from pipeline.config import OutputConfig
+from pipeline.filestats import write_parquet
 from pipeline.storage import Location, is_s3
+from pipeline.tablefiles import HIVE_NULL
 
 
 def split_by_partition(table: pa.Table, columns: list[str]) -> list[tuple[str, pa.Table]]:

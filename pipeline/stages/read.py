@@ -120,6 +120,13 @@ def list_inputs(root: Location, dates: list[str], partition_column: str = "ds") 
     return found
 
 
+def raise_problems(problems: list[str], header: str = "input problems:") -> None:
+    """One InputError naming every problem found (a single one on its own line), so one fix-up
+    round mends them all; nothing when there are none."""
+    if problems:
+        raise InputError(problems[0] if len(problems) == 1 else header + "\n  " + "\n  ".join(problems))
+
+
 def discover(
     root: Location,
     dates: list[str],
@@ -132,6 +139,21 @@ def discover(
     With on_bad_file='skip', unreadable files and missing or empty dates are left out and
     recorded in `InputPlan.skipped` instead of failing the run. `listed`: from `list_inputs`.
     """
+    plan, problems = survey(root, dates, partition_column, on_bad_file, listed)
+    raise_problems(problems)
+    return plan
+
+
+def survey(
+    root: Location,
+    dates: list[str],
+    partition_column: str = "ds",
+    on_bad_file: str = "fail",
+    listed: dict[str, InputPartition] | None = None,
+) -> tuple[InputPlan, list[str]]:
+    """`discover`, returning the missing dates and unreadable files (on_bad_file='fail') beside a
+    plan of the readable files instead of raising them, so that a caller checking those files'
+    schemas too reports every problem of the range in one round (pipeline/run/preflight.py)."""
     if not dates:
         raise InputError("no dates to score: give --date/--start/--end or input.dates in the config")
     listed = listed if listed is not None else list_inputs(root, dates, partition_column)
@@ -163,17 +185,21 @@ def discover(
         else:
             f.rows, f.schema, f.row_groups = footer
     plan = InputPlan(root=root, partition_column=partition_column, partitions=partitions, skipped=skipped)
-    # missing dates and unreadable files come out together, so one fix-up round mends them all
-    problems += bad.values() if on_bad_file != "skip" else []
-    if problems:
-        raise InputError(
-            "\n  ".join(problems) if len(problems) == 1 else "input problems:\n  " + "\n  ".join(problems)
-        )
-    if bad:
+    if bad and on_bad_file == "skip":
         drop_files(plan, bad)
-    if not plan.partitions:
+    elif bad:  # reported below; out of the plan, so the schema check reads only the readable files
+        _leave_out(plan, bad)
+    problems += bad.values() if on_bad_file != "skip" else []
+    if not problems and not plan.partitions:
         raise InputError(f"nothing to score: every requested date was skipped: {plan.skipped}")
-    return plan
+    return plan, problems
+
+
+def _leave_out(plan: InputPlan, paths: dict[str, str]) -> None:
+    """Take files out of the plan without recording them as skipped: they are reported as errors."""
+    for part in plan.partitions:
+        part.files = [f for f in part.files if f.path not in paths]
+    plan.partitions = [part for part in plan.partitions if part.files]
 
 
 def drop_files(plan: InputPlan, reasons: dict[str, str]) -> None:

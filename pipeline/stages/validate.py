@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -16,7 +17,7 @@ from models.features import (
     type_problem,
 )
 from pipeline.errors import InputError
-from pipeline.stages.read import InputPlan, drop_files
+from pipeline.stages.read import InputPlan, drop_files, raise_problems
 
 log = logging.getLogger("batchscore")
 
@@ -95,10 +96,13 @@ def _mixed_families(families: dict[str, dict[str, str]]) -> list[str]:
     ]
 
 
-def check_schemas(plan: InputPlan, req: ColumnRequirements, on_bad_file: str = "fail") -> None:
+def check_schemas(
+    plan: InputPlan, req: ColumnRequirements, on_bad_file: str = "fail", earlier: Sequence[str] = ()
+) -> None:
     """Every file has every needed column with a usable type (a categorical column of the type
-    family the model was trained on). All problems are reported at once; with on_bad_file='skip'
-    the offending files are left out of the plan and recorded instead."""
+    family the model was trained on). All problems are reported at once, with `earlier` ones (the
+    missing dates and unreadable files `survey` found) first; with on_bad_file='skip' the offending
+    files are left out of the plan and recorded instead."""
     problems: list[str] = []
     bad_paths: dict[str, str] = {}
     families: dict[str, dict[str, str]] = {}
@@ -126,13 +130,13 @@ def check_schemas(plan: InputPlan, req: ColumnRequirements, on_bad_file: str = "
         drop_files(plan, bad_paths)
         if not plan.partitions:
             raise InputError(f"nothing to score: every input file was skipped: {plan.skipped}")
-    elif problems:
-        shown = problems[:20]
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise InputError("input schema check failed:\n  " + "\n  ".join(shown) + more)
-    mixed = _mixed_families(families)
-    if mixed:
-        raise InputError("input schema check failed:\n  " + "\n  ".join(mixed))
+        problems = []
+    if len(problems) > 20:
+        problems = [*problems[:20], f"... and {len(problems) - 20} more"]
+    found = [*earlier, *problems, *_mixed_families(families)]
+    if found and not earlier:
+        raise InputError("input schema check failed:\n  " + "\n  ".join(found))
+    raise_problems(found)  # with missing dates or unreadable files: one report of the whole range
 
 
 def _run_families(plan: InputPlan, columns: list[str]) -> dict[str, tuple[str, str]]:

@@ -6,7 +6,7 @@ on S3 a rename is a copy). Files of runs that died before committing are removed
 `batchscore vacuum` once they are older than the retention.
 
 Each file carries, in its footer, the key fingerprint and the score profile of the rows written
-into it (pipeline/commit/filestats.py): the commit reads footers, not the data again.
+into it (pipeline/filestats.py): the commit reads footers, not the data again.
 
 Files approach `output.target_rows_per_file`: the write stage collects blocks until it has that
 many rows (Ray Data's `min_rows_per_write` bundling, a buffer bounded by the target) and writes
@@ -23,10 +23,10 @@ from ray.data import Dataset, SaveMode
 from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
 from ray.data.datasource import FilenameProvider
 
-from pipeline.commit.tables import run_file_prefix
 from pipeline.config import OutputConfig
 from pipeline.stages.layout import OutputFiles
 from pipeline.storage import Location, is_s3
+from pipeline.tablefiles import run_file_prefix
 
 
 class RunFileNames(FilenameProvider):

@@ -25,9 +25,9 @@ from support import (
 )
 
 from jobs.synthetic import write_days
-from pipeline.commit.filestats import stats_from_footer
 from pipeline.config import StorageConfig
 from pipeline.errors import ConfigError
+from pipeline.filestats import stats_from_footer
 from pipeline.run.score import run_score
 from pipeline.storage import resolve
 

@@ -47,6 +47,30 @@ def test_missing_dates_and_a_corrupt_file_are_reported_together(job):
     assert not out.exists(), f"a refused run left {sorted(p.name for p in out.rglob('*'))}"
 
 
+def test_missing_dates_unreadable_files_and_schema_problems_come_out_in_one_report(job):
+    # issue 21: the missing columns and wrong types of the readable files came out in a second
+    # round, after the missing dates and unreadable files were fixed
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    config, data, out = job
+    first, second, *_ = sorted((data / f"ds={DATES[0]}").glob("*.parquet"))
+    pq.write_table(pq.read_table(first).drop_columns(["price"]), first)  # a column missing
+    t = pq.read_table(second)
+    i = t.schema.get_field_index("position")
+    pq.write_table(t.set_column(i, "position", pa.array(["x"] * t.num_rows)), second)  # wrong type
+    corrupt = sorted((data / f"ds={DATES[1]}").glob("*.parquet"))[0]
+    corrupt.write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 2])
+    proc = score(config, DATES[0], DATES[1], "2031-01-01")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    message = proc.stderr.split("error:", 1)[1]
+    assert message.count("input problems:") == 1
+    missing = "ds=2031-01-01 does not exist"
+    for part in (missing, corrupt.name, first.name, "'price'", second.name, "'position'"):
+        assert part in message, part
+    assert not out.exists(), f"a refused run left {sorted(p.name for p in out.rglob('*'))}"
+
+
 def test_a_missing_input_root_is_named_as_input_uri(job, tmp_path):
     config, data, out = job
     shutil.rmtree(data)

@@ -14,7 +14,7 @@ import pytest
 from support import SYNTH, direct_scores, make_config, read_input, read_output
 
 from jobs.synthetic import generate_day
-from pipeline.commit.filestats import ReadKeys
+from pipeline.filestats import ReadKeys
 from pipeline.run.score import run_score
 
 pytestmark = pytest.mark.integration

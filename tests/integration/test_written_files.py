@@ -13,7 +13,7 @@ from support import make_config, read_delta
 import pipeline.commit.partitions as partitions
 import pipeline.quality.profiles as profiles
 from jobs.synthetic import SyntheticSpec, write_days
-from pipeline.commit.filestats import STATS_KEY
+from pipeline.filestats import STATS_KEY
 from pipeline.run.score import run_score
 from pipeline.storage import resolve
 

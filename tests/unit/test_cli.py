@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cli import build_parser, main, resolve_dates
+from jobs.cli import build_parser, main
+from jobs.common import resolve_dates
 from pipeline.config import config_from_dict
 from pipeline.errors import EXIT_USER, ConfigError
 

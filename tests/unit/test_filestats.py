@@ -15,12 +15,12 @@ import pytest
 
 import pipeline.commit.partitions as partitions
 from models.scoreprofile import merge, partial_of
-from pipeline.commit.filestats import STATS_KEY, ReadKeys, file_stats, stats_from_footer, write_parquet
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, commit_partitions
-from pipeline.commit.reconcile import _file_fingerprint, fingerprint_of
 from pipeline.commit.tables import HIVE_NULL, DeltaOutput, OutputTables, run_files
 from pipeline.config import OutputConfig, StorageConfig
 from pipeline.errors import CommitError
+from pipeline.filestats import STATS_KEY, ReadKeys, file_stats, stats_from_footer, write_parquet
+from pipeline.keys import _file_fingerprint, fingerprint_of
 from pipeline.quality.profiles import profile_partitions
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.layout import even_slices, split_by_partition

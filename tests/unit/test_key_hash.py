@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from models.features import row_hash64
-from pipeline.commit.reconcile import HASH_SEED, Fingerprint, fingerprint_of
+from pipeline.keys import HASH_SEED, Fingerprint, fingerprint_of
 
 ROWS_PER_CHUNK = 1 << 16
 VALUE_BYTES = 1024  # 64 MiB of strings per chunk

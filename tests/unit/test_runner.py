@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.commit.filestats import stats_from_footer
 from pipeline.config import OutputConfig, config_from_dict
+from pipeline.filestats import stats_from_footer
 from pipeline.run.execute import choose_runner, local_cpus, local_pool
 from pipeline.run.local import DateFiles
 from pipeline.storage import resolve

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from support import latest_commit, read_delta
 
-from pipeline.commit.filestats import write_parquet
 from pipeline.commit.partitions import CommitPolicy, RunIdentity
 from pipeline.commit.streaming import DateCommitter
 from pipeline.commit.tables import DeltaOutput, OutputTables
 from pipeline.config import DriftConfig, StorageConfig
+from pipeline.filestats import write_parquet
 from pipeline.stages.read import discover
 from pipeline.storage import resolve
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.commit.filestats import ReadKeys
 from pipeline.commit.tables import DeltaOutput, check_partitioning, partition_values, run_files
 from pipeline.config import StorageConfig, config_from_dict
 from pipeline.errors import ConfigError, UserError
+from pipeline.filestats import ReadKeys
 from pipeline.storage import resolve
 
 
@@ -122,8 +122,8 @@ def test_committed_files_are_the_dates_files_in_the_log_with_their_footer_stats(
     files of the current snapshot (a space in the table's path too), footers read, rows not."""
     from deltalake import write_deltalake
 
-    from pipeline.commit.filestats import write_parquet
     from pipeline.commit.tables import TableFile, committed_files, table_schema
+    from pipeline.filestats import write_parquet
 
     root = tmp_path / "the preds"
     write_deltalake(str(root), pa.table({"k": ["x"], "ds": ["2026-10-02"]}), partition_by=["ds"])

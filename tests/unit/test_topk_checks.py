@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.commit.groups import TopKCheck, check_groups
-from pipeline.commit.reconcile import Fingerprint, fingerprint_of
 from pipeline.config import config_from_dict
 from pipeline.errors import ConfigError, StageError
+from pipeline.keys import Fingerprint, fingerprint_of
 from pipeline.stages.topk import NON_FINITE_SCORE, TopKMerge, TopKPartial, TopKSpec
 
 SPEC = TopKSpec(

@@ -1,10 +1,11 @@
-"""Row reconciliation by key: per partition, the multiset of input keys must equal the multiset of
-output keys plus dead-letter keys. A retried block that duplicates rows while another block is
-missing keeps the counts equal but changes the key sums, and is caught here.
+"""Key fingerprints, for row reconciliation by key: per partition, the multiset of input keys must
+equal the multiset of output keys plus dead-letter keys. A retried block that duplicates rows while
+another block is missing keeps the counts equal but changes the key sums, and is caught here. Below
+both the stages that write fingerprints into footers and the commit that checks them.
 
 A file's fingerprint is its row count and the sum and the sum of squares of a 64-bit hash of each
 row's key (mod 2**64). The files this run writes carry theirs in their footer, computed from the
-rows written into them (pipeline/commit/filestats.py); a file without one (an input file, or one
+rows written into them (pipeline/filestats.py); a file without one (an input file, or one
 written by an older version) is read by a Ray task per file. Either way the driver handles a few
 numbers per file, never the keys."""
 

@@ -36,7 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from models.scoreprofile import Partial, partial_of
-from pipeline.commit.reconcile import HASH_SEED, Fingerprint, fingerprint_of, total
+from pipeline.keys import HASH_SEED, Fingerprint, fingerprint_of, total
 from pipeline.reporting.runs import INPUT_KEYS_DIR, RUNS_DIR
 from pipeline.storage import Location, delete_dir, exists, list_files, read_bytes, write_bytes
 
