@@ -181,19 +181,10 @@ def _as_storage_error(e: BaseException) -> StorageError:
 def _start(
     cfg: JobConfig, pre: Preflight, started: datetime, t_start: float, runner: tuple[str, str]
 ) -> RunContext:
-    """Ray and the pool; the run's identity, its commit policy and its committer thread."""
+    """Ray and the pool (the duplicate-key check beside Ray's start); the run's identity, its
+    commit policy and its committer thread."""
     p, run_id = pre.prepared, pre.run_id
-    log.info(
-        "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
-        run_id,
-        pre.attempt.id,
-        p.inputs.rows,
-        len(p.inputs.paths),
-        len(p.dates),
-        p.model_meta.version,
-        p.model_meta.sha256[:12],
-    )
-    log.info("runner: %s (%s)", *runner)
+    _log_start(pre, runner)
     dups = _duplicate_check_beside_ray_start(cfg, p, runner[0])
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
     ray_up_at = time.time() if runner[0] == "ray" else None  # wall clock, as the workers count
@@ -215,20 +206,7 @@ def _start(
         attempt=pre.attempt.id,
         check_lease=pre.attempt.check_lease,
     )
-    read_keys = None
-    if cfg.output.verify == "keys":  # the read tasks record the input's key fingerprints
-        # per attempt: an earlier attempt's records of this run id describe other reads
-        where = tables.location.join(RUNS_DIR, run_id, input_keys_dir(pre.attempt.id))
-        # top-K reconciles groups: the input's group keys are what its commit compares
-        keys = cfg.output.top_k.group_by if cfg.output.top_k is not None else cfg.output.key_columns
-        read_keys = ReadKeys(where, list(keys), cfg.input.partition_column)
-    policy = CommitPolicy(
-        cfg.output.key_columns,
-        cfg.output.verify,
-        cfg.output.max_bad_row_fraction,
-        read_keys,
-        top_k=TopKCheck.from_config(cfg) if cfg.output.top_k is not None else None,
-    )
+    policy = _commit_policy(cfg, tables, run_id, pre.attempt.id)
     heads = cfg.output.value_columns
     committed = committed_profiles(tables.predictions.open(), first_head=heads[0])
     committer = DateCommitter(
@@ -246,6 +224,40 @@ def _start(
     timings: dict[str, float | None] = {"ray": t_ray, "ray_up_at": ray_up_at}
     return RunContext(
         cfg, p, run_id, started, t_start, pre.dates, pool, tables, run, policy, committer, committed, timings
+    )
+
+
+def _log_start(pre: Preflight, runner: tuple[str, str]) -> None:
+    p = pre.prepared
+    log.info(
+        "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
+        pre.run_id,
+        pre.attempt.id,
+        p.inputs.rows,
+        len(p.inputs.paths),
+        len(p.dates),
+        p.model_meta.version,
+        p.model_meta.sha256[:12],
+    )
+    log.info("runner: %s (%s)", *runner)
+
+
+def _commit_policy(cfg: JobConfig, tables, run_id: str, attempt: str) -> CommitPolicy:
+    """How each date is checked before its commit; with output.verify 'keys', where the read
+    tasks record the input's key fingerprints."""
+    read_keys = None
+    if cfg.output.verify == "keys":
+        # per attempt: an earlier attempt's records of this run id describe other reads
+        where = tables.location.join(RUNS_DIR, run_id, input_keys_dir(attempt))
+        # top-K reconciles groups: the input's group keys are what its commit compares
+        keys = cfg.output.top_k.group_by if cfg.output.top_k is not None else cfg.output.key_columns
+        read_keys = ReadKeys(where, list(keys), cfg.input.partition_column)
+    return CommitPolicy(
+        cfg.output.key_columns,
+        cfg.output.verify,
+        cfg.output.max_bad_row_fraction,
+        read_keys,
+        top_k=TopKCheck.from_config(cfg) if cfg.output.top_k is not None else None,
     )
 
 
@@ -471,30 +483,7 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
     t_drain = time.perf_counter() - t0
     early = c.committer.committed
     rest = [d for d in dates_scored if d not in early]
-    t0 = time.perf_counter()
-    profiles = {
-        **c.committer.profiles,
-        **profile_partitions(
-            c.tables.location,
-            col,
-            rest,
-            cfg.output.value_columns,
-            c.run_id,
-            c.run.attempt,
-        ),
-    }
-    checked = evaluate_heads(
-        cfg.drift,
-        c.committed,
-        col,
-        profiles,
-        cfg.output.value_columns,
-        p.model_meta.sha256,
-        run_references(cfg.output, p.model_meta),
-        only=rest,
-    )
-    drift = {d: c.committer.drift[d] if d in c.committer.drift else checked[d] for d in dates_scored}
-    c.timings["profile"] = time.perf_counter() - t0
+    profiles, drift = _profile_rest(c, rest)
     breaches = drift_reasons({d: drift[d] for d in rest}, col)
     for line in breaches:
         log.warning("score drift: %s", line)
@@ -521,6 +510,30 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
         report.vacuum = vacuum_tables(c.tables, cfg.output.retention_hours)
     write_report(cfg, p, c.run_id, report)
     return report
+
+
+def _profile_rest(c: RunContext, rest: list[str]) -> tuple[dict, dict]:
+    """Score profiles of every scored date (the early committer's, and of `rest` from their
+    files' footers) and each date's drift checks."""
+    cfg, p = c.cfg, c.p
+    t0 = time.perf_counter()
+    heads = cfg.output.value_columns
+    col = cfg.input.partition_column
+    own = profile_partitions(c.tables.location, col, rest, heads, c.run_id, c.run.attempt)
+    profiles = {**c.committer.profiles, **own}
+    checked = evaluate_heads(
+        cfg.drift,
+        c.committed,
+        col,
+        profiles,
+        heads,
+        p.model_meta.sha256,
+        run_references(cfg.output, p.model_meta),
+        only=rest,
+    )
+    drift = {d: c.committer.drift[d] if d in c.committer.drift else checked[d] for d in c.dates}
+    c.timings["profile"] = time.perf_counter() - t0
+    return profiles, drift
 
 
 def _check_early_commits_unchanged(c: RunContext) -> None:
