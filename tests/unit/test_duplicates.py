@@ -62,6 +62,7 @@ def test_hash_collisions_are_told_apart_by_the_key_values(tmp_path, monkeypatch)
     # the threads' path: Ray's workers (when a test before this one left Ray running in this
     # process) would not see the patched hash
     monkeypatch.setattr(duplicates, "running_ray", lambda: None)
+    monkeypatch.setattr("pipeline.storage.running_ray", lambda: None)  # step 3 (map_files) too
     found = find_duplicates(_plan(tmp_path), ["event_id", "user_id"])
     assert sorted(found.dates[D1].keys) == [("e1", 1), ("e4", 4)] and found.dates[D1].rows == 4
     batch = pa.table({"event_id": ["e1", "e4", "e2", "e1"], "user_id": [1, 4, 2, 1], "ds": [D1, D1, D1, D2]})
