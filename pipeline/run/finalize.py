@@ -59,24 +59,32 @@ def fail_report(c: RunContext, report: RunReport, status: str, error: str | None
     return write_report(c.cfg, c.p, c.run_id, report)
 
 
+def _run_fields(c: RunContext, snapshot: dict[str, Any]) -> dict[str, Any]:
+    """What every report of a run says of it, finished or stopped: ids, dates, config, model, pool."""
+    cfg, p = c.cfg, c.p
+    replicas = sorted(snapshot.get("replicas", []), key=lambda r: (r["node_id"], r["pid"]))
+    return {
+        "run_id": c.run_id,
+        "job": cfg.name,
+        "started_at": c.started.isoformat(timespec="seconds"),
+        "finished_at": _now(),
+        "dates": p.dates,
+        "skipped_committed": c.dp.done,
+        "rescored_because": {d: why for d, why in c.dp.why.items() if d in p.dates},
+        "config": shown_config(cfg),
+        "config_hash": cfg.digest(),
+        "model": _model_info(cfg, p.model_meta),
+        "pool": Pool(**asdict(c.pool)),
+        "replicas": [Replica(**r) for r in replicas],
+    }
+
+
 def stopped_report(c: RunContext, snapshot: dict[str, Any], status: str, error: str) -> str:
     """The report of a run the watchdog stopped (`stalled`, `deadline`): what it had done, the
     dates committed before it stopped, and why; no profiles (its other dates were not finished)."""
     cfg, p = c.cfg, c.p
-    replicas = sorted(snapshot.get("replicas", []), key=lambda r: (r["node_id"], r["pid"]))
     report = RunReport(
-        run_id=c.run_id,
-        job=cfg.name,
-        started_at=c.started.isoformat(timespec="seconds"),
-        finished_at=_now(),
-        dates=p.dates,
-        skipped_committed=c.dp.done,
-        rescored_because={d: why for d, why in c.dp.why.items() if d in p.dates},
-        config=shown_config(cfg),
-        config_hash=cfg.digest(),
-        model=_model_info(cfg, p.model_meta),
-        pool=Pool(**asdict(c.pool)),
-        replicas=[Replica(**r) for r in replicas],
+        **_run_fields(c, snapshot),
         rows=Rows(input=p.inputs.rows),
         output_kind=cfg.output.kind,
         output_columns=cfg.output.value_columns,
@@ -145,20 +153,8 @@ def build_report(
     heads = cfg.output.value_columns
     run_profiles = {h: merge_profiles([x[h] for x in profiles.values()]) for h in heads}
     refs = run_references(cfg.output, p.model_meta)
-    replicas = sorted(snapshot.get("replicas", []), key=lambda r: (r["node_id"], r["pid"]))
     return RunReport(
-        run_id=c.run_id,
-        job=cfg.name,
-        started_at=c.started.isoformat(timespec="seconds"),
-        finished_at=_now(),
-        dates=p.dates,
-        skipped_committed=c.dp.done,
-        rescored_because={d: why for d, why in c.dp.why.items() if d in p.dates},
-        config=shown_config(cfg),
-        config_hash=cfg.digest(),
-        model=_model_info(cfg, p.model_meta),
-        pool=Pool(**asdict(c.pool)),
-        replicas=[Replica(**r) for r in replicas],
+        **_run_fields(c, snapshot),
         partitions=[_partition_entry(p, part, profiles, drift) for part in p.inputs.partitions],
         rows=Rows(input=p.inputs.rows, duplicate_key_rows=_duplicate_rows(p, None)),
         output_kind=cfg.output.kind,
