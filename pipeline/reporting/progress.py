@@ -97,6 +97,41 @@ class InProcessCounter:
         self.snapshot = _Call(counter.snapshot, lock)
 
 
+class BufferedCounter:
+    """The counter's API inside a scoring replica of the actors mode: the calls are kept and
+    handed to the driver with the unit's next result (pipeline/run/pool.py), which replays them
+    into its InProcessCounter. No counter actor, no call per batch to one: the pool already
+    streams each unit's results to the driver. A copy unpickled in a replica starts empty."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[str, tuple[Any, ...]]] = []
+        self._lock = threading.Lock()
+        self.add, self.replica = self._recorder("add"), self._recorder("replica")
+
+    def _recorder(self, name: str) -> _Call:
+        def record(*args: Any) -> None:
+            self._calls.append((name, args))
+
+        return _Call(record, self._lock)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def drain(self) -> list[tuple[str, tuple[Any, ...]]]:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        return calls
+
+
+def replay(counter: Any, calls: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Apply a BufferedCounter's drained calls to `counter` (the driver's InProcessCounter)."""
+    for name, args in calls:
+        getattr(counter, name).remote(*args)
+
+
 class ProgressView:
     """The driver thread that prints progress lines while the pipeline runs."""
 

@@ -47,7 +47,7 @@ from pipeline.quality.drift import (
 )
 from pipeline.quality.profiles import profile_partitions
 from pipeline.reporting.metrics import stage_metrics
-from pipeline.reporting.progress import InProcessCounter, ProgressView, start_counter
+from pipeline.reporting.progress import BufferedCounter, InProcessCounter, ProgressView, start_counter
 from pipeline.reporting.runs import RUNS_DIR, input_keys_dir
 from pipeline.reporting.schema import Commits, RunReport
 from pipeline.run.attempt import Attempt
@@ -324,7 +324,9 @@ def _execute(ctx: RunContext):
     cfg, col, tables = ctx.cfg, ctx.cfg.input.partition_column, ctx.tables
     prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
     written = [WrittenRows(tables.location.join(f"{col}={d}"), prefix) for d in ctx.dates]
-    counter = InProcessCounter() if ctx.pool.runner == "local" else start_counter()
+    # the actors mode's replicas hand their counts to the driver with their units' results
+    in_process = ctx.pool.runner == "local" or ctx.pool.mode == "actors"
+    counter = InProcessCounter() if in_process else start_counter()
     progress = ProgressView(
         counter, ctx.p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
     ).start()
@@ -448,11 +450,13 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: H
 
 def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: Hooks):
     """Replicas that take each unit of input through every stage and write its files themselves
-    (pipeline/run/replicas.py); the driver gets one small record per unit."""
-    from pipeline.run.replicas import ReplicaRun, replica_dataset, unit_plan
+    (pipeline/run/replicas.py, pipeline/run/pool.py); the driver gets one small record per unit."""
+    from pipeline.run.pool import ReplicaPool
+    from pipeline.run.replicas import ReplicaRun, unit_plan
     from pipeline.stages.layout import OutputFiles
 
-    pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
+    progress = BufferedCounter()  # replayed into `counter` as the units' results come back
+    pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=progress)
     files = OutputFiles.for_output(ctx.tables.location, ctx.cfg.output)
     # this attempt's own names: a rerun with the same run id never writes over them
     prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
@@ -462,12 +466,10 @@ def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks
     stop = threading.Event()  # the watchdog's or Ctrl-C's stop, seen as the next unit comes back
     hooks.halt.append(stop.set)
     hooks.activity.append(lambda: [f"{len(run.records)} of {units} units done, others in flight or waiting"])
-    with run_data_context():
-        ds = replica_dataset(plan, fused_scorer(ctx.p, pre, kwargs), ctx.pool, ctx.cfg.predict.label_selector)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            if stop.is_set():  # leaving the loop ends Ray Data's execution, and with it the pool
-                break
-            run.add(batch)
+    scorer = fused_scorer(ctx.p, pre, kwargs)
+    with ReplicaPool(plan, scorer, ctx.pool, ctx.cfg.predict.label_selector) as pool:
+        for record in pool.records(range(units), counter, stop):
+            run.add(record)
     return run
 
 
