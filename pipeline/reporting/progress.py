@@ -101,7 +101,8 @@ class BufferedCounter:
     """The counter's API inside a scoring replica of the actors mode: the calls are kept and
     handed to the driver with the unit's next result (pipeline/run/pool.py), which replays them
     into its InProcessCounter. No counter actor, no call per batch to one: the pool already
-    streams each unit's results to the driver. A copy unpickled in a replica starts empty."""
+    streams each unit's results to the driver. Every copy unpickled in a process is that
+    process's one buffer (the model's stage and the preprocessing arrive in separate pickles)."""
 
     def __init__(self) -> None:
         self._calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -114,16 +115,23 @@ class BufferedCounter:
 
         return _Call(record, self._lock)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return process_buffer, ()
 
     def drain(self) -> list[tuple[str, tuple[Any, ...]]]:
         with self._lock:
             calls, self._calls = self._calls, []
         return calls
+
+
+_PROCESS_BUFFER: list[BufferedCounter] = []
+
+
+def process_buffer() -> BufferedCounter:
+    """This process's BufferedCounter (what an unpickled one becomes)."""
+    if not _PROCESS_BUFFER:
+        _PROCESS_BUFFER.append(BufferedCounter())
+    return _PROCESS_BUFFER[0]
 
 
 def replay(counter: Any, calls: list[tuple[str, tuple[Any, ...]]]) -> None:

@@ -16,11 +16,18 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from pipeline.reporting.progress import replay
-from pipeline.run.replicas import ScoringReplica, UnitPlan
+from pipeline.commit.tables import run_file_prefix
+from pipeline.reporting.progress import BufferedCounter, replay
+from pipeline.run.execute import stage_objects
+from pipeline.run.preflight import Prepared
+from pipeline.run.replicas import ScoringReplica, UnitPlan, unit_plan
+from pipeline.run.resources import PoolPlan
+from pipeline.stages.deadletter import DeadLetterWriter
+from pipeline.stages.layout import OutputFiles
 from pipeline.stages.predict import FusedScorer
 
 # a unit whose replica died this many times in a row fails the run (a unit that kills its
@@ -30,14 +37,18 @@ WAIT_S = 0.5  # how often the loop looks at the stop event while units are in fl
 
 
 class ReplicaPool:
-    """`size` replicas of `scorer`, each with `pool.num_cpus` CPUs and `pool.num_gpus` of a GPU,
-    placed by `label_selector`. Use as a context manager: leaving it kills the replicas, which
-    frees their GPUs for what the process does next."""
+    """`pool.max_replicas` replicas (at most `most`), each with `pool.num_cpus` CPUs and
+    `pool.num_gpus` of a GPU, placed by `label_selector`, loading the model from
+    `predictor_kwargs` as soon as they are created: before the run's units are planned. Use as a
+    context manager, or call `close`: that kills the replicas, which frees their GPUs for what
+    the process does next."""
 
-    def __init__(self, plan: UnitPlan, scorer: FusedScorer, pool: Any, label_selector: Any = None) -> None:
+    def __init__(
+        self, predictor_kwargs: dict[str, Any], pool: Any, label_selector: Any = None, most: int | None = None
+    ) -> None:
         import ray
 
-        self.size = max(1, min(pool.max_replicas, len(plan.units)))
+        self.size = max(1, min(pool.max_replicas, most or pool.max_replicas))
         options: dict[str, Any] = {
             "num_cpus": pool.num_cpus,
             "num_gpus": pool.num_gpus,
@@ -47,11 +58,11 @@ class ReplicaPool:
         if label_selector:
             options["label_selector"] = label_selector
         actor = ray.remote(ScoringReplica).options(**options)
-        # one copy of the plan and the scorer in the object store for all replicas (and their
+        # one copy of the model's arguments in the object store for all replicas (and their
         # restarts), held here for the pool's life
-        self._args = (ray.put(plan), ray.put(scorer))
+        self._kwargs = ray.put(predictor_kwargs)
         host_threads = max(1, int(pool.num_cpus))
-        self.actors = [actor.remote(*self._args, host_threads=host_threads) for _ in range(self.size)]
+        self.actors = [actor.remote(self._kwargs, host_threads=host_threads) for _ in range(self.size)]
 
     def __enter__(self) -> ReplicaPool:
         return self
@@ -67,20 +78,25 @@ class ReplicaPool:
         self.actors = []
 
     def records(
-        self, units: Iterable[int], counter: Any = None, stop: threading.Event | None = None
+        self,
+        plan: UnitPlan,
+        scorer: FusedScorer,
+        counter: Any = None,
+        stop: threading.Event | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Score `units`, one in flight per replica; yields each unit's record as it comes back
-        (in completion order), and replays the replicas' progress calls into `counter`. A
-        replica's error (the model's, a column's) is raised here as itself; `stop` set ends the
-        loop within WAIT_S."""
+        """Score the plan's units, one in flight per replica; yields each unit's record as it
+        comes back (in completion order), and replays the replicas' progress calls into
+        `counter`. A replica's error (the model's, a column's) is raised here as itself; `stop`
+        set ends the loop within WAIT_S."""
         import ray
 
-        pending, idle = deque(units), list(self.actors)
+        job = [ray.put((plan, scorer))]  # boxed: each replica fetches it once
+        pending, idle = deque(range(len(plan.units))), list(self.actors)
         busy: dict[Any, Any] = {}  # a unit's result stream -> its replica
         while pending or busy:
             while idle and pending:
                 a = idle.pop()
-                busy[a.score_unit.options(num_returns="streaming").remote(pending.popleft())] = a
+                busy[a.score_unit.options(num_returns="streaming").remote(pending.popleft(), job)] = a
             ready, _ = ray.wait(list(busy), num_returns=1, timeout=WAIT_S)
             if stop is not None and stop.is_set():
                 return
@@ -94,3 +110,34 @@ class ReplicaPool:
                     replay(counter, result["progress"])
                 else:
                     yield result
+
+
+@dataclass
+class StartedReplicas:
+    """The actors mode's replicas, started as soon as Ray is up, with what the run's later
+    stages must share with them: the unit plan, the dead-letter writer and the progress buffer
+    their stage objects are built with."""
+
+    pool: ReplicaPool
+    plan: UnitPlan
+    dead_letter: DeadLetterWriter
+    progress: BufferedCounter
+
+
+def start_replicas(
+    p: Prepared, pool: PoolPlan, tables: Any, run_id: str, attempt: str, read_keys: Any
+) -> StartedReplicas:
+    """Plan the units and create the replicas (they load the model meanwhile). Nothing here
+    waits on them: the driver goes on with its checks while they start."""
+    cfg = p.cfg
+    dead_letter = DeadLetterWriter(
+        tables.dead_letters.location, cfg.input.partition_column, cfg.output.key_columns, run_id, attempt
+    )
+    progress = BufferedCounter()  # replayed into the driver's counter as results come back
+    _, kwargs = stage_objects(p, pool, run_id, dead_letter=dead_letter, progress=progress)
+    files = OutputFiles.for_output(tables.location, cfg.output)
+    # this attempt's own names: a rerun with the same run id never writes over them
+    prefix = run_file_prefix(run_id, attempt=attempt)
+    plan = unit_plan(p, files, prefix, pool.max_replicas, read_keys)
+    replicas = ReplicaPool(kwargs, pool, cfg.predict.label_selector, most=len(plan.units))
+    return StartedReplicas(replicas, plan, dead_letter, progress)

@@ -65,32 +65,47 @@ class UnitPlan:
 
 class ScoringReplica:
     """A Ray actor (pipeline/run/pool.py): `__init__` loads the model once (on the GPU Ray
-    assigned, or the CPU); `score_unit` takes a unit number and returns the unit's record."""
+    assigned, or the CPU), from the predictor's arguments alone, so that replicas start as soon
+    as Ray is up, while the driver still plans the run; `score_unit` takes a unit number and the
+    run's plan and preprocessing (boxed: fetched once per replica) and streams the unit's
+    progress and record."""
 
     name = "score"
 
-    def __init__(self, plan: UnitPlan, scorer: FusedScorer, host_threads: int = 1) -> None:
+    def __init__(self, predictor_kwargs: dict[str, Any], host_threads: int = 1) -> None:
         from pipeline.run.clock import process_started_at
 
         self.started = {"pid": os.getpid(), "process_start": process_started_at(), "init_start": time.time()}
         # Arrow's own pools default to every core of the machine, in each of a node's replicas
         pa.set_cpu_count(max(1, host_threads))
         pa.set_io_thread_count(max(2, host_threads))
-        self.plan, self.scorer = plan, scorer
-        self.predictor = Predictor(**scorer.predictor_kwargs)
-        self.progress = scorer.predictor_kwargs.get("progress")
+        self.predictor = Predictor(**predictor_kwargs)
+        self.progress = predictor_kwargs.get("progress")
+        self.job: tuple[str, tuple[UnitPlan, FusedScorer]] | None = None
         self.started["init_end"] = time.time()
 
-    def score_unit(self, unit: int) -> Iterator[dict[str, Any]]:
+    def _plan(self, boxed: list[Any]) -> tuple[UnitPlan, FusedScorer]:
+        """The run's (plan, scorer), from the object ref in `boxed` (a list, so Ray passes the
+        ref itself): fetched by the first unit, kept for the rest (and fetched again by a
+        replica Ray restarted)."""
+        import ray
+
+        ref = boxed[0]
+        if self.job is None or self.job[0] != ref.hex():
+            self.job = (ref.hex(), ray.get(ref))
+        return self.job[1]
+
+    def score_unit(self, unit: int, boxed: list[Any]) -> Iterator[dict[str, Any]]:
         """A streaming generator (pipeline/run/pool.py): after each block, the progress calls
         made while scoring it (`{"progress": [...]}`, when the run counts through a
         BufferedCounter), and last the unit's record."""
+        plan, scorer = self._plan(boxed)
         clock = {"read_s": 0.0, "score_s": 0.0, "write_s": 0.0, "start": time.time()}
-        out = UnitFiles(self.plan.files, f"{self.plan.file_prefix}{unit:06d}")
+        out = UnitFiles(plan.files, f"{plan.file_prefix}{unit:06d}")
         rows_in = 0
-        for f, date, groups in self.plan.units[unit]:
-            blocks = self.plan.source.read_task_blocks(f, date, self.plan.block_bytes, groups)
-            rows_in += yield from self._score_blocks(blocks, out, clock)
+        for f, date, groups in plan.units[unit]:
+            blocks = plan.source.read_task_blocks(f, date, plan.block_bytes, groups)
+            rows_in += yield from self._score_blocks(scorer, blocks, out, clock)
         clock["write_s"] += out.close()
         yield from self._progress()
         yield {
@@ -109,9 +124,9 @@ class ScoringReplica:
             yield {"progress": calls}
 
     def _score_blocks(
-        self, blocks: Iterator[pa.Table], out: UnitFiles, clock: dict[str, float]
+        self, scorer: FusedScorer, blocks: Iterator[pa.Table], out: UnitFiles, clock: dict[str, float]
     ) -> Iterator[dict[str, Any]]:
-        rows_in, step = 0, max(1, self.scorer.preprocess_batch_size)
+        rows_in, step = 0, max(1, scorer.preprocess_batch_size)
         while True:
             t0 = time.perf_counter()
             block = next(blocks, None)
@@ -121,7 +136,7 @@ class ScoringReplica:
             rows_in += block.num_rows
             for i in range(0, block.num_rows, step):
                 t0 = time.perf_counter()
-                scored = self.scorer.score(block.slice(i, step), self.predictor)
+                scored = scorer.score(block.slice(i, step), self.predictor)
                 clock["score_s"] += time.perf_counter() - t0
                 clock["write_s"] += out.add(scored)
             yield from self._progress()
