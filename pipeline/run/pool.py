@@ -14,9 +14,11 @@ What is ours is the loop below: one unit in flight per replica, results as they 
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ from pipeline.stages.predict import FusedScorer
 # process every time, e.g. out of memory, must not loop forever)
 UNIT_RETRIES = 3
 WAIT_S = 0.5  # how often the loop looks at the stop event while units are in flight
+POLL_S = 1.0  # how often busy replicas are asked for their progress calls
 
 
 class ReplicaPool:
@@ -54,6 +57,7 @@ class ReplicaPool:
             "num_gpus": pool.num_gpus,
             "max_restarts": -1,
             "max_task_retries": UNIT_RETRIES,
+            "max_concurrency": 2,  # one thread scores, the other answers progress requests
         }
         if label_selector:
             options["label_selector"] = label_selector
@@ -86,30 +90,74 @@ class ReplicaPool:
     ) -> Iterator[dict[str, Any]]:
         """Score the plan's units, one in flight per replica; yields each unit's record as it
         comes back (in completion order), and replays the replicas' progress calls into
-        `counter`. A replica's error (the model's, a column's) is raised here as itself; `stop`
-        set ends the loop within WAIT_S."""
+        `counter` (asked for every POLL_S while units run, and with each record). A replica's
+        error (the model's, a column's) is raised here as itself; `stop` set ends the loop
+        within WAIT_S."""
         import ray
 
         job = [ray.put((plan, scorer))]  # boxed: each replica fetches it once
         pending, idle = deque(range(len(plan.units))), list(self.actors)
-        busy: dict[Any, Any] = {}  # a unit's result stream -> its replica
+        busy: dict[Any, Any] = {}  # a unit in flight -> its replica
+        polls = _Polls(counter)
         while pending or busy:
             while idle and pending:
                 a = idle.pop()
-                busy[a.score_unit.options(num_returns="streaming").remote(pending.popleft(), job)] = a
-            ready, _ = ray.wait(list(busy), num_returns=1, timeout=WAIT_S)
+                busy[a.score_unit.remote(pending.popleft(), job)] = a
+            polls.ask(busy.values())
+            ready, _ = ray.wait([*busy, *polls.refs], num_returns=1, timeout=WAIT_S)
             if stop is not None and stop.is_set():
                 return
-            for stream in ready:
-                item = next(stream, None)
-                if item is None:  # the unit's stream ended: its replica takes the next unit
-                    idle.append(busy.pop(stream))
+            for ref in ready:
+                if polls.take(ref):
                     continue
-                result = ray.get(item)
-                if "progress" in result:
-                    replay(counter, result["progress"])
-                else:
-                    yield result
+                idle.append(busy.pop(ref))
+                record = ray.get(ref)
+                replay(counter, record.pop("progress"))
+                yield record
+        polls.finish()
+
+
+class _Polls:
+    """The pool's requests for its busy replicas' progress calls, one at a time per replica."""
+
+    def __init__(self, counter: Any) -> None:
+        self.counter = counter
+        self.out: dict[Any, Any] = {}  # request -> replica
+        self.last = 0.0
+
+    @property
+    def refs(self) -> list[Any]:
+        return list(self.out)
+
+    def ask(self, replicas: Iterable[Any]) -> None:
+        now = time.monotonic()
+        if now - self.last < POLL_S:
+            return
+        self.last = now
+        asked = set(map(id, self.out.values()))
+        for a in replicas:
+            if id(a) not in asked:
+                self.out[a.progress_calls.remote()] = a
+
+    def take(self, ref: Any) -> bool:
+        """`ref` was a progress request: its calls replayed."""
+        import ray
+
+        if ref not in self.out:
+            return False
+        del self.out[ref]
+        with contextlib.suppress(Exception):  # a replica that died: its unit is retried anyway
+            replay(self.counter, ray.get(ref))
+        return True
+
+    def finish(self, timeout_s: float = 5.0) -> None:
+        """The requests still out when the last unit came back: their calls counted too."""
+        import ray
+
+        for ref in list(self.out):
+            with contextlib.suppress(Exception):
+                replay(self.counter, ray.get(ref, timeout=timeout_s))
+        self.out.clear()
 
 
 @dataclass

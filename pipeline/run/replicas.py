@@ -67,8 +67,8 @@ class ScoringReplica:
     """A Ray actor (pipeline/run/pool.py): `__init__` loads the model once (on the GPU Ray
     assigned, or the CPU), from the predictor's arguments alone, so that replicas start as soon
     as Ray is up, while the driver still plans the run; `score_unit` takes a unit number and the
-    run's plan and preprocessing (boxed: fetched once per replica) and streams the unit's
-    progress and record."""
+    run's plan and preprocessing (boxed: fetched once per replica) and returns the unit's
+    record. Two threads (pipeline/run/pool.py): one scores, the other answers `progress_calls`."""
 
     name = "score"
 
@@ -95,37 +95,29 @@ class ScoringReplica:
             self.job = (ref.hex(), ray.get(ref))
         return self.job[1]
 
-    def score_unit(self, unit: int, boxed: list[Any]) -> Iterator[dict[str, Any]]:
-        """A streaming generator (pipeline/run/pool.py): after each block, the progress calls
-        made while scoring it (`{"progress": [...]}`, when the run counts through a
-        BufferedCounter), and last the unit's record."""
+    def score_unit(self, unit: int, boxed: list[Any]) -> dict[str, Any]:
+        """Read, preprocess, score and write one unit; returns its record, with the progress
+        calls not yet taken by `progress`."""
         plan, scorer = self._plan(boxed)
         clock = {"read_s": 0.0, "score_s": 0.0, "write_s": 0.0, "start": time.time()}
         out = UnitFiles(plan.files, f"{plan.file_prefix}{unit:06d}")
         rows_in = 0
         for f, date, groups in plan.units[unit]:
             blocks = plan.source.read_task_blocks(f, date, plan.block_bytes, groups)
-            rows_in += yield from self._score_blocks(scorer, blocks, out, clock)
+            rows_in += self._score_blocks(scorer, blocks, out, clock)
         clock["write_s"] += out.close()
-        yield from self._progress()
-        yield {
-            "unit": unit,
-            "rows_in": rows_in,
-            "rows_out": out.rows,
-            "files": out.count,
-            **clock,
-            "end": time.time(),
-            **self.started,
-        }
+        record = {"unit": unit, "rows_in": rows_in, "rows_out": out.rows, "files": out.count}
+        return {**record, **clock, "end": time.time(), **self.started, "progress": self.progress_calls()}
 
-    def _progress(self) -> Iterator[dict[str, Any]]:
-        calls = self.progress.drain() if isinstance(self.progress, BufferedCounter) else []
-        if calls:
-            yield {"progress": calls}
+    def progress_calls(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """The progress calls made since the last time (the run's BufferedCounter): the pool asks
+        for them every second from its own thread, so that a unit stuck in a stage still shows
+        which rows it read (a stall's report names the stage)."""
+        return self.progress.drain() if isinstance(self.progress, BufferedCounter) else []
 
     def _score_blocks(
         self, scorer: FusedScorer, blocks: Iterator[pa.Table], out: UnitFiles, clock: dict[str, float]
-    ) -> Iterator[dict[str, Any]]:
+    ) -> int:
         rows_in, step = 0, max(1, scorer.preprocess_batch_size)
         while True:
             t0 = time.perf_counter()
@@ -139,7 +131,6 @@ class ScoringReplica:
                 scored = scorer.score(block.slice(i, step), self.predictor)
                 clock["score_s"] += time.perf_counter() - t0
                 clock["write_s"] += out.add(scored)
-            yield from self._progress()
 
 
 class UnitFiles:
