@@ -205,6 +205,7 @@ def _start(
         seen=pre.dates.generations,
         attempt=pre.attempt.id,
         check_lease=pre.attempt.check_lease,
+        model_registry=meta.registry.record() if meta.registry is not None else None,
     )
     policy = _commit_policy(cfg, tables, run_id, pre.attempt.id)
     heads = cfg.output.value_columns
@@ -230,7 +231,7 @@ def _start(
 def _log_start(pre: Preflight, runner: tuple[str, str]) -> None:
     p = pre.prepared
     log.info(
-        "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
+        "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)%s",
         pre.run_id,
         pre.attempt.id,
         p.inputs.rows,
@@ -238,6 +239,7 @@ def _log_start(pre: Preflight, runner: tuple[str, str]) -> None:
         len(p.dates),
         p.model_meta.version,
         p.model_meta.sha256[:12],
+        f" from {p.model_meta.registry.described()}" if p.model_meta.registry is not None else "",
     )
     log.info("runner: %s (%s)", *runner)
 
