@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import DATES, KEYS, latest_commit, make_config, run_cli
+from support import DATES, KEYS, latest_commit, make_config, read_output, run_cli
 
 from models.registry import CACHE_ENV, RegistryError, fetch, register
 from pipeline.errors import EXIT_FAILED, EXIT_USER, exit_code_of
@@ -112,10 +112,33 @@ def test_an_alias_move_rescores_and_says_why(registry, dataset, checkpoints, tmp
     assert moved.rescored_because == {DATES[0]: why}
     saved = json.loads(Path(moved.report_uri).read_text())
     assert saved["rescored_because"][DATES[0]] == why and saved["model"]["registry"]["version"] == "2"
+    page = Path(moved.report_uri).with_name("report.html").read_text()
+    assert f"{DATES[0]}: {why}" in page and f"{name} version 2" in page
     assert latest_commit(str(out), DATES[0])["model_registry"]["version"] == "2"
     # the same version by number is the same model: committed as asked, not scored again
     by_version = run_score(_config(dataset, f"models:/{name}/2", out), [DATES[0]])
     assert by_version.skipped_committed == [DATES[0]]
+
+
+@pytest.mark.slow  # a Ray Data job: about 30 s with the session's Ray up
+def test_ray_workers_load_the_version_the_driver_pinned(
+    registry, ray_cluster, dataset, checkpoints, tmp_path
+):
+    """Fused tasks in Ray's worker processes load the version the driver pinned (from the
+    machine's cache, verified, or fetched by number) and score as the same checkpoint loaded
+    from its path does."""
+    name, out = _name(), tmp_path / "preds"
+    register(checkpoints.entries["safetensors"][0], name, alias="champion")
+    cfg = make_config(
+        str(dataset), f"models:/{name}@champion", str(out), ray={"runner": "ray"}, predict={"mode": "fused"}
+    )
+    report = run_score(cfg, [DATES[0]])
+    assert report.status == "succeeded" and report.pool.runner == "ray"
+    assert latest_commit(str(out), DATES[0])["model_registry"]["version"] == "1"
+    local = run_score(_config(dataset, checkpoints.entries["safetensors"][0], tmp_path / "path"), [DATES[0]])
+    by_key = {r["event_id"]: r["score"] for r in read_output(str(out), DATES[0]).to_pylist()}
+    direct = {r["event_id"]: r["score"] for r in read_output(str(tmp_path / "path"), DATES[0]).to_pylist()}
+    assert local.status == "succeeded" and by_key == direct
 
 
 def test_a_version_number_scores_that_version(registry, dataset, checkpoints, tmp_path):
