@@ -124,13 +124,18 @@ def _mlflow_client(tracking_uri: str) -> Any:
 
 
 def _registry_error(e: Exception, uri: str, tracking_uri: str, what: str) -> RegistryError:
-    """A RestException is the server's answer (unknown name, alias, version); anything else
-    (connection refused, timeouts, 5xx after MLflow's retries) means it could not be asked."""
+    """A RestException is the server's answer: unknown name, alias or version (exit 2), or a
+    refusal (exit 1, as storage that denies access); anything else (connection refused, timeouts,
+    5xx after MLflow's retries) means it could not be asked (exit 1)."""
     from mlflow.exceptions import RestException
 
     code = getattr(e, "error_code", "")
     if isinstance(e, RestException) and code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
         return RegistryError(f"model.uri {uri}: {what} in the registry at {tracking_uri}: {e.message}")
+    if isinstance(e, RestException):  # it answered, with a refusal (permissions) or its own failure
+        return RegistryUnreachableError(
+            f"model.uri {uri}: the MLflow registry at {tracking_uri} refused: {code}: {e.message}"
+        )
     return RegistryUnreachableError(
         f"model.uri {uri}: the MLflow registry at {tracking_uri} could not be reached: "
         f"{type(e).__name__}: {str(e)[:300]}"
