@@ -29,7 +29,10 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
     meta = ModelSource.from_config(cfg).inspect()[0]
     dp = plan_dates(cfg, dates, meta, force=args.force)
     todo, done = dp.todo, dp.done
-    print(f"backfill {cfg.name}: {len(dates)} dates, model {meta.version} (sha256 {meta.sha256[:12]}…)")
+    pinned = f" from {meta.registry.described()}" if meta.registry is not None else ""
+    print(
+        f"backfill {cfg.name}: {len(dates)} dates, model {meta.version} (sha256 {meta.sha256[:12]}…){pinned}"
+    )
     print(f"  to score ({len(todo)}): {', '.join(todo) or '-'}")
     print(f"  already committed, skipped ({len(done)}): {', '.join(done) or '-'}")
     for d, why in dp.why.items():

@@ -227,6 +227,7 @@ def _context(cfg: JobConfig, pre: Preflight, start: tuple, pool, tables, policy,
         seen=pre.dates.generations,
         attempt=pre.attempt.id,
         check_lease=pre.attempt.check_lease,
+        model_registry=meta.registry.record() if meta.registry is not None else None,
     )
     heads = cfg.output.value_columns
     committed = committed_profiles(tables.predictions.open(), first_head=heads[0])
@@ -248,7 +249,7 @@ def _context(cfg: JobConfig, pre: Preflight, start: tuple, pool, tables, policy,
 def _log_start(pre: Preflight, runner: tuple[str, str]) -> None:
     p = pre.prepared
     log.info(
-        "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
+        "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)%s",
         pre.run_id,
         pre.attempt.id,
         p.inputs.rows,
@@ -256,6 +257,7 @@ def _log_start(pre: Preflight, runner: tuple[str, str]) -> None:
         len(p.dates),
         p.model_meta.version,
         p.model_meta.sha256[:12],
+        f" from {p.model_meta.registry.described()}" if p.model_meta.registry is not None else "",
     )
     log.info("runner: %s (%s)", *runner)
 
