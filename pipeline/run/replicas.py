@@ -19,6 +19,7 @@ replica may have begun, and no unit's rows are ever in two files."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,11 +65,14 @@ class UnitPlan:
 
 
 class ScoringReplica:
-    """A Ray actor (pipeline/run/pool.py): `__init__` loads the model once (on the GPU Ray
-    assigned, or the CPU), from the predictor's arguments alone, so that replicas start as soon
-    as Ray is up, while the driver still plans the run; `score_unit` takes a unit number and the
-    run's plan and preprocessing (boxed: fetched once per replica) and returns the unit's
-    record. Two threads (pipeline/run/pool.py): one scores, the other answers `progress_calls`."""
+    """A Ray actor (pipeline/run/pool.py): `__init__` starts loading the model (on the GPU Ray
+    assigned, or the CPU) from the predictor's arguments alone, so that replicas start as soon
+    as Ray is up, while the driver still plans the run. The load (torch's import, the weights,
+    the device) goes on on a thread while the first unit's first block is read and
+    preprocessed: the forward pass is the first thing that waits for it. `score_unit` takes a
+    unit number and the run's plan and preprocessing (boxed: fetched once per replica) and
+    returns the unit's record. Two threads (pipeline/run/pool.py): one scores, the other
+    answers `progress_calls`."""
 
     name = "score"
 
@@ -79,10 +83,9 @@ class ScoringReplica:
         # Arrow's own pools default to every core of the machine, in each of a node's replicas
         pa.set_cpu_count(max(1, host_threads))
         pa.set_io_thread_count(max(2, host_threads))
-        self.predictor = Predictor(**predictor_kwargs)
         self.progress = predictor_kwargs.get("progress")
         self.job: tuple[str, tuple[UnitPlan, FusedScorer]] | None = None
-        self.started["init_end"] = time.time()
+        self.predictor = _Loading(predictor_kwargs, self.started)
 
     def _plan(self, boxed: list[Any]) -> tuple[UnitPlan, FusedScorer]:
         """The run's (plan, scorer), from the object ref in `boxed` (a list, so Ray passes the
@@ -106,6 +109,7 @@ class ScoringReplica:
             blocks = plan.source.read_task_blocks(f, date, plan.block_bytes, groups)
             rows_in += self._score_blocks(scorer, blocks, out, clock)
         clock["write_s"] += out.close()
+        self.predictor.wait()  # a unit with no rows: the load's end (and error) still counted
         record = {"unit": unit, "rows_in": rows_in, "rows_out": out.rows, "files": out.count}
         return {**record, **clock, "end": time.time(), **self.started, "progress": self.progress_calls()}
 
@@ -131,6 +135,36 @@ class ScoringReplica:
                 scored = scorer.score(block.slice(i, step), self.predictor)
                 clock["score_s"] += time.perf_counter() - t0
                 clock["write_s"] += out.add(scored)
+
+
+class _Loading:
+    """The replica's Predictor, built on a thread; called like it, the first call waits for it
+    (and raises what the load raised: a model that does not load fails the unit, as before)."""
+
+    def __init__(self, kwargs: dict[str, Any], started: dict[str, Any]) -> None:
+        self.predictor: Predictor | None = None
+        self.error: BaseException | None = None
+        self.started = started
+        self.thread = threading.Thread(target=self._load, args=(kwargs,), name="batchscore-model-load")
+        self.thread.start()
+
+    def _load(self, kwargs: dict[str, Any]) -> None:
+        try:
+            self.predictor = Predictor(**kwargs)
+        except BaseException as e:  # noqa: BLE001 - raised by the first call, in the unit
+            self.error = e
+        self.started["init_end"] = time.time()
+
+    def wait(self) -> Predictor:
+        if self.predictor is None:
+            self.thread.join()
+            if self.error is not None:
+                raise self.error
+        assert self.predictor is not None
+        return self.predictor
+
+    def __call__(self, features: pa.Table) -> pa.Table:
+        return self.wait()(features)
 
 
 class UnitFiles:
