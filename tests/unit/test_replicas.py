@@ -4,6 +4,7 @@ unit's predictions become files. No Ray here."""
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -70,3 +71,39 @@ def test_unit_files_write_whole_targets_as_they_fill_and_the_rest_at_close(tmp_p
     assert [pq.read_metadata(f).num_rows for f in files] == [1000, 1000, 250]
     keys = pa.concat_tables([pq.read_table(f) for f in files]).column("k").to_pylist()
     assert sorted(keys) == list(range(2250))  # every row once
+
+
+def test_a_replicas_progress_calls_are_kept_until_drained_and_replayed_once():
+    import pickle
+
+    from pipeline.reporting.progress import BufferedCounter, InProcessCounter, replay
+
+    buffered = BufferedCounter()
+    buffered.add.remote("read", 10, 1.0)
+    buffered.replica.remote("pid-1", {"device": "cpu"})
+    buffered.add.remote("read", 5, 2.0)
+    driver = InProcessCounter()
+    replay(driver, buffered.drain())
+    replay(driver, buffered.drain())  # nothing twice
+    snap = driver.snapshot.remote()
+    assert snap["rows"] == {"read": 15}
+    assert snap["first_at"] == {"read": 1.0}
+    assert snap["replicas"] == [{"device": "cpu"}]
+    # the model's arguments and the preprocessing are unpickled apart in a replica: one buffer
+    a, b = pickle.loads(pickle.dumps(buffered)), pickle.loads(pickle.dumps(buffered))
+    assert a is b and a is not buffered
+    a.add.remote("scored", 3, None)
+    assert b.drain() == [("add", ("scored", 3, None))]
+
+
+def test_a_model_that_fails_to_load_fails_the_first_forward_pass_and_the_units_end():
+    from pipeline.run.replicas import _Loading
+
+    started: dict = {}
+    loading = _Loading({"no_such_argument": 1}, started)
+    for _ in range(2):  # the load's error each time, never a None predictor
+        with pytest.raises(TypeError, match="no_such_argument"):
+            loading(pa.table({"x": [1]}))
+    with pytest.raises(TypeError, match="no_such_argument"):
+        loading.wait()
+    assert "init_end" in started
