@@ -4,9 +4,9 @@ unit's predictions become files. No Ray here."""
 from __future__ import annotations
 
 import pyarrow as pa
-import pytest
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.run.replicas import UnitFiles, pack
 from pipeline.stages.layout import OutputFiles
