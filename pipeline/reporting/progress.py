@@ -1,10 +1,11 @@
 """Progress of a run: rows read, scored and written, rows/s and ETA, one view on the driver.
 
 Stages count their rows into a counter, and replicas register their device there: in the
-driver's process for the local runner (`InProcessCounter`), buffered in each replica and handed
-to the driver's for the actors mode (`BufferedCounter`, pipeline/run/pool.py), or a counter
-actor (fire-and-forget calls, one per batch, no CPU reserved) for the Ray Data modes. Rows written are counted from the
-footers of the run's files that have appeared under the output table. A driver thread prints:
+driver's process for the local runner (`InProcessCounter`), buffered in each replica and
+handed to the driver's for the actors mode (`BufferedCounter`, pipeline/run/pool.py), or a
+counter actor (fire-and-forget calls, one per batch, no CPU reserved) for the Ray Data modes.
+Rows written are counted from the footers of the run's files that have appeared under the
+output table. A driver thread prints:
 
     progress  42% | read 3.4M/8.0M | scored 3.3M | written 2.5M | 131k rows/s | ETA 35s | 26s
 
