@@ -1,0 +1,171 @@
+"""How far a challenger's scores are from the champion's, on the same rows (joined by key).
+
+Pure numpy on two aligned arrays (row i of each is the same key), so the numbers are checked
+against scipy and numpy computed directly (tests/unit/test_compare.py). The measures:
+
+- Spearman rank correlation: Pearson's correlation of the average ranks (ties share a rank);
+- mean shift, and the shift of the 5/25/50/75/95th percentiles, challenger minus champion, also
+  in the champion's standard deviations (the units of the thresholds);
+- PSI of the challenger's scores over equal-mass bins of the champion's;
+- with groups (e.g. each user_id's rows): each group's top-k rows by either model, the mean
+  Jaccard overlap of the two sets and the share of groups whose top-1 row changed. Ties are broken
+  by row order (the caller orders the rows by key), so equal scores give the same top-k in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+PSI_FLOOR = 1e-6  # an empty bin counts as this share: the PSI stays finite
+
+
+@dataclass
+class Thresholds:
+    spearman_min: float = 0.9
+    mean_shift_max: float = 0.25
+    quantile_shift_max: float = 0.5
+    psi_max: float = 0.25
+    jaccard_min: float = 0.5
+    top1_changed_max: float = 0.5
+
+
+@dataclass
+class Measures:
+    rows: int
+    spearman: float | None
+    mean_champion: float
+    mean_challenger: float
+    mean_shift: float
+    mean_shift_std: float | None
+    quantile_shift: dict[str, float]  # "p5" -> challenger minus champion, in the champion's stds
+    psi: float | None
+    groups: int | None = None
+    topk_jaccard: float | None = None
+    top1_changed: float | None = None
+    broke: list[str] = field(default_factory=list)
+
+    @property
+    def max_quantile_shift(self) -> float | None:
+        return max((abs(v) for v in self.quantile_shift.values()), default=None)
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties given their average rank (scipy.stats.rankdata's 'average')."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.r_[True, xs[1:] != xs[:-1]]
+    first = np.flatnonzero(starts)
+    sizes = np.diff(np.r_[first, len(x)])
+    avg = first + (sizes + 1) / 2.0  # 0-based start + (1 + size) / 2: the mean 1-based rank
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat(avg, sizes)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rho; None with fewer than 2 rows or a constant side (undefined)."""
+    if len(a) < 2:
+        return None
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / den) if den > 0 else None
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | None:
+    """PSI of `actual` over `bins` equal-mass bins of `expected` (repeated edges merged):
+    sum((a - e) * ln(a / e)) over the bins' shares, each share floored at PSI_FLOOR."""
+    if len(expected) == 0 or len(actual) == 0:
+        return None
+    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1))[1:-1])
+    e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1)
+    a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1)
+    e = np.maximum(e / e.sum(), PSI_FLOOR)
+    a = np.maximum(a / a.sum(), PSI_FLOOR)
+    return float(((a - e) * np.log(a / e)).sum())
+
+
+def top_k_overlap(groups: np.ndarray, a: np.ndarray, b: np.ndarray, k: int) -> tuple[int, float, float]:
+    """(groups, mean Jaccard of each group's top-k rows by `a` and by `b`, share of groups whose
+    top-1 row differs). `groups`: an integer group id per row; ties broken by row order."""
+    _, gid = np.unique(groups, return_inverse=True)
+    n_groups = int(gid.max()) + 1 if len(gid) else 0
+    if n_groups == 0:
+        return 0, float("nan"), float("nan")
+    rows = np.arange(len(gid))
+
+    def ranked(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.lexsort((rows, -score, gid))  # by group, best first, then row order
+        g = gid[order]
+        first = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+        rank = np.arange(len(g)) - np.repeat(first, np.diff(np.r_[first, len(g)]))
+        top = order[rank < k]
+        return top, order[first]  # the top-k rows of every group, and each group's best row
+
+    top_a, best_a = ranked(a)
+    top_b, best_b = ranked(b)
+    in_both = np.isin(top_a, top_b)
+    inter = np.bincount(gid[top_a][in_both], minlength=n_groups)
+    size = np.minimum(np.bincount(gid, minlength=n_groups), k)  # each side holds min(k, n) rows
+    jaccard = inter / (2 * size - inter)
+    return n_groups, float(jaccard.mean()), float((best_a != best_b).mean())
+
+
+def compare(
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    thresholds: Thresholds,
+    bins: int = 10,
+    groups: np.ndarray | None = None,
+    k: int = 10,
+) -> Measures:
+    """Every measure of two aligned score arrays, and which thresholds they break."""
+    a = np.asarray(champion, dtype=np.float64)
+    b = np.asarray(challenger, dtype=np.float64)
+    n = len(a)
+    std = float(a.std()) if n else 0.0
+    mean_a, mean_b = (float(a.mean()), float(b.mean())) if n else (float("nan"), float("nan"))
+    qa = np.quantile(a, QUANTILES) if n else np.full(len(QUANTILES), np.nan)
+    qb = np.quantile(b, QUANTILES) if n else np.full(len(QUANTILES), np.nan)
+    scale = std if std > 0 else float("nan")
+    shifts = zip(QUANTILES, qa, qb, strict=True)
+    m = Measures(
+        rows=n,
+        spearman=spearman(a, b),
+        mean_champion=mean_a,
+        mean_challenger=mean_b,
+        mean_shift=mean_b - mean_a,
+        mean_shift_std=_finite((mean_b - mean_a) / scale),
+        quantile_shift={f"p{round(q * 100)}": _finite((y - x) / scale) or 0.0 for q, x, y in shifts},
+        psi=psi(a, b, bins),
+    )
+    if groups is not None and n:
+        m.groups, m.topk_jaccard, m.top1_changed = top_k_overlap(groups, a, b, k)
+    m.broke = verdict_breaks(m, thresholds)
+    return m
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def verdict_breaks(m: Measures, t: Thresholds) -> list[str]:
+    """The measures past their thresholds (empty: the challenger agrees)."""
+    broke = []
+    if m.spearman is not None and m.spearman < t.spearman_min:
+        broke.append(f"spearman {m.spearman:.3f} < {t.spearman_min}")
+    if m.mean_shift_std is not None and abs(m.mean_shift_std) > t.mean_shift_max:
+        broke.append(f"mean shift {m.mean_shift_std:+.3f} std > {t.mean_shift_max}")
+    q = m.max_quantile_shift
+    if q is not None and q > t.quantile_shift_max:
+        broke.append(f"quantile shift {q:.3f} std > {t.quantile_shift_max}")
+    if m.psi is not None and m.psi > t.psi_max:
+        broke.append(f"psi {m.psi:.3f} > {t.psi_max}")
+    if m.topk_jaccard is not None and m.topk_jaccard < t.jaccard_min:
+        broke.append(f"top-k jaccard {m.topk_jaccard:.3f} < {t.jaccard_min}")
+    if m.top1_changed is not None and m.top1_changed > t.top1_changed_max:
+        broke.append(f"top-1 changed {m.top1_changed:.3f} > {t.top1_changed_max}")
+    return broke

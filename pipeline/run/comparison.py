@@ -1,0 +1,136 @@
+"""A challenger's committed scores against the champion's, per date, read from the two tables as
+any Delta reader sees them and joined by key (the measures: pipeline/quality/compare.py).
+
+A date of at most `compare.max_rows` rows is compared on every row. A bigger one on a deterministic
+sample: the rows whose key hash (with compare.group_by: the group's, so groups stay whole) falls in
+the first max_rows/rows of the hash range, the same keys on both sides. Only the key columns and
+the compared head are read, batch by batch, and only the sample is kept."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from models.features import row_hash64
+from pipeline.commit.partitions import brief_error
+from pipeline.config import JobConfig
+from pipeline.quality.compare import Thresholds, compare
+from pipeline.reporting.schema import ChallengerResult, Comparison
+
+log = logging.getLogger("batchscore")
+
+
+def thresholds_of(cfg: JobConfig) -> Thresholds:
+    c = cfg.compare
+    return Thresholds(
+        c.spearman_min, c.mean_shift_max, c.quantile_shift_max, c.psi_max, c.jaccard_min, c.top1_changed_max
+    )
+
+
+def compared_columns(cfg: JobConfig, job: JobConfig, chosen: str | None) -> tuple[str, str]:
+    """(champion head, challenger head) compared."""
+    champ = cfg.compare.score_column or cfg.output.value_columns[0]
+    heads = job.output.value_columns
+    return champ, chosen or (champ if champ in heads else heads[0])
+
+
+def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dates: list[str]) -> None:
+    """Fill `result` with one comparison per date both tables hold (committed now or before)."""
+    from pipeline.commit.tables import OutputTables
+
+    champ_col, chall_col = compared_columns(cfg, challenger.job, challenger.cfg.compare_column)
+    result.champion_column, result.challenger_column = champ_col, chall_col
+    try:
+        champion = OutputTables.for_config(cfg).predictions.open()
+        other = challenger.tables.predictions.open()
+    except Exception as e:  # the comparison is a view: the commits stand without it
+        log.warning("challenger %s: could not open the tables: %s", challenger.name, brief_error(e))
+        return
+    if champion is None or other is None:
+        return
+    for d in dates:
+        try:
+            result.comparisons.append(compare_date(cfg, champion, other, d, champ_col, chall_col))
+        except Exception as e:
+            log.warning("challenger %s, %s: comparison failed: %s", challenger.name, d, brief_error(e))
+    if result.comparisons:
+        bad = any(x.verdict == "disagrees" for x in result.comparisons)
+        result.verdict = "disagrees" if bad else "agrees"
+    for x in result.comparisons:
+        log.info(
+            "challenger %s vs champion, %s: %s (spearman %s, psi %s)%s",
+            challenger.name,
+            x.date,
+            x.verdict,
+            _f(x.spearman),
+            _f(x.psi),
+            f": {'; '.join(x.broke)}" if x.broke else "",
+        )
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def compare_date(
+    cfg: JobConfig, champion: Any, challenger: Any, date: str, champ_col: str, chall_col: str
+) -> Comparison:
+    """One date's comparison of the two Delta tables (deltalake.DeltaTable)."""
+    keys, col, c = cfg.output.key_columns, cfg.input.partition_column, cfg.compare
+    where = pc.field(col) == date
+    a_ds, b_ds = champion.to_pyarrow_dataset(), challenger.to_pyarrow_dataset()
+    n_a, n_b = a_ds.count_rows(filter=where), b_ds.count_rows(filter=where)
+    frac = min(1.0, c.max_rows / max(n_a, n_b, 1))
+    hashed = c.group_by or keys
+    a = _read(a_ds, where, keys, champ_col, hashed, frac).rename_columns([*keys, "_a"])
+    b = _read(b_ds, where, keys, chall_col, hashed, frac).rename_columns([*keys, "_b"])
+    joined = a.join(b, keys, join_type="inner").sort_by([(k, "ascending") for k in keys])
+    sa = joined.column("_a").to_numpy(zero_copy_only=False).astype(np.float64)
+    sb = joined.column("_b").to_numpy(zero_copy_only=False).astype(np.float64)
+    ok = np.isfinite(sa) & np.isfinite(sb)
+    groups = None
+    if c.group_by:
+        groups = row_hash64([joined.column(g) for g in c.group_by], seed=11)[ok]
+    m = compare(sa[ok], sb[ok], thresholds_of(cfg), c.bins, groups, c.k)
+    pick = np.random.default_rng(0).permutation(int(ok.sum()))[: c.plot_points]
+    return Comparison(
+        date=date,
+        rows=m.rows,
+        champion_rows=n_a,
+        challenger_rows=n_b,
+        unmatched=a.num_rows + b.num_rows - 2 * joined.num_rows,
+        sampled=frac < 1.0,
+        spearman=m.spearman,
+        mean_champion=m.mean_champion,
+        mean_challenger=m.mean_challenger,
+        mean_shift=m.mean_shift,
+        mean_shift_std=m.mean_shift_std,
+        quantile_shift=m.quantile_shift,
+        psi=m.psi,
+        groups=m.groups,
+        topk_jaccard=m.topk_jaccard,
+        top1_changed=m.top1_changed,
+        verdict="disagrees" if m.broke else "agrees",
+        broke=m.broke,
+        plot=np.round(np.c_[sa[ok][pick], sb[ok][pick]], 5).tolist(),
+    )
+
+
+def _read(ds: Any, where: Any, keys: list[str], score: str, hashed: list[str], frac: float) -> pa.Table:
+    """The date's keys and `score`; with frac < 1, only the rows whose `hashed` columns' hash is in
+    the first `frac` of the range (the same rows of either table)."""
+    cut = np.uint64(min(int(frac * 2**64), 2**64 - 1))
+    parts = []
+    for batch in ds.to_batches(columns=[*keys, score], filter=where):
+        t = pa.Table.from_batches([batch])
+        if frac < 1.0 and t.num_rows:
+            h = row_hash64([t.column(g) for g in hashed], seed=13)
+            t = t.filter(pa.array(h < cut))
+        parts.append(t)
+    if not parts:
+        return ds.to_table(columns=[*keys, score], filter=where)
+    return pa.concat_tables(parts)

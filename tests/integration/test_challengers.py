@@ -1,0 +1,155 @@
+"""Champion and challengers in one pass (config `challengers`): each model's predictions in its own
+Delta table, reconciled and committed per date, the champion's first; a challenger that fails
+never blocks the champion (exit 8); reruns are no-ops; the comparison matches scipy on the tables
+as a Delta reader sees them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import yaml
+from deltalake import DeltaTable
+from support import DATES, KEYS, SMALL_FEATURES, SYNTH, assert_keys_exact, direct_scores, read_output, run_cli
+from testmodels import Raises, TwoHeads
+
+from jobs.synthetic import LABEL, generate_day
+from pipeline.config import config_from_dict
+from pipeline.run.score import run_score
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory, checkpoints):
+    """The same DLRM trained with another seed: the challenger of a retrain."""
+    from models.checkpoint import save_checkpoint
+    from models.training import train_dlrm
+
+    root = tmp_path_factory.mktemp("challenger")
+    result = train_dlrm(
+        generate_day("2026-09-30", SYNTH), SMALL_FEATURES, LABEL, epochs=1, batch_size=512, seed=1
+    )
+    save_checkpoint(
+        str(root / "model"),
+        result.model,
+        format="safetensors",
+        version="test-seed1",
+        feature_spec=result.spec,
+        architecture=result.architecture,
+        score_reference=result.score_reference,
+    )
+    return str(root / "model")
+
+
+def _raw(data, champion: str, out, challengers: list[dict], **extra) -> dict:
+    raw = {
+        "name": "chall",
+        "input": {"uri": str(data)},
+        "model": {"uri": champion},
+        "predict": {"batch_size": 1024},
+        "preprocessing": {"batch_size": 1024},
+        "output": {"uri": str(out / "champion"), "key_columns": KEYS, "target_rows_per_file": 2000},
+        "ray": {"runner": "local"},
+        "challengers": challengers,
+        "compare": {"group_by": ["user_id"], "k": 5},
+    }
+    raw.update(extra)
+    return raw
+
+
+def _versions(*uris: str) -> list[int]:
+    return [DeltaTable(u).version() for u in uris]
+
+
+def test_both_tables_committed_compared_and_a_rerun_is_a_no_op(dataset, checkpoints, second_model, tmp_path):
+    champion, _ = checkpoints.entries["safetensors"]
+    cfg = config_from_dict(
+        _raw(
+            dataset,
+            champion,
+            tmp_path,
+            [{"name": "seed1", "model": {"uri": second_model}, "output": {"uri": str(tmp_path / "seed1")}}],
+        )
+    )
+    report = run_score(cfg, [DATES[0]])
+    (ch,) = report.challengers
+    assert ch.status == "committed" and ch.dates_committed == [DATES[0]] and ch.error is None
+    for table in ("champion", "seed1"):  # every input key exactly once in each table
+        assert_keys_exact(dataset, tmp_path / table, DATES[0])
+    # the champion's commit came first
+    champ_log = DeltaTable(str(tmp_path / "champion")).history()[0]["timestamp"]
+    chall_log = DeltaTable(str(tmp_path / "seed1")).history()[0]["timestamp"]
+    assert champ_log <= chall_log
+
+    a = read_output(str(tmp_path / "champion"), DATES[0]).sort_by("event_id")
+    b = read_output(str(tmp_path / "seed1"), DATES[0]).sort_by("event_id")
+    assert a.column("event_id").equals(b.column("event_id"))
+    assert set(b.column("model_version").to_pylist()) == {"test-seed1"}
+    # the challenger's scores are its model's, called directly
+    from support import read_input
+
+    inp = read_input(str(dataset), DATES[0]).sort_by("event_id")
+    np.testing.assert_allclose(
+        b.column("score").to_numpy(), direct_scores(second_model, inp, checkpoints.spec), rtol=1e-5, atol=1e-6
+    )
+    (cmp,) = ch.comparisons
+    sa, sb = a.column("score").to_numpy().astype(float), b.column("score").to_numpy().astype(float)
+    assert cmp.rows == a.num_rows and not cmp.sampled and cmp.unmatched == 0
+    assert cmp.spearman == pytest.approx(scipy.stats.spearmanr(sa, sb).statistic, abs=1e-9)
+    assert cmp.mean_shift == pytest.approx(sb.mean() - sa.mean(), abs=1e-6)
+    assert cmp.groups == len(set(a.column("user_id").to_pylist()))
+    assert ch.verdict in ("agrees", "disagrees") and len(cmp.plot) > 0
+
+    before = _versions(str(tmp_path / "champion"), str(tmp_path / "seed1"))
+    again = run_score(cfg, [DATES[0]])
+    assert again.status == "skipped" and again.skipped_committed == [DATES[0]]
+    assert _versions(str(tmp_path / "champion"), str(tmp_path / "seed1")) == before
+
+
+def test_a_failing_challenger_never_blocks_the_champion(dataset, checkpoints, second_model, tmp_path):
+    """One challenger's model raises: the champion and the healthy challenger commit, the failed
+    one has nothing in its table, and the CLI exits 8. Fixed, the next run commits it alone
+    (the champion's date is replaced by the same scores)."""
+    champion, _ = checkpoints.entries["safetensors"]
+    boom = tmp_path / "raises.pt"
+    torch.jit.save(torch.jit.script(Raises()), str(boom))
+    features = {"features": checkpoints.spec.to_dict()}
+    challengers = [
+        {
+            "name": "boom",
+            "model": {"uri": str(boom)},
+            "preprocessing": features,
+            "output": {"uri": str(tmp_path / "boom")},
+        },
+        {
+            "name": "heads",
+            "model": {"uri": str(tmp_path / "heads.pt")},
+            "preprocessing": features,
+            "output": {"uri": str(tmp_path / "heads"), "score_columns": ["p_click", "p_convert"]},
+            "compare_column": "p_click",
+        },
+    ]
+    torch.jit.save(torch.jit.script(TwoHeads(len(checkpoints.spec.dense))), str(tmp_path / "heads.pt"))
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(_raw(dataset, champion, tmp_path, challengers)))
+    proc = run_cli(["score", str(config), "--date", DATES[0]], None)
+    assert proc.returncode == 8, proc.stderr[-3000:]
+    assert "boom" in proc.stderr and "challenger model raised on purpose" in proc.stderr
+    assert "champion" in proc.stdout.lower()
+    assert_keys_exact(dataset, tmp_path / "champion", DATES[0])
+    assert_keys_exact(dataset, tmp_path / "heads", DATES[0])
+    assert not (tmp_path / "boom" / "_delta_log").exists()
+    assert not list((tmp_path / "boom").rglob("*.parquet"))  # its uncommitted files removed
+
+    # fixed: the next run scores the date for it (the others are done: replaced, same rows)
+    challengers[0]["model"] = {"uri": champion}
+    challengers[0].pop("preprocessing")
+    config.write_text(yaml.safe_dump(_raw(dataset, champion, tmp_path, challengers)))
+    proc = run_cli(["score", str(config), "--date", DATES[0]], None)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_keys_exact(dataset, tmp_path / "boom", DATES[0])
+    a = read_output(str(tmp_path / "champion"), DATES[0]).sort_by("event_id")
+    b = read_output(str(tmp_path / "boom"), DATES[0]).sort_by("event_id")
+    np.testing.assert_array_equal(a.column("score").to_numpy(), b.column("score").to_numpy())
