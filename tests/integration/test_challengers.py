@@ -5,6 +5,8 @@ as a Delta reader sees them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -16,6 +18,8 @@ from testmodels import Raises, TwoHeads
 
 from jobs.synthetic import LABEL, generate_day
 from pipeline.config import config_from_dict
+from pipeline.reporting.schema import load
+from pipeline.reporting.summary import format_summary
 from pipeline.run.score import run_score
 
 pytestmark = pytest.mark.integration
@@ -71,6 +75,7 @@ def test_both_tables_committed_compared_and_a_rerun_is_a_no_op(dataset, checkpoi
             champion,
             tmp_path,
             [{"name": "seed1", "model": {"uri": second_model}, "output": {"uri": str(tmp_path / "seed1")}}],
+            report={"prometheus_textfile": str(tmp_path / "batchscore.prom")},
         )
     )
     report = run_score(cfg, [DATES[0]])
@@ -101,6 +106,15 @@ def test_both_tables_committed_compared_and_a_rerun_is_a_no_op(dataset, checkpoi
     assert cmp.mean_shift == pytest.approx(sb.mean() - sa.mean(), abs=1e-6)
     assert cmp.groups == len(set(a.column("user_id").to_pylist()))
     assert ch.verdict in ("agrees", "disagrees") and len(cmp.plot) > 0
+    # in the summary, the page (a sampled scatter) and the Prometheus textfile
+    summary = format_summary(report)
+    assert "challengers vs champion" in summary
+    assert any(line.split()[:3] == ["seed1", DATES[0], cmp.verdict] for line in summary.splitlines())
+    page = (tmp_path / "champion" / "_runs" / report.run_id / "report.html").read_text()
+    assert 'data-plot="challenger-scatter"' in page and 'data-challenger="seed1"' in page
+    prom = (tmp_path / "batchscore.prom").read_text()
+    assert f'batchscore_challenger_spearman{{job="chall",challenger="seed1",date="{DATES[0]}"}}' in prom
+    assert load(Path(report.report_uri).read_text()).challengers[0].comparisons[0].spearman == cmp.spearman
 
     before = _versions(str(tmp_path / "champion"), str(tmp_path / "seed1"))
     again = run_score(cfg, [DATES[0]])
