@@ -200,10 +200,12 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--kind",
-        choices=["scores", "heads", "embedding", "topk"],
+        choices=["scores", "heads", "embedding", "topk", "challenger"],
         default="scores",
         help="what to show: scores (the DLRM), heads (a two-head DLRM), embedding (a two-tower's user "
-        "vectors), topk (each user's 10 best items); each trains its model and writes its own table",
+        "vectors), topk (each user's 10 best items), challenger (a second DLRM trained with another "
+        "seed, scored beside the first in one pass and compared); each trains its model and writes "
+        "its own table",
     )
 
 
@@ -224,6 +226,12 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         "or torch.export",
     )
     p.add_argument("--epochs", type=int, default=2, help="passes over the training rows (default: 2)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="initial weights and shuffling (default: 0); another seed, a challenger",
+    )
     p.add_argument(
         "--preset",
         default="dlrm-demo",

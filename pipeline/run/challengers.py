@@ -222,6 +222,8 @@ class ChallengerSet:
             extra = {d: commit_profiles(profiles[d], drift[d]) for d in c.dates}
             c.commits = commit_partitions(c.tables, subset(ctx.p.inputs, c.dates), run, policy, extra=extra)
             c.committed = [x.date for x in c.commits]
+            for x in c.commits:
+                log.info("challenger %s: committed %s=%s (%d rows)", c.name, col, x.date, x.output_rows)
         except Exception as e:  # its checks, its storage, a conflict: the champion's commits stand
             c.fail(f"{type(e).__name__}: {brief_error(e, 2000)}")
 

@@ -167,3 +167,18 @@ def test_a_failing_challenger_never_blocks_the_champion(dataset, checkpoints, se
     a = read_output(str(tmp_path / "champion"), DATES[0]).sort_by("event_id")
     b = read_output(str(tmp_path / "boom"), DATES[0]).sort_by("event_id")
     np.testing.assert_array_equal(a.column("score").to_numpy(), b.column("score").to_numpy())
+
+
+@pytest.mark.slow
+def test_demo_challenger_kind_end_to_end(tmp_path):
+    """`batchscore demo --kind challenger`: two DLRMs trained with different seeds, scored in one
+    pass, both tables committed, the comparison in the summary and on the page (about 60 s)."""
+    work = tmp_path / "demo"
+    args = ["demo", "--workdir", str(work), "--rows-per-day", "4000", "--days", "2", "--kind", "challenger"]
+    proc = run_cli(args, None, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "challengers vs champion" in proc.stdout and "challenger seed1: committed" in proc.stdout
+    assert_keys_exact(work / "data", work / "predictions-challenger", "2026-11-02")
+    assert_keys_exact(work / "data", work / "predictions-challenger-seed1", "2026-11-02")
+    pages = list((work / "predictions-challenger" / "_runs").rglob("report.html"))
+    assert len(pages) == 1 and 'data-plot="challenger-scatter"' in pages[0].read_text()
