@@ -25,6 +25,7 @@ EXIT_CODES_HELP = """exit codes:
   2  bad config, input or model: the message names the key, file or column
   3  scores drifted past the thresholds with drift.on_breach=fail (nothing published)
   4  another run committed a date first with another model or inputs
+  8  the champion committed, a challenger failed (its model raised, or its rows did not reconcile)
   1  anything else"""
 
 SCORE_OUTPUT_HELP = """output:
