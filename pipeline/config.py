@@ -817,9 +817,9 @@ def _challenger_problems(cfg: JobConfig) -> list[str]:
     seen: dict[str, int] = {}
     tables = [("output.uri", out.uri), ("input.uri", cfg.input.uri)]
     for i, ch in enumerate(cfg.challengers):
-        where = f"challengers[{i}]"
+        where = f"challengers.{i}"
         if ch.name in seen:
-            problems.append(f"{where}.name {ch.name!r} repeats challengers[{seen[ch.name]}].name")
+            problems.append(f"{where}.name {ch.name!r} repeats challengers.{seen[ch.name]}.name")
         seen.setdefault(ch.name, i)
         for key, uri in tables:
             if _nested(ch.output.uri, uri):

@@ -18,8 +18,10 @@ commits are never held back by it. The report says so and `batchscore score` exi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import posixpath
 import threading
 from dataclasses import dataclass, field
@@ -120,6 +122,7 @@ class ChallengerSet:
         """Once the champion's run is set up: each challenger's predictor, dead letters, files."""
         from pipeline.run.local import DateFiles
 
+        check_runner(ctx.pool.runner, ctx.pool.mode)
         for c in self.all:
             if c.error is not None or c.plan is None:
                 continue
@@ -173,6 +176,34 @@ class ChallengerSet:
             scorer.preprocessor.dead_letter = TeeDeadLetters([dead_letter, *shared])
         return ChallengerScorer(scorer, active, key), TeeFiles(files, active)
 
+    def hook_replicas(self, ctx: Any, scorer: Any, dead_letter: Any) -> Any:
+        """The actors mode's scorer: each replica holds every active model and writes each
+        challenger's files of a unit beside the champion's (pipeline/run/replicas.py)."""
+        from pipeline.commit.tables import run_file_prefix
+        from pipeline.stages.layout import OutputFiles
+
+        active = [c for c in self.all if c.active]
+        if not active:
+            return scorer
+        key = preprocess_key(ctx.cfg, ctx.p.model_meta)
+        shared = [c.dead_letter for c in active if c.preprocess_key == key]
+        if shared:
+            scorer.preprocessor.dead_letter = TeeDeadLetters([dead_letter, *shared])
+        models = [
+            ReplicaModel(
+                c.name,
+                c.kwargs,
+                c.pre,
+                c.preprocess_key,
+                set(c.dates),
+                OutputFiles.for_output(c.tables.location, c.job.output),
+                failure_marker(c, ctx),
+            )
+            for c in active
+        ]
+        prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
+        return ReplicaScorer(scorer, models, key, prefix, ctx.cfg.input.partition_column)
+
     def discard(self, ctx: Any) -> None:
         """The files of challengers this attempt did not commit (a failed run or challenger)."""
         for c in self.all:
@@ -185,6 +216,8 @@ class ChallengerSet:
         from pipeline.run.comparison import compare_dates
 
         for c in self.all:
+            if c.active:
+                _read_failure(c, ctx)  # a replica's process found it failing (actors mode)
             if c.active:
                 self._commit(c, ctx)
         self.discard(ctx)
@@ -307,6 +340,112 @@ class TeeFiles:
                 c.files.file_done(date)
 
 
+@dataclass
+class ReplicaModel:
+    """A challenger as a replica process needs it (picklable): what to load, how to preprocess,
+    which dates, where its files go, where to say it failed."""
+
+    name: str
+    kwargs: dict[str, Any]
+    pre: Any
+    key: str
+    dates: set[str]
+    files: Any  # pipeline.stages.layout.OutputFiles of its table
+    failed_at: Any  # pipeline.storage.Location of its failure marker
+
+
+class ReplicaScorer:
+    """FusedScorer's interface for a scoring replica, with the challengers: a unit's slices are
+    preprocessed once per distinct preprocessing and scored by every model; each challenger's rows
+    go to its own unit files (the champion's names, in its table). A challenger that raises is left
+    out in this process from then on, and its failure marker tells the driver, which commits
+    nothing of it."""
+
+    def __init__(self, champion: Any, models: list[ReplicaModel], key: str, prefix: str, col: str) -> None:
+        self.champion, self.models, self.key = champion, models, key
+        self.prefix, self.partition_column = prefix, col
+        self.predictor_kwargs = champion.predictor_kwargs
+        self.batch_size = champion.batch_size
+        self.preprocess_batch_size = champion.preprocess_batch_size
+        self._state: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_state": None}
+
+    def _models(self) -> dict[str, Any]:
+        if self._state is None:
+            self._state = {"predictors": {}, "files": {}, "failed": set()}
+        return self._state
+
+    def unit_start(self, unit: int) -> None:
+        from pipeline.run.replicas import UnitFiles
+
+        st = self._models()
+        st["files"] = {m.name: UnitFiles(m.files, f"{self.prefix}{unit:06d}") for m in self.models}
+
+    def unit_done(self) -> float:
+        st, took = self._models(), 0.0
+        for m in self.models:
+            if m.name not in st["failed"]:
+                took += self._guard(m, st["files"][m.name].close) or 0.0
+        return took
+
+    def score(self, batch: pa.Table, predictor: Predictor) -> pa.Table:
+        outs = []
+        for i in range(0, max(batch.num_rows, 1), self.preprocess_batch_size):
+            piece = batch.slice(i, self.preprocess_batch_size)
+            features = {self.key: self.champion.preprocessor(piece)}
+            feats = features[self.key]
+            for j in range(0, max(feats.num_rows, 1), self.batch_size):
+                outs.append(predictor(feats.slice(j, self.batch_size)))
+            if piece.num_rows:
+                date = piece.column(self.partition_column)[0].as_py()
+                for m in self.models:
+                    if date in m.dates and m.name not in self._models()["failed"]:
+                        self._guard(m, self._score, m, piece, features)
+        return outs[0] if len(outs) == 1 else pa.concat_tables(outs)
+
+    def _score(self, m: ReplicaModel, piece: pa.Table, features: dict[str, pa.Table]) -> None:
+        st = self._models()
+        if m.key not in features:
+            features[m.key] = m.pre(piece)
+        if m.name not in st["predictors"]:
+            st["predictors"][m.name] = Predictor(**m.kwargs)
+        feats, pred = features[m.key], st["predictors"][m.name]
+        for j in range(0, max(feats.num_rows, 1), self.batch_size):
+            st["files"][m.name].add(pred(feats.slice(j, self.batch_size)))
+
+    def _guard(self, m: ReplicaModel, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:  # its model raised: it alone stops; the driver reads why
+            from pipeline.storage import write_bytes
+
+            self._models()["failed"].add(m.name)
+            why = f"{type(e).__name__}: {brief_error(e, 1000)} (replica pid {os.getpid()})"
+            with contextlib.suppress(Exception):
+                write_bytes(m.failed_at, why.encode())
+            return None
+
+
+def failure_marker(c: Challenger, ctx: Any) -> Any:
+    """Where a replica says this challenger failed: this attempt's, under its table's runs."""
+    from pipeline.reporting.runs import RUNS_DIR
+
+    return c.tables.location.join(RUNS_DIR, ctx.run_id, f"challenger-failed.{ctx.run.attempt}")
+
+
+def _read_failure(c: Challenger, ctx: Any) -> None:
+    from pipeline.storage import read_bytes
+
+    marker = failure_marker(c, ctx)
+    try:
+        why = read_bytes(marker).decode()
+    except (OSError, FileNotFoundError):
+        return
+    c.fail(why)
+
+
 def preprocess_key(job: JobConfig, meta: Any) -> str:
     """What decides a preprocessed batch: models with equal keys share one preprocessing."""
     pre = job.preprocessing.model_dump(mode="json", include={"features", "function"})
@@ -349,12 +488,13 @@ def discard_uncommitted(tables: OutputTables, dates: list[str], run_id: str, att
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
-def check_runner(runner: str) -> None:
-    """Challengers are scored by the local runner (one process, every model on the same slices)."""
-    if runner != "local":
+def check_runner(runner: str, mode: str) -> None:
+    """Challengers are scored where one process holds every model and sees every slice: the local
+    runner's threads or the actors mode's replicas (Ray's staged and fused modes are refused)."""
+    if runner == "ray" and mode != "actors":
         raise ConfigError(
-            "challengers: this version scores them with the local runner only (CPU, one machine); "
-            "set ray.runner: local, or score each model with its own run"
+            f"challengers: Ray's {mode!r} mode does not score them; set predict.mode: actors (every "
+            "replica holds every model) or ray.runner: local"
         )
 
 

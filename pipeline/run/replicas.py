@@ -87,11 +87,15 @@ class ScoringReplica:
     def score_unit(self, unit: int) -> dict[str, Any]:
         clock = {"read_s": 0.0, "score_s": 0.0, "write_s": 0.0, "start": time.time()}
         out = UnitFiles(self.plan.files, f"{self.plan.file_prefix}{unit:06d}")
+        if hasattr(self.scorer, "unit_start"):  # challengers (pipeline/run/challengers.py) write too
+            self.scorer.unit_start(unit)
         rows_in = 0
         for f, date, groups in self.plan.units[unit]:
             blocks = self.plan.source.read_task_blocks(f, date, self.plan.block_bytes, groups)
             rows_in += self._score_blocks(blocks, out, clock)
         clock["write_s"] += out.close()
+        if hasattr(self.scorer, "unit_done"):
+            clock["write_s"] += self.scorer.unit_done()
         return {
             "unit": unit,
             "rows_in": rows_in,

@@ -129,7 +129,7 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     if runner[0] == "local":
         local_pool(cfg)  # refuses what the local runner cannot do (top-K, a GPU) before any work
         preload_torch()
-    side = _plan_challengers(cfg, dates, force, runner[0])
+    side = _plan_challengers(cfg, dates, force)
     pre = preflight(cfg, dates, run_id, force, also=side.needed() if side else ())
     with pre.attempt.held():  # its record says how it ended; a killed one's heartbeat stops
         _discard_dead_attempts(OutputTables.for_config(cfg), pre.attempt)
@@ -142,13 +142,12 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
         return _score(ctx, origin)
 
 
-def _plan_challengers(cfg: JobConfig, dates: list[str], force: bool, runner: str):
+def _plan_challengers(cfg: JobConfig, dates: list[str], force: bool):
     """The challengers scored in this pass (pipeline/run/challengers.py); None without any."""
     if not cfg.challengers:
         return None
-    from pipeline.run.challengers import ChallengerSet, check_runner
+    from pipeline.run.challengers import ChallengerSet
 
-    check_runner(runner)
     return ChallengerSet.plan(cfg, dates, force)
 
 
@@ -483,8 +482,11 @@ def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks
     stop = threading.Event()  # the watchdog's or Ctrl-C's stop, seen as the next unit comes back
     hooks.halt.append(stop.set)
     hooks.activity.append(lambda: [f"{len(run.records)} of {units} units done, others in flight or waiting"])
+    scorer = fused_scorer(ctx.p, pre, kwargs)
+    if ctx.challengers is not None:  # each replica holds every model and writes every table
+        scorer = ctx.challengers.hook_replicas(ctx, scorer, dead_letter)
     with run_data_context():
-        ds = replica_dataset(plan, fused_scorer(ctx.p, pre, kwargs), ctx.pool, ctx.cfg.predict.label_selector)
+        ds = replica_dataset(plan, scorer, ctx.pool, ctx.cfg.predict.label_selector)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             if stop.is_set():  # leaving the loop ends Ray Data's execution, and with it the pool
                 break

@@ -182,3 +182,33 @@ def test_demo_challenger_kind_end_to_end(tmp_path):
     assert_keys_exact(work / "data", work / "predictions-challenger-seed1", "2026-11-02")
     pages = list((work / "predictions-challenger" / "_runs").rglob("report.html"))
     assert len(pages) == 1 and 'data-plot="challenger-scatter"' in pages[0].read_text()
+
+
+@pytest.mark.slow
+def test_actors_mode_replicas_hold_every_model(ray_cluster, dataset, checkpoints, second_model, tmp_path):
+    """predict.mode actors: each replica process scores every model on a unit's slices and writes
+    each table's files; a challenger raising in a replica is reported by the driver, the champion
+    and the healthy challenger commit (about 30 s with the session's Ray up: slow tier)."""
+    champion, _ = checkpoints.entries["safetensors"]
+    boom = tmp_path / "raises.pt"
+    torch.jit.save(torch.jit.script(Raises()), str(boom))
+    challengers = [
+        {"name": "seed1", "model": {"uri": second_model}, "output": {"uri": str(tmp_path / "seed1")}},
+        {
+            "name": "boom",
+            "model": {"uri": str(boom)},
+            "preprocessing": {"features": checkpoints.spec.to_dict()},
+            "output": {"uri": str(tmp_path / "boom")},
+        },
+    ]
+    raw = _raw(dataset, champion, tmp_path, challengers, ray={"runner": "ray"})
+    raw["predict"].update(mode="actors", max_replicas=2)
+    report = run_score(config_from_dict(raw), [DATES[0]])
+    assert report.pool.mode == "actors"
+    seed1, failed = report.challengers
+    assert seed1.status == "committed" and failed.status == "failed"
+    assert "challenger model raised on purpose" in failed.error
+    assert_keys_exact(dataset, tmp_path / "champion", DATES[0])
+    assert_keys_exact(dataset, tmp_path / "seed1", DATES[0])
+    assert not list((tmp_path / "boom").rglob("*.parquet"))
+    assert seed1.comparisons[0].rows == read_output(str(tmp_path / "champion"), DATES[0]).num_rows
