@@ -9,7 +9,7 @@ against scipy and numpy computed directly (tests/unit/test_compare.py). The meas
 - PSI of the challenger's scores over equal-mass bins of the champion's;
 - with groups (e.g. each user_id's rows): each group's top-k rows by either model, the mean
   Jaccard overlap of the two sets and the share of groups whose top-1 row changed. Ties are broken
-  by row order (the caller orders the rows by key), so equal scores give the same top-k in both.
+  by row order (the caller orders the rows by key hash), so equal scores give the same top-k in both.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Measures:
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks, ties given their average rank (scipy.stats.rankdata's 'average')."""
-    order = np.argsort(x, kind="stable")
+    order = np.argsort(x)  # tied values get one average rank whatever their order
     xs = x[order]
     starts = np.r_[True, xs[1:] != xs[:-1]]
     first = np.flatnonzero(starts)
@@ -95,10 +95,9 @@ def top_k_overlap(groups: np.ndarray, a: np.ndarray, b: np.ndarray, k: int) -> t
     n_groups = int(gid.max()) + 1 if len(gid) else 0
     if n_groups == 0:
         return 0, float("nan"), float("nan")
-    rows = np.arange(len(gid))
 
     def ranked(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        order = np.lexsort((rows, -score, gid))  # by group, best first, then row order
+        order = np.lexsort((-score, gid))  # by group, best first; stable: ties in row order
         g = gid[order]
         first = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
         rank = np.arange(len(g)) - np.repeat(first, np.diff(np.r_[first, len(g)]))
