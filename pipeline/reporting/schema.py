@@ -329,6 +329,8 @@ class ChallengerResult(_Part):
     challenger_column: str | None = Field(None, description="its head compared")
     comparisons: list[Comparison] = Field(default_factory=list, description="one per date")
     verdict: str | None = Field(None, description="`agrees` when every date agrees, else `disagrees`")
+    commit_s: float | None = Field(None, description="seconds to profile, reconcile and commit its dates")
+    compare_s: float | None = Field(None, description="seconds to read, join and compare its dates")
 
 
 class RunReport(_Part):

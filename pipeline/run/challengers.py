@@ -24,6 +24,7 @@ import logging
 import os
 import posixpath
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,7 @@ class Challenger:
     preprocess_key: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)  # its Predictor's arguments
     pre: Any = None  # its Preprocessor (used when its preprocessing differs from the champion's)
+    pairs: Any = None  # pipeline.run.comparison.PairSample: (champion, challenger) as scored
     dead_letter: DeadLetterWriter | None = None
     committed: list[str] = field(default_factory=list)
     commits: list[Any] = field(default_factory=list)
@@ -137,6 +139,12 @@ class ChallengerSet:
             parts = ctx.p.inputs.partitions
             per_date = {part.date: len(part.files) for part in parts if part.date in c.dates}
             c.files = DateFiles(c.tables.location, c.job.output, ctx.run_id, per_date, ctx.run.attempt)
+            if ctx.pool.runner == "local" and c.preprocess_key == preprocess_key(ctx.cfg, ctx.p.model_meta):
+                from pipeline.run.comparison import PairSample, compared_columns
+
+                cols = compared_columns(ctx.cfg, c.job, c.cfg.compare_column)
+                rows = {part.date: part.rows for part in parts if part.date in c.dates}
+                c.pairs = PairSample(ctx.cfg, *cols, rows)
 
     def _setup(self, c: Challenger, ctx: Any) -> None:
         from pipeline.run.execute import stage_objects
@@ -215,16 +223,22 @@ class ChallengerSet:
         """After the champion's commits: each challenger's dates committed, then compared."""
         from pipeline.run.comparison import compare_dates
 
+        took = {}
         for c in self.all:
+            t0 = time.perf_counter()
             if c.active:
                 _read_failure(c, ctx)  # a replica's process found it failing (actors mode)
             if c.active:
                 self._commit(c, ctx)
+            took[c.name] = round(time.perf_counter() - t0, 3)
         self.discard(ctx)
         report.challengers = [self._result(c, ctx) for c in self.all]
         for c, r in zip(self.all, report.challengers, strict=True):
+            r.commit_s = took[c.name]
             if c.plan is not None and c.error is None:
+                t0 = time.perf_counter()
                 compare_dates(ctx.cfg, c, r, ctx.dates)
+                r.compare_s = round(time.perf_counter() - t0, 3)
 
     def _commit(self, c: Challenger, ctx: Any) -> None:
         from pipeline.quality.drift import commit_profiles, committed_profiles, evaluate_heads, run_references
@@ -301,13 +315,16 @@ class ChallengerScorer:
             piece = batch.slice(i, self.preprocess_batch_size)
             features = {self.champion_key: self.champion.preprocessor(piece)}
             feats = features[self.champion_key]
-            for j in range(0, max(feats.num_rows, 1), self.batch_size):
-                outs.append(predictor(feats.slice(j, self.batch_size)))
+            mine = [
+                predictor(feats.slice(j, self.batch_size))
+                for j in range(0, max(feats.num_rows, 1), self.batch_size)
+            ]
+            outs += mine
             if piece.num_rows:
-                self._challengers(piece, features)
+                self._challengers(piece, features, mine)
         return outs[0] if len(outs) == 1 else pa.concat_tables(outs)
 
-    def _challengers(self, piece: pa.Table, features: dict[str, pa.Table]) -> None:
+    def _challengers(self, piece: pa.Table, features: dict[str, pa.Table], champion: list[pa.Table]) -> None:
         date = piece.column(self.partition_column)[0].as_py()
         for c in self.challengers:
             if c.error is not None or date not in c.files.left:
@@ -316,8 +333,11 @@ class ChallengerScorer:
                 if c.preprocess_key not in features:
                     features[c.preprocess_key] = c.pre(piece)
                 feats, pred = features[c.preprocess_key], c.predictor()
-                for j in range(0, max(feats.num_rows, 1), self.batch_size):
-                    c.files.add(date, pred(feats.slice(j, self.batch_size)))
+                for i, j in enumerate(range(0, max(feats.num_rows, 1), self.batch_size)):
+                    out = pred(feats.slice(j, self.batch_size))
+                    c.files.add(date, out)
+                    if c.pairs is not None and out.num_rows:  # the same rows as the champion's i-th
+                        c.pairs.add(date, champion[i], out)
             except Exception as e:  # its model raised: it alone stops
                 c.fail(f"scoring {self.partition_column}={date}: {type(e).__name__}: {brief_error(e, 1000)}")
 

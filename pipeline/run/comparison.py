@@ -9,9 +9,11 @@ the compared head are read, batch by batch, and only the sample is kept."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.features import row_hash64
@@ -37,8 +39,51 @@ def compared_columns(cfg: JobConfig, job: JobConfig, chosen: str | None) -> tupl
     return champ, chosen or (champ if champ in heads else heads[0])
 
 
+class PairSample:
+    """(key hash, champion score, challenger score, group hash) of the rows both models scored in
+    this process, collected as they are scored (the local runner: the same rows of one slice go
+    through both models, so they are aligned without a join and no table is read again). A date
+    over compare.max_rows keeps the rows whose hash (group hash with group_by) is in the first
+    max_rows/rows of the range, as the table path does."""
+
+    def __init__(self, cfg: JobConfig, champ_col: str, chall_col: str, rows_per_date: dict[str, int]) -> None:
+        self.keys, self.group_by = cfg.output.key_columns, cfg.compare.group_by
+        self.champ_col, self.chall_col = champ_col, chall_col
+        self.cut = {
+            d: np.uint64(min(int(min(1.0, cfg.compare.max_rows / max(n, 1)) * 2**64), 2**64 - 1))
+            for d, n in rows_per_date.items()
+        }
+        self.sampled = {d: cfg.compare.max_rows < n for d, n in rows_per_date.items()}
+        self.parts: dict[str, list[tuple[np.ndarray, ...]]] = {d: [] for d in rows_per_date}
+        self._lock = threading.Lock()
+
+    def add(self, date: str, champion: pa.Table, challenger: pa.Table) -> None:
+        h = row_hash64([champion.column(k) for k in self.keys], seed=13)
+        g = row_hash64([champion.column(k) for k in self.group_by], seed=11) if self.group_by else h
+        a = champion.column(self.champ_col).to_numpy(zero_copy_only=False)
+        b = challenger.column(self.chall_col).to_numpy(zero_copy_only=False)
+        if self.sampled[date]:
+            keep = g < self.cut[date]
+            h, g, a, b = h[keep], g[keep], a[keep], b[keep]
+        with self._lock:
+            self.parts[date].append((h, a, b, g))
+
+    def arrays(self, date: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The date's pairs ordered by key hash (the table path's order: the same ties)."""
+        parts = self.parts.get(date) or []
+        h, a, b, g = (np.concatenate([p[i] for p in parts]) if parts else np.empty(0) for i in range(4))
+        order = np.argsort(h, kind="stable")
+        return (
+            h[order],
+            a[order].astype(np.float64),
+            b[order].astype(np.float64),
+            (g[order] if self.group_by else None),
+        )
+
+
 def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dates: list[str]) -> None:
-    """Fill `result` with one comparison per date both tables hold (committed now or before)."""
+    """Fill `result` with one comparison per date both tables hold (committed now or before):
+    from the pairs collected while scoring when there are any, else read from the tables."""
     from pipeline.commit.tables import OutputTables
 
     champ_col, chall_col = compared_columns(cfg, challenger.job, challenger.cfg.compare_column)
@@ -51,8 +96,12 @@ def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dat
         return
     if champion is None or other is None:
         return
+    pairs = getattr(challenger, "pairs", None)
     for d in dates:
         try:
+            if pairs is not None and pairs.parts.get(d) and d in challenger.committed:
+                result.comparisons.append(compare_pairs(cfg, champion, other, d, pairs))
+                continue
             result.comparisons.append(compare_date(cfg, champion, other, d, champ_col, chall_col))
         except Exception as e:
             log.warning("challenger %s, %s: comparison failed: %s", challenger.name, d, brief_error(e))
@@ -89,18 +138,35 @@ def compare_date(
     ha, sa, ga = _read(a_ds, where, keys, champ_col, c.group_by, frac)
     hb, sb, _ = _read(b_ds, where, keys, chall_col, c.group_by, frac)
     common, ia, ib = np.intersect1d(ha, hb, return_indices=True)
-    sa, sb = sa[ia], sb[ib]
+    unmatched = len(ha) + len(hb) - 2 * len(common)
+    return _comparison(
+        cfg, date, n_a, n_b, unmatched, frac < 1.0, sa[ia], sb[ib], ga[ia] if ga is not None else None
+    )
+
+
+def _comparison(
+    cfg: JobConfig,
+    date: str,
+    n_a: int,
+    n_b: int,
+    unmatched: int,
+    sampled: bool,
+    sa: np.ndarray,
+    sb: np.ndarray,
+    groups: np.ndarray | None,
+) -> Comparison:
+    """The measures of aligned score arrays (ordered by key hash) as the report's entry."""
+    c = cfg.compare
     ok = np.isfinite(sa) & np.isfinite(sb)
-    groups = ga[ia][ok] if ga is not None else None
-    m = compare(sa[ok], sb[ok], thresholds_of(cfg), c.bins, groups, c.k)
+    m = compare(sa[ok], sb[ok], thresholds_of(cfg), c.bins, groups[ok] if groups is not None else None, c.k)
     pick = np.random.default_rng(0).permutation(int(ok.sum()))[: c.plot_points]
     return Comparison(
         date=date,
         rows=m.rows,
         champion_rows=n_a,
         challenger_rows=n_b,
-        unmatched=len(ha) + len(hb) - 2 * len(common),
-        sampled=frac < 1.0,
+        unmatched=unmatched,
+        sampled=sampled,
         spearman=m.spearman,
         mean_champion=m.mean_champion,
         mean_challenger=m.mean_challenger,
@@ -115,6 +181,15 @@ def compare_date(
         broke=m.broke,
         plot=np.round(np.c_[sa[ok][pick], sb[ok][pick]], 5).tolist(),
     )
+
+
+def compare_pairs(cfg: JobConfig, champion: Any, challenger: Any, date: str, pairs: PairSample) -> Comparison:
+    """One date's comparison from the pairs collected while scoring; the row counts from the logs."""
+    where = pc.field(cfg.input.partition_column) == date
+    n_a = champion.to_pyarrow_dataset().count_rows(filter=where)
+    n_b = challenger.to_pyarrow_dataset().count_rows(filter=where)
+    h, sa, sb, g = pairs.arrays(date)
+    return _comparison(cfg, date, n_a, n_b, 0, pairs.sampled[date], sa, sb, g)
 
 
 def _read(
