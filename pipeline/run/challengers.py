@@ -145,6 +145,8 @@ class ChallengerSet:
                 cols = compared_columns(ctx.cfg, c.job, c.cfg.compare_column)
                 rows = {part.date: part.rows for part in parts if part.date in c.dates}
                 c.pairs = PairSample(ctx.cfg, *cols, rows)
+            if ctx.pool.runner == "local":  # its model loads while the champion's first slices score
+                threading.Thread(target=_preload, args=(c,), name="batchscore-preload", daemon=True).start()
 
     def _setup(self, c: Challenger, ctx: Any) -> None:
         from pipeline.run.execute import stage_objects
@@ -358,6 +360,13 @@ class TeeFiles:
         for c in self.challengers:
             if date in c.files.left:
                 c.files.file_done(date)
+
+
+def _preload(c: Challenger) -> None:
+    try:
+        c.predictor()
+    except Exception as e:  # its model does not load: it alone fails
+        c.fail(f"loading its model: {type(e).__name__}: {brief_error(e, 1000)}")
 
 
 @dataclass

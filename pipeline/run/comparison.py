@@ -88,21 +88,26 @@ def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dat
 
     champ_col, chall_col = compared_columns(cfg, challenger.job, challenger.cfg.compare_column)
     result.champion_column, result.challenger_column = champ_col, chall_col
-    try:
-        champion = OutputTables.for_config(cfg).predictions.open()
-        other = challenger.tables.predictions.open()
-    except Exception as e:  # the comparison is a view: the commits stand without it
-        log.warning("challenger %s: could not open the tables: %s", challenger.name, brief_error(e))
-        return
-    if champion is None or other is None:
-        return
     pairs = getattr(challenger, "pairs", None)
+    rows = {x.date: x.output_rows for x in getattr(challenger, "commits", [])}
+    tables: list[Any] = []
     for d in dates:
         try:
-            if pairs is not None and pairs.parts.get(d) and d in challenger.committed:
-                result.comparisons.append(compare_pairs(cfg, champion, other, d, pairs))
+            if pairs is not None and pairs.parts.get(d) and d in rows:
+                # the same rows went through both models: each table holds rows[d] of them
+                h, sa, sb, g = pairs.arrays(d)
+                result.comparisons.append(
+                    _comparison(cfg, d, rows[d], rows[d], 0, pairs.sampled[d], sa, sb, g)
+                )
                 continue
-            result.comparisons.append(compare_date(cfg, champion, other, d, champ_col, chall_col))
+            if not tables:  # read back only when a date was not compared as it was scored
+                tables += [
+                    OutputTables.for_config(cfg).predictions.open(),
+                    challenger.tables.predictions.open(),
+                ]
+            if None in tables:
+                return
+            result.comparisons.append(compare_date(cfg, *tables, d, champ_col, chall_col))
         except Exception as e:
             log.warning("challenger %s, %s: comparison failed: %s", challenger.name, d, brief_error(e))
     if result.comparisons:
@@ -181,15 +186,6 @@ def _comparison(
         broke=m.broke,
         plot=np.round(np.c_[sa[ok][pick], sb[ok][pick]], 5).tolist(),
     )
-
-
-def compare_pairs(cfg: JobConfig, champion: Any, challenger: Any, date: str, pairs: PairSample) -> Comparison:
-    """One date's comparison from the pairs collected while scoring; the row counts from the logs."""
-    where = pc.field(cfg.input.partition_column) == date
-    n_a = champion.to_pyarrow_dataset().count_rows(filter=where)
-    n_b = challenger.to_pyarrow_dataset().count_rows(filter=where)
-    h, sa, sb, g = pairs.arrays(date)
-    return _comparison(cfg, date, n_a, n_b, 0, pairs.sampled[date], sa, sb, g)
 
 
 def _read(
