@@ -148,6 +148,9 @@ def test_a_failing_challenger_never_blocks_the_champion(dataset, checkpoints, se
     torch.jit.save(torch.jit.script(TwoHeads(len(checkpoints.spec.dense))), str(tmp_path / "heads.pt"))
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(_raw(dataset, champion, tmp_path, challengers)))
+    # `validate` runs each challenger's model on a few rows: the raising one is named
+    proc = run_cli(["validate", str(config), "--date", DATES[0]], None)
+    assert proc.returncode == 2 and "raises.pt" in proc.stderr, proc.stderr[-3000:]
     proc = run_cli(["score", str(config), "--date", DATES[0]], None)
     assert proc.returncode == 8, proc.stderr[-3000:]
     assert "boom" in proc.stderr and "challenger model raised on purpose" in proc.stderr
