@@ -215,3 +215,33 @@ def test_actors_mode_replicas_hold_every_model(ray_cluster, dataset, checkpoints
     assert_keys_exact(dataset, tmp_path / "seed1", DATES[0])
     assert not list((tmp_path / "boom").rglob("*.parquet"))
     assert seed1.comparisons[0].rows == read_output(str(tmp_path / "champion"), DATES[0]).num_rows
+
+
+def test_a_challenger_failing_its_commit_checks_leaves_the_champion_committed(dataset, checkpoints, tmp_path):
+    """The shared preprocessing sends the rows with a null price to the dead letters of both
+    tables; the champion allows 10 % of them, the challenger none: its date fails its own check
+    before its commit (nothing of it published), the champion's is committed with its dead letters."""
+    champion, _ = checkpoints.entries["safetensors"]
+    spec = checkpoints.spec.to_dict()
+    for f in spec["dense"]:
+        if f["name"] == "price":
+            f["on_nonfinite"] = "reject"  # the synthetic data has ~2 % null prices
+    strict = {"uri": str(tmp_path / "strict"), "max_bad_row_fraction": 0.0}
+    raw = _raw(
+        dataset, champion, tmp_path, [{"name": "strict", "model": {"uri": champion}, "output": strict}]
+    )
+    raw["preprocessing"]["features"] = spec
+    raw["output"]["max_bad_row_fraction"] = 0.1
+    report = run_score(config_from_dict(raw), [DATES[0]])
+    (ch,) = report.challengers
+    assert report.status == "succeeded" and report.rows.dead_letter > 0
+    assert (
+        ch.status == "failed" and "reconciliation failed" in ch.error and "max_bad_row_fraction=0" in ch.error
+    )
+    assert read_output(str(tmp_path / "champion"), DATES[0]).num_rows == report.rows.output
+    assert not (tmp_path / "strict" / "_delta_log").exists()
+    assert not list((tmp_path / "strict").rglob("*.parquet"))  # its files, dead letters too, removed
+    with pytest.raises(Exception, match="challenger"):
+        from pipeline.run.challengers import raise_for_challengers
+
+        raise_for_challengers(report)
