@@ -944,6 +944,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         # a model class or preprocessing function beside the config (or in the working
         # directory) imports without PYTHONPATH, as a user of recipe tools expects
         named = [p for p in (cfg.model.class_path, cfg.preprocessing.function) if p]
+        for ch in cfg.challengers:  # a challenger's own model class or preprocessing function too
+            named += [p for p in (ch.model.class_path, ch.preprocessing and ch.preprocessing.function) if p]
         allow_imports_from([str(Path(path).resolve().parent), os.getcwd()], named)
     return cfg
 
@@ -962,8 +964,11 @@ def shown_config(cfg: JobConfig) -> dict[str, Any]:
     """The config as logs, reports and saved copies show it: model.kwargs values redacted unless
     listed in model.safe_kwargs (a constructor argument may be a token or a password)."""
     data = cfg.model_dump(mode="json")
-    safe = set(cfg.model.safe_kwargs)
-    data["model"]["kwargs"] = {k: (v if k in safe else REDACTED) for k, v in cfg.model.kwargs.items()}
+    for shown, model in [(data["model"], cfg.model)] + [
+        (d["model"], ch.model) for d, ch in zip(data.get("challengers", []), cfg.challengers, strict=True)
+    ]:
+        safe = set(model.safe_kwargs)
+        shown["kwargs"] = {k: (v if k in safe else REDACTED) for k, v in model.kwargs.items()}
     return data
 
 

@@ -97,3 +97,27 @@ def test_top_k_champions_and_rays_other_modes_are_refused():
     for mode in ("staged", "fused"):
         with pytest.raises(ConfigError, match="predict.mode: actors"):
             check_runner("ray", mode)
+
+
+def test_a_challengers_model_kwargs_are_redacted_like_the_champions():
+    from pipeline.config import REDACTED, dump_config, shown_config
+
+    cfg = config_from_dict(
+        _raw(
+            challengers=[
+                {
+                    "name": "b",
+                    "model": {
+                        "uri": "/m/b.safetensors",
+                        "class_path": "x:Y",
+                        "kwargs": {"token": "s3cr3t", "dim": 8},
+                        "safe_kwargs": ["dim"],
+                    },
+                    "output": {"uri": "/out/b"},
+                }
+            ]
+        )
+    )
+    shown = shown_config(cfg)["challengers"][0]["model"]["kwargs"]
+    assert shown == {"token": REDACTED, "dim": 8}
+    assert "s3cr3t" not in dump_config(cfg)
