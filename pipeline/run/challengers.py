@@ -221,6 +221,13 @@ class ChallengerSet:
             if left:
                 discard_uncommitted(c.tables, left, ctx.run_id, ctx.run.attempt)
 
+    def discard_dead(self, attempt: Any) -> None:
+        """Earlier attempts of this run id that died before committing: their files in each
+        challenger's table (pipeline/run/attempt.py proves them dead)."""
+        for c in self.all:
+            for dead in attempt.dead:
+                discard_uncommitted(c.tables, dead.dates, dead.run_id, dead.attempt)
+
     def finish(self, ctx: Any, report: RunReport) -> None:
         """After the champion's commits: each challenger's dates committed, then compared."""
         from pipeline.run.comparison import compare_dates

@@ -133,6 +133,8 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     pre = preflight(cfg, dates, run_id, force, also=side.needed() if side else ())
     with pre.attempt.held():  # its record says how it ended; a killed one's heartbeat stops
         _discard_dead_attempts(OutputTables.for_config(cfg), pre.attempt)
+        if side is not None:  # what dead attempts wrote into the challengers' tables
+            side.discard_dead(pre.attempt)
         if pre.prepared is None:
             return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
         ctx = _start(cfg, pre, started, t_start, runner)
