@@ -92,27 +92,31 @@ def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | Non
 
 def top_k_overlap(groups: np.ndarray, a: np.ndarray, b: np.ndarray, k: int) -> tuple[int, float, float]:
     """(groups, mean Jaccard of each group's top-k rows by `a` and by `b`, share of groups whose
-    top-1 row differs). `groups`: an integer group id per row; ties broken by row order."""
-    _, gid = np.unique(groups, return_inverse=True)
-    n_groups = int(gid.max()) + 1 if len(gid) else 0
-    if n_groups == 0:
+    top-1 row differs). `groups`: an integer group id per row; ties broken by row order. Each
+    side is one sort by (group, score): both list the groups in the same (ascending id) order."""
+    n = len(groups)
+    if n == 0:
         return 0, float("nan"), float("nan")
 
-    def ranked(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        order = np.lexsort((-score, gid))  # by group, best first; stable: ties in row order
-        g = gid[order]
+    def ranked(score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        order = np.lexsort((-score, groups))  # by group, best first; stable: ties in row order
+        g = groups[order]
         first = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
-        rank = np.arange(len(g)) - np.repeat(first, np.diff(np.r_[first, len(g)]))
-        top = order[rank < k]
-        return top, order[first]  # the top-k rows of every group, and each group's best row
+        sizes = np.diff(np.r_[first, n])
+        rank = np.arange(n) - np.repeat(first, sizes)
+        top = rank < k
+        # the top-k rows of every group, the group (its position in id order) of each, the sizes,
+        # and each group's best row
+        return order[top], np.repeat(np.arange(len(first)), sizes)[top], sizes, order[first]
 
-    top_a, best_a = ranked(a)
-    top_b, best_b = ranked(b)
-    in_both = np.isin(top_a, top_b)
-    inter = np.bincount(gid[top_a][in_both], minlength=n_groups)
-    size = np.minimum(np.bincount(gid, minlength=n_groups), k)  # each side holds min(k, n) rows
+    top_a, group_a, sizes, best_a = ranked(a)
+    top_b, _, _, best_b = ranked(b)
+    in_b = np.zeros(n, dtype=bool)
+    in_b[top_b] = True
+    inter = np.bincount(group_a[in_b[top_a]], minlength=len(sizes))
+    size = np.minimum(sizes, k)  # each side holds min(k, n) rows of a group
     jaccard = inter / (2 * size - inter)
-    return n_groups, float(jaccard.mean()), float((best_a != best_b).mean())
+    return len(sizes), float(jaccard.mean()), float((best_a != best_b).mean())
 
 
 def compare(
