@@ -340,8 +340,13 @@ def cmd_score(args: argparse.Namespace) -> int:
             "rows_dead_letter": report.rows.dead_letter,
             "dates": report.dates,
             "skipped_committed": report.skipped_committed,
+            **({"challengers": {c.name: c.status for c in report.challengers}} if report.challengers else {}),
         }
     )
+    if report.challengers:  # the champion's dates are committed; a failed challenger exits 8
+        from pipeline.run.challengers import raise_for_challengers
+
+        raise_for_challengers(report)
     return EXIT_OK
 
 

@@ -26,10 +26,6 @@ def score(
     dates = resolve_dates(args, cfg)
     report = run_score(cfg, dates, run_id=run_id, force=force)
     print_summary(report)
-    if report.challengers:  # the champion's dates are committed; a failed challenger exits 8
-        from pipeline.run.challengers import raise_for_challengers
-
-        raise_for_challengers(report)
     return report
 
 

@@ -5,6 +5,7 @@ as a Delta reader sees them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,8 @@ def test_a_failing_challenger_never_blocks_the_champion(dataset, checkpoints, se
     proc = run_cli(["score", str(config), "--date", DATES[0]], None)
     assert proc.returncode == 8, proc.stderr[-3000:]
     assert "boom" in proc.stderr and "challenger model raised on purpose" in proc.stderr
-    assert "champion" in proc.stdout.lower()
+    last = json.loads(proc.stdout.strip().splitlines()[-1])  # the final line, as for any run
+    assert last["status"] == "succeeded" and last["challengers"] == {"boom": "failed", "heads": "committed"}
     assert_keys_exact(dataset, tmp_path / "champion", DATES[0])
     assert_keys_exact(dataset, tmp_path / "heads", DATES[0])
     assert not (tmp_path / "boom" / "_delta_log").exists()
