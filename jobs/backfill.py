@@ -35,7 +35,10 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
         lacking = ChallengerSet.plan(cfg, dates, args.force).needed()
         todo = [d for d in dates if d in set(todo) | lacking]
         done = [d for d in done if d not in lacking]
-    print(f"backfill {cfg.name}: {len(dates)} dates, model {meta.version} (sha256 {meta.sha256[:12]}…)")
+    pinned = f" from {meta.registry.described()}" if meta.registry is not None else ""
+    print(
+        f"backfill {cfg.name}: {len(dates)} dates, model {meta.version} (sha256 {meta.sha256[:12]}…){pinned}"
+    )
     print(f"  to score ({len(todo)}): {', '.join(todo) or '-'}")
     print(f"  already committed, skipped ({len(done)}): {', '.join(done) or '-'}")
     for d, why in dp.why.items():

@@ -241,6 +241,14 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--version", help="model version (default: dlrm-<utc date>)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint for --data")
+    p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="also register the checkpoint as a new version of NAME in the MLflow model registry "
+        "(MLFLOW_TRACKING_URI or --tracking-uri; pip install 'batchscore[mlflow]')",
+    )
+    p.add_argument("--alias", help="with --register: point this alias (e.g. champion) at the new version")
+    p.add_argument("--tracking-uri", help="with --register: the MLflow server (default: MLFLOW_TRACKING_URI)")
 
     p = sub.add_parser("generate", help="write synthetic interaction logs (hive-partitioned Parquet)")
     p.add_argument("--out", required=True, help="dataset root (local or s3://)")
@@ -373,6 +381,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from jobs.train import train
+    from pipeline.errors import ConfigError
+
+    if args.alias and not args.register:
+        raise ConfigError("--alias needs --register NAME")
 
     train(args)
     return EXIT_OK

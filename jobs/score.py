@@ -38,6 +38,9 @@ def print_summary(report: RunReport) -> None:
             f"already committed with model {report.model.version} and this config, skipped: "
             f"{', '.join(report.skipped_committed)} (--force rescores)"
         )
+    for date, why in report.rescored_because.items():
+        if why != "not committed yet":  # a date scored again: say why
+            print(f"rescoring {date}: {why}")
     if report.status == "skipped":
         print("nothing to do")
         return

@@ -88,7 +88,27 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         f"{result.metrics['holdout_auc']:.4f} ({result.metrics['holdout_rows']} rows); "
         f"checkpoint {args.out} ({meta.format}, sha256 {meta.sha256[:12]}…)"
     )
+    if getattr(args, "register", None):
+        register_trained(args, meta)
     return result.metrics
+
+
+def register_trained(args: argparse.Namespace, meta: Any) -> str:
+    """The checkpoint as a new version of `--register NAME` in the MLflow registry."""
+    from models.registry import register
+
+    numbers = {k: v for k, v in meta.metrics.items() if isinstance(v, int | float)}
+    registered = register(
+        args.out,
+        args.register,
+        alias=args.alias,
+        tracking_uri=args.tracking_uri,
+        tags={"batchscore.version": meta.version, "batchscore.sha256": meta.sha256},
+        metrics=numbers,
+    )
+    uri = f"models:/{args.register}@{args.alias}" if args.alias else f"models:/{args.register}/{registered}"
+    print(f"registered models:/{args.register}/{registered}; score it with model.uri: {uri}")
+    return registered
 
 
 if __name__ == "__main__":  # `python -m jobs.train ARGS`: the program, above the module

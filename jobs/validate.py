@@ -24,7 +24,11 @@ def validate(config: str, overrides: list[str], args: argparse.Namespace) -> Non
     dates = resolve_dates(args, cfg)
     p = prepare(cfg, dates)
     meta = p.model_meta
-    print(f"model    {cfg.model.uri}: ok ({meta.format}, version {meta.version}, sha256 {meta.sha256[:12]}…)")
+    pinned = f" = registry version {meta.registry.version}" if meta.registry is not None else ""
+    print(
+        f"model    {cfg.model.uri}{pinned}: ok ({meta.format}, version {meta.version}, "
+        f"sha256 {meta.sha256[:12]}…)"
+    )
     for part in p.inputs.partitions:
         print(f"input    {part.uri}: ok ({len(part.files)} files, {part.rows} rows)")
     print(f"columns  {p.requirements.columns}: present with usable types in every file")

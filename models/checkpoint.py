@@ -35,6 +35,7 @@ _WEIGHTS_NAME = {
     "export": "model.pt2",
 }
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".bin", ".ckpt")
+_NOT_SAVED = ("registry",)
 
 
 @dataclass
@@ -52,6 +53,13 @@ class CheckpointMeta:
     # several heads: head name -> held-out profile (score_reference is then the first head's)
     score_references: dict[str, Any] | None = None
     batchscore_checkpoint: int = 1
+    # where this run took the checkpoint from, when from a model registry (a
+    # models.registry.RegistryVersion): set when loaded, never written to batchscore.json
+    registry: Any = None
+
+    def saved(self) -> dict[str, Any]:
+        """The metadata as batchscore.json holds it."""
+        return {k: v for k, v in asdict(self).items() if k not in _NOT_SAVED}
 
     def spec(self) -> FeatureSpec | None:
         return FeatureSpec.from_dict(self.feature_spec) if self.feature_spec else None
@@ -186,7 +194,7 @@ def save_checkpoint(
         score_references=score_references,
     )
     with open(os.path.join(directory, METADATA_FILE), "w") as f:
-        json.dump(asdict(meta), f, indent=2, sort_keys=True)
+        json.dump(meta.saved(), f, indent=2, sort_keys=True)
     return meta
 
 
@@ -199,7 +207,7 @@ def read_metadata(directory: str) -> CheckpointMeta:
         raise ModelError(f"{directory}: not a batchscore checkpoint (no {METADATA_FILE})") from e
     except json.JSONDecodeError as e:
         raise ModelError(f"{mpath}: invalid JSON: {e}") from e
-    known = {f.name for f in dataclass_fields(CheckpointMeta)}
+    known = {f.name for f in dataclass_fields(CheckpointMeta)} - set(_NOT_SAVED)
     unknown = sorted(set(raw) - known)
     if unknown:  # written by a newer batchscore: what this version does not know, it cannot use
         logging.getLogger("batchscore").warning("%s: ignoring unknown metadata keys %s", mpath, unknown)

@@ -151,10 +151,21 @@ class PreprocessingConfig(_Strict):
     )
 
 
+REGISTRY_URI_RE = re.compile(r"^models:/([^/@]+)(?:@[A-Za-z0-9_-]+|/\d+)$")
+
+
 class ModelConfig(_Strict):
     uri: str = Field(
         description="Checkpoint directory, or a .pt/.ts (TorchScript), .pt2 (torch.export) or "
-        ".safetensors file; local path or s3://."
+        ".safetensors file; local path or s3://. Or a version in an MLflow model registry: "
+        "models:/NAME@ALIAS (resolved once per run, on the driver) or models:/NAME/VERSION, whose "
+        "artifacts hold a batchscore checkpoint (docs/registry.md)."
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="The MLflow tracking server of a models:/ uri, e.g. http://mlflow.internal:5000; "
+        "default: the environment's MLFLOW_TRACKING_URI. No credentials here: MLflow reads them from "
+        "MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD.",
     )
     format: Literal["safetensors", "torchscript", "export"] | None = Field(
         None, description="Model format; default: from the checkpoint metadata or file suffix."
@@ -182,6 +193,40 @@ class ModelConfig(_Strict):
         description="Names of the preprocessed arrays passed to the model, in order. "
         "Default: the checkpoint's, else ['cat', 'dense'].",
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _registry_uri(cls, v: str) -> str:
+        if v.startswith("models:/") and not REGISTRY_URI_RE.match(v):
+            raise ValueError(
+                f"{v!r}: a registry model is models:/NAME@ALIAS or models:/NAME/VERSION (a number)"
+            )
+        return v
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        if v and "@" in v.split("//", 1)[-1].split("/", 1)[0]:
+            raise ValueError(
+                "credentials must not be put in the tracking URI; use MLFLOW_TRACKING_TOKEN or "
+                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
+            )
+        return v
+
+    @property
+    def registry_name(self) -> str | None:
+        """The registered model's name of a models:/ uri, else None."""
+        m = REGISTRY_URI_RE.match(self.uri)
+        return m[1] if m else None
+
+    def identity(self) -> dict[str, Any]:
+        """What of this section decides the scores. Not the server it is fetched from; of a
+        registry model, the name only: the version it resolves to is added by the run, so
+        models:/ranker@champion and models:/ranker/3 naming one version are the same model."""
+        data = self.model_dump(mode="json", exclude={"tracking_uri"})
+        if self.registry_name is not None:
+            data["uri"] = f"models:/{self.registry_name}"
+        return data
 
 
 class PredictConfig(_Strict):
@@ -753,7 +798,7 @@ class JobConfig(_Strict):
             "preprocessing": _without_unset_types(
                 self.preprocessing.model_dump(mode="json", include={"features", "function"})
             ),
-            "model": self.model.model_dump(mode="json"),
+            "model": self.model.identity(),
             "output": self.output.model_dump(
                 mode="json", include={"uri", "key_columns", "partition_columns", "score_column"}
             ),

@@ -176,3 +176,14 @@ def checkpoints(tmp_path_factory) -> Checkpoints:
         },
     )
     return Checkpoints(root=root, entries=entries, spec=result.spec)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server and model registry (tests/mlflowserver.py), for the session."""
+    pytest.importorskip("mlflow", reason="the registry tests need MLflow: pip install -e '.[dev]'")
+    from mlflowserver import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.stop()

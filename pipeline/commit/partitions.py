@@ -73,6 +73,8 @@ class RunIdentity:
     attempt: str = ""
     # called before each commit: raises when this attempt may no longer commit (its lease lapsed)
     check_lease: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    # a registry model: uri, name, resolved version, alias, artifacts' checksum (RegistryVersion.record)
+    model_registry: dict[str, Any] | None = None
 
 
 @dataclass
@@ -241,6 +243,7 @@ def _metadata(c: _Checked, run: RunIdentity, inputs: InputPlan, policy, extra: d
             "dead_letter_rows": sum(f.rows for f in c.dead),
             "verified": policy.verify,
             "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"model_registry": run.model_registry} if run.model_registry else {}),
             **extra,
         }
     )

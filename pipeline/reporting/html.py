@@ -250,6 +250,11 @@ def _header(report: RunReport) -> str:
         facts.append(("already committed", _e(", ".join(report.skipped_committed))))
     if model.uri:
         facts.append(("model uri", _e(model.uri)))
+    if model.registry is not None:
+        facts.append(("registry version", _e(f"{model.registry.name} version {model.registry.version}")))
+    rescored = {d: why for d, why in report.rescored_because.items() if why != "not committed yet"}
+    if rescored:
+        facts.append(("rescored", "<br>".join(_e(f"{d}: {why}") for d, why in rescored.items())))
     if report.error:
         facts.append(("error", _e(report.error)))
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)

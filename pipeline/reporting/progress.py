@@ -97,6 +97,49 @@ class InProcessCounter:
         self.snapshot = _Call(counter.snapshot, lock)
 
 
+class BufferedCounter:
+    """The counter's API inside a scoring replica of the actors mode: the calls are kept and
+    handed to the driver with the unit's next result (pipeline/run/pool.py), which replays them
+    into its InProcessCounter. No counter actor, no call per batch to one: the pool already
+    streams each unit's results to the driver. Every copy unpickled in a process is that
+    process's one buffer (the model's stage and the preprocessing arrive in separate pickles)."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[str, tuple[Any, ...]]] = []
+        self._lock = threading.Lock()
+        self.add, self.replica = self._recorder("add"), self._recorder("replica")
+
+    def _recorder(self, name: str) -> _Call:
+        def record(*args: Any) -> None:
+            self._calls.append((name, args))
+
+        return _Call(record, self._lock)
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return process_buffer, ()
+
+    def drain(self) -> list[tuple[str, tuple[Any, ...]]]:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        return calls
+
+
+_PROCESS_BUFFER: list[BufferedCounter] = []
+
+
+def process_buffer() -> BufferedCounter:
+    """This process's BufferedCounter (what an unpickled one becomes)."""
+    if not _PROCESS_BUFFER:
+        _PROCESS_BUFFER.append(BufferedCounter())
+    return _PROCESS_BUFFER[0]
+
+
+def replay(counter: Any, calls: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Apply a BufferedCounter's drained calls to `counter` (the driver's InProcessCounter)."""
+    for name, args in calls:
+        getattr(counter, name).remote(*args)
+
+
 class ProgressView:
     """The driver thread that prints progress lines while the pipeline runs."""
 

@@ -161,11 +161,26 @@ class Partition(_Part):
         return ",".join(f"{k}={v}" for k, v in self.partition.items()) or "?"
 
 
+class RegistryInfo(_Part):
+    """The version of an MLflow registry model (`model.uri: models:/...`) the run scored with."""
+
+    uri: str | None = Field(None, description="as configured: `models:/NAME@ALIAS` or `models:/NAME/VERSION`")
+    name: str | None = Field(None, description="the registered model")
+    version: str | None = Field(None, description="the version the uri resolved to on the driver")
+    alias: str | None = Field(None, description="the alias resolved, if the uri names one")
+    checksum: str | None = Field(
+        None, description="sha256 of the version's artifacts (every process refuses other artifacts)"
+    )
+
+
 class ModelInfo(_Part):
     uri: str | None = Field(None, description="where the checkpoint was loaded from")
     format: str | None = Field(None, description="`safetensors`, `torchscript`, `export`, ...")
     version: str | None = Field(None, description="the checkpoint's version")
     sha256: str | None = Field(None, description="hash of the weights (workers refuse other weights)")
+    registry: RegistryInfo | None = Field(
+        None, description="from an MLflow model registry: the version resolved (else null)"
+    )
 
 
 class Pool(_Part):

@@ -58,6 +58,7 @@ def _header(r: RunReport, color: bool) -> list[str]:
         f"  model    {m.version or f.MISSING} ({m.format or '?'}"
         + (f", sha256 {sha[:12]}…" if sha else "")
         + ")"
+        + (f" from {m.registry.uri} = version {m.registry.version}" if m.registry else "")
     )
     if r.pool:
         out.append(f"  scoring  {pool_line(r)}")

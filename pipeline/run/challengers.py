@@ -161,7 +161,7 @@ class ChallengerSet:
                 f"challenger {c.name} reads columns {missing} the champion does not: "
                 "add them to input.columns"
             )
-        source = dataclasses.replace(ModelSource.from_config(job), sha256=meta.sha256)
+        source = ModelSource.from_config(job).pinned(meta)  # its sha256 and registry version held
         p = dataclasses.replace(ctx.p, cfg=job, source=source, model_meta=meta, requirements=req)
         c.dead_letter = DeadLetterWriter(
             c.tables.dead_letters.location,
@@ -265,6 +265,9 @@ class ChallengerSet:
             seen=c.plan.generations,
             attempt=ctx.run.attempt,
             check_lease=ctx.run.check_lease,
+            model_registry=c.meta.registry.record()
+            if getattr(c.meta, "registry", None) is not None
+            else None,
         )
         policy = CommitPolicy(
             job.output.key_columns, job.output.verify, job.output.max_bad_row_fraction, ctx.policy.read_keys

@@ -22,6 +22,7 @@ from pipeline.reporting.schema import (
     ModelInfo,
     Partition,
     Pool,
+    RegistryInfo,
     Replica,
     Rows,
     RunReport,
@@ -47,7 +48,10 @@ def skipped_report(cfg: JobConfig, run_id: str, meta: Any, done: list[str]) -> R
 
 
 def _model_info(cfg: JobConfig, meta: Any) -> ModelInfo:
-    return ModelInfo(uri=cfg.model.uri, format=meta.format, version=meta.version, sha256=meta.sha256)
+    registry = RegistryInfo(**meta.registry.record()) if meta.registry is not None else None
+    return ModelInfo(
+        uri=cfg.model.uri, format=meta.format, version=meta.version, sha256=meta.sha256, registry=registry
+    )
 
 
 def fail_report(c: RunContext, report: RunReport, status: str, error: str | None) -> str:

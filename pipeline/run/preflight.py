@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.commit.tables import digest_of
@@ -52,7 +52,7 @@ def prepare(
     t0 = time.perf_counter()
     source = ModelSource.from_config(cfg)
     meta = model_meta if model_meta is not None else source.inspect()[0]
-    source = replace(source, sha256=meta.sha256)
+    source = source.pinned(meta)
     spec = meta.spec()
     if spec is None and not cfg.preprocessing.function:
         raise UserError(
@@ -199,7 +199,8 @@ class DatePlan:
 
 def scoring_identity(cfg: JobConfig, meta: Any) -> str:
     """What decides the scores besides the weights: the scoring config and the checkpoint's own
-    metadata (feature spec with its statistics, architecture, inputs). A checkpoint re-exported
+    metadata (feature spec with its statistics, architecture, inputs) and, from a registry, the
+    version and its artifacts' checksum (moving an alias rescores). A checkpoint re-exported
     with new normalisation statistics but the same weights is a new identity. So is an edit of
     the file that defines a class_path model or a preprocessing.function (files it imports are
     not hashed: rescore with --force after changing those)."""
@@ -210,6 +211,8 @@ def scoring_identity(cfg: JobConfig, meta: Any) -> str:
     code = source_digest([p for p in named if p])
     if code:  # only with code of the user's: the other configs keep the identities they committed
         parts.append(code)
+    if meta.registry is not None:  # the version an alias resolved to, and its artifacts
+        parts.append({"registry": [meta.registry.name, meta.registry.version, meta.registry.checksum]})
     return digest_of(*parts)
 
 
@@ -227,7 +230,7 @@ def plan_dates(
     listed = list_inputs(resolve(cfg.input.uri, cfg.storage), dates, col)
     tables = OutputTables.for_config(cfg)
     preds, dls = tables.predictions.open(), tables.dead_letters.open()
-    todo, done, why, gens = [], [], {}, {}
+    todo, done, why, gens, other_model = [], [], {}, {}, []
     for d in dates:
         if d not in listed:  # nothing to score: survey() reports or skips it
             todo.append(d)
@@ -242,7 +245,40 @@ def plan_dates(
             why[d] = "--force" if force else state.why_rescored()
             if state.committed_as_asked and not force:
                 why[d] = "a challenger has not committed it yet"
+            if not force and state.generation is not None and not state.withdrawn and not state.same_model:
+                other_model.append(d)
+    why.update(registry_moves(preds, other_model, meta))
     return DatePlan(todo, done, why, listed, gens)
+
+
+def registry_moves(preds: Any, dates: list[str], meta: Any, history: int = 1000) -> dict[str, str]:
+    """Why dates committed with another model are rescored, when the model comes from a registry
+    and the date's last commit (within the last `history` commits) names another version or other
+    artifacts: 'model changed: models:/ranker@champion now version 3 (was 2)'."""
+    pin = meta.registry
+    if pin is None or preds is None or not dates:
+        return {}
+    from pipeline.commit.tables import commits_of_history
+
+    last: dict[str, dict[str, Any]] = {}
+    for c in commits_of_history(preds, history):  # newest first
+        if c.get("date") in dates and c["date"] not in last:
+            last[c["date"]] = c
+    out = {}
+    for d, c in last.items():
+        was = c.get("model_registry") or {}
+        if not was.get("version"):
+            continue  # committed from a path, or before registry models: the general reason stands
+        if was.get("name") != pin.name:
+            out[d] = (
+                f"model changed: {pin.uri} now {pin.name} version {pin.version} "
+                f"(was {was.get('name')} version {was['version']})"
+            )
+        elif was["version"] != pin.version:
+            out[d] = f"model changed: {pin.uri} now version {pin.version} (was {was['version']})"
+        elif was.get("checksum") != pin.checksum:
+            out[d] = f"model changed: the artifacts of {pin.pinned_uri} differ from those committed"
+    return out
 
 
 @dataclass

@@ -12,9 +12,9 @@ share each GPU (`predict.replicas_per_gpu`), so the host-side work of one GPU ru
 as the node has per GPU. It is the local runner's path (pipeline/run/local.py), one process per
 replica instead of one thread, so it scales over a cluster's nodes.
 
-Retries: Ray Data resubmits a unit whose replica died to another replica. File names are fixed by
-(run attempt, unit, file index), so the retry writes the very files the dead replica may have
-begun, and no unit's rows are ever in two files."""
+Retries: Ray restarts a replica that died and runs its unit again (pipeline/run/pool.py). File
+names are fixed by (run attempt, unit, file index), so the retry writes the very files the dead
+replica may have begun, and no unit's rows are ever in two files."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
+from pipeline.reporting.progress import BufferedCounter
 from pipeline.reporting.schema import Stage
 from pipeline.stages.layout import OutputFiles
 from pipeline.stages.predict import FusedScorer, Predictor
@@ -64,50 +64,65 @@ class UnitPlan:
 
 
 class ScoringReplica:
-    """A Ray Data actor-pool callable: `__init__` loads the model once (on the GPU Ray assigned,
-    or the CPU); `__call__` takes a batch of unit numbers and returns one record per unit."""
+    """A Ray actor (pipeline/run/pool.py): `__init__` loads the model once (on the GPU Ray
+    assigned, or the CPU), from the predictor's arguments alone, so that replicas start as soon
+    as Ray is up, while the driver still plans the run; `score_unit` takes a unit number and the
+    run's plan and preprocessing (boxed: fetched once per replica) and returns the unit's
+    record. Two threads (pipeline/run/pool.py): one scores, the other answers `progress_calls`."""
 
     name = "score"
 
-    def __init__(self, plan: UnitPlan, scorer: FusedScorer, host_threads: int = 1) -> None:
+    def __init__(self, predictor_kwargs: dict[str, Any], host_threads: int = 1) -> None:
         from pipeline.run.clock import process_started_at
 
         self.started = {"pid": os.getpid(), "process_start": process_started_at(), "init_start": time.time()}
         # Arrow's own pools default to every core of the machine, in each of a node's replicas
         pa.set_cpu_count(max(1, host_threads))
         pa.set_io_thread_count(max(2, host_threads))
-        self.plan, self.scorer = plan, scorer
-        self.predictor = Predictor(**scorer.predictor_kwargs)
+        self.predictor = Predictor(**predictor_kwargs)
+        self.progress = predictor_kwargs.get("progress")
+        self.job: tuple[str, tuple[UnitPlan, FusedScorer]] | None = None
         self.started["init_end"] = time.time()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        records = [self.score_unit(int(u)) for u in batch["unit"]]
-        return {k: np.array([r[k] for r in records]) for k in RECORD_FIELDS}
+    def _plan(self, boxed: list[Any]) -> tuple[UnitPlan, FusedScorer]:
+        """The run's (plan, scorer), from the object ref in `boxed` (a list, so Ray passes the
+        ref itself): fetched by the first unit, kept for the rest (and fetched again by a
+        replica Ray restarted)."""
+        import ray
 
-    def score_unit(self, unit: int) -> dict[str, Any]:
+        ref = boxed[0]
+        if self.job is None or self.job[0] != ref.hex():
+            self.job = (ref.hex(), ray.get(ref))
+        return self.job[1]
+
+    def score_unit(self, unit: int, boxed: list[Any]) -> dict[str, Any]:
+        """Read, preprocess, score and write one unit; returns its record, with the progress
+        calls not yet taken by `progress`."""
+        plan, scorer = self._plan(boxed)
         clock = {"read_s": 0.0, "score_s": 0.0, "write_s": 0.0, "start": time.time()}
-        out = UnitFiles(self.plan.files, f"{self.plan.file_prefix}{unit:06d}")
-        if hasattr(self.scorer, "unit_start"):  # challengers (pipeline/run/challengers.py) write too
-            self.scorer.unit_start(unit)
+        out = UnitFiles(plan.files, f"{plan.file_prefix}{unit:06d}")
+        if hasattr(scorer, "unit_start"):  # challengers (pipeline/run/challengers.py) write too
+            scorer.unit_start(unit)
         rows_in = 0
-        for f, date, groups in self.plan.units[unit]:
-            blocks = self.plan.source.read_task_blocks(f, date, self.plan.block_bytes, groups)
-            rows_in += self._score_blocks(blocks, out, clock)
+        for f, date, groups in plan.units[unit]:
+            blocks = plan.source.read_task_blocks(f, date, plan.block_bytes, groups)
+            rows_in += self._score_blocks(scorer, blocks, out, clock)
         clock["write_s"] += out.close()
-        if hasattr(self.scorer, "unit_done"):
-            clock["write_s"] += self.scorer.unit_done()
-        return {
-            "unit": unit,
-            "rows_in": rows_in,
-            "rows_out": out.rows,
-            "files": out.count,
-            **clock,
-            "end": time.time(),
-            **self.started,
-        }
+        if hasattr(scorer, "unit_done"):
+            clock["write_s"] += scorer.unit_done()
+        record = {"unit": unit, "rows_in": rows_in, "rows_out": out.rows, "files": out.count}
+        return {**record, **clock, "end": time.time(), **self.started, "progress": self.progress_calls()}
 
-    def _score_blocks(self, blocks: Iterator[pa.Table], out: UnitFiles, clock: dict[str, float]) -> int:
-        rows_in, step = 0, max(1, self.scorer.preprocess_batch_size)
+    def progress_calls(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """The progress calls made since the last time (the run's BufferedCounter): the pool asks
+        for them every second from its own thread, so that a unit stuck in a stage still shows
+        which rows it read (a stall's report names the stage)."""
+        return self.progress.drain() if isinstance(self.progress, BufferedCounter) else []
+
+    def _score_blocks(
+        self, scorer: FusedScorer, blocks: Iterator[pa.Table], out: UnitFiles, clock: dict[str, float]
+    ) -> int:
+        rows_in, step = 0, max(1, scorer.preprocess_batch_size)
         while True:
             t0 = time.perf_counter()
             block = next(blocks, None)
@@ -117,7 +132,7 @@ class ScoringReplica:
             rows_in += block.num_rows
             for i in range(0, block.num_rows, step):
                 t0 = time.perf_counter()
-                scored = self.scorer.score(block.slice(i, step), self.predictor)
+                scored = scorer.score(block.slice(i, step), self.predictor)
                 clock["score_s"] += time.perf_counter() - t0
                 clock["write_s"] += out.add(scored)
 
@@ -156,15 +171,13 @@ class UnitFiles:
 @dataclass
 class ReplicaRun:
     """The records of a run's units, summed into the report's stages (read, score, write), like
-    the local runner's (pipeline/run/local.py), and the Ray Data stats of the pool's execution."""
+    the local runner's (pipeline/run/local.py)."""
 
     replicas: int
     records: list[dict[str, Any]] = field(default_factory=list)
-    ray_stats: str = ""
 
-    def add(self, batch: dict[str, np.ndarray]) -> None:
-        for i in range(len(batch["unit"])):
-            self.records.append({k: batch[k][i].item() for k in RECORD_FIELDS})
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append({k: record[k] for k in RECORD_FIELDS})
 
     def stages(self) -> list[Stage]:
         if not self.records:
@@ -198,7 +211,7 @@ class ReplicaRun:
             f"{s.task_time_s} s busy over {self.replicas} replica(s)"
             for s in self.stages()
         ]
-        return "\n".join([*lines, *self.startup_lines(), self.ray_stats]).strip()
+        return "\n".join([*lines, *self.startup_lines()]).strip()
 
     def startup_lines(self) -> list[str]:
         """Each replica's start, relative to the first unit anywhere: its process, its __init__
@@ -250,25 +263,3 @@ def pack(pieces: list[Piece], cap: int) -> list[list[Piece]]:
             units.append([piece])
             rows = n
     return units
-
-
-def replica_dataset(plan: UnitPlan, scorer: FusedScorer, pool: Any, label_selector: Any = None):
-    """The lazy Dataset: unit numbers -> the replica pool -> one record per unit."""
-    import ray.data
-    from ray.data import ActorPoolStrategy
-
-    size = max(1, min(pool.max_replicas, len(plan.units)))
-    units = ray.data.from_items(
-        [{"unit": i} for i in range(len(plan.units))], override_num_blocks=max(1, len(plan.units))
-    )
-    return units.map_batches(
-        ScoringReplica,
-        fn_constructor_kwargs={"plan": plan, "scorer": scorer, "host_threads": max(1, int(pool.num_cpus))},
-        # all replicas at once: each loads the model while the others do, not one after another
-        compute=ActorPoolStrategy(min_size=size, max_size=size),
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=pool.num_cpus,
-        num_gpus=pool.num_gpus,
-        label_selector=label_selector,
-    )

@@ -74,6 +74,7 @@ from pipeline.run.finalize import (
     write_report,
 )
 from pipeline.run.local import DateFiles, LocalRun, preload_torch
+from pipeline.run.pool import start_replicas
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.run.watchdog import Hooks, Watchdog, supervise
 from pipeline.stages.deadletter import DeadLetterWriter
@@ -174,6 +175,8 @@ def _score(ctx: RunContext, origin) -> RunReport:
             ctx.challengers.discard(ctx)
         raise
     finally:
+        if ctx.replicas is not None:  # a failure before the pool's own `with`
+            ctx.replicas.pool.close()
         if ctx.policy.read_keys is not None:  # the input's recorded fingerprints: used up
             try:
                 delete_dir(ctx.policy.read_keys.location)
@@ -201,18 +204,37 @@ def _as_storage_error(e: BaseException) -> StorageError:
 def _start(
     cfg: JobConfig, pre: Preflight, started: datetime, t_start: float, runner: tuple[str, str]
 ) -> RunContext:
-    """Ray and the pool (the duplicate-key check beside Ray's start); the run's identity, its
-    commit policy and its committer thread."""
-    p, run_id = pre.prepared, pre.run_id
+    """Ray and the pool (the duplicate-key check beside Ray's start, the actors mode's replicas
+    started as soon as Ray is up); the run's identity, its commit policy and its committer."""
+    p = pre.prepared
     _log_start(pre, runner)
     dups = _duplicate_check_beside_ray_start(cfg, p, runner[0])
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
     ray_up_at = time.time() if runner[0] == "ray" else None  # wall clock, as the workers count
-    if dups is None:
-        _check_duplicate_keys(cfg, p)  # Ray's tasks when Ray runs, before any model work
-    else:
-        dups.result()
     tables = OutputTables.for_config(cfg)
+    policy = _commit_policy(cfg, tables, pre.run_id, pre.attempt.id)
+    if dups is None:  # on Ray tasks: before the replicas take the CPUs they need
+        _check_duplicate_keys(cfg, p)
+    replicas = None
+    if runner[0] == "ray" and pool.mode == "actors":
+        replicas = start_replicas(p, pool, tables, pre.run_id, pre.attempt.id, policy.read_keys)
+    try:
+        ctx = _context(cfg, pre, (started, t_start), pool, tables, policy, dups)
+    except BaseException:  # refused (duplicate keys, types): the replicas started for nothing
+        if replicas is not None:
+            replicas.pool.close()
+        raise
+    ctx.timings.update(ray=t_ray, ray_up_at=ray_up_at)
+    ctx.replicas = replicas
+    return ctx
+
+
+def _context(cfg: JobConfig, pre: Preflight, start: tuple, pool, tables, policy, dups) -> RunContext:
+    """The checks left once Ray is up (the duplicate keys checked beside its start, feature
+    types), the run's identity and its committer."""
+    p, run_id = pre.prepared, pre.run_id
+    if dups is not None:  # on this machine's threads, beside Ray's start
+        dups.result()
     _check_untyped_features(cfg, p, tables)
     meta = p.model_meta
     run = RunIdentity(
@@ -225,8 +247,8 @@ def _start(
         seen=pre.dates.generations,
         attempt=pre.attempt.id,
         check_lease=pre.attempt.check_lease,
+        model_registry=meta.registry.record() if meta.registry is not None else None,
     )
-    policy = _commit_policy(cfg, tables, run_id, pre.attempt.id)
     heads = cfg.output.value_columns
     committed = committed_profiles(tables.predictions.open(), first_head=heads[0])
     committer = DateCommitter(
@@ -241,16 +263,13 @@ def _start(
         # top-K: the shuffle by group ends only when every date is scored, so dates commit at the end
         early=cfg.output.top_k is None,
     )
-    timings: dict[str, float | None] = {"ray": t_ray, "ray_up_at": ray_up_at}
-    return RunContext(
-        cfg, p, run_id, started, t_start, pre.dates, pool, tables, run, policy, committer, committed, timings
-    )
+    return RunContext(cfg, p, run_id, *start, pre.dates, pool, tables, run, policy, committer, committed, {})
 
 
 def _log_start(pre: Preflight, runner: tuple[str, str]) -> None:
     p = pre.prepared
     log.info(
-        "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)",
+        "run %s (attempt %s): %d input rows in %d files over %d date(s); model %s (sha256 %s…)%s",
         pre.run_id,
         pre.attempt.id,
         p.inputs.rows,
@@ -258,6 +277,7 @@ def _log_start(pre: Preflight, runner: tuple[str, str]) -> None:
         len(p.dates),
         p.model_meta.version,
         p.model_meta.sha256[:12],
+        f" from {p.model_meta.registry.described()}" if p.model_meta.registry is not None else "",
     )
     log.info("runner: %s (%s)", *runner)
 
@@ -344,7 +364,9 @@ def _execute(ctx: RunContext):
     cfg, col, tables = ctx.cfg, ctx.cfg.input.partition_column, ctx.tables
     prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
     written = [WrittenRows(tables.location.join(f"{col}={d}"), prefix) for d in ctx.dates]
-    counter = InProcessCounter() if ctx.pool.runner == "local" else start_counter()
+    # the actors mode's replicas hand their counts to the driver with their units' results
+    in_process = ctx.pool.runner == "local" or ctx.pool.mode == "actors"
+    counter = InProcessCounter() if in_process else start_counter()
     progress = ProgressView(
         counter, ctx.p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
     ).start()
@@ -429,8 +451,8 @@ def _run_pipeline(ctx: RunContext, counter, hooks: Hooks):
     )
     if ctx.pool.runner == "local":
         return _run_local(ctx, counter, dead_letter, hooks)
-    if ctx.pool.mode == "actors":
-        return _run_replicas(ctx, counter, dead_letter, hooks)
+    if ctx.replicas is not None:
+        return _run_replicas(ctx, counter, hooks)
     from pipeline.stages.write import write_predictions, write_tasks_at_once  # Ray Data: now
 
     with run_data_context():
@@ -468,31 +490,27 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: H
     return run.run()
 
 
-def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: Hooks):
+def _run_replicas(ctx: RunContext, counter, hooks: Hooks):
     """Replicas that take each unit of input through every stage and write its files themselves
-    (pipeline/run/replicas.py); the driver gets one small record per unit."""
-    from pipeline.run.replicas import ReplicaRun, replica_dataset, unit_plan
-    from pipeline.stages.layout import OutputFiles
+    (pipeline/run/replicas.py, pipeline/run/pool.py), started by `_start`; the driver gets one
+    small record per unit."""
+    from pipeline.run.replicas import ReplicaRun
 
-    pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
-    files = OutputFiles.for_output(ctx.tables.location, ctx.cfg.output)
-    # this attempt's own names: a rerun with the same run id never writes over them
-    prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
-    plan = unit_plan(ctx.p, files, prefix, ctx.pool.max_replicas, ctx.policy.read_keys)
-    run = ReplicaRun(ctx.pool.max_replicas)
-    units = len(plan.units)
+    started = ctx.replicas
+    pre, kwargs = stage_objects(
+        ctx.p, ctx.pool, ctx.run_id, dead_letter=started.dead_letter, progress=started.progress
+    )
+    run = ReplicaRun(started.pool.size)
+    units = len(started.plan.units)
     stop = threading.Event()  # the watchdog's or Ctrl-C's stop, seen as the next unit comes back
     hooks.halt.append(stop.set)
     hooks.activity.append(lambda: [f"{len(run.records)} of {units} units done, others in flight or waiting"])
     scorer = fused_scorer(ctx.p, pre, kwargs)
     if ctx.challengers is not None:  # each replica holds every model and writes every table
-        scorer = ctx.challengers.hook_replicas(ctx, scorer, dead_letter)
-    with run_data_context():
-        ds = replica_dataset(plan, scorer, ctx.pool, ctx.cfg.predict.label_selector)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            if stop.is_set():  # leaving the loop ends Ray Data's execution, and with it the pool
-                break
-            run.add(batch)
+        scorer = ctx.challengers.hook_replicas(ctx, scorer, started.dead_letter)
+    with started.pool:
+        for record in started.pool.records(started.plan, scorer, counter, stop):
+            run.add(record)
     return run
 
 

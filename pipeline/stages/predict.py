@@ -15,14 +15,14 @@ import posixpath
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from models.features import ENCODED_PREFIXES, FeatureSpec, encoded_columns, stack_encoded
-from pipeline.config import JobConfig, StorageConfig
+from pipeline.config import FeatureSpecConfig, JobConfig, ModelConfig, StorageConfig
 from pipeline.errors import StageError
 from pipeline.raystate import running_ray
 from pipeline.reporting.progress import count
@@ -43,23 +43,52 @@ class ModelSource:
     inputs: list[str] | None = None
     feature_spec: dict[str, Any] | None = None
 
+    # a registry model (models:/...): the server (else MLFLOW_TRACKING_URI), and the version this
+    # run scores with once the driver resolved it (`pinned`): other processes load that one
+    tracking_uri: str | None = None
+    registry: Any = None  # models.registry.RegistryVersion
+
     @classmethod
     def from_config(cls, cfg: JobConfig) -> ModelSource:
-        m = cfg.model
-        spec = cfg.preprocessing.features
+        return cls.from_model(cfg.model, cfg.storage, cfg.preprocessing.features)
+
+    @classmethod
+    def from_model(
+        cls, m: ModelConfig, storage: StorageConfig, features: FeatureSpecConfig | None = None
+    ) -> ModelSource:
+        """One model section (the job's model, or another's with the same schema)."""
         return cls(
             uri=m.uri,
-            storage=cfg.storage,
+            storage=storage,
             format=m.format,
             architecture={"class": m.class_path, "kwargs": m.kwargs} if m.class_path else None,
             sha256=m.sha256,
             version=m.version,
             inputs=m.inputs,
-            feature_spec=spec.model_dump() if spec else None,
+            feature_spec=features.model_dump() if features else None,
+            tracking_uri=m.tracking_uri,
         )
 
+    def pinned(self, meta: Any) -> ModelSource:
+        """This source held to what the driver inspected: the weights' sha256 and, from a
+        registry, the resolved version and its artifacts' checksum."""
+        return replace(self, sha256=meta.sha256, registry=meta.registry)
+
+    def _fetch(self) -> tuple[str, Any]:
+        """(the model on local disk, the registry version or None)."""
+        from models.registry import fetch, is_registry_uri
+
+        if is_registry_uri(self.uri):
+            return fetch(self.uri, self.tracking_uri, self.registry)
+        return self.local_path(), None
+
     def local_path(self) -> str:
-        """The model on local disk; an s3:// model is downloaded once per machine into a cache."""
+        """The model on local disk; an s3:// or registry model is downloaded once per machine
+        into a cache."""
+        from models.registry import is_registry_uri
+
+        if is_registry_uri(self.uri):
+            return self._fetch()[0]
         if not is_s3(self.uri):
             return resolve(self.uri).path
         loc = resolve(self.uri, self.storage)
@@ -88,15 +117,22 @@ class ModelSource:
         }
 
     def inspect(self):
-        """(metadata, weights path) with the sha256 verified; does not import torch."""
+        """(metadata, weights path) with the sha256 verified; does not import torch. A registry
+        alias is resolved here: `pinned(meta)` then holds other processes to that version."""
         from models.checkpoint import inspect_checkpoint
 
-        return inspect_checkpoint(self.local_path(), **self._overrides())
+        path, registry = self._fetch()
+        meta, wpath = inspect_checkpoint(path, **self._overrides())
+        meta.registry = registry
+        return meta, wpath
 
     def load(self, map_location: str = "cpu"):
         from models.checkpoint import load_model
 
-        return load_model(self.local_path(), map_location=map_location, **self._overrides())
+        path, registry = self._fetch()
+        loaded = load_model(path, map_location=map_location, **self._overrides())
+        loaded.meta.registry = registry
+        return loaded
 
 
 @dataclass

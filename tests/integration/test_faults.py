@@ -45,7 +45,7 @@ def _slow_cfg(dataset, checkpoints, out, **extra):
 @pytest.mark.parametrize(
     "mode,title",
     [
-        ("actors", "ray::MapWorker(MapBatches(ScoringReplica))"),
+        ("actors", "ray::ScoringReplica"),
         ("fused", "ray::ReadParquet->MapBatches(FusedScorer)"),
     ],
 )
