@@ -29,6 +29,12 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
     meta = ModelSource.from_config(cfg).inspect()[0]
     dp = plan_dates(cfg, dates, meta, force=args.force)
     todo, done = dp.todo, dp.done
+    if cfg.challengers:  # a date a challenger lacks is scored too (the champion's replaced alike)
+        from pipeline.run.challengers import ChallengerSet
+
+        lacking = ChallengerSet.plan(cfg, dates, args.force).needed()
+        todo = [d for d in dates if d in set(todo) | lacking]
+        done = [d for d in done if d not in lacking]
     pinned = f" from {meta.registry.described()}" if meta.registry is not None else ""
     print(
         f"backfill {cfg.name}: {len(dates)} dates, model {meta.version} (sha256 {meta.sha256[:12]}…){pinned}"
@@ -47,6 +53,7 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
     if args.dry_run:
         return summary
     size = args.dates_per_run or max(1, len(todo))
+    reports = []
     for i in range(0, len(todo), size):
         chunk = todo[i : i + size]
         runs = -(-len(todo) // size)
@@ -54,6 +61,12 @@ def backfill(args: argparse.Namespace) -> dict[str, Any]:
         report = run_score(cfg, chunk, force=args.force)
         print_summary(report)
         summary["runs"].append({"run_id": report.run_id, "dates": report.dates, "report": report.report_uri})
+        reports.append(report)
+    if cfg.challengers:  # every chunk ran; a failed challenger exits 8 (the champion's dates stand)
+        from pipeline.run.challengers import raise_for_challengers
+
+        for report in reports:
+            raise_for_challengers(report)
     return summary
 
 

@@ -25,6 +25,7 @@ EXIT_CODES_HELP = """exit codes:
   2  bad config, input or model: the message names the key, file or column
   3  scores drifted past the thresholds with drift.on_breach=fail (nothing published)
   4  another run committed a date first with another model or inputs
+  8  the champion committed, a challenger failed (its model raised, or its rows did not reconcile)
   1  anything else"""
 
 SCORE_OUTPUT_HELP = """output:
@@ -200,10 +201,12 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--kind",
-        choices=["scores", "heads", "embedding", "topk"],
+        choices=["scores", "heads", "embedding", "topk", "challenger"],
         default="scores",
         help="what to show: scores (the DLRM), heads (a two-head DLRM), embedding (a two-tower's user "
-        "vectors), topk (each user's 10 best items); each trains its model and writes its own table",
+        "vectors), topk (each user's 10 best items), challenger (a second DLRM trained with another "
+        "seed, scored beside the first in one pass and compared); each trains its model and writes "
+        "its own table",
     )
 
 
@@ -224,6 +227,12 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         "or torch.export",
     )
     p.add_argument("--epochs", type=int, default=2, help="passes over the training rows (default: 2)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="initial weights and shuffling (default: 0); another seed, a challenger",
+    )
     p.add_argument(
         "--preset",
         default="dlrm-demo",
@@ -339,8 +348,13 @@ def cmd_score(args: argparse.Namespace) -> int:
             "rows_dead_letter": report.rows.dead_letter,
             "dates": report.dates,
             "skipped_committed": report.skipped_committed,
+            **({"challengers": {c.name: c.status for c in report.challengers}} if report.challengers else {}),
         }
     )
+    if report.challengers:  # the champion's dates are committed; a failed challenger exits 8
+        from pipeline.run.challengers import raise_for_challengers
+
+        raise_for_challengers(report)
     return EXIT_OK
 
 

@@ -24,6 +24,9 @@ KINDS: dict[str, tuple[str, list[str]]] = {
     "heads": ("heads", ["output.score_columns=[p_click, p_convert]"]),
     "embedding": ("two-tower", ["output.kind=embedding"]),
     "topk": ("dlrm-demo", ["output.top_k={group_by: [user_id], k: 10}"]),
+    # beside the champion (the `scores` kind's model), a DLRM trained with another seed: both
+    # scored in one pass (the local runner), each in its own table, compared per user's top 10
+    "challenger": ("dlrm-demo", ["ray.runner=local", "compare={group_by: [user_id], k: 10}"]),
 }
 
 
@@ -60,18 +63,9 @@ def demo(args: argparse.Namespace) -> dict:
         )
     )
     print(f"[2/3] training the built-in model (preset {preset}) on {', '.join(train_dates)}")
-    train(
-        SimpleNamespace(
-            data=data,
-            dates=train_dates,
-            out=model,
-            format="safetensors",
-            epochs=args.epochs,
-            preset=preset,
-            version=f"{preset}-v1",
-            endpoint_url=None,
-        )
-    )
+    train(_train_args(data, train_dates, model, args.epochs, preset, f"{preset}-v1"))
+    if kind == "challenger":
+        kind_overrides = [*kind_overrides, _train_challenger(work, data, train_dates, args.epochs, preset)]
     shown = DEMO_CONFIG.relative_to(Path.cwd()) if DEMO_CONFIG.is_relative_to(Path.cwd()) else DEMO_CONFIG
     sets = " ".join(f"--set '{o}'" for o in kind_overrides)
     print(f"[3/3] scoring {score_date} with {shown}" + (f" {sets}" if sets else ""))
@@ -85,7 +79,52 @@ def demo(args: argparse.Namespace) -> dict:
 
     _how_to_read(preds, score_date)
     _show_kind(kind, preds, score_date, cfg)
+    if kind == "challenger":
+        _show_challengers(report)
     return report
+
+
+def _show_challengers(report) -> None:
+    """Where each challenger's table is, its verdict, and where the scatter plot is."""
+    from pipeline.run.challengers import raise_for_challengers
+
+    for ch in report.challengers:
+        print(f"\nchallenger {ch.name}: {ch.status}, table {ch.table}, verdict {ch.verdict or '-'}")
+        for c in ch.comparisons:
+            print(
+                f"  {c.date}: spearman {c.spearman:.3f}, top-10 Jaccard per user {c.topk_jaccard:.3f}, "
+                f"top-1 changed for {c.top1_changed:.0%} of users"
+                + (f"; broke: {'; '.join(c.broke)}" if c.broke else "")
+            )
+    print("  the page's Challengers section plots challenger against champion scores (report.html)")
+    raise_for_challengers(report)
+
+
+def _train_args(data: str, dates: list[str], out: str, epochs: int, preset: str, version: str, seed: int = 0):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        data=data,
+        dates=dates,
+        out=out,
+        format="safetensors",
+        epochs=epochs,
+        preset=preset,
+        version=version,
+        endpoint_url=None,
+        seed=seed,
+    )
+
+
+def _train_challenger(work: str, data: str, dates: list[str], epochs: int, preset: str) -> str:
+    """A second model, trained like the first with another seed: the override naming it a challenger."""
+    from jobs.train import train
+
+    model = os.path.join(work, "model-challenger")
+    print(f"      and a challenger: the same preset with --seed 1, into {model}")
+    train(_train_args(data, dates, model, epochs, preset, f"{preset}-seed1", seed=1))
+    table = os.path.join(work, "predictions-challenger-seed1")
+    return f"challengers=[{{name: seed1, model: {{uri: {model}}}, output: {{uri: {table}}}}}]"
 
 
 def _quiet_ray(cfg) -> None:

@@ -60,6 +60,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         epochs=args.epochs,
         head_labels=head_labels(table) if args.preset == "heads" else None,
         model_kwargs=tower_features(FEATURES) if args.preset == "two-tower" else None,
+        seed=getattr(args, "seed", 0),
     )
     prefix = "dlrm" if args.preset.startswith("dlrm") else args.preset
     version = args.version or f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}"

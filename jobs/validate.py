@@ -8,6 +8,10 @@ model/feature mismatch shows up now rather than at 2 a.m.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.config import ChallengerConfig, JobConfig
 
 
 def validate(config: str, overrides: list[str], args: argparse.Namespace) -> None:
@@ -49,6 +53,32 @@ def validate(config: str, overrides: list[str], args: argparse.Namespace) -> Non
         else:
             shown.append(f"{name} {values.min():.4f}..{values.max():.4f}")
     print(f"forward  {probe.rows} rows of {probe.uri}: ok ({', '.join(shown)})")
+    for ch in cfg.challengers:
+        _validate_challenger(cfg, ch, dates)
+
+
+def _validate_challenger(cfg: JobConfig, ch: ChallengerConfig, dates: list[str]) -> None:
+    """A challenger's model loaded (sha256 verified) and run on the same rows as the champion."""
+    from pipeline.config import challenger_job
+    from pipeline.errors import UserError
+    from pipeline.run.preflight import prepare, probe_model_output
+
+    p = prepare(challenger_job(cfg, ch), dates)
+    try:
+        probe = probe_model_output(p)
+    except UserError:
+        raise
+    except Exception as e:  # e.g. torch.jit.Error: what `score` would report as the challenger failing
+        raise UserError(
+            f"challenger {ch.name}: model {ch.model.uri} raised on the first rows: {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[-1][:300]}"
+        ) from None
+    ranges = ", ".join(f"{n} {v.min():.4f}..{v.max():.4f}" for n, v in probe.values.items() if v.ndim == 1)
+    meta = p.model_meta
+    print(
+        f"challenger {ch.name}: model {ch.model.uri} ok ({meta.format}, version {meta.version}, "
+        f"sha256 {meta.sha256[:12]}…); forward on {probe.rows} rows ok ({ranges}); table {ch.output.uri}"
+    )
 
 
 if __name__ == "__main__":  # `python -m jobs.validate ARGS`: the program, above the module

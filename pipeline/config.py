@@ -630,6 +630,105 @@ class RunConfig(_Strict):
         return parse_duration(self.stall_timeout) if self.stall_timeout is not None else None
 
 
+class ChallengerOutputConfig(_Strict):
+    uri: str = Field(
+        description="The challenger's own predictions table (a local path or s3://): never the "
+        "champion's output.uri nor another challenger's."
+    )
+    kind: Literal["scores"] | None = Field(
+        None, description="Only 'scores': the comparison compares scores (embeddings have no order)."
+    )
+    score_column: str | None = Field(
+        None, description="The challenger's single head; default: the champion's output.score_column."
+    )
+    score_columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="The challenger's heads (a multi-head model); default: the champion's. The "
+        "comparison uses compare_column.",
+    )
+    target_rows_per_file: int | None = Field(
+        None, ge=1, description="Rows per output file; default: the champion's."
+    )
+    compression: Literal["snappy", "zstd", "gzip", "none"] | None = Field(
+        None, description="Parquet codec; default: the champion's."
+    )
+    max_bad_row_fraction: float | None = Field(
+        None, ge=0, le=1, description="Dead-letter fraction that fails its commit; default: the champion's."
+    )
+
+
+class ChallengerConfig(_Strict):
+    name: str = Field(description="The challenger's name in logs, reports and metrics.")
+    model: ModelConfig = Field(
+        description="The challenger's model: the same keys as the top-level model (any source it takes)."
+    )
+    output: ChallengerOutputConfig = Field(
+        description="Its own table. Key, partition, verify and duplicate settings are the champion's "
+        "(the comparison joins the two tables by key); the keys here override the rest."
+    )
+    preprocessing: PreprocessingConfig | None = Field(
+        None,
+        description="Its own preprocessing; default: the champion's (the batch is preprocessed once "
+        "for every model that shares it).",
+    )
+    compare_column: str | None = Field(
+        None,
+        description="The challenger's head compared with the champion's compare.score_column; "
+        "default: the head of that name if it has one, else its first head.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", v):
+            raise ValueError("use letters, digits, '_' and '-' only")
+        return v
+
+
+class CompareConfig(_Strict):
+    score_column: str | None = Field(
+        None,
+        description="The champion's head compared (multi-head models: one head is compared); "
+        "default: its first head.",
+    )
+    group_by: list[str] | None = Field(
+        None,
+        description="Key columns forming a group (e.g. [user_id]): each group's top-k items by the "
+        "champion and by the challenger are compared (mean Jaccard, share whose top-1 changed).",
+    )
+    k: int = Field(10, ge=1, le=10_000, description="Items per group in the top-k overlap.")
+    max_rows: int = Field(
+        2_000_000,
+        ge=1000,
+        description="Joined rows compared exactly per date; a date with more is compared on a "
+        "deterministic sample of this many keys (by key hash; whole groups with group_by).",
+    )
+    bins: int = Field(10, ge=2, le=100, description="Equal-mass bins of the champion's scores for the PSI.")
+    plot_points: int = Field(
+        2000, ge=0, le=20_000, description="Sampled (champion, challenger) pairs kept for the page's plot."
+    )
+    spearman_min: float = Field(0.9, ge=-1, le=1, description="Verdict: rank correlation below it disagrees.")
+    mean_shift_max: float = Field(
+        0.25,
+        gt=0,
+        description="Verdict: |mean shift| in the champion's standard deviations above it disagrees.",
+    )
+    quantile_shift_max: float = Field(
+        0.5,
+        gt=0,
+        description="Verdict: the largest shift of the 5/25/50/75/95th percentiles, in the champion's "
+        "standard deviations, above it disagrees.",
+    )
+    psi_max: float = Field(0.25, gt=0, description="Verdict: PSI above it disagrees.")
+    jaccard_min: float = Field(
+        0.5, ge=0, le=1, description="Verdict (with group_by): mean top-k Jaccard below it disagrees."
+    )
+    top1_changed_max: float = Field(
+        0.5, ge=0, le=1, description="Verdict (with group_by): share of groups whose top-1 changed above it."
+    )
+
+
 class JobConfig(_Strict):
     name: str = Field(description="Job name, used in run ids and reports.")
     input: InputConfig
@@ -642,6 +741,22 @@ class JobConfig(_Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    challengers: list[ChallengerConfig] = Field(
+        default_factory=list,
+        description="Models scored beside `model` (the champion) in the same pass: one read, one "
+        "preprocessing per distinct preprocessing, each model's predictions in its own table, compared "
+        "with the champion's per date (docs/challengers.md).",
+    )
+    compare: CompareConfig = Field(
+        default_factory=CompareConfig, description="How challengers are compared with the champion."
+    )
+
+    @model_validator(mode="after")
+    def _challengers(self) -> JobConfig:
+        problems = _challenger_problems(self)
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _partitions(self) -> JobConfig:
@@ -706,6 +821,64 @@ class JobConfig(_Strict):
         if kinds:
             what["output"]["kinds"] = kinds
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _nested(a: str, b: str) -> bool:
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def challenger_job(cfg: JobConfig, ch: ChallengerConfig) -> JobConfig:
+    """The job a challenger would be on its own: the champion's config with the challenger's
+    model, table and (when set) preprocessing. Its scoring identity is that job's, so a date is
+    rescored in the challenger's table when the challenger's model or config changes."""
+    data = cfg.model_dump(mode="python")
+    data.update(challengers=[], model=ch.model.model_dump(mode="python"))
+    if ch.preprocessing is not None:
+        data["preprocessing"] = ch.preprocessing.model_dump(mode="python")
+    own = ch.output.model_dump(mode="python", exclude_none=True)
+    if {"score_column", "score_columns", "kind"} & own.keys():
+        data["output"].update(score_column="score", score_columns=None)
+    data["output"].update(own, top_k=None)
+    data["report"]["prometheus_textfile"] = None
+    return JobConfig.model_validate(data)
+
+
+def _challenger_problems(cfg: JobConfig) -> list[str]:
+    """What is wrong with the challengers and compare sections, each naming its key."""
+    if not cfg.challengers:
+        return []
+    out, problems = cfg.output, []
+    if out.kind != "scores" or out.top_k is not None:
+        problems.append("challengers: the champion's output must be kind 'scores' without top_k")
+    head = cfg.compare.score_column
+    if head is not None and head not in out.value_columns:
+        problems.append(f"compare.score_column {head!r} is not one of the heads {out.value_columns}")
+    outside = [c for c in cfg.compare.group_by or [] if c not in out.key_columns]
+    if outside:
+        problems.append(f"compare.group_by {outside} must be among output.key_columns {out.key_columns}")
+    if cfg.compare.group_by and not [c for c in out.key_columns if c not in cfg.compare.group_by]:
+        problems.append("compare.group_by: output.key_columns must hold item keys besides the group columns")
+    seen: dict[str, int] = {}
+    tables = [("output.uri", out.uri), ("input.uri", cfg.input.uri)]
+    for i, ch in enumerate(cfg.challengers):
+        where = f"challengers.{i}"
+        if ch.name in seen:
+            problems.append(f"{where}.name {ch.name!r} repeats challengers.{seen[ch.name]}.name")
+        seen.setdefault(ch.name, i)
+        for key, uri in tables:
+            if _nested(ch.output.uri, uri):
+                problems.append(f"{where}.output.uri {ch.output.uri!r} is or nests with {key} {uri!r}")
+        tables.append((f"{where}.output.uri", ch.output.uri))
+        try:
+            job = challenger_job(cfg, ch)
+        except ValidationError as e:
+            problems += [f"{where}: {x['msg']}" for x in e.errors()]
+            continue
+        heads = job.output.value_columns
+        if ch.compare_column is not None and ch.compare_column not in heads:
+            problems.append(f"{where}.compare_column {ch.compare_column!r} is not one of its heads {heads}")
+    return problems
 
 
 def _without_unset_types(preprocessing: dict[str, Any]) -> dict[str, Any]:
@@ -816,6 +989,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         # a model class or preprocessing function beside the config (or in the working
         # directory) imports without PYTHONPATH, as a user of recipe tools expects
         named = [p for p in (cfg.model.class_path, cfg.preprocessing.function) if p]
+        for ch in cfg.challengers:  # a challenger's own model class or preprocessing function too
+            named += [p for p in (ch.model.class_path, ch.preprocessing and ch.preprocessing.function) if p]
         allow_imports_from([str(Path(path).resolve().parent), os.getcwd()], named)
     return cfg
 
@@ -834,8 +1009,11 @@ def shown_config(cfg: JobConfig) -> dict[str, Any]:
     """The config as logs, reports and saved copies show it: model.kwargs values redacted unless
     listed in model.safe_kwargs (a constructor argument may be a token or a password)."""
     data = cfg.model_dump(mode="json")
-    safe = set(cfg.model.safe_kwargs)
-    data["model"]["kwargs"] = {k: (v if k in safe else REDACTED) for k, v in cfg.model.kwargs.items()}
+    for shown, model in [(data["model"], cfg.model)] + [
+        (d["model"], ch.model) for d, ch in zip(data.get("challengers", []), cfg.challengers, strict=True)
+    ]:
+        safe = set(model.safe_kwargs)
+        shown["kwargs"] = {k: (v if k in safe else REDACTED) for k, v in model.kwargs.items()}
     return data
 
 

@@ -8,6 +8,8 @@
     5  no progress for run.stall_timeout: the run was stopped (StallError)
     6  still scoring at run.deadline with run.on_deadline=fail: the run was stopped (DeadlineError)
     7  another live process runs this --run-id; nothing was written (RunIdInUseError)
+    8  the champion committed, a challenger failed (its model raised or failed to load, or its rows
+       did not reconcile): nothing of that challenger published for its dates (ChallengerError)
 
 Errors raised inside Ray tasks and actors reach the driver wrapped by Ray; `find_known_error`
 finds the original by following the exception's causes (no parsing of traceback text).
@@ -18,6 +20,7 @@ from __future__ import annotations
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_DRIFT, EXIT_CONFLICT = 0, 1, 2, 3, 4
 EXIT_STALLED, EXIT_DEADLINE = 5, 6
 EXIT_RUN_ID_IN_USE = 7
+EXIT_CHALLENGER = 8
 
 
 class BatchscoreError(Exception):
@@ -88,6 +91,12 @@ class RunIdInUseError(BatchscoreError):
     """Another live process runs the same --run-id: this one stops before it writes anything."""
 
     exit_code = EXIT_RUN_ID_IN_USE
+
+
+class ChallengerError(BatchscoreError):
+    """The champion's dates were committed, but one or more challengers failed their own checks."""
+
+    exit_code = EXIT_CHALLENGER
 
 
 def known_error_types() -> tuple[type[Exception], ...]:

@@ -37,3 +37,14 @@ def upload_scripted(module: nn.Module, local: Path, uri: str, storage) -> None:
     pafs.copy_files(
         str(local), target.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs
     )
+
+
+class Raises(nn.Module):
+    """A model whose forward pass always raises: a challenger that fails while scoring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("challenger model raised on purpose")

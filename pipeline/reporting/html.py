@@ -334,6 +334,42 @@ def _raw(report: RunReport) -> str:
     return f"<h2>Details</h2>{''.join(parts)}" if parts else ""
 
 
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _challengers(report: RunReport) -> str:
+    """Each challenger: its status, per date the measures and the verdict, and a sampled scatter
+    of its scores against the champion's."""
+    from pipeline.reporting.plots import challenger_scatter_svg
+
+    if not report.challengers:
+        return ""
+    head = "<tr><th>challenger</th><th>date</th><th>rows</th><th>spearman</th><th>mean shift (std)</th>"
+    head += "<th>max quantile shift (std)</th><th>PSI</th><th>top-k Jaccard</th><th>top-1 changed</th>"
+    head += "<th>verdict</th></tr>"
+    rows, plots = [], []
+    for ch in report.challengers:
+        if ch.status == "failed" or not ch.comparisons:
+            why = _e(ch.error or "nothing compared")
+            rows.append(f"<tr><td>{_e(ch.name)}</td><td colspan=8>{_e(ch.status)}: {why}</td><td></td></tr>")
+        for c in ch.comparisons:
+            q = max((abs(v) for v in c.quantile_shift.values()), default=None)
+            verdict = _e(c.verdict) + (f" ({_e('; '.join(c.broke))})" if c.broke else "")
+            cls = ' class="breach"' if c.broke else ""
+            rows.append(
+                f"<tr{cls}><td>{_e(ch.name)}</td><td>{_e(c.date)}</td><td>{c.rows}"
+                f"{' (sample)' if c.sampled else ''}</td><td>{_num(c.spearman)}</td>"
+                f"<td>{_num(c.mean_shift_std, '+.3f')}</td><td>{_num(q)}</td><td>{_num(c.psi)}</td>"
+                f"<td>{_num(c.topk_jaccard)}</td><td>{_num(c.top1_changed)}</td><td>{verdict}</td></tr>"
+            )
+            if c.plot:
+                x, y = ch.champion_column or "score", ch.challenger_column or "score"
+                plots.append(challenger_scatter_svg(ch.name, c.date, c.plot, x, y))
+    table = f"<table>{head}{''.join(rows)}</table>"
+    return f'<h2>Challengers</h2>{table}<div class="plots">{"".join(plots)}</div>'
+
+
 def render_html(report: RunReport) -> str:
     """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no URLs)."""
     body = [_header(report), _drift_banner(report)]
@@ -344,6 +380,7 @@ def render_html(report: RunReport) -> str:
     body += ["<h2>Partitions</h2>", _partitions_table(report), _histograms(report)]
     body += ["<h2>Throughput per stage</h2>", _stage_plot(report.stages), _stages_table(report.stages)]
     body += ["<h2>Rows per partition</h2>", _partition_plot(report.partitions)]
+    body.append(_challengers(report))
     body += [_timings(report), _replicas(report), _skipped_inputs(report), _raw(report)]
     title = f"{_e(report.job or 'batchscore')} · {_e(report.run_id)} · {_e(report.status)}"
     return (

@@ -108,6 +108,7 @@ def prometheus_text(report: RunReport) -> str:
     ]
     if psi:
         metric("batchscore_score_psi", "Population stability index of a date's scores.", psi)
+    _challenger_metrics(report, metric)
     text = "\n".join(lines) + "\n"
     d = report.deadline
     if d is not None:
@@ -171,3 +172,31 @@ def _write_atomically(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _challenger_metrics(report: RunReport, metric) -> None:
+    """Per challenger: whether it failed, and per date its agreement and measures."""
+    if not report.challengers:
+        return
+    metric(
+        "batchscore_challenger_failed",
+        "1 if the challenger failed (nothing of it published for its dates).",
+        [({"challenger": c.name}, 1.0 if c.status == "failed" else 0.0) for c in report.challengers],
+    )
+    found = [(c.name, x) for c in report.challengers for x in c.comparisons]
+    metric(
+        "batchscore_challenger_agrees",
+        "1 if the challenger's scores agree with the champion's within the compare thresholds.",
+        [({"challenger": n, "date": x.date}, 1.0 if x.verdict == "agrees" else 0.0) for n, x in found],
+    )
+    for key, help_ in (
+        ("spearman", "Spearman rank correlation of challenger and champion scores."),
+        ("psi", "PSI of the challenger's scores over the champion's equal-mass bins."),
+        ("mean_shift_std", "Challenger minus champion mean score, in the champion's std."),
+        ("topk_jaccard", "Mean Jaccard overlap of each group's top-k (compare.group_by)."),
+        ("top1_changed", "Share of groups whose top-1 item changed."),
+    ):
+        samples = [({"challenger": n, "date": x.date}, getattr(x, key)) for n, x in found]
+        samples = [(lbl, v) for lbl, v in samples if v is not None]
+        if samples:
+            metric(f"batchscore_challenger_{key}", help_, samples)

@@ -228,3 +228,20 @@ def round_range(lo: float, hi: float) -> tuple[float, float] | None:
         lo, hi = lo - pad, hi + pad
     ticks = MaxNLocator(6).tick_values(lo, hi)
     return float(max(t for t in ticks if t <= lo)), float(min(t for t in ticks if t >= hi))
+
+
+def challenger_scatter_svg(name: str, date: str, pairs: list[list[float]], x: str, y: str) -> str:
+    """Sampled (champion, challenger) scores of one date as points, with the diagonal: points on
+    it score alike, a band around it is noise, a curve is a recalibration, a cloud a disagreement."""
+    title = f"Challenger {name} vs champion, {date}"
+    with _figure(360, 320, f"scatter-{name}-{date}") as fig:
+        ax = fig.subplots()
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+        lo, hi = min(xs + ys, default=0.0), max(xs + ys, default=1.0)
+        (line,) = ax.plot([lo, hi], [lo, hi], color=C_REF, linewidth=1, label="equal scores")
+        line.set_gid(_cls("reference", 0))
+        dots = ax.scatter(xs, ys, s=4, color=C_TODAY, alpha=0.5, linewidths=0)
+        dots.set_gid(_cls("point", 0))
+        ax.set(xlabel=f"champion {x}", ylabel=f"{name} {y}", title=f"{date} ({len(pairs)} sampled rows)")
+        ax.legend(loc="upper left", fontsize=8)
+        return _svg(fig, "challenger-scatter", title, {"data-date": date, "data-challenger": name})

@@ -293,6 +293,61 @@ class DeadlineSummary(_Part):
     missed: bool = Field(False, description="the run was still going at the deadline")
 
 
+class Comparison(_Part):
+    """One date: a challenger's scores against the champion's, on the rows of both tables joined by key."""
+
+    date: str = Field(description="the date compared")
+    rows: int = Field(0, description="joined rows the measures are computed on")
+    champion_rows: int = Field(0, description="the champion's rows of the date")
+    challenger_rows: int = Field(0, description="the challenger's rows of the date")
+    unmatched: int = Field(0, description="compared keys in one table only (dead letters of one model)")
+    sampled: bool = Field(
+        False, description="computed on a deterministic sample of keys (`compare.max_rows`), not every row"
+    )
+    spearman: float | None = Field(None, description="Spearman rank correlation (1: the same order)")
+    mean_champion: float | None = Field(None, description="the champion's mean score")
+    mean_challenger: float | None = Field(None, description="the challenger's mean score")
+    mean_shift: float | None = Field(None, description="challenger mean - champion mean")
+    mean_shift_std: float | None = Field(None, description="`mean_shift` / the champion's standard deviation")
+    quantile_shift: dict[str, float] = Field(
+        default_factory=dict,
+        description="`p5` ... `p95`: challenger - champion percentile, in the champion's standard deviations",
+    )
+    psi: float | None = Field(None, description="PSI of the challenger over equal-mass bins of the champion")
+    groups: int | None = Field(None, description="with `compare.group_by`: groups compared")
+    topk_jaccard: float | None = Field(None, description="mean Jaccard overlap of each group's top-k")
+    top1_changed: float | None = Field(None, description="share of groups whose top-1 item changed")
+    verdict: str = Field("agrees", description="`agrees` or `disagrees` (a threshold broke)")
+    broke: list[str] = Field(default_factory=list, description="the measures past their thresholds")
+    plot: list[list[float]] = Field(
+        default_factory=list, description="sampled `[champion, challenger]` score pairs for the page's plot"
+    )
+
+
+class ChallengerResult(_Part):
+    """One challenger of the run: what it committed to its own table and how it compares."""
+
+    name: str = Field(description="`challengers[].name`")
+    table: str | None = Field(None, description="its predictions table")
+    model: ModelInfo = Field(default_factory=ModelInfo, description="its model")
+    status: str = Field(
+        "committed",
+        description="`committed` (its dates committed to its table), `skipped` (already committed as asked), "
+        "`failed` (its model raised, failed to load or its rows did not reconcile: nothing of it published "
+        "for the dates named, the champion's commits stand; exit 8)",
+    )
+    error: str | None = Field(None, description="why it failed")
+    dates_committed: list[str] = Field(default_factory=list, description="dates committed to its table")
+    rows: int | None = Field(None, description="predictions it committed")
+    dead_letter_rows: int | None = Field(None, description="rows in its dead-letter table")
+    champion_column: str | None = Field(None, description="the champion's head compared")
+    challenger_column: str | None = Field(None, description="its head compared")
+    comparisons: list[Comparison] = Field(default_factory=list, description="one per date")
+    verdict: str | None = Field(None, description="`agrees` when every date agrees, else `disagrees`")
+    commit_s: float | None = Field(None, description="seconds to profile, reconcile and commit its dates")
+    compare_s: float | None = Field(None, description="seconds to read, join and compare its dates")
+
+
 class RunReport(_Part):
     """report.json: one per run that scored something."""
 
@@ -362,6 +417,9 @@ class RunReport(_Part):
     vacuum: dict[str, Any] | None = Field(None, description="what `output.vacuum_after_run` removed")
     deadline: DeadlineSummary | None = Field(
         None, description="with `run.deadline`: it and the ETA held against it"
+    )
+    challengers: list[ChallengerResult] = Field(
+        default_factory=list, description="with `challengers`: each challenger's commits and comparison"
     )
     report_uri: str | None = Field(None, description="where this report is")
 

@@ -45,6 +45,7 @@ def format_summary(report: RunReport, color: bool = False) -> str:
         out += _partition_lines(report.partitions, color)
     else:
         out.append("  no partitions scored\n")
+    out += _challenger_lines(report, color)
     out += _stage_lines(report)
     return "\n".join(out).rstrip("\n") + "\n"
 
@@ -167,3 +168,47 @@ def _stage_lines(r: RunReport) -> list[str]:
     if timings:
         out.append("  timings  " + "  ".join(f"{k.removesuffix('_s')} {f.seconds(v)}" for k, v in timings))
     return out
+
+
+def _challenger_lines(r: RunReport, color: bool) -> list[str]:
+    """Each challenger against the champion, per date: its verdict and the measures."""
+    if not r.challengers:
+        return []
+    rows = []
+    for ch in r.challengers:
+        if ch.status == "failed":
+            rows.append([ch.name, "-", paint("FAILED", "red", color), (ch.error or "")[:80]] + [""] * 6)
+            continue
+        for c in ch.comparisons:
+            q = max((abs(v) for v in c.quantile_shift.values()), default=None)
+            verdict = paint(c.verdict, "yellow" if c.broke else "green", color)
+            rows.append(
+                [
+                    ch.name,
+                    c.date,
+                    verdict,
+                    f"{c.rows}{'*' if c.sampled else ''}",
+                    _n(c.spearman),
+                    _n(c.mean_shift_std, "+.3f"),
+                    _n(q),
+                    _n(c.psi),
+                    _n(c.topk_jaccard),
+                    _n(c.top1_changed),
+                ]
+            )
+        if not ch.comparisons:
+            rows.append([ch.name, "-", ch.status, "not compared"] + [""] * 6)
+    head = ["challenger", "date", "verdict", "rows", "spearman", "mean", "quant", "psi", "jaccard", "top1"]
+    out = ["challengers vs champion (shifts in the champion's std; * a sample)"]
+    out.append(table(head, rows, right=set(range(3, 10))))
+    broke = [
+        f"  {ch.name} {c.date}: {'; '.join(c.broke)}"
+        for ch in r.challengers
+        for c in ch.comparisons
+        if c.broke
+    ]
+    return out + broke + ([""] if broke else [])
+
+
+def _n(v: float | None, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)

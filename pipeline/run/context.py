@@ -30,6 +30,7 @@ class RunContext:
     committed: dict[str, tuple[str, dict]]  # date -> (model sha256, score profile), from the log
     timings: dict[str, float | None]
     deadline: dict[str, Any] | None = None  # the watchdog's summary (pipeline/run/watchdog.py)
+    challengers: Any = None  # pipeline.run.challengers.ChallengerSet, with config `challengers`
     replicas: Any = None  # the actors mode's replicas, started with Ray (pipeline/run/pool.py)
 
     @property

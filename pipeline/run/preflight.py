@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,9 +216,12 @@ def scoring_identity(cfg: JobConfig, meta: Any) -> str:
     return digest_of(*parts)
 
 
-def plan_dates(cfg: JobConfig, dates: list[str], meta: Any, force: bool = False) -> DatePlan:
+def plan_dates(
+    cfg: JobConfig, dates: list[str], meta: Any, force: bool = False, also: Collection[str] = ()
+) -> DatePlan:
     """Dates committed with this model, scoring config and unchanged input files are done (read
-    from the Delta log); the others are scored, each with the reason."""
+    from the Delta log); the others are scored, each with the reason. `also`: dates scored even
+    when done (a challenger needs them: the champion's are replaced by the same scores)."""
     from pipeline.commit.partitions import identity_of
     from pipeline.commit.tables import OutputTables
     from pipeline.stages.read import list_inputs
@@ -234,11 +238,13 @@ def plan_dates(cfg: JobConfig, dates: list[str], meta: Any, force: bool = False)
         identity = identity_of(listed[d], meta.sha256, scoring_identity(cfg, meta))
         state = tables.predictions.state(preds, col, d, identity, dls)
         gens[d] = state.generation
-        if state.committed_as_asked and not force:
+        if state.committed_as_asked and not force and d not in also:
             done.append(d)
         else:
             todo.append(d)
             why[d] = "--force" if force else state.why_rescored()
+            if state.committed_as_asked and not force:
+                why[d] = "a challenger has not committed it yet"
             if not force and state.generation is not None and not state.withdrawn and not state.same_model:
                 other_model.append(d)
     why.update(registry_moves(preds, other_model, meta))
@@ -287,7 +293,9 @@ class Preflight:
     attempt: Attempt
 
 
-def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool) -> Preflight:
+def preflight(
+    cfg: JobConfig, dates: list[str], run_id: str | None, force: bool, also: Collection[str] = ()
+) -> Preflight:
     """Model, output, dates, inputs and run id checked; nothing written but the output probe and
     the attempt's record. A run id given again (a scheduler's retry) is taken up by this process
     unless another live process runs it; the caller ends the attempt (`Attempt.held`)."""
@@ -299,17 +307,23 @@ def preflight(cfg: JobConfig, dates: list[str], run_id: str | None, force: bool)
     attempt = Attempt(resolve(cfg.output.uri, cfg.storage), run_id, cfg.name, dates)
     # an unreachable or unwritable output fails here, in seconds
     check_output_writable(cfg, run_id, attempt.id)
-    pre = _plan(cfg, dates, run_id, meta, force, attempt)
+    pre = _plan(cfg, dates, run_id, meta, force, attempt, also)
     if pre.prepared is not None:  # after the checks (a bad input writes nothing), before any data
         attempt.claim()  # another live process with this run id: refused here
     return pre
 
 
 def _plan(
-    cfg: JobConfig, dates: list[str], run_id: str, meta: Any, force: bool, attempt: Attempt
+    cfg: JobConfig,
+    dates: list[str],
+    run_id: str,
+    meta: Any,
+    force: bool,
+    attempt: Attempt,
+    also: Collection[str] = (),
 ) -> Preflight:
     """Each date's state in the log, then the inputs of the dates to score and the model's output."""
-    dp = plan_dates(cfg, dates, meta, force)
+    dp = plan_dates(cfg, dates, meta, force, also)
     if dp.done:
         log.info(
             "already committed with this model, config and inputs, skipped: %s (--force rescores)", dp.done

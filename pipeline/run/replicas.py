@@ -104,12 +104,16 @@ class ScoringReplica:
         plan, scorer = self._plan(boxed)
         clock = {"read_s": 0.0, "score_s": 0.0, "write_s": 0.0, "start": time.time()}
         out = UnitFiles(plan.files, f"{plan.file_prefix}{unit:06d}")
+        if hasattr(scorer, "unit_start"):  # challengers (pipeline/run/challengers.py) write too
+            scorer.unit_start(unit)
         rows_in = 0
         for f, date, groups in plan.units[unit]:
             blocks = plan.source.read_task_blocks(f, date, plan.block_bytes, groups)
             rows_in += self._score_blocks(scorer, blocks, out, clock)
         clock["write_s"] += out.close()
         self.predictor.wait()  # a unit with no rows: the load's end (and error) still counted
+        if hasattr(scorer, "unit_done"):
+            clock["write_s"] += scorer.unit_done()
         record = {"unit": unit, "rows_in": rows_in, "rows_out": out.rows, "files": out.count}
         return {**record, **clock, "end": time.time(), **self.started, "progress": self.progress_calls()}
 

@@ -130,12 +130,28 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     if runner[0] == "local":
         local_pool(cfg)  # refuses what the local runner cannot do (top-K, a GPU) before any work
         preload_torch()
-    pre = preflight(cfg, dates, run_id, force)
+    side = _plan_challengers(cfg, dates, force)
+    pre = preflight(cfg, dates, run_id, force, also=side.needed() if side else ())
     with pre.attempt.held():  # its record says how it ended; a killed one's heartbeat stops
         _discard_dead_attempts(OutputTables.for_config(cfg), pre.attempt)
+        if side is not None:  # what dead attempts wrote into the challengers' tables
+            side.discard_dead(pre.attempt)
         if pre.prepared is None:
             return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
-        return _score(_start(cfg, pre, started, t_start, runner), origin)
+        ctx = _start(cfg, pre, started, t_start, runner)
+        if side is not None:
+            ctx.challengers = side
+            side.start(ctx)
+        return _score(ctx, origin)
+
+
+def _plan_challengers(cfg: JobConfig, dates: list[str], force: bool):
+    """The challengers scored in this pass (pipeline/run/challengers.py); None without any."""
+    if not cfg.challengers:
+        return None
+    from pipeline.run.challengers import ChallengerSet
+
+    return ChallengerSet.plan(cfg, dates, force)
 
 
 def _score(ctx: RunContext, origin) -> RunReport:
@@ -154,6 +170,10 @@ def _score(ctx: RunContext, origin) -> RunReport:
             if _is_storage_failure(e):
                 raise _as_storage_error(e) from None
             raise
+    except BaseException:
+        if ctx.challengers is not None:  # their files of dates they did not commit
+            ctx.challengers.discard(ctx)
+        raise
     finally:
         if ctx.replicas is not None:  # a failure before the pool's own `with`
             ctx.replicas.pool.close()
@@ -462,6 +482,8 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: H
         ctx.run.attempt,
     )
     scorer = fused_scorer(ctx.p, pre, kwargs)
+    if ctx.challengers is not None:  # one read and preprocessing for every model
+        scorer, files = ctx.challengers.hook_local(ctx, scorer, files, dead_letter)
     run = LocalRun(ctx.p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys)
     hooks.halt.append(run.halt)
     hooks.activity.append(run.activity)
@@ -483,8 +505,11 @@ def _run_replicas(ctx: RunContext, counter, hooks: Hooks):
     stop = threading.Event()  # the watchdog's or Ctrl-C's stop, seen as the next unit comes back
     hooks.halt.append(stop.set)
     hooks.activity.append(lambda: [f"{len(run.records)} of {units} units done, others in flight or waiting"])
+    scorer = fused_scorer(ctx.p, pre, kwargs)
+    if ctx.challengers is not None:  # each replica holds every model and writes every table
+        scorer = ctx.challengers.hook_replicas(ctx, scorer, started.dead_letter)
     with started.pool:
-        for record in started.pool.records(started.plan, fused_scorer(ctx.p, pre, kwargs), counter, stop):
+        for record in started.pool.records(started.plan, scorer, counter, stop):
             run.add(record)
     return run
 
@@ -524,6 +549,8 @@ def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
     commits = c.committer.commits + _commit_rest(c, report, rest, profiles, drift)
     c.timings["commit"] = time.perf_counter() - t0 + t_drain
     fill_report(report, c, commits)
+    if c.challengers is not None:  # after the champion's commits: theirs, then the comparison
+        c.challengers.finish(c, report)
     if cfg.output.vacuum_after_run:
         report.vacuum = vacuum_tables(c.tables, cfg.output.retention_hours)
     write_report(cfg, p, c.run_id, report)

@@ -1,0 +1,86 @@
+"""The challenger comparison's numbers (pipeline/quality/compare.py) against scipy and numpy
+computed directly, one measure at a time, on scores with ties and groups of every size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from pipeline.quality.compare import (
+    QUANTILES,
+    Thresholds,
+    average_ranks,
+    compare,
+    psi,
+    spearman,
+    top_k_overlap,
+)
+
+
+@pytest.fixture
+def scores():
+    rng = np.random.default_rng(3)
+    a = rng.beta(2, 5, 5000)
+    b = np.clip(a + rng.normal(0, 0.05, a.size), 0, 1)
+    return np.round(a, 3), np.round(b, 3)  # rounded: many ties
+
+
+def test_ranks_and_spearman_match_scipy(scores):
+    a, b = scores
+    np.testing.assert_allclose(average_ranks(a), scipy.stats.rankdata(a, method="average"))
+    assert spearman(a, b) == pytest.approx(scipy.stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(a[:1], b[:1]) is None and spearman(np.ones(5), a[:5]) is None
+
+
+def test_psi_matches_a_direct_computation(scores):
+    a, b = scores
+    edges = np.unique(np.quantile(a, np.linspace(0, 1, 11))[1:-1])
+    e = np.array([np.sum(np.digitize(a, edges) == i) for i in range(len(edges) + 1)]) / a.size
+    x = np.array([np.sum(np.digitize(b, edges) == i) for i in range(len(edges) + 1)]) / b.size
+    e, x = np.maximum(e, 1e-6), np.maximum(x, 1e-6)
+    assert psi(a, b, 10) == pytest.approx(float(np.sum((x - e) * np.log(x / e))), abs=1e-12)
+    assert psi(a, a, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_shifts_match_numpy(scores):
+    a, b = scores
+    m = compare(a, b, Thresholds())
+    assert m.rows == a.size
+    assert m.mean_shift == pytest.approx(b.mean() - a.mean())
+    assert m.mean_shift_std == pytest.approx((b.mean() - a.mean()) / a.std())
+    for q in QUANTILES:
+        want = (np.percentile(b, q * 100) - np.percentile(a, q * 100)) / a.std()
+        assert m.quantile_shift[f"p{round(q * 100)}"] == pytest.approx(want, abs=1e-12)
+
+
+def _loop_overlap(groups, a, b, k):
+    """Per group in plain Python: top-k rows by score, ties by row order."""
+    jac, changed = [], []
+    for g in sorted(set(groups.tolist())):
+        rows = [i for i in range(len(groups)) if groups[i] == g]
+        ta = sorted(rows, key=lambda i: (-a[i], i))[:k]
+        tb = sorted(rows, key=lambda i: (-b[i], i))[:k]
+        jac.append(len(set(ta) & set(tb)) / len(set(ta) | set(tb)))
+        changed.append(ta[0] != tb[0])
+    return len(jac), float(np.mean(jac)), float(np.mean(changed))
+
+
+def test_top_k_overlap_matches_a_loop_over_groups(scores):
+    a, b = scores
+    rng = np.random.default_rng(5)
+    groups = rng.integers(0, 300, a.size) * 7919  # ids need not be dense; sizes vary, some < k
+    for k in (1, 3, 10):
+        got = top_k_overlap(groups, a, b, k)
+        want = _loop_overlap(groups, a, b, k)
+        assert got[0] == want[0]
+        assert got[1] == pytest.approx(want[1], abs=1e-12) and got[2] == pytest.approx(want[2], abs=1e-12)
+    assert top_k_overlap(groups, a, a, 5)[1:] == (1.0, 0.0)
+
+
+def test_the_verdict_names_the_measures_that_broke(scores):
+    a, b = scores
+    assert compare(a, b, Thresholds()).broke == []
+    far = compare(a, 1 - a, Thresholds(), groups=np.arange(a.size) // 20, k=3)
+    assert {x.split()[0] for x in far.broke} >= {"spearman", "mean", "quantile", "psi", "top-k", "top-1"}
