@@ -197,6 +197,10 @@ class Rows(_Part):
     duplicate_key_rows: int | None = Field(
         None, description="input rows whose key occurs more than once within their date (null: not checked)"
     )
+    adopted: int = Field(
+        0, description="input rows whose finished work a dead attempt left and this run adopted (resume)"
+    )
+    scored: int | None = Field(None, description="input rows this run read and scored itself")
 
 
 class DriftSummary(_Part):

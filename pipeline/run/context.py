@@ -30,6 +30,12 @@ class RunContext:
     committed: dict[str, tuple[str, dict]]  # date -> (model sha256, score profile), from the log
     timings: dict[str, float | None]
     deadline: dict[str, Any] | None = None  # the watchdog's summary (pipeline/run/watchdog.py)
+    attempt: Any = None  # pipeline.run.attempt.Attempt: records each finished unit (resume)
+    adoption: Any = None  # pipeline.run.resume.Adoption: the dead attempts' units this run adopted
+
+    @property
+    def adopted_rows(self) -> int:
+        return self.adoption.rows if self.adoption is not None else 0
 
     @property
     def dates(self) -> list[str]:

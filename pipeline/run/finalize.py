@@ -110,6 +110,8 @@ def fill_report(report: RunReport, c: RunContext, commits: list) -> None:
         output=sum(x.output_rows for x in commits),
         dead_letter=sum(x.dead_letter_rows for x in commits),
         duplicate_key_rows=_duplicate_rows(c.p, None),
+        adopted=c.adopted_rows,
+        scored=c.p.inputs.rows - c.adopted_rows,
     )
     report.finished_at = _now()
     report.deadline = DeadlineSummary(**c.deadline) if c.deadline else None
@@ -156,7 +158,12 @@ def build_report(
     return RunReport(
         **_run_fields(c, snapshot),
         partitions=[_partition_entry(p, part, profiles, drift) for part in p.inputs.partitions],
-        rows=Rows(input=p.inputs.rows, duplicate_key_rows=_duplicate_rows(p, None)),
+        rows=Rows(
+            input=p.inputs.rows,
+            duplicate_key_rows=_duplicate_rows(p, None),
+            adopted=c.adopted_rows,
+            scored=p.inputs.rows - c.adopted_rows,
+        ),
         output_kind=cfg.output.kind,
         output_columns=heads,
         scores=ScoreProfile(**run_profiles[heads[0]]),

@@ -18,10 +18,11 @@ begun, and no unit's rows are ever in two files."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from pipeline.reporting.schema import Stage
 from pipeline.stages.layout import OutputFiles
 from pipeline.stages.predict import FusedScorer, Predictor
 from pipeline.stages.read import InputFile, PlannedParquet
+from pipeline.unitwork import noting
 
 Piece = tuple[InputFile, str, "range | None"]  # a file of a date, or a range of its row groups
 RECORD_FIELDS = (
@@ -47,6 +49,7 @@ RECORD_FIELDS = (
     "process_start",  # wall clock: the replica's process started, its __init__ began and ended
     "init_start",
     "init_end",
+    "notes",  # JSON: the files the unit wrote and its input key records (pipeline/unitwork.py), for resume
 )
 
 
@@ -88,11 +91,13 @@ class ScoringReplica:
         clock = {"read_s": 0.0, "score_s": 0.0, "write_s": 0.0, "start": time.time()}
         out = UnitFiles(self.plan.files, f"{self.plan.file_prefix}{unit:06d}")
         rows_in = 0
-        for f, date, groups in self.plan.units[unit]:
-            blocks = self.plan.source.read_task_blocks(f, date, self.plan.block_bytes, groups)
-            rows_in += self._score_blocks(blocks, out, clock)
-        clock["write_s"] += out.close()
+        with noting() as notes:
+            for f, date, groups in self.plan.units[unit]:
+                blocks = self.plan.source.read_task_blocks(f, date, self.plan.block_bytes, groups)
+                rows_in += self._score_blocks(blocks, out, clock)
+            clock["write_s"] += out.close()
         return {
+            "notes": json.dumps(asdict(notes)),
             "unit": unit,
             "rows_in": rows_in,
             "rows_out": out.rows,

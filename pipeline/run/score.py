@@ -75,6 +75,7 @@ from pipeline.run.finalize import (
 )
 from pipeline.run.local import DateFiles, LocalRun, preload_torch
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
+from pipeline.run.resume import Adoption
 from pipeline.run.watchdog import Hooks, Watchdog, supervise
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
@@ -83,14 +84,18 @@ from pipeline.storage import delete_dir, resolve
 log = logging.getLogger("batchscore")
 
 
-def _discard_uncommitted(tables, dates: list[str], run_id: str, attempt: str = "") -> None:
+def _discard_uncommitted(
+    tables, dates: list[str], run_id: str, attempt: str = "", keep: frozenset[str] = frozenset()
+) -> None:
     """Delete an attempt's files of the `dates` it never committed (not in the log, so no reader
     has them); dates it committed are skipped. Only this process's attempt, or one proved dead
     (pipeline/run/attempt.py): never a live process's files. A killed run's files wait for its
-    rerun or for vacuum."""
+    rerun or for vacuum. `keep` (file-system paths): files adopted by this run or a live one
+    (pipeline/run/resume.py); a dead attempt's file that a table references now stays too."""
     col = tables.partition_column
     try:  # each table apart: a race's survivor may have committed only a date's dead letters
         logs = [(t, t.open()) for t in (tables.predictions, tables.dead_letters)]
+        referenced = {t.location.join(f).path for (t, snap) in logs if snap is not None for f in snap.files()}
     except Exception as e:  # storage down: the error being raised says more; vacuum cleans up
         log.debug("could not read the tables' logs to remove uncommitted files: %s", e)
         return
@@ -100,18 +105,80 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str, attempt: str = "
                 continue  # its files are in the log (maybe only in older versions): never delete them
             try:  # by name only: a file cut short by the failure has no footer to read
                 infos = list_run_files(table.location, col, d, run_id, kind, attempt)
-                table.delete_files([posixpath.relpath(i.path, table.location.path) for i in infos])
+                gone = [i for i in infos if i.path not in keep and i.path not in referenced]
+                table.delete_files([posixpath.relpath(i.path, table.location.path) for i in gone])
             except Exception as e:  # best effort (pyarrow's or delta-rs's errors): vacuum removes them
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
-def _discard_dead_attempts(tables, attempt: Attempt) -> None:
+def _discard_dead_attempts(tables, attempt: Attempt, adoption: Adoption) -> None:
     """The files of earlier attempts of this run id that died (killed, node lost) before their
-    commit, and their input key records: nothing will ever commit them."""
-    for dead in attempt.dead:
-        _discard_uncommitted(tables, dead.dates, dead.run_id, dead.attempt)
+    commit, and of dead attempts of any run that worked on this run's dates, and their input key
+    records: nothing will ever commit them, except the files this run (or a live one) adopted."""
+    mine = set(attempt.record.dates)
+    keep = frozenset(adoption.keep)
+    dead = [(r, r.dates) for r in attempt.dead]
+    dead += [
+        (r, sorted(set(r.dates) & mine))
+        for r in adoption.dead
+        if r.attempt not in {x.attempt for x in attempt.dead}
+    ]
+    for r, dates in dead:
+        _discard_uncommitted(tables, dates, r.run_id, r.attempt, keep)
         with contextlib.suppress(OSError):
-            delete_dir(tables.location.join(RUNS_DIR, dead.run_id, input_keys_dir(dead.attempt)))
+            delete_dir(tables.location.join(RUNS_DIR, r.run_id, input_keys_dir(r.attempt)))
+
+
+def _adopt(cfg: JobConfig, pre: Preflight, runner: tuple[str, str], force: bool) -> Adoption:
+    """The finished units of dead attempts this run takes over (pipeline/run/resume.py), written
+    into this attempt's record before any file is deleted; none with `force`, top-K or the Ray
+    modes that do not record units (they rescore from zero)."""
+    from pipeline.commit.tables import digest_of
+    from pipeline.run.resume import find_adoption
+
+    p = pre.prepared
+    if p is None:
+        return Adoption()
+    model = digest_of(p.model_meta.sha256, scoring_identity(cfg, p.model_meta))
+    pre.attempt.record_units([], model=model)  # the identity its own units are recorded under
+    why_not = _why_no_resume(cfg, runner, force)
+    if why_not:
+        log.info("resume: %s: the dates are scored from zero", why_not)
+        return Adoption()
+    tables = OutputTables.for_config(cfg)
+    adoption = find_adoption(
+        pre.attempt, model, p.inputs, tables.predictions.location, tables.dead_letters.location
+    )
+    pre.attempt.record_units(adoption.units)  # from here on no other rerun deletes them under us
+    for r in adoption.dead:
+        if r.status == "running":
+            pre.attempt.mark_dead(r)
+    _log_adoption(adoption, p.inputs.rows)
+    return adoption
+
+
+def _why_no_resume(cfg: JobConfig, runner: tuple[str, str], force: bool) -> str | None:
+    if force:
+        return "--force"
+    if cfg.output.top_k is not None:
+        return "output.top_k (groups span units)"
+    if runner[0] == "ray" and cfg.predict.mode in ("fused", "staged"):
+        return f"predict.mode {cfg.predict.mode} does not record finished units"
+    return None
+
+
+def _log_adoption(adoption: Adoption, rows: int) -> None:
+    sources = sorted({u["adopted_from"] for u in adoption.units})
+    log.info(
+        "resume: %d rows adopted (%d units, %d input files, from %s), %d rows to score",
+        adoption.rows,
+        len(adoption.units),
+        len(adoption.inputs),
+        ", ".join(sources) or "no dead attempt",
+        rows - adoption.rows,
+    )
+    for why in adoption.refused[:10]:
+        log.info("resume: not adopted, scored again: %s", why)
 
 
 def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force: bool = False) -> RunReport:
@@ -131,10 +198,11 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
         preload_torch()
     pre = preflight(cfg, dates, run_id, force)
     with pre.attempt.held():  # its record says how it ended; a killed one's heartbeat stops
-        _discard_dead_attempts(OutputTables.for_config(cfg), pre.attempt)
+        adoption = _adopt(cfg, pre, runner, force)
+        _discard_dead_attempts(OutputTables.for_config(cfg), pre.attempt, adoption)
         if pre.prepared is None:
             return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
-        return _score(_start(cfg, pre, started, t_start, runner), origin)
+        return _score(_start(cfg, pre, started, t_start, runner, adoption), origin)
 
 
 def _score(ctx: RunContext, origin) -> RunReport:
@@ -179,7 +247,12 @@ def _as_storage_error(e: BaseException) -> StorageError:
 
 
 def _start(
-    cfg: JobConfig, pre: Preflight, started: datetime, t_start: float, runner: tuple[str, str]
+    cfg: JobConfig,
+    pre: Preflight,
+    started: datetime,
+    t_start: float,
+    runner: tuple[str, str],
+    adoption: Adoption,
 ) -> RunContext:
     """Ray and the pool (the duplicate-key check beside Ray's start); the run's identity, its
     commit policy and its committer thread."""
@@ -207,6 +280,14 @@ def _start(
         check_lease=pre.attempt.check_lease,
     )
     policy = _commit_policy(cfg, tables, run_id, pre.attempt.id)
+    if runner[0] == "ray" and pool.mode != "actors" and adoption.units:  # predict.mode auto: fused
+        log.info(
+            "resume: predict.mode %s does not record finished units: the dates are scored from zero",
+            pool.mode,
+        )
+        adoption = Adoption()
+    run.adopted = adoption.files
+    _adopt_input_keys(policy, adoption)
     heads = cfg.output.value_columns
     committed = committed_profiles(tables.predictions.open(), first_head=heads[0])
     committer = DateCommitter(
@@ -222,9 +303,34 @@ def _start(
         early=cfg.output.top_k is None,
     )
     timings: dict[str, float | None] = {"ray": t_ray, "ray_up_at": ray_up_at}
-    return RunContext(
+    ctx = RunContext(
         cfg, p, run_id, started, t_start, pre.dates, pool, tables, run, policy, committer, committed, timings
     )
+    ctx.attempt, ctx.adoption = pre.attempt, adoption
+    return ctx
+
+
+def _adopt_input_keys(policy: CommitPolicy, adoption: Adoption) -> None:
+    """The adopted units' input key records, as their reads made them, among this attempt's own:
+    the commit reconciles the whole date without reading the adopted input again."""
+    if policy.read_keys is None:
+        return
+    for u in adoption.units:
+        for i in u["inputs"]:
+            if i.get("keys"):
+                with contextlib.suppress(OSError, KeyError):  # without it the commit reads the file
+                    policy.read_keys.write_record(u["date"], [i["path"]], i["keys"], i.get("row_groups"))
+
+
+def _scoring_plan(ctx: RunContext):
+    """The prepared run less the adopted input files: what this process reads and scores."""
+    from dataclasses import replace
+
+    from pipeline.run.resume import remaining
+
+    if ctx.adoption is None or not ctx.adoption.inputs:
+        return ctx.p
+    return replace(ctx.p, inputs=remaining(ctx.p.inputs, ctx.adoption.inputs))
 
 
 def _log_start(pre: Preflight, runner: tuple[str, str]) -> None:
@@ -326,7 +432,10 @@ def _execute(ctx: RunContext):
     written = [WrittenRows(tables.location.join(f"{col}={d}"), prefix) for d in ctx.dates]
     counter = InProcessCounter() if ctx.pool.runner == "local" else start_counter()
     progress = ProgressView(
-        counter, ctx.p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
+        counter,
+        ctx.p.inputs.rows - ctx.adopted_rows,
+        lambda: sum(w() for w in written),
+        cfg.report.progress_interval_s,
     ).start()
     hooks = Hooks()
     dog = _watchdog(ctx, progress, hooks).start()
@@ -370,7 +479,7 @@ def _watchdog(ctx: RunContext, progress: ProgressView, hooks: Hooks) -> Watchdog
         hooks.activity.append(replicas)
     return Watchdog(
         progress,
-        ctx.p.inputs.rows,
+        ctx.p.inputs.rows - ctx.adopted_rows,
         run.stall_timeout_s,
         resolve_deadline(run.deadline, ctx.started) if run.deadline else None,
         run.on_deadline,
@@ -430,17 +539,30 @@ def _run_pipeline(ctx: RunContext, counter, hooks: Hooks):
 
 
 def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: Hooks) -> LocalRun:
-    """The same stages on threads in this process (pipeline/run/local.py)."""
-    pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
+    """The same stages on threads in this process (pipeline/run/local.py), over the input not
+    adopted; each finished unit goes into the attempt's record (adoptable from then on)."""
+    from pipeline.run.local import local_units
+    from pipeline.run.resume import unit_entry
+    from pipeline.stages.read import PlannedParquet
+
+    p = _scoring_plan(ctx)
+    pre, kwargs = stage_objects(p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
+    units = local_units(PlannedParquet(p.inputs, []), ctx.cfg.output.target_rows_per_file)
+
+    def finished(unit: int, notes) -> None:
+        if ctx.attempt is not None:
+            ctx.attempt.record_units([unit_entry(units[unit], notes)])
+
     files = DateFiles(
         ctx.tables.location,
         ctx.cfg.output,
         ctx.run_id,
-        {part.date: len(part.files) for part in ctx.p.inputs.partitions},
+        {u: len(pieces) for u, pieces in enumerate(units)},
         ctx.run.attempt,
+        on_unit=finished,
     )
-    scorer = fused_scorer(ctx.p, pre, kwargs)
-    run = LocalRun(ctx.p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys)
+    scorer = fused_scorer(p, pre, kwargs)
+    run = LocalRun(p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys, units)
     hooks.halt.append(run.halt)
     hooks.activity.append(run.activity)
     return run.run()
@@ -448,27 +570,48 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: H
 
 def _run_replicas(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: Hooks):
     """Replicas that take each unit of input through every stage and write its files themselves
-    (pipeline/run/replicas.py); the driver gets one small record per unit."""
+    (pipeline/run/replicas.py); the driver gets one small record per unit, and records the unit in
+    the attempt's record (adoptable from then on)."""
     from pipeline.run.replicas import ReplicaRun, replica_dataset, unit_plan
     from pipeline.stages.layout import OutputFiles
 
-    pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
+    p = _scoring_plan(ctx)
+    pre, kwargs = stage_objects(p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
     files = OutputFiles.for_output(ctx.tables.location, ctx.cfg.output)
     # this attempt's own names: a rerun with the same run id never writes over them
     prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
-    plan = unit_plan(ctx.p, files, prefix, ctx.pool.max_replicas, ctx.policy.read_keys)
+    plan = unit_plan(p, files, prefix, ctx.pool.max_replicas, ctx.policy.read_keys)
     run = ReplicaRun(ctx.pool.max_replicas)
     units = len(plan.units)
+    if not units:  # every unit adopted
+        return run
     stop = threading.Event()  # the watchdog's or Ctrl-C's stop, seen as the next unit comes back
     hooks.halt.append(stop.set)
     hooks.activity.append(lambda: [f"{len(run.records)} of {units} units done, others in flight or waiting"])
     with run_data_context():
-        ds = replica_dataset(plan, fused_scorer(ctx.p, pre, kwargs), ctx.pool, ctx.cfg.predict.label_selector)
+        ds = replica_dataset(plan, fused_scorer(p, pre, kwargs), ctx.pool, ctx.cfg.predict.label_selector)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             if stop.is_set():  # leaving the loop ends Ray Data's execution, and with it the pool
                 break
             run.add(batch)
+            _record_replica_units(ctx, plan, batch)
     return run
+
+
+def _record_replica_units(ctx: RunContext, plan, batch) -> None:
+    """The units of a batch of replica records into the attempt's record (their files are closed)."""
+    import json
+
+    from pipeline.run.resume import unit_entry
+    from pipeline.unitwork import UnitNotes
+
+    if ctx.attempt is None:
+        return
+    entries = [
+        unit_entry(plan.units[int(u)], UnitNotes(**json.loads(str(n))))
+        for u, n in zip(batch["unit"], batch["notes"], strict=True)
+    ]
+    ctx.attempt.record_units(entries)
 
 
 def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
@@ -519,7 +662,8 @@ def _profile_rest(c: RunContext, rest: list[str]) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     heads = cfg.output.value_columns
     col = cfg.input.partition_column
-    own = profile_partitions(c.tables.location, col, rest, heads, c.run_id, c.run.attempt)
+    adopted = {d: c.run.adopted_files(d, "part") for d in rest}
+    own = profile_partitions(c.tables.location, col, rest, heads, c.run_id, c.run.attempt, adopted)
     profiles = {**c.committer.profiles, **own}
     checked = evaluate_heads(
         cfg.drift,
