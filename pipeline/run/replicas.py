@@ -165,7 +165,8 @@ class ReplicaRun:
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         for i in range(len(batch["unit"])):
-            self.records.append({k: batch[k][i].item() for k in RECORD_FIELDS})
+            # strings come back as an object array of str (no .item())
+            self.records.append({k: _plain(batch[k][i]) for k in RECORD_FIELDS})
 
     def stages(self) -> list[Stage]:
         if not self.records:
@@ -218,6 +219,10 @@ class ReplicaRun:
                 f"first unit +{first - t0:.2f} s, {len(mine)} unit(s)"
             )
         return out
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def unit_plan(p: Any, files: OutputFiles, file_prefix: str, replicas: int, read_keys: Any) -> UnitPlan:
