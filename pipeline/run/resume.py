@@ -49,7 +49,9 @@ class Adoption:
     inputs: set[str] = field(default_factory=set)
     rows: int = 0
     refused: list[str] = field(default_factory=list)
-    dead: list[AttemptRecord] = field(default_factory=list)  # dead attempts with work on these dates
+    # attempts found dead now (their record still said running) that worked on these dates: their
+    # files not adopted go; one already marked dead was dealt with by whoever marked it
+    dead: list[AttemptRecord] = field(default_factory=list)
     keep: set[str] = field(default_factory=set)  # fs paths: adopted here, or by a live attempt
 
     def adopted(self, date: str, kind: str) -> list[TableFile]:
@@ -86,6 +88,7 @@ def find_adoption(
     dates = {p.date for p in inputs.partitions}
     now = time.time()
     records = [r for r in all_attempts(me.output) if r.attempt != me.id]
+    sources: list[AttemptRecord] = []  # dead attempts (running ones found dead now, or marked dead)
     for r in records:
         if r.status in ("succeeded", "failed", "refused"):
             continue
@@ -93,10 +96,11 @@ def find_adoption(
         if r.why_live(me.record.host, now) is not None:
             out.keep.update(p for u in units for p in unit_paths(u))  # never deleted under it
         elif units or set(r.dates) & dates:
-            out.dead.append(r)
+            sources.append(r)
+    out.dead = [r for r in sources if r.status == "running"]
     candidates = [
         (r, u)
-        for r in sorted(out.dead, key=lambda r: -r.heartbeat_at)
+        for r in sorted(sources, key=lambda r: -r.heartbeat_at)
         if (r.work or {}).get("model") == model
         for u in r.work.get("units", [])
         if u.get("date") in dates

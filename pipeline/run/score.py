@@ -50,7 +50,7 @@ from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import InProcessCounter, ProgressView, start_counter
 from pipeline.reporting.runs import RUNS_DIR, input_keys_dir
 from pipeline.reporting.schema import Commits, RunReport
-from pipeline.run.attempt import Attempt
+from pipeline.run.attempt import Attempt, AttemptRecord
 from pipeline.run.clock import monotonic_start, seconds_to_first, take_origin
 from pipeline.run.context import RunContext
 from pipeline.run.execute import (
@@ -150,9 +150,8 @@ def _adopt(cfg: JobConfig, pre: Preflight, runner: tuple[str, str], force: bool)
         pre.attempt, model, p.inputs, tables.predictions.location, tables.dead_letters.location
     )
     pre.attempt.record_units(adoption.units)  # from here on no other rerun deletes them under us
-    for r in adoption.dead:
-        if r.status == "running":
-            pre.attempt.mark_dead(r)
+    for r in adoption.dead:  # copies: their status stays "running" in `adoption` for the discard
+        pre.attempt.mark_dead(AttemptRecord.from_json(r.to_json()))
     _log_adoption(adoption, p.inputs.rows)
     return adoption
 

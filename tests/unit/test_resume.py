@@ -61,9 +61,11 @@ def _unit(tmp_path, name: str, start: int, n: int, dead: int = 0) -> tuple[dict,
     return resume.unit_entry([(f, DATE, None)], notes), f
 
 
-def _dead_record(tmp_path, units: list[dict], model: str = "m") -> None:
+def _dead_record(tmp_path, units: list[dict], model: str = "m", status: str = "dead") -> None:
+    """An attempt of run `old` on another host: marked dead, or still 'running' with its heartbeat
+    long stale (found dead now)."""
     host = Host("elsewhere", "boot", "ns", 1, "1")
-    rec = AttemptRecord("old", "dead0", "job", [DATE], host, 0.0, 0.0, status="dead")
+    rec = AttemptRecord("old", "dead0", "job", [DATE], host, 0.0, 0.0, status=status)
     rec.work = {"model": model, "units": units}
     path = tmp_path / "out" / "_runs" / "old" / "attempts" / "dead0.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,13 +82,20 @@ def _adopt(tmp_path, files: list[InputFile], model: str = "m") -> resume.Adoptio
 def test_finished_units_are_adopted_with_their_dead_letters(tmp_path):
     a, fa = _unit(tmp_path, "a", 0, 10, dead=2)
     b, fb = _unit(tmp_path, "b", 10, 10)
-    _dead_record(tmp_path, [a, b])
+    _dead_record(tmp_path, [a, b], status="running")
     got = _adopt(tmp_path, [fa, fb])
     assert got.rows == 20 and got.inputs == {fa.path, fb.path} and not got.refused
     assert sorted(f.rows for f in got.adopted(DATE, "part")) == [8, 10]
     assert [f.rows for f in got.adopted(DATE, "dl")] == [2]
     assert {u["adopted_from"] for u in got.units} == {"old.dead0"}
-    assert len(got.dead) == 1
+    assert [r.attempt for r in got.dead] == ["dead0"]  # found dead now: its other files go
+
+
+def test_an_attempt_already_marked_dead_is_adopted_from_but_not_discarded_again(tmp_path):
+    a, fa = _unit(tmp_path, "a", 0, 10)
+    _dead_record(tmp_path, [a], status="dead")
+    got = _adopt(tmp_path, [fa])
+    assert got.inputs == {fa.path} and got.dead == []
 
 
 @pytest.mark.parametrize("spoil", ["deleted", "truncated", "input changed", "other model", "keys"])
@@ -139,3 +148,18 @@ def test_the_record_keeps_units_in_its_work(tmp_path):
         assert doc["work"]["model"] == "m" and len(doc["work"]["units"]) == 1
     finally:
         me.end("succeeded")
+
+
+def test_a_live_attempts_units_are_kept_and_never_adopted(tmp_path):
+    import time
+
+    a, fa = _unit(tmp_path, "a", 0, 10)
+    host = Host("elsewhere", "boot", "ns", 1, "1")
+    rec = AttemptRecord("busy", "live0", "job", [DATE], host, time.time(), time.time())
+    rec.work = {"model": "m", "units": [{**a, "adopted_from": "old.dead0"}]}
+    path = tmp_path / "out" / "_runs" / "busy" / "attempts" / "live0.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(rec.to_json())
+    got = _adopt(tmp_path, [fa])
+    assert not got.units and got.dead == []
+    assert set(resume.unit_paths(a)) <= got.keep  # another rerun's discard never deletes them
