@@ -32,7 +32,11 @@ attempt finished, appended and the record written at once as soon as the unit's 
                          "keys": the input key record's fingerprint | null}],
      "outputs": [{"path", "size", "rows", "keys"}], "dead_letters": [same],
      "adopted_from": "RUN.ATTEMPT" (only in an adopter's record: units it took over, so that a
-                     live adopter's files are never deleted and a later rerun can adopt them again)}"""
+                     live adopter's files are never deleted and a later rerun can adopt them again)}
+
+and `unique_keys`, {"columns": [...], "dates": {date: digest of its input files}}: the dates whose
+duplicate-key check found no repeated key, so that a rerun over the same input skips that read of
+every key of the date."""
 
 from __future__ import annotations
 
@@ -239,14 +243,15 @@ class Attempt:
             r.host.hostname,
         )
 
-    def record_units(self, units: list[dict[str, Any]], model: str | None = None) -> None:
-        """Add finished units to the record's `work` and write it now: from this write on, a rerun
-        may adopt them (their files were closed before this call)."""
-        if not self.claimed or not units and model is None:
+    def record_units(self, units: list[dict[str, Any]], model: str | None = None, **work: Any) -> None:
+        """Add finished units to the record's `work` (and set its other `work` keys) and write it
+        now: from this write on, a rerun may adopt them (their files were closed before this call)."""
+        if not self.claimed or not units and model is None and not work:
             return
         with self._lock:
             if model is not None:
                 self.record.work["model"] = model
+            self.record.work.update(work)
             self.record.work.setdefault("units", []).extend(units)
             try:
                 write_bytes(self.location, self.record.to_json())

@@ -53,6 +53,14 @@ class Adoption:
     # files not adopted go; one already marked dead was dealt with by whoever marked it
     dead: list[AttemptRecord] = field(default_factory=list)
     keep: set[str] = field(default_factory=set)  # fs paths: adopted here, or by a live attempt
+    # key columns -> date -> digest of its input files: dates a dead attempt found free of repeated keys
+    unique_keys: dict[tuple[str, ...], dict[str, str]] = field(default_factory=dict)
+
+    def known_unique(self, key_columns: list[str], digests: dict[str, str]) -> set[str]:
+        """The dates (`digests`: date -> digest of its input files now) a dead attempt checked for
+        repeated keys over the very same input files, and found none."""
+        known = self.unique_keys.get(tuple(key_columns), {})
+        return {d for d, digest in digests.items() if known.get(d) == digest}
 
     def adopted(self, date: str, kind: str) -> list[TableFile]:
         return list(self.files.get(date, {}).get(kind, []))
@@ -98,6 +106,9 @@ def find_adoption(
         elif units or set(r.dates) & dates:
             sources.append(r)
     out.dead = [r for r in sources if r.status == "running"]
+    for r in sources:
+        seen = (r.work or {}).get("unique_keys") or {}
+        out.unique_keys.setdefault(tuple(seen.get("columns", [])), {}).update(seen.get("dates", {}))
     candidates = [
         (r, u)
         for r in sorted(sources, key=lambda r: -r.heartbeat_at)

@@ -257,11 +257,13 @@ def _start(
     commit policy and its committer thread."""
     p, run_id = pre.prepared, pre.run_id
     _log_start(pre, runner)
-    dups = _duplicate_check_beside_ray_start(cfg, p, runner[0])
+    dups = _duplicate_check_beside_ray_start(cfg, p, runner[0], pre.attempt, adoption)
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
     ray_up_at = time.time() if runner[0] == "ray" else None  # wall clock, as the workers count
     if dups is None:
-        _check_duplicate_keys(cfg, p)  # Ray's tasks when Ray runs, before any model work
+        _check_duplicate_keys(
+            cfg, p, pre.attempt, adoption
+        )  # Ray's tasks when Ray runs, before any model work
     else:
         dups.result()
     tables = OutputTables.for_config(cfg)
@@ -366,7 +368,7 @@ def _commit_policy(cfg: JobConfig, tables, run_id: str, attempt: str) -> CommitP
     )
 
 
-def _duplicate_check_beside_ray_start(cfg: JobConfig, p, runner: str):
+def _duplicate_check_beside_ray_start(cfg: JobConfig, p, runner: str, attempt: Attempt, adoption: Adoption):
     """A new local Ray takes seconds to start (6 s on a 16-CPU GPU machine), waiting mostly on
     its processes: the duplicate check runs on this machine's threads meanwhile instead of on Ray
     tasks after it, off the path to the first scored batch. None: checked after (a cluster)."""
@@ -375,19 +377,32 @@ def _duplicate_check_beside_ray_start(cfg: JobConfig, p, runner: str):
     if runner != "ray" or ray_running() or cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return None
     pool = ThreadPoolExecutor(1, thread_name_prefix="batchscore-duplicates")
-    future = pool.submit(_check_duplicate_keys, cfg, p)
+    future = pool.submit(_check_duplicate_keys, cfg, p, attempt, adoption)
     pool.shutdown(wait=False)
     return future
 
 
-def _check_duplicate_keys(cfg: JobConfig, p) -> None:
+def _check_duplicate_keys(
+    cfg: JobConfig, p, attempt: Attempt | None = None, adoption: Adoption | None = None
+) -> None:
     """Keys that repeat within a date: refused (exit 2, nothing scored), or found for the
-    preprocess tasks to send to the dead letters, or allowed; counted in the report either way."""
+    preprocess tasks to send to the dead letters, or allowed; counted in the report either way.
+    A date a dead attempt checked over the very same input files and found free of repeated keys
+    is not read again (resume); the dates found free go into this attempt's record."""
+    from pipeline.commit.partitions import identity_of
     from pipeline.stages.duplicates import find_duplicates, refuse
 
     t0 = time.perf_counter()
-    p.duplicates = find_duplicates(p.inputs, cfg.output.key_columns)
+    keys = list(cfg.output.key_columns)
+    digests = {part.date: identity_of(part, "", "").inputs for part in p.inputs.partitions}
+    known = adoption.known_unique(keys, digests) if adoption is not None else set()
+    p.duplicates = find_duplicates(subset(p.inputs, [d for d in digests if d not in known]), keys)
     p.timings["duplicate_check_s"] = time.perf_counter() - t0
+    if known:
+        log.info("resume: %d date(s) already checked for repeated keys over the same input", len(known))
+    if attempt is not None:
+        unique = {d: digest for d, digest in digests.items() if d not in p.duplicates.dates}
+        attempt.record_units([], unique_keys={"columns": keys, "dates": unique})
     for date, dup in sorted(p.duplicates.dates.items()):
         log.warning(
             "%s=%s: %d key(s) occur more than once in the input (%d rows); output.duplicate_keys=%s",
