@@ -276,3 +276,28 @@ def test_force_rescores_from_zero(date_files, baseline, checkpoints, tmp_path):
     assert "resume: --force" in err
     assert_same_as(baseline, out)
     assert_vacuumed_clean(out)
+
+
+@pytest.mark.slow
+def test_a_date_killed_at_its_commit_is_adopted_whole(date_files, baseline, checkpoints, tmp_path):
+    """Every unit finished, the process stopped just before the date's commit (the test hook) and
+    killed there: the rerun adopts the whole date, scores nothing, and commits it."""
+    out = str(tmp_path / "preds")
+    cfg = _cfg(str(date_files), out, checkpoints)
+    flag = tmp_path / "paused"
+    os.environ["BATCHSCORE_TEST_PAUSE_BEFORE_COMMIT"] = str(flag)
+    try:
+        first = _start(cfg, tmp_path, "first")
+    finally:
+        del os.environ["BATCHSCORE_TEST_PAUSE_BEFORE_COMMIT"]
+    deadline = time.time() + 240
+    while not flag.exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    assert flag.exists(), first.communicate()[1][-3000:]
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    err = _finish(_start(cfg, tmp_path, "rerun", "rerun"))
+    rows = report(out, "rerun")["rows"]
+    assert rows["adopted"] == FILES * ROWS_PER_FILE and rows["scored"] == 0, err[-3000:]
+    assert_same_as(baseline, out)
+    assert_vacuumed_clean(out)
