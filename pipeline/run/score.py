@@ -18,6 +18,7 @@ import posixpath
 import threading
 import time
 from datetime import datetime, timezone
+from urllib.parse import unquote
 
 from pipeline.commit.groups import TopKCheck
 from pipeline.commit.partitions import (
@@ -95,7 +96,9 @@ def _discard_uncommitted(
     col = tables.partition_column
     try:  # each table apart: a race's survivor may have committed only a date's dead letters
         logs = [(t, t.open()) for t in (tables.predictions, tables.dead_letters)]
-        referenced = {t.location.join(f).path for (t, snap) in logs if snap is not None for f in snap.files()}
+        referenced = {
+            unquote(u.split("://", 1)[-1]) for (_, snap) in logs if snap is not None for u in snap.file_uris()
+        }
     except Exception as e:  # storage down: the error being raised says more; vacuum cleans up
         log.debug("could not read the tables' logs to remove uncommitted files: %s", e)
         return

@@ -137,6 +137,13 @@ def assert_same_as(baseline: str, out_uri: str, storage=None) -> None:
     assert dl_got.select(dl_want.column_names).equals(dl_want)
 
 
+def assert_no_stray_files(out_uri: str, storage=None, s3=None) -> None:
+    from test_runid import Store
+
+    store = Store(out_uri, s3, storage)
+    assert set(store.parquet()) == store.live(), "files left that no table references, or missing"
+
+
 def assert_vacuumed_clean(out_uri: str, storage=None, s3=None) -> None:
     from test_runid import Store
 
@@ -178,6 +185,7 @@ def _resume_case(
     assert rows["adopted"] == done * ROWS_PER_FILE, err[-3000:]
     assert rows["scored"] <= (FILES - done + 1) * ROWS_PER_FILE
     assert f"resume: {done * ROWS_PER_FILE} rows adopted" in err
+    assert_no_stray_files(out, storage, s3)  # the dead attempt's unadopted files went with the rerun
     assert_same_as(baseline, out, storage)
     assert_vacuumed_clean(out, storage, s3)
 
