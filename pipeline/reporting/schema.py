@@ -346,7 +346,9 @@ class RunReport(_Part):
     )
     stages: list[Stage] = Field(default_factory=list, description="per Ray Data operator")
     timings_s: Timings = Field(default_factory=Timings, description="seconds per phase")
-    throughput_rows_per_s: float | None = Field(None, description="input rows / `timings_s.pipeline_s`")
+    throughput_rows_per_s: float | None = Field(
+        None, description="input rows this run scored (`rows.scored`) / `timings_s.pipeline_s`"
+    )
     ray_data_stats: str | None = Field(None, description="Ray Data's own stats text")
     vacuum: dict[str, Any] | None = Field(None, description="what `output.vacuum_after_run` removed")
     deadline: DeadlineSummary | None = Field(

@@ -125,7 +125,8 @@ def _now() -> str:
 def _time(report: RunReport, c: RunContext) -> None:
     report.timings_s = timings_of(c.p, c.timings, c.t_start)
     t_exec = c.timings.get("exec") or 0
-    report.throughput_rows_per_s = round(c.p.inputs.rows / t_exec, 1) if t_exec > 0 else None
+    scored = c.p.inputs.rows - c.adopted_rows  # adopted rows were not read nor scored again
+    report.throughput_rows_per_s = round(scored / t_exec, 1) if t_exec > 0 else None
 
 
 def timings_of(p: Prepared, t: dict[str, float | None], t_start: float) -> Timings:

@@ -5,7 +5,8 @@ more than the parallelism they give. Measured on 2 CPUs (benchmarks/RESULTS.md):
 Ray's start and its workers' imports were 44 % of a 4 M-row run's CPU, and the run took three
 times as long as a hand-written loop. Here one scoring thread per CPU (the fused plan's replicas)
 runs the very stages the Ray job folds over its Dataset: the planned read (and the input's key
-record), preprocessing, the predictor, then the date's file buffer, which writes files of
+record), preprocessing, the predictor, then the unit's file buffer (a unit: files of one date
+packed up to the target rows, adoptable alone by a rerun: pipeline/run/resume.py), which writes files of
 `output.target_rows_per_file` rows with their stats in the footer. The threads share the work by
 slices of `preprocessing.batch_size` rows (see LocalRun), so one big input file keeps every
 thread busy too. PyArrow's reads and writes, numpy's kernels and torch's forward pass release the

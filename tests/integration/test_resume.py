@@ -180,7 +180,10 @@ def _resume_case(
     done = kill_at(first, out, share, storage)
     assert done < FILES, "killed too late: every unit was finished"
     rerun_id = "nightly" if same_id else "rerun"
-    err = _finish(_start(cfg, tmp_path, "rerun", rerun_id, ray_address=ray))
+    rerun = _start(cfg, tmp_path, "rerun", rerun_id, ray_address=ray)
+    summary, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-4000:]
+    assert f"resumed  {done * ROWS_PER_FILE:,} rows adopted" in summary, summary
     rows = report(out, rerun_id, storage)["rows"]
     assert rows["adopted"] == done * ROWS_PER_FILE, err[-3000:]
     assert rows["scored"] <= (FILES - done + 1) * ROWS_PER_FILE
