@@ -15,7 +15,7 @@ disk and s3:// alike), rewritten every HEARTBEAT_S seconds while the attempt run
      refused | dead, "started_at", "heartbeat_at", "ended_at" (epoch seconds, the writer's clock),
      "heartbeat_s", "stale_after_s", "host": {"hostname", "boot_id", "pid_ns", "pid", "pid_start"},
      "found_dead_by": ATTEMPT | null, "file_prefixes": {"part": ..., "dl": ...},
-     "work": {"inputs": [], "outputs": []}}
+     "work": {"model", "units": [...], "unique_keys": {...}} (below)}
 
 An attempt is dead when its record says it ended, when it ran on this machine (same host name, boot
 and pid namespace) and its process is gone (pid and start time), or when its heartbeat is older than
