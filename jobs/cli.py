@@ -131,7 +131,10 @@ def _add_scoring_commands(sub: argparse._SubParsersAction) -> None:
         "(default: <name>-<utc time>-<random>)",
     )
     p.add_argument(
-        "--force", action="store_true", help="rescore dates already committed with this model and config"
+        "--force",
+        action="store_true",
+        help="rescore dates already committed with this model and config, and adopt nothing a killed run "
+        "finished (a clean rescore from zero)",
     )
 
     p = sub.add_parser(
@@ -148,7 +151,11 @@ def _add_scoring_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", required=True, help="first date (inclusive)")
     p.add_argument("--end", required=True, help="last date (inclusive)")
     p.add_argument("--date", action="append", default=[], help=argparse.SUPPRESS)
-    p.add_argument("--force", action="store_true", help="rescore dates already committed")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rescore dates already committed, and adopt nothing a killed run finished",
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would run and what would be skipped")
     p.add_argument(
         "--dates-per-run",

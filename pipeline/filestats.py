@@ -39,6 +39,7 @@ from models.scoreprofile import Partial, partial_of
 from pipeline.keys import HASH_SEED, Fingerprint, fingerprint_of, total
 from pipeline.reporting.runs import INPUT_KEYS_DIR, RUNS_DIR
 from pipeline.storage import Location, delete_dir, exists, list_files, read_bytes, write_bytes
+from pipeline.unitwork import note_file, note_input_keys
 
 STATS_KEY = b"batchscore.file_stats"
 VERSION = 1
@@ -120,10 +121,15 @@ def write_parquet(
     """Write `table` as one Parquet file at `path` with its stats in the footer. The stats are
     computed here, from the very rows written: whatever happened to the rows before, the file
     describes itself."""
-    stats = json.dumps(file_stats(table, key_columns, value_columns), separators=(",", ":"))
-    with fs.open_output_stream(path) as f, pq.ParquetWriter(f, table.schema, compression=compression) as w:
-        w.write_table(table)
-        w.add_key_value_metadata({STATS_KEY: stats})
+    doc = file_stats(table, key_columns, value_columns)
+    stats = json.dumps(doc, separators=(",", ":"))
+    with fs.open_output_stream(path) as f:
+        with pq.ParquetWriter(f, table.schema, compression=compression) as w:
+            w.write_table(table)
+            w.add_key_value_metadata({STATS_KEY: stats})
+        size = f.tell()
+    # closed: a unit being noted (pipeline/unitwork.py) may now name it in its attempt record
+    note_file(path, size, table.num_rows, {"rows": table.num_rows, **doc["keys"]})
 
 
 def stats_from_footer(md: pq.FileMetaData) -> FileStats | None:
@@ -198,6 +204,21 @@ class ReadKeys:
             # an optimization only: without the record, the commit reads these files
             with contextlib.suppress(OSError):
                 write_bytes(self._dir(date).join(f"{_digest(names)}.json"), json.dumps(doc).encode())
+            note_input_keys(
+                files, doc.get("row_groups"), {k: doc[k] for k in ("key_columns", "hash", "rows", "s1", "s2")}
+            )
+
+    def write_record(
+        self, date: str, files: list[str], keys: dict[str, Any], row_groups: list[int] | None
+    ) -> None:
+        """Write the record a read of `files` (row groups [start, stop, of] of one file) would
+        have made, from `keys` as noted then: a resumed run's adopted input (pipeline/run/resume.py)."""
+        doc = {"files": sorted(files), **{k: keys[k] for k in ("key_columns", "hash", "rows", "s1", "s2")}}
+        names = list(files)
+        if row_groups is not None:
+            doc["row_groups"] = list(row_groups)
+            names.append("row groups {}-{} of {}".format(*row_groups))
+        write_bytes(self._dir(date).join(f"{_digest(names)}.json"), json.dumps(doc).encode())
 
     def _dir(self, date: str) -> Location:
         return self.location.join(f"{self.partition_column}={date}")

@@ -39,6 +39,7 @@ from pipeline.commit.tables import (
     delete_run_files,
     digest_of,
     file_schema,
+    run_file_prefix,
     run_files,
     table_schema,
 )
@@ -75,6 +76,12 @@ class RunIdentity:
     check_lease: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     # a registry model: uri, name, resolved version, alias, artifacts' checksum (RegistryVersion.record)
     model_registry: dict[str, Any] | None = None
+    # date -> "part" | "dl" -> files a dead attempt wrote that this run adopted (pipeline/run/resume.py):
+    # committed with the run's own, never deleted by it
+    adopted: dict[str, dict[str, list[TableFile]]] = field(default_factory=dict, repr=False, compare=False)
+
+    def adopted_files(self, date: str, kind: str) -> list[TableFile]:
+        return list(self.adopted.get(date, {}).get(kind, []))
 
 
 @dataclass
@@ -263,8 +270,10 @@ def commit_partitions(
     for part in sorted(inputs.partitions, key=lambda p: p.date):
         c = _Checked(
             part,
-            run_files(tables.predictions.location, col, part.date, run.run_id, attempt=run.attempt),
-            run_files(tables.dead_letters.location, col, part.date, run.run_id, "dl", run.attempt),
+            run_files(tables.predictions.location, col, part.date, run.run_id, attempt=run.attempt)
+            + run.adopted_files(part.date, "part"),
+            run_files(tables.dead_letters.location, col, part.date, run.run_id, "dl", run.attempt)
+            + run.adopted_files(part.date, "dl"),
         )
         why = _check(tables, inputs, c, policy)
         if why:
@@ -398,6 +407,10 @@ def _commit_predictions(
     return _Published(preds, dls, dl_schema, generation)
 
 
+def _named(f: TableFile, prefix: str) -> bool:
+    return f.path.rsplit("/", 1)[-1].startswith(prefix)
+
+
 def brief_error(e: BaseException, limit: int = 300) -> str:
     """An error's text on one line for a message: delta-rs colours its error chains for a terminal."""
     text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split()) or type(e).__name__
@@ -435,7 +448,8 @@ def _commit_dead_letters(tables: OutputTables, dls, c: _Checked, schema, generat
         if current != generation:
             log.warning("%s=%s was replaced by a newer run before its dead letters were committed", col, date)
             if not tables.dead_letters.ever_committed_by(dls, col, date, run_id, attempt):
-                delete_run_files(tables.dead_letters, c.dead)
+                prefix = run_file_prefix(run_id, "dl", attempt)  # adopted files are not its to delete
+                delete_run_files(tables.dead_letters, [f for f in c.dead if _named(f, prefix)])
             return None
         if tables.dead_letters.committed_by(dls, col, date, run_id, attempt) == generation:
             return tables.dead_letters.version_of(dls, date, run_id, attempt)  # landed despite a conflict
@@ -472,9 +486,14 @@ def _lost_race(tables: OutputTables, c: _Checked, run, policy: CommitPolicy, how
     if state.same_model and state.same_inputs and not state.dead_letters_current:
         dl_version = _stand_in_dead_letters(tables, c, run, policy, preds, state.generation)
     if not tables.predictions.ever_committed_by(preds, col, date, run.run_id, run.attempt):
-        delete_run_files(tables.predictions, c.staged)
+        # its own files only: adopted ones may be what the winner committed
+        mine = (
+            run_file_prefix(run.run_id, "part", run.attempt),
+            run_file_prefix(run.run_id, "dl", run.attempt),
+        )
+        delete_run_files(tables.predictions, [f for f in c.staged if _named(f, mine[0])])
         if dl_version is None:  # committed ones are the table's now
-            delete_run_files(tables.dead_letters, c.dead)
+            delete_run_files(tables.dead_letters, [f for f in c.dead if _named(f, mine[1])])
     if state.same_model and state.same_inputs:
         log.info("%s=%s: another run committed it first with the same model and inputs (a no-op)", col, date)
         return DateCommit(

@@ -95,8 +95,11 @@ class DateCommitter:
 
     def _staged_rows(self, date: str) -> int:
         col = self.inputs.partition_column
-        return self._rows(self.tables.location.join(f"{col}={date}"), "part") + self._rows(
-            self.tables.dead_letters.location.join(f"{col}={date}"), "dl"
+        adopted = sum(f.rows for kind in ("part", "dl") for f in self.run.adopted_files(date, kind))
+        return (
+            adopted
+            + self._rows(self.tables.location.join(f"{col}={date}"), "part")
+            + self._rows(self.tables.dead_letters.location.join(f"{col}={date}"), "dl")
         )
 
     def step(self, drain: bool = False) -> None:
@@ -107,7 +110,13 @@ class DateCommitter:
             if part.date in self.held or self._staged_rows(part.date) != part.rows:
                 return
             profile = profile_partitions(
-                self.tables.location, col, [part.date], self.value_columns, self.run.run_id, self.run.attempt
+                self.tables.location,
+                col,
+                [part.date],
+                self.value_columns,
+                self.run.run_id,
+                self.run.attempt,
+                adopted={part.date: self.run.adopted_files(part.date, "part")},
             )
             profiles = {**self.profiles, **profile}
             drift = evaluate_heads(

@@ -16,14 +16,21 @@ log = logging.getLogger("batchscore")
 
 
 def profile_partitions(
-    table: Location, col: str, dates: list[str], columns: list[str] | str, run_id: str, attempt: str = ""
+    table: Location,
+    col: str,
+    dates: list[str],
+    columns: list[str] | str,
+    run_id: str,
+    attempt: str = "",
+    adopted: dict[str, list[TableFile]] | None = None,
 ) -> dict[str, dict[str, dict]]:
     """date -> output column (head) -> profile, of each date's prediction files of this run (of
-    its `attempt`, when given: the files this process wrote)."""
+    its `attempt`, when given: the files this process wrote), and those it `adopted` (resume)."""
     columns = [columns] if isinstance(columns, str) else list(columns)
     out = {}
     for d in dates:
-        partials = partials_of(table, run_files(table, col, d, run_id, attempt=attempt), columns)
+        files = run_files(table, col, d, run_id, attempt=attempt) + list((adopted or {}).get(d, []))
+        partials = partials_of(table, files, columns)
         out[d] = {c: merge([p[c] for p in partials]) for c in columns}
     return out
 

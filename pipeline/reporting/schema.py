@@ -212,6 +212,10 @@ class Rows(_Part):
     duplicate_key_rows: int | None = Field(
         None, description="input rows whose key occurs more than once within their date (null: not checked)"
     )
+    adopted: int = Field(
+        0, description="input rows whose finished work a dead attempt left and this run adopted (resume)"
+    )
+    scored: int | None = Field(None, description="input rows this run read and scored itself")
 
 
 class DriftSummary(_Part):
@@ -412,7 +416,9 @@ class RunReport(_Part):
     )
     stages: list[Stage] = Field(default_factory=list, description="per Ray Data operator")
     timings_s: Timings = Field(default_factory=Timings, description="seconds per phase")
-    throughput_rows_per_s: float | None = Field(None, description="input rows / `timings_s.pipeline_s`")
+    throughput_rows_per_s: float | None = Field(
+        None, description="input rows this run scored (`rows.scored`) / `timings_s.pipeline_s`"
+    )
     ray_data_stats: str | None = Field(None, description="Ray Data's own stats text")
     vacuum: dict[str, Any] | None = Field(None, description="what `output.vacuum_after_run` removed")
     deadline: DeadlineSummary | None = Field(

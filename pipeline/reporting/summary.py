@@ -80,6 +80,11 @@ def _header(r: RunReport, color: bool) -> list[str]:
             + (f"; {lim}" if lim else "")
             + ")"
         )
+    if r.rows.adopted:  # resume: what a killed run finished was not scored again
+        out.append(
+            f"  resumed  {f.count(r.rows.adopted)} rows adopted from a killed run's finished work, "
+            f"{f.count(r.rows.scored)} scored by this run"
+        )
     if r.rows.duplicate_key_rows:  # repeats scored (allow) or dead-lettered: worth a line of its own
         repeated = [f"{p.label} {p.duplicate_keys} keys" for p in r.partitions if p.duplicate_keys]
         out.append(

@@ -15,7 +15,7 @@ disk and s3:// alike), rewritten every HEARTBEAT_S seconds while the attempt run
      refused | dead, "started_at", "heartbeat_at", "ended_at" (epoch seconds, the writer's clock),
      "heartbeat_s", "stale_after_s", "host": {"hostname", "boot_id", "pid_ns", "pid", "pid_start"},
      "found_dead_by": ATTEMPT | null, "file_prefixes": {"part": ..., "dl": ...},
-     "work": {"inputs": [], "outputs": []}}
+     "work": {"model", "units": [...], "unique_keys": {...}} (below)}
 
 An attempt is dead when its record says it ended, when it ran on this machine (same host name, boot
 and pid namespace) and its process is gone (pid and start time), or when its heartbeat is older than
@@ -23,10 +23,20 @@ STALE_AFTER_S (across machines, e.g. another node of a cluster over S3; clocks m
 under that). A live attempt stops committing by itself once it could not refresh its heartbeat for
 half that time, so a process that was paused and declared dead does not commit afterwards.
 
-`work` is the shape that resuming inside a date (issue 22) fills: `inputs`, the input files (or
-row-group ranges `[start, stop, of]`) the attempt finished, each `{"path", "size", "mtime_ns",
-"row_groups"}`; `outputs`, the files it wrote for them, each `{"path", "size", "rows"}`. This
-version leaves both empty: a reader must treat an empty `work` as nothing to adopt."""
+`work` is what a rerun may adopt (issue 22, pipeline/run/resume.py): `model`, the date identity's
+model part (weights, scoring config) the work was scored with, and `units`, each unit of input the
+attempt finished, appended and the record written at once as soon as the unit's files are closed
+(a unit not in the record is never adopted):
+
+    {"date", "inputs": [{"path", "size", "mtime_ns", "row_groups": [start, stop, of] | null,
+                         "keys": the input key record's fingerprint | null}],
+     "outputs": [{"path", "size", "rows", "keys"}], "dead_letters": [same],
+     "adopted_from": "RUN.ATTEMPT" (only in an adopter's record: units it took over, so that a
+                     live adopter's files are never deleted and a later rerun can adopt them again)}
+
+and `unique_keys`, {"columns": [...], "dates": {date: digest of its input files}}: the dates whose
+duplicate-key check found no repeated key, so that a rerun over the same input skips that read of
+every key of the date."""
 
 from __future__ import annotations
 
@@ -123,7 +133,7 @@ class AttemptRecord:
     stale_after_s: float = STALE_AFTER_S
     found_dead_by: str | None = None
     file_prefixes: dict[str, str] = field(default_factory=dict)
-    work: dict[str, list] = field(default_factory=lambda: {"inputs": [], "outputs": []})
+    work: dict[str, Any] = field(default_factory=lambda: {"model": "", "units": []})
     version: int = 1
 
     def to_json(self) -> bytes:
@@ -216,21 +226,37 @@ class Attempt:
             )
         self.dead = [r for r in others if r.status not in ENDED]
         for r in self.dead:
-            self._mark_dead(r)
+            self.mark_dead(r)
         self._thread = threading.Thread(target=self._beat_loop, name="batchscore-heartbeat", daemon=True)
         self._thread.start()
         return self
 
-    def _mark_dead(self, r: AttemptRecord) -> None:
+    def mark_dead(self, r: AttemptRecord) -> None:
+        """Record that attempt `r` (of any run under the output) was found dead by this one."""
         r.status, r.found_dead_by = "dead", self.id
         with contextlib.suppress(OSError):  # a note for people: the liveness check does not need it
-            write_bytes(attempts_dir(self.output, self.run_id).join(f"{r.attempt}.json"), r.to_json())
+            write_bytes(attempts_dir(self.output, r.run_id).join(f"{r.attempt}.json"), r.to_json())
         log.info(
             "run %s: attempt %s (host %s) is dead: its uncommitted files go",
             self.run_id,
             r.attempt,
             r.host.hostname,
         )
+
+    def record_units(self, units: list[dict[str, Any]], model: str | None = None, **work: Any) -> None:
+        """Add finished units to the record's `work` (and set its other `work` keys) and write it
+        now: from this write on, a rerun may adopt them (their files were closed before this call)."""
+        if not self.claimed or not units and model is None and not work:
+            return
+        with self._lock:
+            if model is not None:
+                self.record.work["model"] = model
+            self.record.work.update(work)
+            self.record.work.setdefault("units", []).extend(units)
+            try:
+                write_bytes(self.location, self.record.to_json())
+            except OSError as e:  # the next heartbeat writes them; until then they are not adoptable
+                log.warning("run %s: attempt record not written: %s", self.run_id, e)
 
     def _beat(self) -> None:
         """Refresh the heartbeat, unless another attempt declared this one dead meanwhile."""

@@ -32,6 +32,12 @@ class RunContext:
     deadline: dict[str, Any] | None = None  # the watchdog's summary (pipeline/run/watchdog.py)
     challengers: Any = None  # pipeline.run.challengers.ChallengerSet, with config `challengers`
     replicas: Any = None  # the actors mode's replicas, started with Ray (pipeline/run/pool.py)
+    attempt: Any = None  # pipeline.run.attempt.Attempt: records each finished unit (resume)
+    adoption: Any = None  # pipeline.run.resume.Adoption: the dead attempts' units this run adopted
+
+    @property
+    def adopted_rows(self) -> int:
+        return self.adoption.rows if self.adoption is not None else 0
 
     @property
     def dates(self) -> list[str]:

@@ -114,6 +114,8 @@ def fill_report(report: RunReport, c: RunContext, commits: list) -> None:
         output=sum(x.output_rows for x in commits),
         dead_letter=sum(x.dead_letter_rows for x in commits),
         duplicate_key_rows=_duplicate_rows(c.p, None),
+        adopted=c.adopted_rows,
+        scored=c.p.inputs.rows - c.adopted_rows,
     )
     report.finished_at = _now()
     report.deadline = DeadlineSummary(**c.deadline) if c.deadline else None
@@ -127,7 +129,8 @@ def _now() -> str:
 def _time(report: RunReport, c: RunContext) -> None:
     report.timings_s = timings_of(c.p, c.timings, c.t_start)
     t_exec = c.timings.get("exec") or 0
-    report.throughput_rows_per_s = round(c.p.inputs.rows / t_exec, 1) if t_exec > 0 else None
+    scored = c.p.inputs.rows - c.adopted_rows  # adopted rows were not read nor scored again
+    report.throughput_rows_per_s = round(scored / t_exec, 1) if t_exec > 0 else None
 
 
 def timings_of(p: Prepared, t: dict[str, float | None], t_start: float) -> Timings:
@@ -160,7 +163,12 @@ def build_report(
     return RunReport(
         **_run_fields(c, snapshot),
         partitions=[_partition_entry(p, part, profiles, drift) for part in p.inputs.partitions],
-        rows=Rows(input=p.inputs.rows, duplicate_key_rows=_duplicate_rows(p, None)),
+        rows=Rows(
+            input=p.inputs.rows,
+            duplicate_key_rows=_duplicate_rows(p, None),
+            adopted=c.adopted_rows,
+            scored=p.inputs.rows - c.adopted_rows,
+        ),
         output_kind=cfg.output.kind,
         output_columns=heads,
         scores=ScoreProfile(**run_profiles[heads[0]]),

@@ -5,7 +5,8 @@ more than the parallelism they give. Measured on 2 CPUs (benchmarks/RESULTS.md):
 Ray's start and its workers' imports were 44 % of a 4 M-row run's CPU, and the run took three
 times as long as a hand-written loop. Here one scoring thread per CPU (the fused plan's replicas)
 runs the very stages the Ray job folds over its Dataset: the planned read (and the input's key
-record), preprocessing, the predictor, then the date's file buffer, which writes files of
+record), preprocessing, the predictor, then the unit's file buffer (a unit: files of one date
+packed up to the target rows, adoptable alone by a rerun: pipeline/run/resume.py), which writes files of
 `output.target_rows_per_file` rows with their stats in the footer. The threads share the work by
 slices of `preprocessing.batch_size` rows (see LocalRun), so one big input file keeps every
 thread busy too. PyArrow's reads and writes, numpy's kernels and torch's forward pass release the
@@ -22,7 +23,7 @@ import itertools
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from pipeline.stages.layout import OutputFiles
 from pipeline.stages.predict import FusedScorer, Predictor
 from pipeline.stages.read import InputFile, PlannedParquet
 from pipeline.storage import Location
+from pipeline.unitwork import UnitNotes, noting
 
 # Ray Data's default target block size: a file bigger than this in memory is read in parts
 BLOCK_BYTES = 128 * 1024 * 1024
@@ -92,68 +94,77 @@ class StageClock:
 
 
 class DateFiles:
-    """The predictions of each date, buffered and written as files of `target_rows_per_file` rows
-    into the table's directory of each partition: whole targets as soon as the buffer holds them
-    (the rest stays buffered), and a date's last rows, one smaller file, once its last input file
-    is scored, so the committer can commit the date while later dates are scored. Names carry the
-    attempt's prefix (part-RUN.ATTEMPT.) and a sequence number: no retries here, and no other
-    process has the attempt, so nothing is ever written twice or over another process's file."""
+    """The predictions of each unit (consecutive input files of one date, packed up to
+    `target_rows_per_file` rows, or one bigger file), buffered and written as files of
+    `target_rows_per_file` rows into the table's directory of each partition: whole targets as soon
+    as the buffer holds them, the unit's last rows once its last input file is scored. A unit's rows
+    are never in another unit's files, so a rerun can adopt each finished unit (pipeline/run/
+    resume.py): `on_unit(unit, notes)` is called once the unit's files are closed, with what it
+    wrote. Names carry the attempt's prefix (part-RUN.ATTEMPT.) and a sequence number: no retries
+    here, and no other process has the attempt, so nothing is ever written twice."""
 
     def __init__(
         self,
         table: Location,
         out: OutputConfig,
         run_id: str,
-        files_per_date: dict[str, int],
+        files_per_unit: dict[int, int],
         attempt: str = "",
+        on_unit: Callable[[int, UnitNotes], None] | None = None,
     ) -> None:
         self.files, self.run_id, self.attempt = OutputFiles.for_output(table, out), run_id, attempt
-        self.left = dict(files_per_date)
+        self.left = dict(files_per_unit)
+        self.notes = {u: UnitNotes() for u in files_per_unit}
+        self.on_unit = on_unit
         self.clock = StageClock("Write")
-        self._buf: dict[str, list[pa.Table]] = defaultdict(list)
-        self._rows: dict[str, int] = defaultdict(int)
+        self._buf: dict[int, list[pa.Table]] = defaultdict(list)
+        self._rows: dict[int, int] = defaultdict(int)
         self._seq = itertools.count()
         self._lock = threading.Lock()
 
-    def add(self, date: str, rows: pa.Table) -> None:
-        """Buffer `rows` of `date`; write the buffer once it holds the target (in this thread)."""
+    def add(self, unit: int, rows: pa.Table) -> None:
+        """Buffer `rows` of `unit`; write the buffer once it holds the target (in this thread)."""
         if not rows.num_rows:
             return
         with self._lock:
-            self._buf[date].append(rows)
-            self._rows[date] += rows.num_rows
-            full = self._take_whole_files(date)
+            self._buf[unit].append(rows)
+            self._rows[unit] += rows.num_rows
+            full = self._take_whole_files(unit)
         if full:
-            self._write(full)
+            self._write(unit, full)
 
-    def file_done(self, date: str) -> None:
-        """One input file of `date` is scored; after its last, the date's rest is written."""
+    def file_done(self, unit: int) -> None:
+        """One input file of `unit` is scored; after its last, the unit's rest is written."""
         with self._lock:
-            self.left[date] -= 1
-            rest = self._take(date) if self.left[date] == 0 else None
+            self.left[unit] -= 1
+            last = self.left[unit] == 0
+            rest = self._take(unit) if last else None
         if rest:
-            self._write(rest)
+            self._write(unit, rest)
+        if last and self.on_unit is not None:
+            self.on_unit(unit, self.notes[unit])
 
-    def _take(self, date: str) -> list[pa.Table]:
-        tables, self._buf[date], self._rows[date] = self._buf[date], [], 0
+    def _take(self, unit: int) -> list[pa.Table]:
+        tables, self._buf[unit], self._rows[unit] = self._buf[unit], [], 0
         return tables
 
-    def _take_whole_files(self, date: str) -> list[pa.Table] | None:
+    def _take_whole_files(self, unit: int) -> list[pa.Table] | None:
         """The buffer's first whole multiple of the target rows (the rest stays), or None."""
         target = self.files.target
-        n = self._rows[date] // target * target
+        n = self._rows[unit] // target * target
         if not n:
             return None
-        rows = pa.concat_tables(self._take(date), promote_options="default")
+        rows = pa.concat_tables(self._take(unit), promote_options="default")
         if rows.num_rows > n:
-            self._buf[date], self._rows[date] = [rows.slice(n)], rows.num_rows - n
+            self._buf[unit], self._rows[unit] = [rows.slice(n)], rows.num_rows - n
         return [rows.slice(0, n)]
 
-    def _write(self, tables: list[pa.Table]) -> None:
+    def _write(self, unit: int, tables: list[pa.Table]) -> None:
         t0 = time.perf_counter()
         rows = pa.concat_tables(tables, promote_options="default")
         prefix = run_file_prefix(self.run_id, attempt=self.attempt)
-        files = self.files.write(rows, lambda _: f"{prefix}local-{next(self._seq):06d}.parquet")
+        with noting(self.notes[unit]):
+            files = self.files.write(rows, lambda _: f"{prefix}local-{next(self._seq):06d}.parquet")
         self.clock.add(t0, rows.num_rows, rows.num_rows, tasks=files)
 
 
@@ -163,10 +174,19 @@ class _OpenFile:
 
     file: InputFile
     date: str
+    unit: int
     blocks: Iterator[pa.Table]
     reading: bool = False  # a thread is reading its next block
     exhausted: bool = False
     pending: int = 0  # slices queued or being scored
+
+
+def local_units(source: PlannedParquet, target: int) -> list[list[tuple[InputFile, str, Any]]]:
+    """The local runner's units: consecutive whole files of one date packed up to `target` rows
+    (a bigger file alone), as the replicas pack them (pipeline/run/replicas.py)."""
+    from pipeline.run.replicas import pack
+
+    return pack([(f, d, None) for f, d in source.files], max(1, target))
 
 
 class LocalRun:
@@ -186,15 +206,17 @@ class LocalRun:
         threads: int,
         files: DateFiles,
         read_keys: Any = None,
+        units: list[list[tuple[InputFile, str, Any]]] | None = None,
     ) -> None:
         columns = list(dict.fromkeys([*p.requirements.columns, p.cfg.input.partition_column]))
         self.source = PlannedParquet(p.inputs, columns)
         self.scorer, self.files, self.read_keys = scorer, files, read_keys
+        units = units if units is not None else local_units(self.source, files.files.target)
         self.slice_rows = max(1, scorer.preprocess_batch_size)
         self.threads = max(1, min(threads, -(-p.inputs.rows // self.slice_rows)))
         self.read = StageClock("ReadParquet")
         self.score = StageClock("Score")
-        self._todo = iter(self.source.files)
+        self._todo = iter([(f, d, u) for u, pieces in enumerate(units) for f, d, _ in pieces])
         self._open: list[_OpenFile] = []
         self._slices: deque[tuple[_OpenFile, pa.Table]] = deque()
         self._cv = threading.Condition()
@@ -273,11 +295,11 @@ class LocalRun:
                 self._cv.wait()
             return None
 
-    def _open_file(self, f: InputFile, date: str) -> _OpenFile:
+    def _open_file(self, f: InputFile, date: str, unit: int) -> _OpenFile:
         blocks = self.source.read_file(f, date, BLOCK_BYTES)  # a generator: no I/O until read
         if self.read_keys is not None:
             blocks = self.read_keys.record([f.path], blocks)
-        of = _OpenFile(f, date, blocks)
+        of = _OpenFile(f, date, unit, blocks)
         self._open.append(of)
         return of
 
@@ -285,7 +307,8 @@ class LocalRun:
         """The file's next block, queued as slices; at its end, the file's input key record is
         written (by ReadKeys.record) and the file counts as read."""
         t0 = time.perf_counter()
-        block = next(of.blocks, None)
+        with noting(self.files.notes[of.unit]):  # the input's key record, made after the last block
+            block = next(of.blocks, None)
         if block is None:
             self.read.add(t0, of.file.rows, 0)  # one task per file
         else:
@@ -301,19 +324,20 @@ class LocalRun:
             done = self._finished(of)
             self._cv.notify_all()
         if done:
-            self.files.file_done(of.date)
+            self.files.file_done(of.unit)
 
     def _score_slice(self, of: _OpenFile, rows: pa.Table, predictor: Predictor) -> None:
         t0 = time.perf_counter()
-        scored = self.scorer.score(rows, predictor)
+        with noting(self.files.notes[of.unit]):  # its dead letters
+            scored = self.scorer.score(rows, predictor)
         self.score.add(t0, rows.num_rows, scored.num_rows, tasks=0)
-        self.files.add(of.date, scored)
+        self.files.add(of.unit, scored)
         with self._cv:
             of.pending -= 1
             done = self._finished(of)
             self._cv.notify_all()
-        if done:  # after the file's last rows went to the date's buffer
-            self.files.file_done(of.date)
+        if done:  # after the file's last rows went to the unit's buffer
+            self.files.file_done(of.unit)
 
     def _finished(self, of: _OpenFile) -> bool:
         """Read to its end with every slice scored: the file leaves the open list (under the lock)."""

@@ -166,10 +166,14 @@ class StartedReplicas:
     stages must share with them: the unit plan, the dead-letter writer and the progress buffer
     their stage objects are built with."""
 
-    pool: ReplicaPool
+    pool: ReplicaPool | None  # None: no unit to score (all adopted from a dead attempt)
     plan: UnitPlan
     dead_letter: DeadLetterWriter
     progress: BufferedCounter
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
 
 
 def start_replicas(
@@ -187,5 +191,7 @@ def start_replicas(
     # this attempt's own names: a rerun with the same run id never writes over them
     prefix = run_file_prefix(run_id, attempt=attempt)
     plan = unit_plan(p, files, prefix, pool.max_replicas, read_keys)
-    replicas = ReplicaPool(kwargs, pool, cfg.predict.label_selector, most=len(plan.units))
+    replicas = (
+        ReplicaPool(kwargs, pool, cfg.predict.label_selector, most=len(plan.units)) if plan.units else None
+    )
     return StartedReplicas(replicas, plan, dead_letter, progress)

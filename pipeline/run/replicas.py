@@ -18,11 +18,12 @@ replica may have begun, and no unit's rows are ever in two files."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -32,6 +33,7 @@ from pipeline.reporting.schema import Stage
 from pipeline.stages.layout import OutputFiles
 from pipeline.stages.predict import FusedScorer, Predictor
 from pipeline.stages.read import InputFile, PlannedParquet
+from pipeline.unitwork import noting
 
 Piece = tuple[InputFile, str, "range | None"]  # a file of a date, or a range of its row groups
 RECORD_FIELDS = (
@@ -48,6 +50,7 @@ RECORD_FIELDS = (
     "process_start",  # wall clock: the replica's process started, its __init__ began and ended
     "init_start",
     "init_end",
+    "notes",  # JSON: the files the unit wrote and its input key records (pipeline/unitwork.py), for resume
 )
 
 
@@ -107,14 +110,16 @@ class ScoringReplica:
         if hasattr(scorer, "unit_start"):  # challengers (pipeline/run/challengers.py) write too
             scorer.unit_start(unit)
         rows_in = 0
-        for f, date, groups in plan.units[unit]:
-            blocks = plan.source.read_task_blocks(f, date, plan.block_bytes, groups)
-            rows_in += self._score_blocks(scorer, blocks, out, clock)
-        clock["write_s"] += out.close()
+        with noting() as notes:
+            for f, date, groups in plan.units[unit]:
+                blocks = plan.source.read_task_blocks(f, date, plan.block_bytes, groups)
+                rows_in += self._score_blocks(scorer, blocks, out, clock)
+            clock["write_s"] += out.close()
         self.predictor.wait()  # a unit with no rows: the load's end (and error) still counted
-        if hasattr(scorer, "unit_done"):
+        if hasattr(scorer, "unit_done"):  # a challenger's files are not the unit's (resume)
             clock["write_s"] += scorer.unit_done()
         record = {"unit": unit, "rows_in": rows_in, "rows_out": out.rows, "files": out.count}
+        record |= {"notes": json.dumps(asdict(notes))}
         return {**record, **clock, "end": time.time(), **self.started, "progress": self.progress_calls()}
 
     def progress_calls(self) -> list[tuple[str, tuple[Any, ...]]]:

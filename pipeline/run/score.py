@@ -18,6 +18,7 @@ import posixpath
 import threading
 import time
 from datetime import datetime, timezone
+from urllib.parse import unquote
 
 from pipeline.commit.groups import TopKCheck
 from pipeline.commit.partitions import (
@@ -50,7 +51,7 @@ from pipeline.reporting.metrics import stage_metrics
 from pipeline.reporting.progress import InProcessCounter, ProgressView, start_counter
 from pipeline.reporting.runs import RUNS_DIR, input_keys_dir
 from pipeline.reporting.schema import Commits, RunReport
-from pipeline.run.attempt import Attempt
+from pipeline.run.attempt import Attempt, AttemptRecord
 from pipeline.run.clock import monotonic_start, seconds_to_first, take_origin
 from pipeline.run.context import RunContext
 from pipeline.run.execute import (
@@ -76,6 +77,7 @@ from pipeline.run.finalize import (
 from pipeline.run.local import DateFiles, LocalRun, preload_torch
 from pipeline.run.pool import start_replicas
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
+from pipeline.run.resume import Adoption
 from pipeline.run.watchdog import Hooks, Watchdog, supervise
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.topk import TopKSpec, default_partitions, top_k_dataset
@@ -84,14 +86,20 @@ from pipeline.storage import delete_dir, resolve
 log = logging.getLogger("batchscore")
 
 
-def _discard_uncommitted(tables, dates: list[str], run_id: str, attempt: str = "") -> None:
+def _discard_uncommitted(
+    tables, dates: list[str], run_id: str, attempt: str = "", keep: frozenset[str] = frozenset()
+) -> None:
     """Delete an attempt's files of the `dates` it never committed (not in the log, so no reader
     has them); dates it committed are skipped. Only this process's attempt, or one proved dead
     (pipeline/run/attempt.py): never a live process's files. A killed run's files wait for its
-    rerun or for vacuum."""
+    rerun or for vacuum. `keep` (file-system paths): files adopted by this run or a live one
+    (pipeline/run/resume.py); a dead attempt's file that a table references now stays too."""
     col = tables.partition_column
     try:  # each table apart: a race's survivor may have committed only a date's dead letters
         logs = [(t, t.open()) for t in (tables.predictions, tables.dead_letters)]
+        referenced = {
+            unquote(u.split("://", 1)[-1]) for (_, snap) in logs if snap is not None for u in snap.file_uris()
+        }
     except Exception as e:  # storage down: the error being raised says more; vacuum cleans up
         log.debug("could not read the tables' logs to remove uncommitted files: %s", e)
         return
@@ -101,18 +109,81 @@ def _discard_uncommitted(tables, dates: list[str], run_id: str, attempt: str = "
                 continue  # its files are in the log (maybe only in older versions): never delete them
             try:  # by name only: a file cut short by the failure has no footer to read
                 infos = list_run_files(table.location, col, d, run_id, kind, attempt)
-                table.delete_files([posixpath.relpath(i.path, table.location.path) for i in infos])
+                gone = [i for i in infos if i.path not in keep and i.path not in referenced]
+                table.delete_files([posixpath.relpath(i.path, table.location.path) for i in gone])
             except Exception as e:  # best effort (pyarrow's or delta-rs's errors): vacuum removes them
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
-def _discard_dead_attempts(tables, attempt: Attempt) -> None:
+def _discard_dead_attempts(tables, attempt: Attempt, adoption: Adoption) -> None:
     """The files of earlier attempts of this run id that died (killed, node lost) before their
-    commit, and their input key records: nothing will ever commit them."""
-    for dead in attempt.dead:
-        _discard_uncommitted(tables, dead.dates, dead.run_id, dead.attempt)
+    commit, and of dead attempts of any run that worked on this run's dates, and their input key
+    records: nothing will ever commit them, except the files this run (or a live one) adopted."""
+    mine = set(attempt.record.dates)
+    keep = frozenset(adoption.keep)
+    dead = [(r, r.dates) for r in attempt.dead]
+    dead += [
+        (r, sorted(set(r.dates) & mine))
+        for r in adoption.dead
+        if r.attempt not in {x.attempt for x in attempt.dead}
+    ]
+    for r, dates in dead:
+        _discard_uncommitted(tables, dates, r.run_id, r.attempt, keep)
         with contextlib.suppress(OSError):
-            delete_dir(tables.location.join(RUNS_DIR, dead.run_id, input_keys_dir(dead.attempt)))
+            delete_dir(tables.location.join(RUNS_DIR, r.run_id, input_keys_dir(r.attempt)))
+
+
+def _adopt(cfg: JobConfig, pre: Preflight, runner: tuple[str, str], force: bool) -> Adoption:
+    """The finished units of dead attempts this run takes over (pipeline/run/resume.py), written
+    into this attempt's record before any file is deleted; none with `force`, top-K or the Ray
+    modes that do not record units (they rescore from zero)."""
+    from pipeline.commit.tables import digest_of
+    from pipeline.run.resume import find_adoption
+
+    p = pre.prepared
+    if p is None:
+        return Adoption()
+    model = digest_of(p.model_meta.sha256, scoring_identity(cfg, p.model_meta))
+    pre.attempt.record_units([], model=model)  # the identity its own units are recorded under
+    why_not = _why_no_resume(cfg, runner, force)
+    if why_not:
+        log.info("resume: %s: the dates are scored from zero", why_not)
+        return Adoption()
+    tables = OutputTables.for_config(cfg)
+    adoption = find_adoption(
+        pre.attempt, model, p.inputs, tables.predictions.location, tables.dead_letters.location
+    )
+    pre.attempt.record_units(adoption.units)  # from here on no other rerun deletes them under us
+    for r in adoption.dead:  # copies: their status stays "running" in `adoption` for the discard
+        pre.attempt.mark_dead(AttemptRecord.from_json(r.to_json()))
+    _log_adoption(adoption, p.inputs.rows)
+    return adoption
+
+
+def _why_no_resume(cfg: JobConfig, runner: tuple[str, str], force: bool) -> str | None:
+    if force:
+        return "--force"
+    if cfg.output.top_k is not None:
+        return "output.top_k (groups span units)"
+    if cfg.challengers:  # an adopted unit would leave its rows out of the challengers' tables
+        return "challengers (scored beside the champion's units, not recorded per table)"
+    if runner[0] == "ray" and cfg.predict.mode in ("fused", "staged"):
+        return f"predict.mode {cfg.predict.mode} does not record finished units"
+    return None
+
+
+def _log_adoption(adoption: Adoption, rows: int) -> None:
+    sources = sorted({u["adopted_from"] for u in adoption.units})
+    log.info(
+        "resume: %d rows adopted (%d units, %d input files, from %s), %d rows to score",
+        adoption.rows,
+        len(adoption.units),
+        len(adoption.inputs),
+        ", ".join(sources) or "no dead attempt",
+        rows - adoption.rows,
+    )
+    for why in adoption.refused[:10]:
+        log.info("resume: not adopted, scored again: %s", why)
 
 
 def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force: bool = False) -> RunReport:
@@ -133,12 +204,13 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     side = _plan_challengers(cfg, dates, force)
     pre = preflight(cfg, dates, run_id, force, also=side.needed() if side else ())
     with pre.attempt.held():  # its record says how it ended; a killed one's heartbeat stops
-        _discard_dead_attempts(OutputTables.for_config(cfg), pre.attempt)
+        adoption = _adopt(cfg, pre, runner, force)
+        _discard_dead_attempts(OutputTables.for_config(cfg), pre.attempt, adoption)
         if side is not None:  # what dead attempts wrote into the challengers' tables
             side.discard_dead(pre.attempt)
         if pre.prepared is None:
             return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
-        ctx = _start(cfg, pre, started, t_start, runner)
+        ctx = _start(cfg, pre, started, t_start, runner, adoption)
         if side is not None:
             ctx.challengers = side
             side.start(ctx)
@@ -176,7 +248,7 @@ def _score(ctx: RunContext, origin) -> RunReport:
         raise
     finally:
         if ctx.replicas is not None:  # a failure before the pool's own `with`
-            ctx.replicas.pool.close()
+            ctx.replicas.close()
         if ctx.policy.read_keys is not None:  # the input's recorded fingerprints: used up
             try:
                 delete_dir(ctx.policy.read_keys.location)
@@ -202,30 +274,44 @@ def _as_storage_error(e: BaseException) -> StorageError:
 
 
 def _start(
-    cfg: JobConfig, pre: Preflight, started: datetime, t_start: float, runner: tuple[str, str]
+    cfg: JobConfig,
+    pre: Preflight,
+    started: datetime,
+    t_start: float,
+    runner: tuple[str, str],
+    adoption: Adoption,
 ) -> RunContext:
     """Ray and the pool (the duplicate-key check beside Ray's start, the actors mode's replicas
     started as soon as Ray is up); the run's identity, its commit policy and its committer."""
     p = pre.prepared
     _log_start(pre, runner)
-    dups = _duplicate_check_beside_ray_start(cfg, p, runner[0])
+    dups = _duplicate_check_beside_ray_start(cfg, p, runner[0], pre.attempt, adoption)
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
     ray_up_at = time.time() if runner[0] == "ray" else None  # wall clock, as the workers count
     tables = OutputTables.for_config(cfg)
     policy = _commit_policy(cfg, tables, pre.run_id, pre.attempt.id)
     if dups is None:  # on Ray tasks: before the replicas take the CPUs they need
-        _check_duplicate_keys(cfg, p)
+        _check_duplicate_keys(cfg, p, pre.attempt, adoption)
+    if runner[0] == "ray" and pool.mode != "actors" and adoption.units:  # predict.mode auto: fused
+        log.info(
+            "resume: predict.mode %s does not record finished units: the dates are scored from zero",
+            pool.mode,
+        )
+        adoption = Adoption()
     replicas = None
     if runner[0] == "ray" and pool.mode == "actors":
-        replicas = start_replicas(p, pool, tables, pre.run_id, pre.attempt.id, policy.read_keys)
+        scoring = _scoring_plan(p, adoption)
+        replicas = start_replicas(scoring, pool, tables, pre.run_id, pre.attempt.id, policy.read_keys)
     try:
         ctx = _context(cfg, pre, (started, t_start), pool, tables, policy, dups)
     except BaseException:  # refused (duplicate keys, types): the replicas started for nothing
         if replicas is not None:
-            replicas.pool.close()
+            replicas.close()
         raise
+    ctx.run.adopted = adoption.files
+    _adopt_input_keys(policy, adoption)
     ctx.timings.update(ray=t_ray, ray_up_at=ray_up_at)
-    ctx.replicas = replicas
+    ctx.replicas, ctx.attempt, ctx.adoption = replicas, pre.attempt, adoption
     return ctx
 
 
@@ -266,6 +352,29 @@ def _context(cfg: JobConfig, pre: Preflight, start: tuple, pool, tables, policy,
     return RunContext(cfg, p, run_id, *start, pre.dates, pool, tables, run, policy, committer, committed, {})
 
 
+def _adopt_input_keys(policy: CommitPolicy, adoption: Adoption) -> None:
+    """The adopted units' input key records, as their reads made them, among this attempt's own:
+    the commit reconciles the whole date without reading the adopted input again."""
+    if policy.read_keys is None:
+        return
+    for u in adoption.units:
+        for i in u["inputs"]:
+            if i.get("keys"):
+                with contextlib.suppress(OSError, KeyError):  # without it the commit reads the file
+                    policy.read_keys.write_record(u["date"], [i["path"]], i["keys"], i.get("row_groups"))
+
+
+def _scoring_plan(p, adoption: Adoption | None):
+    """The prepared run less the adopted input files: what this process reads and scores."""
+    from dataclasses import replace
+
+    from pipeline.run.resume import remaining
+
+    if adoption is None or not adoption.inputs:
+        return p
+    return replace(p, inputs=remaining(p.inputs, adoption.inputs))
+
+
 def _log_start(pre: Preflight, runner: tuple[str, str]) -> None:
     p = pre.prepared
     log.info(
@@ -301,7 +410,7 @@ def _commit_policy(cfg: JobConfig, tables, run_id: str, attempt: str) -> CommitP
     )
 
 
-def _duplicate_check_beside_ray_start(cfg: JobConfig, p, runner: str):
+def _duplicate_check_beside_ray_start(cfg: JobConfig, p, runner: str, attempt: Attempt, adoption: Adoption):
     """A new local Ray takes seconds to start (6 s on a 16-CPU GPU machine), waiting mostly on
     its processes: the duplicate check runs on this machine's threads meanwhile instead of on Ray
     tasks after it, off the path to the first scored batch. None: checked after (a cluster)."""
@@ -310,19 +419,32 @@ def _duplicate_check_beside_ray_start(cfg: JobConfig, p, runner: str):
     if runner != "ray" or ray_running() or cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return None
     pool = ThreadPoolExecutor(1, thread_name_prefix="batchscore-duplicates")
-    future = pool.submit(_check_duplicate_keys, cfg, p)
+    future = pool.submit(_check_duplicate_keys, cfg, p, attempt, adoption)
     pool.shutdown(wait=False)
     return future
 
 
-def _check_duplicate_keys(cfg: JobConfig, p) -> None:
+def _check_duplicate_keys(
+    cfg: JobConfig, p, attempt: Attempt | None = None, adoption: Adoption | None = None
+) -> None:
     """Keys that repeat within a date: refused (exit 2, nothing scored), or found for the
-    preprocess tasks to send to the dead letters, or allowed; counted in the report either way."""
+    preprocess tasks to send to the dead letters, or allowed; counted in the report either way.
+    A date a dead attempt checked over the very same input files and found free of repeated keys
+    is not read again (resume); the dates found free go into this attempt's record."""
+    from pipeline.commit.partitions import identity_of
     from pipeline.stages.duplicates import find_duplicates, refuse
 
     t0 = time.perf_counter()
-    p.duplicates = find_duplicates(p.inputs, cfg.output.key_columns)
+    keys = list(cfg.output.key_columns)
+    digests = {part.date: identity_of(part, "", "").inputs for part in p.inputs.partitions}
+    known = adoption.known_unique(keys, digests) if adoption is not None else set()
+    p.duplicates = find_duplicates(subset(p.inputs, [d for d in digests if d not in known]), keys)
     p.timings["duplicate_check_s"] = time.perf_counter() - t0
+    if known:
+        log.info("resume: %d date(s) already checked for repeated keys over the same input", len(known))
+    if attempt is not None:
+        unique = {d: digest for d, digest in digests.items() if d not in p.duplicates.dates}
+        attempt.record_units([], unique_keys={"columns": keys, "dates": unique})
     for date, dup in sorted(p.duplicates.dates.items()):
         log.warning(
             "%s=%s: %d key(s) occur more than once in the input (%d rows); output.duplicate_keys=%s",
@@ -368,7 +490,10 @@ def _execute(ctx: RunContext):
     in_process = ctx.pool.runner == "local" or ctx.pool.mode == "actors"
     counter = InProcessCounter() if in_process else start_counter()
     progress = ProgressView(
-        counter, ctx.p.inputs.rows, lambda: sum(w() for w in written), cfg.report.progress_interval_s
+        counter,
+        ctx.p.inputs.rows - ctx.adopted_rows,
+        lambda: sum(w() for w in written),
+        cfg.report.progress_interval_s,
     ).start()
     hooks = Hooks()
     dog = _watchdog(ctx, progress, hooks).start()
@@ -412,7 +537,7 @@ def _watchdog(ctx: RunContext, progress: ProgressView, hooks: Hooks) -> Watchdog
         hooks.activity.append(replicas)
     return Watchdog(
         progress,
-        ctx.p.inputs.rows,
+        ctx.p.inputs.rows - ctx.adopted_rows,
         run.stall_timeout_s,
         resolve_deadline(run.deadline, ctx.started) if run.deadline else None,
         run.on_deadline,
@@ -472,19 +597,32 @@ def _run_pipeline(ctx: RunContext, counter, hooks: Hooks):
 
 
 def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: Hooks) -> LocalRun:
-    """The same stages on threads in this process (pipeline/run/local.py)."""
-    pre, kwargs = stage_objects(ctx.p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
+    """The same stages on threads in this process (pipeline/run/local.py), over the input not
+    adopted; each finished unit goes into the attempt's record (adoptable from then on)."""
+    from pipeline.run.local import local_units
+    from pipeline.run.resume import unit_entry
+    from pipeline.stages.read import PlannedParquet
+
+    p = _scoring_plan(ctx.p, ctx.adoption)
+    pre, kwargs = stage_objects(p, ctx.pool, ctx.run_id, dead_letter=dead_letter, progress=counter)
+    units = local_units(PlannedParquet(p.inputs, []), ctx.cfg.output.target_rows_per_file)
+
+    def finished(unit: int, notes) -> None:
+        if ctx.attempt is not None:
+            ctx.attempt.record_units([unit_entry(units[unit], notes)])
+
     files = DateFiles(
         ctx.tables.location,
         ctx.cfg.output,
         ctx.run_id,
-        {part.date: len(part.files) for part in ctx.p.inputs.partitions},
+        {u: len(pieces) for u, pieces in enumerate(units)},
         ctx.run.attempt,
+        on_unit=finished,
     )
-    scorer = fused_scorer(ctx.p, pre, kwargs)
+    scorer = fused_scorer(p, pre, kwargs)
     if ctx.challengers is not None:  # one read and preprocessing for every model
         scorer, files = ctx.challengers.hook_local(ctx, scorer, files, dead_letter)
-    run = LocalRun(ctx.p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys)
+    run = LocalRun(p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys, units)
     hooks.halt.append(run.halt)
     hooks.activity.append(run.activity)
     return run.run()
@@ -493,25 +631,42 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: H
 def _run_replicas(ctx: RunContext, counter, hooks: Hooks):
     """Replicas that take each unit of input through every stage and write its files themselves
     (pipeline/run/replicas.py, pipeline/run/pool.py), started by `_start`; the driver gets one
-    small record per unit."""
+    small record per unit, and records the unit in the attempt's record (adoptable from then on)."""
     from pipeline.run.replicas import ReplicaRun
 
     started = ctx.replicas
-    pre, kwargs = stage_objects(
-        ctx.p, ctx.pool, ctx.run_id, dead_letter=started.dead_letter, progress=started.progress
-    )
-    run = ReplicaRun(started.pool.size)
     units = len(started.plan.units)
+    run = ReplicaRun(started.pool.size if started.pool is not None else 0)
+    if started.pool is None:  # every unit adopted
+        return run
+    p = _scoring_plan(ctx.p, ctx.adoption)
+    pre, kwargs = stage_objects(
+        p, ctx.pool, ctx.run_id, dead_letter=started.dead_letter, progress=started.progress
+    )
     stop = threading.Event()  # the watchdog's or Ctrl-C's stop, seen as the next unit comes back
     hooks.halt.append(stop.set)
     hooks.activity.append(lambda: [f"{len(run.records)} of {units} units done, others in flight or waiting"])
-    scorer = fused_scorer(ctx.p, pre, kwargs)
+    scorer = fused_scorer(p, pre, kwargs)
     if ctx.challengers is not None:  # each replica holds every model and writes every table
         scorer = ctx.challengers.hook_replicas(ctx, scorer, started.dead_letter)
     with started.pool:
         for record in started.pool.records(started.plan, scorer, counter, stop):
             run.add(record)
+            _record_replica_unit(ctx, started.plan, record)
     return run
+
+
+def _record_replica_unit(ctx: RunContext, plan, record: dict) -> None:
+    """A replica's finished unit into the attempt's record (its files are closed)."""
+    import json
+
+    from pipeline.run.resume import unit_entry
+    from pipeline.unitwork import UnitNotes
+
+    if ctx.attempt is None:
+        return
+    notes = UnitNotes(**json.loads(record["notes"]))
+    ctx.attempt.record_units([unit_entry(plan.units[int(record["unit"])], notes)])
 
 
 def _finish(c: RunContext, ds, snapshot: dict) -> RunReport:
@@ -564,7 +719,8 @@ def _profile_rest(c: RunContext, rest: list[str]) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     heads = cfg.output.value_columns
     col = cfg.input.partition_column
-    own = profile_partitions(c.tables.location, col, rest, heads, c.run_id, c.run.attempt)
+    adopted = {d: c.run.adopted_files(d, "part") for d in rest}
+    own = profile_partitions(c.tables.location, col, rest, heads, c.run_id, c.run.attempt, adopted)
     profiles = {**c.committer.profiles, **own}
     checked = evaluate_heads(
         cfg.drift,

@@ -65,6 +65,20 @@ def _target_and_one_rest(rows: int) -> list[int]:
     return sorted([TARGET] * (rows // TARGET) + ([rows % TARGET] if rows % TARGET else []))
 
 
+def _per_unit(sizes: list[int]) -> list[int]:
+    """The files of a date whose input files have `sizes` rows (in path order): the local runner
+    writes each unit apart so that a rerun can adopt it alone (resume, docs/operations.md):
+    consecutive files packed up to the target rows (a bigger file alone), each unit as files of
+    the target rows and one rest."""
+    units: list[int] = []
+    for n in sizes:
+        if units and units[-1] + n <= TARGET:
+            units[-1] += n
+        else:
+            units.append(n)
+    return sorted(x for u in units for x in _target_and_one_rest(u))
+
+
 def assert_scored_exactly_once(data, out, date: str, checkpoints) -> None:
     """What a Delta reader sees of `date`: each input row once, with the model's direct score."""
     inp = read_input(str(data), date)
@@ -86,7 +100,7 @@ def test_empty_and_one_row_files_next_to_normal_ones_and_an_all_empty_date_are_s
     """A date of two ordinary files, a Parquet file of 0 rows (same schema) and one of a single
     row; the next date ordinary; the last one only an empty file (a day without events). Every
     row once, the model's scores, one commit per date (the empty date's with 0 rows and no
-    files), files of the target rows and one rest."""
+    files), each unit's files of the target rows and one rest."""
     data, out = tmp_path / "events", tmp_path / "preds"
     odd, plain, empty = "2026-10-01", "2026-10-02", "2026-10-03"
     t = _rows(odd, 1801)
@@ -105,9 +119,9 @@ def test_empty_and_one_row_files_next_to_normal_ones_and_an_all_empty_date_are_s
     assert [p.output_rows for p in report.partitions] == [1801, 1200, 0]
     assert report.commits.committed == [odd, plain, empty]
     assert _commits_by_date(out) == {odd: 1, plain: 1, empty: 1}
-    for d, rows in ((odd, 1801), (plain, 1200)):
+    for d, sizes in ((odd, [900, 900, 1, 0]), (plain, [1200])):
         assert_scored_exactly_once(data, out, d, checkpoints)
-        assert _file_rows(out, d) == _target_and_one_rest(rows)
+        assert _file_rows(out, d) == _per_unit(sizes)
     assert read_delta(str(out), date=empty).num_rows == 0 and _file_rows(out, empty) == []
     assert latest_commit(str(out), empty)["input_rows"] == 0
 
@@ -151,13 +165,13 @@ def test_files_of_many_row_groups_and_bigger_than_a_block_are_read_in_blocks_and
     assert report.partitions[0].output_rows == 3000
     assert _commits_by_date(out) == {date: 1}
     assert_scored_exactly_once(data, out, date, checkpoints)
-    assert _file_rows(out, date) == _target_and_one_rest(3000)
+    assert _file_rows(out, date) == _per_unit([2100, 300, 600])  # big, plain, several
 
 
 def test_many_small_dates_each_commit_once_with_target_sized_files_and_one_rest(checkpoints, tmp_path):
     """Six dates of 1-3 files, some under the target rows, one exactly the target, files of
     unequal sizes: each date in its own Delta transaction (its own table version), every row
-    once with the model's score, files of the target rows and one smaller rest per date."""
+    once with the model's score, files of the target rows and one smaller rest per unit."""
     data, out = tmp_path / "events", tmp_path / "preds"
     layout = {  # date -> rows of each of its files
         "2026-10-01": [700, 400, 101],
@@ -181,7 +195,7 @@ def test_many_small_dates_each_commit_once_with_target_sized_files_and_one_rest(
     assert len({c["version"] for c in history}) == len(dates)
     for d, sizes in layout.items():
         assert_scored_exactly_once(data, out, d, checkpoints)
-        assert _file_rows(out, d) == _target_and_one_rest(sum(sizes)), d
+        assert _file_rows(out, d) == _per_unit(sizes), d
     assert sum(p.output_rows for p in report.partitions) == sum(map(sum, layout.values()))
 
 

@@ -120,7 +120,14 @@ def test_two_dates_are_two_delta_commits_with_their_metadata(ray_cluster, datase
         assert sum(f["num_records"] for f in mine) == inp.num_rows
         assert all(f["path"].split("/")[-1].startswith(f"part-{report.run_id}.") for f in mine)
     saved = json.loads((out / "_runs" / report.run_id / "report.json").read_text())
-    assert saved["rows"] == {"input": 2 * 3000, "output": 2 * 3000, "dead_letter": 0, "duplicate_key_rows": 0}
+    assert saved["rows"] == {
+        "input": 2 * 3000,
+        "output": 2 * 3000,
+        "dead_letter": 0,
+        "duplicate_key_rows": 0,
+        "adopted": 0,  # nothing left by a killed run (resume)
+        "scored": 2 * 3000,
+    }
     assert [p["partition"]["ds"] for p in saved["partitions"]] == DATES
     assert (out / "_runs" / report.run_id / "config.yaml").exists()
     assert not (out / "_staging").exists() and not (out / "_locks").exists()

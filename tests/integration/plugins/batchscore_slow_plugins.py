@@ -53,3 +53,12 @@ def blocking_features(batch: pa.Table) -> dict[str, np.ndarray]:
                 f.write(str(time.time()))
         threading.Event().wait()
     return transform_table(batch, PLUGIN_FEATURES)
+
+
+def paced_failing_features(batch: pa.Table) -> dict[str, np.ndarray]:
+    """A steady pace (0.1 s a batch) for kills at a chosen share of a date, and a few dead letters:
+    the batches holding event 1234 or 3210 of a date fail (tests/integration/test_resume.py)."""
+    time.sleep(0.1)
+    if any(e.rsplit("-", 1)[-1] in ("1234", "3210") for e in batch.column("event_id").to_pylist()):
+        raise ValueError("events 1234 and 3210 break my feature code")
+    return transform_table(batch, PLUGIN_FEATURES)
