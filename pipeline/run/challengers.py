@@ -39,6 +39,7 @@ from pipeline.reporting.schema import ChallengerResult, ModelInfo, RunReport
 from pipeline.run.preflight import DatePlan, plan_dates, scoring_identity
 from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.predict import ModelSource, Predictor
+from pipeline.unitwork import noting
 
 log = logging.getLogger("batchscore")
 
@@ -174,9 +175,12 @@ class ChallengerSet:
         c.preprocess_key = preprocess_key(job, meta)
         c.pre = pre
 
-    def hook_local(self, ctx: Any, scorer: Any, files: Any, dead_letter: Any) -> tuple[Any, Any]:
-        """The local runner's scorer and date files, scoring and writing every active challenger
-        on the same slices (the champion's alone when none is active)."""
+    def hook_local(
+        self, ctx: Any, scorer: Any, files: Any, dead_letter: Any, unit_dates: dict[int, str]
+    ) -> tuple[Any, Any]:
+        """The local runner's scorer and unit files, scoring and writing every active challenger
+        on the same slices (the champion's alone when none is active). `unit_dates`: the date of
+        each of the champion's units."""
         active = [c for c in self.all if c.active]
         if not active:
             return scorer, files
@@ -184,7 +188,7 @@ class ChallengerSet:
         shared = [c.dead_letter for c in active if c.preprocess_key == key]
         if shared:  # the champion's preprocessing rejects rows for every model that shares it
             scorer.preprocessor.dead_letter = TeeDeadLetters([dead_letter, *shared])
-        return ChallengerScorer(scorer, active, key), TeeFiles(files, active)
+        return ChallengerScorer(scorer, active, key), TeeFiles(files, active, unit_dates)
 
     def hook_replicas(self, ctx: Any, scorer: Any, dead_letter: Any) -> Any:
         """The actors mode's scorer: each replica holds every active model and writes each
@@ -333,7 +337,8 @@ class ChallengerScorer:
             ]
             outs += mine
             if piece.num_rows:
-                self._challengers(piece, features, mine)
+                with noting():  # their files are not the champion unit's (resume adopts those)
+                    self._challengers(piece, features, mine)
         return outs[0] if len(outs) == 1 else pa.concat_tables(outs)
 
     def _challengers(self, piece: pa.Table, features: dict[str, pa.Table], champion: list[pa.Table]) -> None:
@@ -355,18 +360,21 @@ class ChallengerScorer:
 
 
 class TeeFiles:
-    """The champion's date files, telling the challengers' when an input file is done too (each
-    writes a date's last rows then). The champion's rows go to the champion's files only."""
+    """The champion's unit files (pipeline/run/local.py), telling the challengers' date files when
+    an input file is done too (each writes a date's last rows then). The champion's rows go to
+    the champion's files only; what a unit wrote is noted for the champion's table alone."""
 
-    def __init__(self, files: Any, challengers: list[Challenger]) -> None:
-        self.files, self.challengers = files, challengers
+    def __init__(self, files: Any, challengers: list[Challenger], unit_dates: dict[int, str]) -> None:
+        self.files, self.challengers, self.unit_dates = files, challengers, unit_dates
         self.clock = files.clock
+        self.notes = files.notes
 
-    def add(self, date: str, rows: pa.Table) -> None:
-        self.files.add(date, rows)
+    def add(self, unit: int, rows: pa.Table) -> None:
+        self.files.add(unit, rows)
 
-    def file_done(self, date: str) -> None:
-        self.files.file_done(date)
+    def file_done(self, unit: int) -> None:
+        self.files.file_done(unit)
+        date = self.unit_dates[unit]
         for c in self.challengers:
             if date in c.files.left:
                 c.files.file_done(date)
@@ -441,7 +449,8 @@ class ReplicaScorer:
                 date = piece.column(self.partition_column)[0].as_py()
                 for m in self.models:
                     if date in m.dates and m.name not in self._models()["failed"]:
-                        self._guard(m, self._score, m, piece, features)
+                        with noting():  # its files are not the champion unit's (resume adopts those)
+                            self._guard(m, self._score, m, piece, features)
         return outs[0] if len(outs) == 1 else pa.concat_tables(outs)
 
     def _score(self, m: ReplicaModel, piece: pa.Table, features: dict[str, pa.Table]) -> None:

@@ -621,7 +621,8 @@ def _run_local(ctx: RunContext, counter, dead_letter: DeadLetterWriter, hooks: H
     )
     scorer = fused_scorer(p, pre, kwargs)
     if ctx.challengers is not None:  # one read and preprocessing for every model
-        scorer, files = ctx.challengers.hook_local(ctx, scorer, files, dead_letter)
+        unit_dates = {u: pieces[0][1] for u, pieces in enumerate(units)}
+        scorer, files = ctx.challengers.hook_local(ctx, scorer, files, dead_letter, unit_dates)
     run = LocalRun(p, scorer, ctx.pool.max_replicas, files, ctx.policy.read_keys, units)
     hooks.halt.append(run.halt)
     hooks.activity.append(run.activity)
