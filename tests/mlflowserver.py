@@ -49,7 +49,8 @@ class MlflowServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its workers stop with it (the process group)
-            env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+            # no job runner: its queue consumers (about ten processes) keep CPUs busy for nothing here
+            env={**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         self._log = log
         self._wait(timeout_s)
