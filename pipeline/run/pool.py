@@ -32,8 +32,8 @@ from pipeline.stages.deadletter import DeadLetterWriter
 from pipeline.stages.layout import OutputFiles
 from pipeline.stages.predict import FusedScorer
 
-# a unit whose replica died this many times in a row fails the run (a unit that kills its
-# process every time, e.g. out of memory, must not loop forever)
+# a unit is run again at most this many times after its replica died, then the run fails (a unit
+# that kills its process every time, e.g. out of memory, must not loop forever)
 UNIT_RETRIES = 3
 WAIT_S = 0.5  # how often the loop looks at the stop event while units are in flight
 POLL_S = 1.0  # how often busy replicas are asked for their progress calls
@@ -42,9 +42,9 @@ POLL_S = 1.0  # how often busy replicas are asked for their progress calls
 class ReplicaPool:
     """`pool.max_replicas` replicas (at most `most`), each with `pool.num_cpus` CPUs and
     `pool.num_gpus` of a GPU, placed by `label_selector`, loading the model from
-    `predictor_kwargs` as soon as they are created: before the run's units are planned. Use as a
-    context manager, or call `close`: that kills the replicas, which frees their GPUs for what
-    the process does next."""
+    `predictor_kwargs` as soon as they are created, while the driver goes on with its checks.
+    Use as a context manager, or call `close`: that kills the replicas, which frees their GPUs
+    for what the process does next."""
 
     def __init__(
         self, predictor_kwargs: dict[str, Any], pool: Any, label_selector: Any = None, most: int | None = None
