@@ -18,6 +18,13 @@ from pipeline.errors import ConfigError
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
+def refuse_credentials(url: str | None, what: str, instead: str) -> str | None:
+    """`url` unless it carries `user:password@` in its host part (a config is not for secrets)."""
+    if url and "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+        raise ValueError(f"credentials must not be put in the {what}; use {instead}")
+    return url
+
+
 class _Strict(BaseModel):
     # YAML reads `version: 2` as a number: text fields take numbers as text.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
@@ -206,12 +213,9 @@ class ModelConfig(_Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _no_credentials(cls, v: str | None) -> str | None:
-        if v and "@" in v.split("//", 1)[-1].split("/", 1)[0]:
-            raise ValueError(
-                "credentials must not be put in the tracking URI; use MLFLOW_TRACKING_TOKEN or "
-                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
-            )
-        return v
+        return refuse_credentials(
+            v, "tracking URI", "MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
+        )
 
     @property
     def registry_name(self) -> str | None:
@@ -480,12 +484,9 @@ class StorageConfig(_Strict):
     @field_validator("endpoint_url")
     @classmethod
     def _no_credentials(cls, v: str | None) -> str | None:
-        if v and "@" in v.split("//", 1)[-1].split("/", 1)[0]:
-            raise ValueError(
-                "credentials must not be put in the endpoint URL; use AWS_ACCESS_KEY_ID/"
-                "AWS_SECRET_ACCESS_KEY or the provider chain"
-            )
-        return v
+        return refuse_credentials(
+            v, "endpoint URL", "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the provider chain"
+        )
 
 
 class DriftConfig(_Strict):

@@ -8,6 +8,7 @@ the compared head are read, batch by batch, and only the sample is kept."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Any
@@ -166,24 +167,13 @@ def _comparison(
     m = compare(sa[ok], sb[ok], thresholds_of(cfg), c.bins, groups[ok] if groups is not None else None, c.k)
     pick = np.random.default_rng(0).permutation(int(ok.sum()))[: c.plot_points]
     return Comparison(
+        **dataclasses.asdict(m),  # every measure, named alike in the report
         date=date,
-        rows=m.rows,
         champion_rows=n_a,
         challenger_rows=n_b,
         unmatched=unmatched,
         sampled=sampled,
-        spearman=m.spearman,
-        mean_champion=m.mean_champion,
-        mean_challenger=m.mean_challenger,
-        mean_shift=m.mean_shift,
-        mean_shift_std=m.mean_shift_std,
-        quantile_shift=m.quantile_shift,
-        psi=m.psi,
-        groups=m.groups,
-        topk_jaccard=m.topk_jaccard,
-        top1_changed=m.top1_changed,
         verdict="disagrees" if m.broke else "agrees",
-        broke=m.broke,
         plot=np.round(np.c_[sa[ok][pick], sb[ok][pick]], 5).tolist(),
     )
 
