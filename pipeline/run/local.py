@@ -48,9 +48,14 @@ def preload_torch() -> threading.Thread:
     inputs and the table's log, which wait mostly on storage and delta-rs, not on Python."""
 
     def load() -> None:
-        import torch  # noqa: F401
+        # only a warm-up: a failure here (an import cut short by the interpreter exiting after a
+        # config error) is not the run's; the main thread's own import raises any real one
+        try:
+            import torch  # noqa: F401
 
-        import models.transforms  # noqa: F401
+            import models.transforms  # noqa: F401
+        except BaseException:  # noqa: BLE001
+            pass
 
     thread = threading.Thread(target=load, name="batchscore-preload", daemon=True)
     thread.start()
