@@ -41,11 +41,14 @@ def compared_columns(cfg: JobConfig, job: JobConfig, chosen: str | None) -> tupl
 
 
 class PairSample:
-    """(key hash, champion score, challenger score, group hash) of the rows both models scored in
-    this process, collected as they are scored (the local runner: the same rows of one slice go
-    through both models, so they are aligned without a join and no table is read again). A date
-    over compare.max_rows keeps the rows whose hash (group hash with group_by) is in the first
-    max_rows/rows of the range, as the table path does."""
+    """(champion score, challenger score, group id) of the rows both models scored in this process,
+    collected as they are scored (the local runner: the same rows of one slice go through both
+    models, so they are aligned without a join and no table is read again), kept in input order
+    (each slice's place in the input: file, row), which breaks the top-k's ties as the table path's
+    key-hash order does: the same way on both sides. No key is hashed for that. A date over
+    compare.max_rows keeps the rows whose key hash (group hash with group_by) is in the first
+    max_rows/rows of the range, as the table path does. The group id: the value itself when the
+    group is one integer column, else a 64-bit hash of the group's columns."""
 
     def __init__(self, cfg: JobConfig, champ_col: str, chall_col: str, rows_per_date: dict[str, int]) -> None:
         self.keys, self.group_by = cfg.output.key_columns, cfg.compare.group_by
@@ -55,31 +58,39 @@ class PairSample:
             for d, n in rows_per_date.items()
         }
         self.sampled = {d: cfg.compare.max_rows < n for d, n in rows_per_date.items()}
-        self.parts: dict[str, list[tuple[np.ndarray, ...]]] = {d: [] for d in rows_per_date}
+        # per date: (place in the input, (champion, challenger, group ids)) of each batch
+        self.parts: dict[str, list[tuple[Any, tuple]]] = {d: [] for d in rows_per_date}
         self._lock = threading.Lock()
 
-    def add(self, date: str, champion: pa.Table, challenger: pa.Table) -> None:
-        h = row_hash64([champion.column(k) for k in self.keys], seed=13)
-        g = row_hash64([champion.column(k) for k in self.group_by], seed=11) if self.group_by else h
+    def add(self, date: str, where: tuple, champion: pa.Table, challenger: pa.Table) -> None:
+        """The pairs of one batch; `where`: its place in the input (ordered like the input)."""
         a = champion.column(self.champ_col).to_numpy(zero_copy_only=False)
         b = challenger.column(self.chall_col).to_numpy(zero_copy_only=False)
+        g = group_ids([champion.column(k) for k in self.group_by]) if self.group_by else None
         if self.sampled[date]:
-            keep = g < self.cut[date]
-            h, g, a, b = h[keep], g[keep], a[keep], b[keep]
+            cols = self.group_by or self.keys
+            keep = row_hash64([champion.column(k) for k in cols], seed=11 if self.group_by else 13)
+            keep = keep < self.cut[date]
+            a, b, g = a[keep], b[keep], (g[keep] if g is not None else None)
         with self._lock:
-            self.parts[date].append((h, a, b, g))
+            self.parts[date].append((where, (a, b, g)))
 
-    def arrays(self, date: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The date's pairs ordered by key hash (the table path's order: the same ties)."""
-        parts = self.parts.get(date) or []
-        h, a, b, g = (np.concatenate([p[i] for p in parts]) if parts else np.empty(0) for i in range(4))
-        order = np.argsort(h, kind="stable")
-        return (
-            h[order],
-            a[order].astype(np.float64),
-            b[order].astype(np.float64),
-            (g[order] if self.group_by else None),
-        )
+    def arrays(self, date: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The date's (champion, challenger, group ids or None), in input order."""
+        parts = [p for _, p in sorted(self.parts.get(date) or [], key=lambda x: x[0])]
+        a, b = (np.concatenate([p[i] for p in parts]) if parts else np.empty(0) for i in (0, 1))
+        g = np.concatenate([p[2] for p in parts]) if parts and self.group_by else None
+        return a.astype(np.float64), b.astype(np.float64), g
+
+
+def group_ids(columns: list[pa.ChunkedArray]) -> np.ndarray:
+    """A group id per row: the values of one integer column as they are (no collision; a null,
+    never a scored row's key since such rows are dead letters, as 0), else a 64-bit hash of the
+    columns (the table path's, `_read`)."""
+    if len(columns) == 1 and pa.types.is_integer(columns[0].type):
+        col = columns[0]
+        return np.asarray((pc.fill_null(col, 0) if col.null_count else col).to_numpy())
+    return row_hash64(columns, seed=11)
 
 
 def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dates: list[str]) -> None:
@@ -96,7 +107,7 @@ def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dat
         try:
             if pairs is not None and pairs.parts.get(d) and d in rows:
                 # the same rows went through both models: each table holds rows[d] of them
-                h, sa, sb, g = pairs.arrays(d)
+                sa, sb, g = pairs.arrays(d)
                 result.comparisons.append(
                     _comparison(cfg, d, rows[d], rows[d], 0, pairs.sampled[d], sa, sb, g)
                 )
@@ -161,7 +172,8 @@ def _comparison(
     sb: np.ndarray,
     groups: np.ndarray | None,
 ) -> Comparison:
-    """The measures of aligned score arrays (ordered by key hash) as the report's entry."""
+    """The measures of aligned score arrays as the report's entry (their order, by key hash or
+    as the input is, breaks ties in the groups' top-k)."""
     c = cfg.compare
     ok = np.isfinite(sa) & np.isfinite(sb)
     m = compare(sa[ok], sb[ok], thresholds_of(cfg), c.bins, groups[ok] if groups is not None else None, c.k)
