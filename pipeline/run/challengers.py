@@ -146,7 +146,7 @@ class ChallengerSet:
 
                 cols = compared_columns(ctx.cfg, c.job, c.cfg.compare_column)
                 rows = {part.date: part.rows for part in parts if part.date in c.dates}
-                c.pairs = PairSample(ctx.cfg, *cols, rows)
+                c.pairs = PairSample(ctx.cfg, *cols, rows, per_date)
             if ctx.pool.runner == "local":  # its model loads while the champion's first slices score
                 threading.Thread(target=_preload, args=(c,), name="batchscore-preload", daemon=True).start()
 
@@ -250,9 +250,9 @@ class ChallengerSet:
         for c, r in zip(self.all, report.challengers, strict=True):
             r.commit_s = took[c.name]
             if c.plan is not None and c.error is None:
-                t0 = time.perf_counter()
                 compare_dates(ctx.cfg, c, r, ctx.dates)
-                r.compare_s = round(time.perf_counter() - t0, 3)
+            if c.pairs is not None:
+                c.pairs.close()
 
     def _commit(self, c: Challenger, ctx: Any) -> None:
         from pipeline.quality.drift import commit_profiles, committed_profiles, evaluate_heads, run_references
@@ -424,8 +424,11 @@ class TeeFiles:
         self.files.add(unit, rows)
 
     def file_done(self, unit: int) -> None:
-        self.files.file_done(unit)
         date = self.unit_dates[unit]
+        for c in self.challengers:  # first: a date's comparison starts before its last writes
+            if c.pairs is not None and c.error is None and date in c.files.left:
+                c.pairs.file_scored(date)
+        self.files.file_done(unit)
         for c in self.challengers:
             if date in c.files.left:
                 c.files.file_done(date)
