@@ -63,6 +63,7 @@ class Challenger:
     dead_letter: DeadLetterWriter | None = None
     committed: list[str] = field(default_factory=list)
     commits: list[Any] = field(default_factory=list)
+    shares_features: bool | None = None  # takes the champion's transformed features (once known)
     _first: Predictor | None = None
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -145,7 +146,7 @@ class ChallengerSet:
 
                 cols = compared_columns(ctx.cfg, c.job, c.cfg.compare_column)
                 rows = {part.date: part.rows for part in parts if part.date in c.dates}
-                c.pairs = PairSample(ctx.cfg, *cols, rows)
+                c.pairs = PairSample(ctx.cfg, *cols, rows, per_date)
             if ctx.pool.runner == "local":  # its model loads while the champion's first slices score
                 threading.Thread(target=_preload, args=(c,), name="batchscore-preload", daemon=True).start()
 
@@ -249,9 +250,9 @@ class ChallengerSet:
         for c, r in zip(self.all, report.challengers, strict=True):
             r.commit_s = took[c.name]
             if c.plan is not None and c.error is None:
-                t0 = time.perf_counter()
                 compare_dates(ctx.cfg, c, r, ctx.dates)
-                r.compare_s = round(time.perf_counter() - t0, 3)
+            if c.pairs is not None:
+                c.pairs.close()
 
     def _commit(self, c: Challenger, ctx: Any) -> None:
         from pipeline.quality.drift import commit_profiles, committed_profiles, evaluate_heads, run_references
@@ -313,8 +314,11 @@ class ChallengerSet:
 class ChallengerScorer:
     """The local runner's scorer with challengers: each slice preprocessed once per distinct
     preprocessing, then through the champion (returned, as FusedScorer.score does) and every
-    active challenger (written to its own date files). A challenger that raises is marked failed
-    and left out from then on; the champion's rows are never held back by it."""
+    active challenger (written to its own date files). A challenger with the champion's feature
+    spec takes the champion's transformed features of each batch (copies: a model that changed its
+    inputs in place would change no other model's) instead of transforming it again. A challenger
+    that raises is marked failed and left out from then on; the champion's rows are never held
+    back by it."""
 
     def __init__(self, champion: Any, challengers: list[Challenger], champion_key: str) -> None:
         self.champion = champion
@@ -325,38 +329,85 @@ class ChallengerScorer:
         self.preprocess_batch_size = champion.preprocess_batch_size
         self.partition_column = challengers[0].job.input.partition_column
 
-    def score(self, batch: pa.Table, predictor: Predictor) -> pa.Table:
+    def score(self, batch: pa.Table, predictor: Predictor, at: tuple[int, int] | None = None) -> pa.Table:
+        """`at`: where `batch` starts in the input (the file's index in the plan, its row offset),
+        the order the compared pairs are kept in (pipeline/run/comparison.py)."""
+        if at is None:
+            raise TypeError("ChallengerScorer.score needs the batch's place in the input (at=)")
         outs = []
         for i in range(0, max(batch.num_rows, 1), self.preprocess_batch_size):
             piece = batch.slice(i, self.preprocess_batch_size)
             features = {self.champion_key: self.champion.preprocessor(piece)}
             feats = features[self.champion_key]
-            mine = [
-                predictor(feats.slice(j, self.batch_size))
-                for j in range(0, max(feats.num_rows, 1), self.batch_size)
-            ]
-            outs += mine
-            if piece.num_rows:
-                with noting():  # their files are not the champion unit's (resume adopts those)
-                    self._challengers(piece, features, mine)
+            date = piece.column(self.partition_column)[0].as_py() if piece.num_rows else None
+            active = [c for c in self.challengers if c.error is None and date in c.files.left]
+            beside = [c for c in active if c.preprocess_key == self.champion_key]
+            for n, j in enumerate(range(0, max(feats.num_rows, 1), self.batch_size)):
+                where = (at[0], at[1] + i, n)
+                outs.append(self._beside(feats.slice(j, self.batch_size), predictor, beside, date, where))
+            with noting():  # their files are not the champion unit's (resume adopts those)
+                for c in active:
+                    if c.preprocess_key != self.champion_key:
+                        self._apart(c, piece, features, date)
         return outs[0] if len(outs) == 1 else pa.concat_tables(outs)
 
-    def _challengers(self, piece: pa.Table, features: dict[str, pa.Table], champion: list[pa.Table]) -> None:
-        date = piece.column(self.partition_column)[0].as_py()
-        for c in self.challengers:
-            if c.error is not None or date not in c.files.left:
-                continue
-            try:
-                if c.preprocess_key not in features:
-                    features[c.preprocess_key] = c.pre(piece)
-                feats, pred = features[c.preprocess_key], c.predictor()
-                for i, j in enumerate(range(0, max(feats.num_rows, 1), self.batch_size)):
-                    out = pred(feats.slice(j, self.batch_size))
+    def _beside(
+        self, part: pa.Table, predictor: Predictor, challengers: list[Challenger], date: Any, where: tuple
+    ) -> pa.Table:
+        """One batch of the champion's preprocessed rows through the champion and `challengers`
+        (the same preprocessing); the champion's predictions returned."""
+        import torch
+
+        copies: dict[str, Any] = {}
+        sharing = [c for c in challengers if part.num_rows and self._shares(c, predictor, part)]
+        feats = None
+        if sharing:
+            with torch.inference_mode():
+                feats = predictor.encoded_features(part)
+                copies = {c.name: {k: v.clone() for k, v in feats.items()} for c in sharing}
+        mine = predictor(part, feats)
+        if not part.num_rows:
+            return mine
+        with noting():  # their files are not the champion unit's (resume adopts those)
+            for c in challengers:
+                if c.error is not None:
+                    continue
+                try:
+                    out = c.predictor()(part, copies.get(c.name))
                     c.files.add(date, out)
-                    if c.pairs is not None and out.num_rows:  # the same rows as the champion's i-th
-                        c.pairs.add(date, champion[i], out)
-            except Exception as e:  # its model raised: it alone stops
-                c.fail(f"scoring {self.partition_column}={date}: {type(e).__name__}: {brief_error(e, 1000)}")
+                    if c.pairs is not None and out.num_rows:  # the same rows as the champion's
+                        c.pairs.add(date, where, mine, out)
+                except Exception as e:  # its model raised: it alone stops
+                    self._failed(c, date, e)
+        return mine
+
+    def _shares(self, c: Challenger, predictor: Predictor, part: pa.Table) -> bool:
+        """Whether `c` takes the champion's transformed features (decided once per challenger)."""
+        if c.shares_features is None:
+            from pipeline.stages.predict import ENCODED_PREFIXES
+
+            encoded = any(x.startswith(ENCODED_PREFIXES) for x in part.column_names)
+            try:
+                c.shares_features = encoded and predictor.shares_features(c.predictor())
+            except Exception as e:  # its model does not load: it alone fails
+                self._failed(c, None, e)
+                return False
+        return c.shares_features
+
+    def _apart(self, c: Challenger, piece: pa.Table, features: dict[str, pa.Table], date: Any) -> None:
+        """A challenger with a preprocessing of its own: the slice preprocessed its way, scored."""
+        try:
+            if c.preprocess_key not in features:
+                features[c.preprocess_key] = c.pre(piece)
+            feats, pred = features[c.preprocess_key], c.predictor()
+            for j in range(0, max(feats.num_rows, 1), self.batch_size):
+                c.files.add(date, pred(feats.slice(j, self.batch_size)))
+        except Exception as e:  # its model raised: it alone stops
+            self._failed(c, date, e)
+
+    def _failed(self, c: Challenger, date: Any, e: Exception) -> None:
+        where = f"scoring {self.partition_column}={date}" if date is not None else "loading its model"
+        c.fail(f"{where}: {type(e).__name__}: {brief_error(e, 1000)}")
 
 
 class TeeFiles:
@@ -373,8 +424,11 @@ class TeeFiles:
         self.files.add(unit, rows)
 
     def file_done(self, unit: int) -> None:
-        self.files.file_done(unit)
         date = self.unit_dates[unit]
+        for c in self.challengers:  # first: a date's comparison starts before its last writes
+            if c.pairs is not None and c.error is None and date in c.files.left:
+                c.pairs.file_scored(date)
+        self.files.file_done(unit)
         for c in self.challengers:
             if date in c.files.left:
                 c.files.file_done(date)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ import pyarrow.compute as pc
 from models.features import row_hash64
 from pipeline.commit.partitions import brief_error
 from pipeline.config import JobConfig
-from pipeline.quality.compare import Thresholds, compare
+from pipeline.quality.compare import Measures, Thresholds, compare
 from pipeline.reporting.schema import ChallengerResult, Comparison
 
 log = logging.getLogger("batchscore")
@@ -41,13 +43,29 @@ def compared_columns(cfg: JobConfig, job: JobConfig, chosen: str | None) -> tupl
 
 
 class PairSample:
-    """(key hash, champion score, challenger score, group hash) of the rows both models scored in
-    this process, collected as they are scored (the local runner: the same rows of one slice go
-    through both models, so they are aligned without a join and no table is read again). A date
-    over compare.max_rows keeps the rows whose hash (group hash with group_by) is in the first
-    max_rows/rows of the range, as the table path does."""
+    """(champion score, challenger score, group id) of the rows both models scored in this process,
+    collected as they are scored (the local runner: the same rows of one slice go through both
+    models, so they are aligned without a join and no table is read again), kept in input order
+    (each slice's place in the input: file, row), which breaks the top-k's ties as the table path's
+    key-hash order does: the same way on both sides. No key is hashed for that. A date over
+    compare.max_rows keeps the rows whose key hash (group hash with group_by) is in the first
+    max_rows/rows of the range, as the table path does. The group id: the value itself when the
+    group is one integer column, else a 64-bit hash of the group's columns.
 
-    def __init__(self, cfg: JobConfig, champ_col: str, chall_col: str, rows_per_date: dict[str, int]) -> None:
+    Once a date's last input file is scored (`file_scored`), its measures are computed on a thread
+    of their own while the run writes, commits and reports (numpy's sorts leave the GIL to them);
+    `result` waits for them. Whether the challenger's date is then committed decides whether they
+    are reported (pipeline/run/challengers.py)."""
+
+    def __init__(
+        self,
+        cfg: JobConfig,
+        champ_col: str,
+        chall_col: str,
+        rows_per_date: dict[str, int],
+        files_per_date: dict[str, int] | None = None,
+    ) -> None:
+        self.cfg = cfg
         self.keys, self.group_by = cfg.output.key_columns, cfg.compare.group_by
         self.champ_col, self.chall_col = champ_col, chall_col
         self.cut = {
@@ -55,36 +73,82 @@ class PairSample:
             for d, n in rows_per_date.items()
         }
         self.sampled = {d: cfg.compare.max_rows < n for d, n in rows_per_date.items()}
-        self.parts: dict[str, list[tuple[np.ndarray, ...]]] = {d: [] for d in rows_per_date}
+        # per date: (place in the input, (champion, challenger, group ids)) of each batch
+        self.parts: dict[str, list[tuple[Any, tuple]]] = {d: [] for d in rows_per_date}
+        self.files_left = dict(files_per_date or {})
+        self._measured: dict[str, Future] = {}
+        self.seconds: dict[str, float] = {}  # what each date's measures took
+        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    def add(self, date: str, champion: pa.Table, challenger: pa.Table) -> None:
-        h = row_hash64([champion.column(k) for k in self.keys], seed=13)
-        g = row_hash64([champion.column(k) for k in self.group_by], seed=11) if self.group_by else h
+    def add(self, date: str, where: tuple, champion: pa.Table, challenger: pa.Table) -> None:
+        """The pairs of one batch; `where`: its place in the input (ordered like the input)."""
         a = champion.column(self.champ_col).to_numpy(zero_copy_only=False)
         b = challenger.column(self.chall_col).to_numpy(zero_copy_only=False)
+        g = group_ids([champion.column(k) for k in self.group_by]) if self.group_by else None
         if self.sampled[date]:
-            keep = g < self.cut[date]
-            h, g, a, b = h[keep], g[keep], a[keep], b[keep]
+            cols = self.group_by or self.keys
+            keep = row_hash64([champion.column(k) for k in cols], seed=11 if self.group_by else 13)
+            keep = keep < self.cut[date]
+            a, b, g = a[keep], b[keep], (g[keep] if g is not None else None)
         with self._lock:
-            self.parts[date].append((h, a, b, g))
+            self.parts[date].append((where, (a, b, g)))
 
-    def arrays(self, date: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The date's pairs ordered by key hash (the table path's order: the same ties)."""
-        parts = self.parts.get(date) or []
-        h, a, b, g = (np.concatenate([p[i] for p in parts]) if parts else np.empty(0) for i in range(4))
-        order = np.argsort(h, kind="stable")
-        return (
-            h[order],
-            a[order].astype(np.float64),
-            b[order].astype(np.float64),
-            (g[order] if self.group_by else None),
-        )
+    def file_scored(self, date: str) -> None:
+        """One input file of `date` is scored by both models; after its last, the date's measures
+        start on this sample's thread."""
+        with self._lock:
+            if date not in self.files_left:
+                return
+            self.files_left[date] -= 1
+            if self.files_left[date] or date in self._measured:
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="batchscore-compare")
+            self._measured[date] = self._pool.submit(self._measure, date)
+
+    def has(self, date: str) -> bool:
+        return bool(self.parts.get(date)) or date in self._measured
+
+    def result(self, date: str) -> tuple[Measures, list]:
+        """The date's measures and plotted pairs: computed since its last file was scored, or now."""
+        with self._lock:
+            future = self._measured.get(date)
+        return future.result() if future is not None else self._measure(date)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _measure(self, date: str) -> tuple[Measures, list]:
+        t0 = time.perf_counter()
+        try:
+            return measured(self.cfg, *self.arrays(date))
+        finally:
+            self.seconds[date] = time.perf_counter() - t0
+
+    def arrays(self, date: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The date's (champion, challenger, group ids or None), in input order."""
+        parts = [p for _, p in sorted(self.parts.get(date) or [], key=lambda x: x[0])]
+        a, b = (np.concatenate([p[i] for p in parts]) if parts else np.empty(0) for i in (0, 1))
+        g = np.concatenate([p[2] for p in parts]) if parts and self.group_by else None
+        return a.astype(np.float64), b.astype(np.float64), g
+
+
+def group_ids(columns: list[pa.ChunkedArray]) -> np.ndarray:
+    """A group id per row: the values of one integer column as they are (no collision; a null,
+    never a scored row's key since such rows are dead letters, as 0), else a 64-bit hash of the
+    columns (the table path's, `_read`)."""
+    if len(columns) == 1 and pa.types.is_integer(columns[0].type):
+        col = columns[0]
+        return np.asarray((pc.fill_null(col, 0) if col.null_count else col).to_numpy())
+    return row_hash64(columns, seed=11)
 
 
 def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dates: list[str]) -> None:
     """Fill `result` with one comparison per date both tables hold (committed now or before):
-    from the pairs collected while scoring when there are any, else read from the tables."""
+    from the pairs collected while scoring when there are any, else read from the tables. Its
+    `compare_s`: the seconds the comparisons took (the pairs' on their thread, beside the run)."""
     from pipeline.commit.tables import OutputTables
 
     champ_col, chall_col = compared_columns(cfg, challenger.job, challenger.cfg.compare_column)
@@ -92,14 +156,15 @@ def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dat
     pairs = getattr(challenger, "pairs", None)
     rows = {x.date: x.output_rows for x in getattr(challenger, "commits", [])}
     tables: list[Any] = []
+    took = 0.0
     for d in dates:
+        t0 = time.perf_counter()
         try:
-            if pairs is not None and pairs.parts.get(d) and d in rows:
+            if pairs is not None and pairs.has(d) and d in rows:
                 # the same rows went through both models: each table holds rows[d] of them
-                h, sa, sb, g = pairs.arrays(d)
-                result.comparisons.append(
-                    _comparison(cfg, d, rows[d], rows[d], 0, pairs.sampled[d], sa, sb, g)
-                )
+                m = pairs.result(d)  # computed beside the writes and commits (or now)
+                result.comparisons.append(_comparison(d, rows[d], rows[d], 0, pairs.sampled[d], m))
+                took += pairs.seconds.get(d, 0.0)
                 continue
             if not tables:  # read back only when a date was not compared as it was scored
                 tables += [
@@ -107,10 +172,12 @@ def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dat
                     challenger.tables.predictions.open(),
                 ]
             if None in tables:
-                return
+                break
             result.comparisons.append(compare_date(cfg, *tables, d, champ_col, chall_col))
+            took += time.perf_counter() - t0
         except Exception as e:
             log.warning("challenger %s, %s: comparison failed: %s", challenger.name, d, brief_error(e))
+    result.compare_s = round(took, 3)
     if result.comparisons:
         bad = any(x.verdict == "disagrees" for x in result.comparisons)
         result.verdict = "disagrees" if bad else "agrees"
@@ -145,27 +212,29 @@ def compare_date(
     hb, sb, _ = _read(b_ds, where, keys, chall_col, c.group_by, frac)
     common, ia, ib = np.intersect1d(ha, hb, return_indices=True)
     unmatched = len(ha) + len(hb) - 2 * len(common)
-    return _comparison(
-        cfg, date, n_a, n_b, unmatched, frac < 1.0, sa[ia], sb[ib], ga[ia] if ga is not None else None
-    )
+    groups = ga[ia] if ga is not None else None
+    return _comparison(date, n_a, n_b, unmatched, frac < 1.0, measured(cfg, sa[ia], sb[ib], groups))
+
+
+def measured(
+    cfg: JobConfig, sa: np.ndarray, sb: np.ndarray, groups: np.ndarray | None
+) -> tuple[Measures, list]:
+    """The measures of aligned score arrays (their order, by key hash or as the input is, breaks
+    ties in the groups' top-k), and the sampled pairs of the page's plot."""
+    c = cfg.compare
+    ok = np.isfinite(sa) & np.isfinite(sb)
+    if not ok.all():
+        sa, sb, groups = sa[ok], sb[ok], (groups[ok] if groups is not None else None)
+    m = compare(sa, sb, thresholds_of(cfg), c.bins, groups, c.k)
+    pick = np.random.default_rng(0).choice(len(sa), min(len(sa), c.plot_points), replace=False)
+    return m, np.round(np.c_[sa[pick], sb[pick]], 5).tolist()
 
 
 def _comparison(
-    cfg: JobConfig,
-    date: str,
-    n_a: int,
-    n_b: int,
-    unmatched: int,
-    sampled: bool,
-    sa: np.ndarray,
-    sb: np.ndarray,
-    groups: np.ndarray | None,
+    date: str, n_a: int, n_b: int, unmatched: int, sampled: bool, result: tuple[Measures, list]
 ) -> Comparison:
-    """The measures of aligned score arrays (ordered by key hash) as the report's entry."""
-    c = cfg.compare
-    ok = np.isfinite(sa) & np.isfinite(sb)
-    m = compare(sa[ok], sb[ok], thresholds_of(cfg), c.bins, groups[ok] if groups is not None else None, c.k)
-    pick = np.random.default_rng(0).permutation(int(ok.sum()))[: c.plot_points]
+    """The report's entry of one date's measures."""
+    m, plot = result
     return Comparison(
         **dataclasses.asdict(m),  # every measure, named alike in the report
         date=date,
@@ -174,7 +243,7 @@ def _comparison(
         unmatched=unmatched,
         sampled=sampled,
         verdict="disagrees" if m.broke else "agrees",
-        plot=np.round(np.c_[sa[ok][pick], sb[ok][pick]], 5).tolist(),
+        plot=plot,
     )
 
 

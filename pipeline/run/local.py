@@ -181,6 +181,8 @@ class _OpenFile:
     date: str
     unit: int
     blocks: Iterator[pa.Table]
+    index: int = 0  # its place in the plan's files
+    offset: int = 0  # rows read so far
     reading: bool = False  # a thread is reading its next block
     exhausted: bool = False
     pending: int = 0  # slices queued or being scored
@@ -221,9 +223,9 @@ class LocalRun:
         self.threads = max(1, min(threads, -(-p.inputs.rows // self.slice_rows)))
         self.read = StageClock("ReadParquet")
         self.score = StageClock("Score")
-        self._todo = iter([(f, d, u) for u, pieces in enumerate(units) for f, d, _ in pieces])
+        self._todo = enumerate([(f, d, u) for u, pieces in enumerate(units) for f, d, _ in pieces])
         self._open: list[_OpenFile] = []
-        self._slices: deque[tuple[_OpenFile, pa.Table]] = deque()
+        self._slices: deque[tuple[_OpenFile, int, pa.Table]] = deque()  # (file, its row offset, rows)
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
@@ -268,43 +270,43 @@ class LocalRun:
     def _work(self, predictor: Predictor) -> None:
         try:
             while (job := self._next_job()) is not None:
-                of, rows = job
+                of, offset, rows = job
                 me = threading.current_thread().name
                 what = "reading a block of" if rows is None else f"scoring {rows.num_rows} rows of"
                 self._doing[me] = (what, of.file.path, time.time())
                 if rows is None:
                     self._read_block(of)
                 else:
-                    self._score_slice(of, rows, predictor)
+                    self._score_slice(of, offset, rows, predictor)
                 self._doing.pop(me, None)
         except BaseException as e:  # the run raises it; the other threads stop
             with self._cv:
                 self._errors.append(e)
             self._halt()
 
-    def _next_job(self) -> tuple[_OpenFile, pa.Table | None] | None:
-        """(file, slice) to score; (file, None) to read the file's next block; None when all is
-        done or the run stops. Waits while other threads hold the only work left."""
+    def _next_job(self) -> tuple[_OpenFile, int, pa.Table | None] | None:
+        """(file, row offset, slice) to score; (file, 0, None) to read the file's next block; None
+        when all is done or the run stops. Waits while other threads hold the only work left."""
         with self._cv:
             while not self._stop.is_set():
                 if self._slices:
                     return self._slices.popleft()
                 of = next((o for o in self._open if not (o.reading or o.exhausted)), None)
                 if of is None and (item := next(self._todo, None)) is not None:
-                    of = self._open_file(*item)
+                    of = self._open_file(item[0], *item[1])
                 if of is not None:
                     of.reading = True
-                    return of, None
+                    return of, 0, None
                 if not self._open:
                     return None
                 self._cv.wait()
             return None
 
-    def _open_file(self, f: InputFile, date: str, unit: int) -> _OpenFile:
+    def _open_file(self, index: int, f: InputFile, date: str, unit: int) -> _OpenFile:
         blocks = self.source.read_file(f, date, BLOCK_BYTES)  # a generator: no I/O until read
         if self.read_keys is not None:
             blocks = self.read_keys.record([f.path], blocks)
-        of = _OpenFile(f, date, unit, blocks)
+        of = _OpenFile(f, date, unit, blocks, index)
         self._open.append(of)
         return of
 
@@ -324,17 +326,18 @@ class LocalRun:
                 of.exhausted = True
             else:
                 for i in range(0, block.num_rows, self.slice_rows):
-                    self._slices.append((of, block.slice(i, self.slice_rows)))
+                    self._slices.append((of, of.offset + i, block.slice(i, self.slice_rows)))
                     of.pending += 1
+                of.offset += block.num_rows
             done = self._finished(of)
             self._cv.notify_all()
         if done:
             self.files.file_done(of.unit)
 
-    def _score_slice(self, of: _OpenFile, rows: pa.Table, predictor: Predictor) -> None:
+    def _score_slice(self, of: _OpenFile, offset: int, rows: pa.Table, predictor: Predictor) -> None:
         t0 = time.perf_counter()
         with noting(self.files.notes[of.unit]):  # its dead letters
-            scored = self.scorer.score(rows, predictor)
+            scored = self.scorer.score(rows, predictor, at=(of.index, offset))
         self.score.add(t0, rows.num_rows, scored.num_rows, tasks=0)
         self.files.add(of.unit, scored)
         with self._cv:

@@ -338,10 +338,13 @@ class Predictor:
         staged.numpy()[...] = arr
         return staged.to(self.device, non_blocking=True)
 
-    def __call__(self, batch: pa.Table | FeatureBatch) -> pa.Table:
+    def __call__(self, batch: pa.Table | FeatureBatch, features: dict[str, Any] | None = None) -> pa.Table:
         """The batch's predictions: its pass-through columns and the output columns. `batch`: a
         Preprocessor's output, as a table (features as tensor columns, or encoded) or as the
-        FeatureBatch of the same process (a user function's numpy arrays as they are)."""
+        FeatureBatch of the same process (a user function's numpy arrays as they are).
+        `features`: the model inputs another predictor made of this very batch
+        (`encoded_features`), taken as they are instead of made again; only from a predictor that
+        `shares_features` with this one."""
         import torch
 
         arrays = batch.arrays if isinstance(batch, FeatureBatch) else {}
@@ -363,7 +366,8 @@ class Predictor:
         )
         with torch.inference_mode():
             if encoded:
-                tensors = self._features_on_device(batch)
+                made = features if features is not None else self.encoded_features(batch)
+                tensors = self._model_inputs(made)
             else:
                 tensors = [
                     self._to_device(c, arrays[c] if c in arrays else tensor_column_to_numpy(batch.column(c)))
@@ -408,11 +412,18 @@ class Predictor:
     def _encoded_names(self) -> list[str]:
         return encoded_columns(self._feature_transform().spec)
 
-    def _features_on_device(self, batch: pa.Table) -> list:
-        """The model inputs from the encoded columns: laid out feature-major (one contiguous copy
-        per feature, into reused pinned buffers on a GPU), copied to the device as they are
-        (keys, null flags, float64 values), transformed there in full precision (outside any
-        autocast), in the order of the model's inputs."""
+    def shares_features(self, other: Predictor) -> bool:
+        """Whether `other`'s encoded_features are this predictor's: the same feature spec (so the
+        same built-in transforms) on the same device. A challenger beside its champion takes them
+        instead of transforming every batch again (pipeline/run/challengers.py)."""
+        spec, theirs = self.loaded.meta.feature_spec, other.loaded.meta.feature_spec
+        return spec is not None and spec == theirs and self.device == other.device
+
+    def encoded_features(self, batch: pa.Table) -> dict[str, Any]:
+        """Every feature the built-in transforms make of the encoded columns, on the device: laid
+        out feature-major (one contiguous copy per feature, into reused pinned buffers on a GPU),
+        copied to the device as they are (keys, null flags, float64 values), transformed there in
+        full precision (outside any autocast). Run under torch.inference_mode()."""
         import torch
 
         transform = self._feature_transform()
@@ -429,7 +440,10 @@ class Predictor:
             tensors = [t.to(self.device, non_blocking=True) for t in staged]
         else:
             tensors = [torch.from_numpy(a) for a in stack_encoded(batch, spec)]
-        feats = transform(*tensors)
+        return transform(*tensors)
+
+    def _model_inputs(self, feats: dict[str, Any]) -> list:
+        """The model's inputs, in its order, from the transforms' features."""
         unknown = [name for name in self.inputs if name not in feats]
         if unknown:
             raise StageError(
@@ -512,8 +526,10 @@ class FusedScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.score(batch, self._predictor())
 
-    def score(self, batch: pa.Table, predictor: Predictor) -> pa.Table:
-        """`batch` preprocessed and scored by `predictor` (the local runner gives each thread its own)."""
+    def score(self, batch: pa.Table, predictor: Predictor, at: tuple[int, int] | None = None) -> pa.Table:
+        """`batch` preprocessed and scored by `predictor` (the local runner gives each thread its own).
+        `at`: where the batch starts in the input (file, row), which the local runner passes and
+        only a scorer keeping several models' rows in input order needs (ChallengerScorer)."""
         outs = []
         for i in range(0, max(batch.num_rows, 1), self.preprocess_batch_size):
             features = self.preprocessor.prepare(batch.slice(i, self.preprocess_batch_size))

@@ -12,7 +12,9 @@ from pipeline.quality.compare import (
     Thresholds,
     average_ranks,
     compare,
+    descending,
     psi,
+    radix_order,
     spearman,
     top_k_overlap,
 )
@@ -84,3 +86,32 @@ def test_the_verdict_names_the_measures_that_broke(scores):
     assert compare(a, b, Thresholds()).broke == []
     far = compare(a, 1 - a, Thresholds(), groups=np.arange(a.size) // 20, k=3)
     assert {x.split()[0] for x in far.broke} >= {"spearman", "mean", "quantile", "psi", "top-k", "top-1"}
+
+
+def test_the_radix_sorts_order_as_numpy_does_stably(scores):
+    """compare sorts each side once, by radix: the same order as numpy's stable argsort, ties
+    (and -0.0 beside 0.0) in row order, so every measure sees the rows as before."""
+    a, _ = scores
+    x = np.r_[a, -a, 0.0, -0.0, np.inf, -np.inf, 1e-300, -1e-300]
+    np.testing.assert_array_equal(descending(x), np.argsort(-x, kind="stable"))
+    rng = np.random.default_rng(7)
+    keys = rng.integers(0, 2**63, 3000, dtype=np.int64).view(np.uint64)
+    keys[::3] = keys[1::3]  # repeated keys: kept in the given order
+    first = rng.permutation(keys.size)
+    np.testing.assert_array_equal(radix_order(keys), np.argsort(keys, kind="stable"))
+    np.testing.assert_array_equal(radix_order(keys, first), first[np.argsort(keys[first], kind="stable")])
+    # the ranks from a descending order are n + 1 minus the ascending ones: rho does not change
+    np.testing.assert_allclose(average_ranks(a, descending(a)), a.size + 1 - scipy.stats.rankdata(a))
+
+
+def test_one_sort_per_side_gives_what_separate_sorts_give(scores):
+    """The measures of compare (one order per side, shared) against each measure on its own."""
+    a, b = scores
+    groups = np.random.default_rng(5).integers(0, 300, a.size)
+    m = compare(a, b, Thresholds(), groups=groups, k=4)
+    assert m.spearman == pytest.approx(scipy.stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert m.psi == pytest.approx(psi(a, b, 10), abs=1e-12)
+    want = _loop_overlap(groups, a, b, 4)
+    assert (m.groups, m.topk_jaccard, m.top1_changed) == pytest.approx(want, abs=1e-12)
+    empty = compare(np.empty(0), np.empty(0), Thresholds(), groups=np.empty(0, dtype=np.int64))
+    assert empty.rows == 0 and empty.spearman is None and empty.psi is None

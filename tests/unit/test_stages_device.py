@@ -208,9 +208,23 @@ def test_sliced_and_multi_chunk_encoded_batches_score_the_same(clean, spec, chec
     assert parts.column("cat_key:item").num_chunks == 3
     np.testing.assert_array_equal(pred(parts).column("score").to_numpy(), whole)
     # a slice: the same model inputs (scores of another batch size may differ in the last bit: matmul)
-    cat, dense = pred._features_on_device(encoded)
-    part_cat, part_dense = pred._features_on_device(encoded.slice(7, 90))
+    cat, dense = pred._model_inputs(pred.encoded_features(encoded))
+    part_cat, part_dense = pred._model_inputs(pred.encoded_features(encoded.slice(7, 90)))
     assert torch.equal(part_cat, cat[7:97]) and torch.equal(part_dense, dense[7:97])
+
+
+def test_a_predictor_takes_features_another_made(clean, spec, checkpoint):
+    """A challenger with the champion's feature spec takes the champion's transformed features
+    (pipeline/run/challengers.py): the same scores as transforming them itself."""
+    champion = Predictor(ModelSource(uri=checkpoint), ["event_id"], run_id="r", device="cpu")
+    challenger = Predictor(ModelSource(uri=checkpoint), ["event_id"], run_id="r", device="cpu")
+    encoded = Preprocessor(spec, PASSTHROUGH, device_transforms=True)(clean)
+    assert challenger.shares_features(champion)
+    with torch.inference_mode():
+        feats = champion.encoded_features(encoded)
+    np.testing.assert_array_equal(
+        challenger(encoded, feats).column("score").to_numpy(), challenger(encoded).column("score").to_numpy()
+    )
 
 
 def test_preprocess_tasks_do_not_need_torch(tmp_path):
