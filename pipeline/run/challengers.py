@@ -30,6 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.commit.groups import TopKCheck
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, brief_error, commit_partitions
 from pipeline.commit.streaming import subset
 from pipeline.commit.tables import OutputTables, digest_of, list_run_files
@@ -125,7 +126,7 @@ class ChallengerSet:
         """Once the champion's run is set up: each challenger's predictor, dead letters, files."""
         from pipeline.run.local import DateFiles
 
-        check_runner(ctx.pool.runner, ctx.pool.mode)
+        check_runner(ctx.pool.runner, ctx.pool.mode, top_k=ctx.cfg.output.top_k is not None)
         for c in self.all:
             if c.error is not None or c.plan is None:
                 continue
@@ -136,6 +137,15 @@ class ChallengerSet:
                 self._setup(c, ctx)
             except Exception as e:
                 c.fail(f"{type(e).__name__}: {brief_error(e)}")
+                continue
+            if ctx.cfg.output.top_k is not None and c.preprocess_key != preprocess_key(
+                ctx.cfg, ctx.p.model_meta
+            ):
+                c.fail(
+                    "with output.top_k a challenger shares the champion's preprocessing, and its "
+                    "model's feature spec differs from the champion's (retrain on the same features, "
+                    "or score it alone)"
+                )
                 continue
             parts = ctx.p.inputs.partitions
             per_date = {part.date: len(part.files) for part in parts if part.date in c.dates}
@@ -218,6 +228,33 @@ class ChallengerSet:
         prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
         return ReplicaScorer(scorer, models, key, prefix, ctx.cfg.input.partition_column)
 
+    def hook_ray(self, ctx: Any, dead_letter: Any) -> RayModelSet | None:
+        """Ray's fused or staged pool with top-K (output.top_k): every active challenger beside the
+        champion in each task or replica and through the shuffle (pipeline/stages/modelset.py);
+        None without any."""
+        from pipeline.commit.tables import run_file_prefix
+        from pipeline.stages.layout import OutputFiles
+        from pipeline.stages.modelset import SideModel
+        from pipeline.stages.topk import TopKSpec
+
+        active = [c for c in self.all if c.active]
+        if not active:
+            return None
+        sides = [
+            SideModel(
+                c.name,
+                c.kwargs,
+                set(c.dates),
+                TopKSpec.from_config(c.job),
+                c.dead_letter.tagged("topk"),
+                OutputFiles.for_output(c.tables.location, c.job.output),
+                run_file_prefix(ctx.run_id, attempt=ctx.run.attempt),
+                failure_marker(c, ctx),
+            )
+            for c in active
+        ]
+        return RayModelSet(ctx.cfg, sides, [c.dead_letter for c in active], dead_letter)
+
     def discard(self, ctx: Any) -> None:
         """The files of challengers this attempt did not commit (a failed run or challenger)."""
         for c in self.all:
@@ -274,7 +311,11 @@ class ChallengerSet:
             else None,
         )
         policy = CommitPolicy(
-            job.output.key_columns, job.output.verify, job.output.max_bad_row_fraction, ctx.policy.read_keys
+            job.output.key_columns,
+            job.output.verify,
+            job.output.max_bad_row_fraction,
+            ctx.policy.read_keys,  # with top-K: the input's group keys, the same groups as the champion's
+            top_k=TopKCheck.from_config(job) if job.output.top_k is not None else None,
         )
         try:
             profiles = profile_partitions(c.tables.location, col, c.dates, heads, ctx.run_id, ctx.run.attempt)
@@ -307,6 +348,42 @@ class ChallengerSet:
             dates_committed=c.committed,
             rows=sum(x.output_rows for x in c.commits) if c.commits else None,
             dead_letter_rows=sum(x.dead_letter_rows for x in c.commits) if c.commits else None,
+        )
+
+
+class RayModelSet:
+    """What a top-K run's Ray Data pipeline needs for the challengers (pipeline/run/execute.py's
+    build_dataset and pipeline/run/score.py's top-K step)."""
+
+    def __init__(self, cfg: JobConfig, sides: list[Any], dead_letters: list[Any], champion_dl: Any) -> None:
+        self.cfg, self.sides = cfg, sides
+        self.dead_letters, self.champion_dl = dead_letters, champion_dl
+
+    def __call__(self, pre: Any, predictor_kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+        """(preprocessor, actor class, its arguments): the shared preprocessing's dead letters go
+        to every table; each replica holds every model."""
+        from pipeline.stages.modelset import ModelSetPredictor
+
+        pre.dead_letter = TeeDeadLetters([self.champion_dl, *self.dead_letters])
+        kwargs = {
+            "champion": predictor_kwargs,
+            "sides": self.sides,
+            "partition_column": self.cfg.input.partition_column,
+        }
+        return pre, ModelSetPredictor, kwargs
+
+    def fused(self, scorer: Any) -> Any:
+        """The fused mode's scorer (built with this set's arguments) holding every model."""
+        from pipeline.stages.modelset import FusedModelSet
+
+        return FusedModelSet(scorer)
+
+    def top_k_dataset(self, ds: Any, partitions: int) -> Any:
+        from pipeline.stages.modelset import model_set_top_k_dataset
+        from pipeline.stages.topk import TopKSpec
+
+        return model_set_top_k_dataset(
+            ds, TopKSpec.from_config(self.cfg), self.sides, partitions, self.champion_dl
         )
 
 
@@ -536,9 +613,13 @@ def discard_uncommitted(tables: OutputTables, dates: list[str], run_id: str, att
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
-def check_runner(runner: str, mode: str) -> None:
+def check_runner(runner: str, mode: str, top_k: bool = False) -> None:
     """Challengers are scored where one process holds every model and sees every slice: the local
-    runner's threads or the actors mode's replicas (Ray's staged and fused modes are refused)."""
+    runner's threads, the actors mode's replicas, or with top-K Ray's fused tasks or staged
+    replicas (the shuffle by group then runs per model). Ray's fused and staged modes without
+    top-K are refused."""
+    if runner == "ray" and top_k:
+        return
     if runner == "ray" and mode != "actors":
         raise ConfigError(
             f"challengers: Ray's {mode!r} mode does not score them; set predict.mode: actors (every "

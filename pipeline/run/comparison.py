@@ -108,6 +108,13 @@ def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dat
                 ]
             if None in tables:
                 return
+            if cfg.output.top_k is not None:  # lists per group (pipeline/quality/topk_compare.py)
+                from pipeline.quality.topk_compare import compare_top_k_date
+
+                result.comparisons.append(
+                    compare_top_k_date(cfg, challenger.job, *tables, d, champ_col, chall_col)
+                )
+                continue
             result.comparisons.append(compare_date(cfg, *tables, d, champ_col, chall_col))
         except Exception as e:
             log.warning("challenger %s, %s: comparison failed: %s", challenger.name, d, brief_error(e))

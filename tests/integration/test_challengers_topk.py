@@ -1,0 +1,175 @@
+"""Challengers beside a top-K champion (output.top_k), on a real local Ray (the staged pool): each
+replica scores every model, each model's top-K per user goes through the same shuffle into its own
+Delta table, read back here with deltalake and checked against the models called directly; the
+failing challenger leaves nothing, the champion commits first, exit 8; the comparison of the lists
+matches a direct computation on the committed tables; a rerun is a no-op."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import torch
+from deltalake import DeltaTable
+from support import DATES, read_delta, read_input, read_output
+from testmodels import Raises, TwoHeads
+
+from jobs.synthetic import SyntheticSpec, write_days
+from models.features import transform_table
+from pipeline.config import config_from_dict
+from pipeline.errors import ChallengerError
+from pipeline.run.challengers import raise_for_challengers
+from pipeline.run.score import run_score
+from pipeline.stages.topk import NON_FINITE_SCORE
+from pipeline.storage import resolve
+
+pytestmark = pytest.mark.integration
+
+FEW_USERS = SyntheticSpec(rows_per_day=3000, shards_per_day=3, n_users=60, n_items=800)
+K, K_CHALLENGER = 5, 3
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    """About 50 candidates per user and date: lists that are full and can differ."""
+    root = tmp_path_factory.mktemp("topk-chall") / "events"
+    write_days(resolve(str(root)), DATES, FEW_USERS)
+    return root
+
+
+def _scripted(module: torch.nn.Module, path) -> str:
+    torch.jit.save(torch.jit.script(module.eval()), str(path))
+    return str(path)
+
+
+def _expected(model, inp: pa.Table, spec, k: int) -> dict[int, dict[str, list]]:
+    """Each user's k best (p_click descending, ties by event_id, item_id) from the model called
+    directly, and the user's number of rows with a finite p_click."""
+    feats = transform_table(inp, spec)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(feats["cat"]), torch.from_numpy(feats["dense"]))
+    scored = inp.select(["event_id", "user_id", "item_id"])
+    scored = scored.append_column("p_click", pa.array(out["p_click"].numpy()))
+    scored = scored.filter(pc.is_finite(scored.column("p_click"))).sort_by(
+        [
+            ("user_id", "ascending"),
+            ("p_click", "descending"),
+            ("event_id", "ascending"),
+            ("item_id", "ascending"),
+        ]
+    )
+    users: dict[int, dict[str, list]] = {}
+    for row in scored.to_pylist():
+        u = users.setdefault(row["user_id"], {"event_id": [], "p_click": [], "n": 0})
+        u["n"] += 1
+        if len(u["event_id"]) < k:
+            u["event_id"].append(row["event_id"])
+            u["p_click"].append(row["p_click"])
+    return users
+
+
+def _check_table(uri: str, inp: pa.Table, want: dict, date: str) -> pa.Table:
+    got = read_output(uri, date).sort_by("user_id")
+    assert got.column("user_id").to_pylist() == sorted(want)  # every user once
+    for row in got.to_pylist():
+        exp = want[row["user_id"]]
+        assert row["event_id"] == exp["event_id"] and row["candidates"] == exp["n"]
+        np.testing.assert_allclose(row["p_click"], exp["p_click"], atol=1e-6)
+    dead = read_delta(f"{uri}/_dead_letter", date=date)
+    assert sum(got.column("candidates").to_pylist()) + dead.num_rows == inp.num_rows
+    return got
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "auto",  # CPU only: fused read -> preprocess -> every model tasks
+        pytest.param("staged", marks=pytest.mark.slow),  # an actor pool whose replicas hold every model
+    ],
+)
+def test_top_k_challengers_each_into_its_own_table(ray_cluster, crowded, checkpoints, tmp_path, mode):
+    nd = len(checkpoints.spec.dense)
+    torch.manual_seed(0)
+    champion = TwoHeads(nd, nan_click_above=2.0)  # NaN p_click: dead letters of the ranking
+    torch.manual_seed(1)
+    seed1 = TwoHeads(nd)
+    raw = {
+        "name": "chall-topk",
+        "input": {"uri": str(crowded)},
+        "model": {"uri": _scripted(champion, tmp_path / "champion.pt")},
+        "preprocessing": {"batch_size": 1024, "features": checkpoints.spec.to_dict()},
+        "predict": {"batch_size": 1024, "max_replicas": 1, "mode": mode},
+        "ray": {"runner": "ray"},
+        "output": {
+            "uri": str(tmp_path / "champion"),
+            "key_columns": ["event_id", "user_id", "item_id"],
+            "score_columns": ["p_click", "p_convert"],
+            "max_bad_row_fraction": 0.5,
+            "top_k": {"group_by": ["user_id"], "k": K, "order_by": "p_click", "partitions": 2},
+        },
+        "challengers": [
+            {
+                "name": "seed1",
+                "model": {"uri": _scripted(seed1, tmp_path / "seed1.pt")},
+                "output": {"uri": str(tmp_path / "seed1"), "top_k": {"k": K_CHALLENGER}},
+                "compare_column": "p_click",
+            },
+            {
+                "name": "boom",
+                "model": {"uri": _scripted(Raises(), tmp_path / "boom.pt")},
+                "output": {"uri": str(tmp_path / "boom")},
+            },
+        ],
+        "compare": {"k": 10},
+    }
+    cfg = config_from_dict(raw)
+    report = run_score(cfg, [DATES[0]])
+    assert report.pool.mode == ("fused" if mode == "auto" else mode) and report.status == "succeeded"
+    ok, boom = report.challengers
+    assert ok.status == "committed" and ok.dates_committed == [DATES[0]], ok.error
+    assert boom.status == "failed" and "challenger model raised on purpose" in boom.error
+    with pytest.raises(ChallengerError):  # `batchscore score` exits 8
+        raise_for_challengers(report)
+
+    inp = read_input(str(crowded), DATES[0])
+    a = _check_table(str(tmp_path / "champion"), inp, _expected(champion, inp, checkpoints.spec, K), DATES[0])
+    b = _check_table(
+        str(tmp_path / "seed1"), inp, _expected(seed1, inp, checkpoints.spec, K_CHALLENGER), DATES[0]
+    )
+    dead = read_delta(str(tmp_path / "champion" / "_dead_letter"), date=DATES[0])
+    assert dead.num_rows > 0 and set(dead.column("reason").to_pylist()) == {NON_FINITE_SCORE}
+    assert set(b.column("model_version").to_pylist()) != set(a.column("model_version").to_pylist())
+    # the champion's commit came first; the failed challenger left nothing
+    champ_at = DeltaTable(str(tmp_path / "champion")).history()[0]["timestamp"]
+    assert champ_at <= DeltaTable(str(tmp_path / "seed1")).history()[0]["timestamp"]
+    assert not (tmp_path / "boom" / "_delta_log").exists()
+    assert not list((tmp_path / "boom").rglob("*.parquet"))
+
+    # the comparison, from the lists as committed: the first min(10, 5, 3) items of each
+    (cmp,) = ok.comparisons
+    kk = 3
+    la = {r["user_id"]: r for r in a.to_pylist()}
+    lb = {r["user_id"]: r for r in b.to_pylist()}
+    users = sorted(set(la) & set(lb))
+    jac = [
+        len(set(la[u]["event_id"][:kk]) & set(lb[u]["event_id"][:kk]))
+        / len(set(la[u]["event_id"][:kk]) | set(lb[u]["event_id"][:kk]))
+        for u in users
+    ]
+    top1 = [la[u]["event_id"][0] != lb[u]["event_id"][0] for u in users]
+    assert cmp.groups == len(users) and cmp.unmatched == len(set(la) ^ set(lb))
+    assert cmp.topk_jaccard == pytest.approx(np.mean(jac), abs=1e-12)
+    assert cmp.top1_changed == pytest.approx(np.mean(top1), abs=1e-12)
+    sa = np.concatenate([la[u]["p_click"][:kk] for u in users])
+    sb = np.concatenate([lb[u]["p_click"][:kk] for u in users])
+    assert cmp.mean_shift == pytest.approx(sb.mean() - sa.mean(), abs=1e-6)
+    both = sum(len(set(la[u]["event_id"][:kk]) & set(lb[u]["event_id"][:kk])) for u in users)
+    assert cmp.rows == both and cmp.verdict in ("agrees", "disagrees")
+
+    # a rerun is a no-op for the champion and the committed challenger; the failed one is scored again
+    versions = [DeltaTable(str(tmp_path / t)).version() for t in ("champion", "seed1")]
+    raw["challengers"].pop()
+    again = run_score(config_from_dict(raw), [DATES[0]])
+    assert again.status == "skipped"
+    assert [DeltaTable(str(tmp_path / t)).version() for t in ("champion", "seed1")] == versions
