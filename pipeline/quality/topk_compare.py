@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.features import row_hash64
-from pipeline.quality.compare import QUANTILES, Measures, psi, spearman, verdict_breaks
+from pipeline.quality.compare import QUANTILES, Measures, Thresholds, psi, spearman, verdict_breaks
 from pipeline.reporting.schema import Comparison
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -106,12 +106,17 @@ def top_k_measures(
 
 
 def compare_top_k_date(
-    cfg: Any, job: Any, champion: Any, challenger: Any, date: str, champ_col: str, chall_col: str
+    cfg: Any,
+    job: Any,
+    thresholds: Thresholds,
+    champion: Any,
+    challenger: Any,
+    date: str,
+    champ_col: str,
+    chall_col: str,
 ) -> Comparison:
     """One date's comparison of two committed top-K tables (deltalake.DeltaTable); `job`: the
     challenger's job (its k)."""
-    from pipeline.run.comparison import thresholds_of
-
     top, c, col = cfg.output.top_k, cfg.compare, cfg.input.partition_column
     group_by, items = list(top.group_by), cfg.output.item_columns
     where = pc.field(col) == date
@@ -125,7 +130,7 @@ def compare_top_k_date(
     common, ia, ib = np.intersect1d(a[0], b[0], return_indices=True)
     kk = min(c.k, top.k, job.output.top_k.k)
     m, pa_, pb = top_k_measures(a, b, ia, ib, kk, c.bins)
-    m.broke = verdict_breaks(m, thresholds_of(cfg))
+    m.broke = verdict_breaks(m, thresholds)
     pick = np.random.default_rng(0).permutation(len(pa_))[: c.plot_points]
     ok = np.isfinite(pa_[pick]) & np.isfinite(pb[pick])
     return Comparison(

@@ -112,7 +112,9 @@ def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dat
                 from pipeline.quality.topk_compare import compare_top_k_date
 
                 result.comparisons.append(
-                    compare_top_k_date(cfg, challenger.job, *tables, d, champ_col, chall_col)
+                    compare_top_k_date(
+                        cfg, challenger.job, thresholds_of(cfg), *tables, d, champ_col, chall_col
+                    )
                 )
                 continue
             result.comparisons.append(compare_date(cfg, *tables, d, champ_col, chall_col))

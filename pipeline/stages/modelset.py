@@ -69,11 +69,11 @@ class _Sides:
         try:
             return fn(*args)
         except Exception as e:  # this challenger alone stops; the driver reads why
-            from pipeline.commit.partitions import brief_error
             from pipeline.storage import write_bytes
 
             self.failed.add(m.name)
-            why = f"{type(e).__name__}: {brief_error(e, 1000)} (top-K stage, pid {os.getpid()})"
+            brief = " ".join(str(e).split())[:1000]
+            why = f"{type(e).__name__}: {brief} (top-K stage, pid {os.getpid()})"
             with contextlib.suppress(Exception):
                 write_bytes(m.failed_at, why.encode())
             return None
