@@ -120,15 +120,21 @@ def test_top_k_challengers_each_into_its_own_table(ray_cluster, crowded, checkpo
                 "model": {"uri": _scripted(Raises(), tmp_path / "boom.pt")},
                 "output": {"uri": str(tmp_path / "boom")},
             },
+            {  # the champion's model, allowing no dead letter: its NaN rows fail its reconciliation
+                "name": "strict",
+                "model": {"uri": str(tmp_path / "champion.pt")},
+                "output": {"uri": str(tmp_path / "strict"), "max_bad_row_fraction": 0.0},
+            },
         ],
         "compare": {"k": 10},
     }
     cfg = config_from_dict(raw)
     report = run_score(cfg, [DATES[0]])
     assert report.pool.mode == ("fused" if mode == "auto" else mode) and report.status == "succeeded"
-    ok, boom = report.challengers
+    ok, boom, strict = report.challengers
     assert ok.status == "committed" and ok.dates_committed == [DATES[0]], ok.error
     assert boom.status == "failed" and "challenger model raised on purpose" in boom.error
+    assert strict.status == "failed" and "max_bad_row_fraction=0" in strict.error
     with pytest.raises(ChallengerError):  # `batchscore score` exits 8
         raise_for_challengers(report)
 
@@ -143,8 +149,9 @@ def test_top_k_challengers_each_into_its_own_table(ray_cluster, crowded, checkpo
     # the champion's commit came first; the failed challenger left nothing
     champ_at = DeltaTable(str(tmp_path / "champion")).history()[0]["timestamp"]
     assert champ_at <= DeltaTable(str(tmp_path / "seed1")).history()[0]["timestamp"]
-    assert not (tmp_path / "boom" / "_delta_log").exists()
-    assert not list((tmp_path / "boom").rglob("*.parquet"))
+    for failed in ("boom", "strict"):  # nothing of them published, their files removed
+        assert not (tmp_path / failed / "_delta_log").exists()
+        assert not list((tmp_path / failed).rglob("*.parquet"))
 
     # the comparison, from the lists as committed: the first min(10, 5, 3) items of each
     (cmp,) = ok.comparisons
@@ -167,9 +174,29 @@ def test_top_k_challengers_each_into_its_own_table(ray_cluster, crowded, checkpo
     both = sum(len(set(la[u]["event_id"][:kk]) & set(lb[u]["event_id"][:kk])) for u in users)
     assert cmp.rows == both and cmp.verdict in ("agrees", "disagrees")
 
-    # a rerun is a no-op for the champion and the committed challenger; the failed one is scored again
+    # without the failed ones, a rerun is a no-op for the champion and the committed challenger
     versions = [DeltaTable(str(tmp_path / t)).version() for t in ("champion", "seed1")]
-    raw["challengers"].pop()
+    del raw["challengers"][1:]
     again = run_score(config_from_dict(raw), [DATES[0]])
     assert again.status == "skipped"
     assert [DeltaTable(str(tmp_path / t)).version() for t in ("champion", "seed1")] == versions
+
+    # two dates and a new challenger: seed1 scores only the date it lacks (the other date's rows
+    # are not passed through it), the new one both; the champion's first date is replaced as it was
+    raw["challengers"].append(
+        {
+            "name": "late",
+            "model": {"uri": str(tmp_path / "seed1.pt")},
+            "output": {"uri": str(tmp_path / "late")},
+        }
+    )
+    third = run_score(config_from_dict(raw), DATES)
+    seed1_again, late = third.challengers
+    assert seed1_again.dates_committed == [DATES[1]] and late.dates_committed == DATES
+    assert DeltaTable(str(tmp_path / "seed1")).version() == versions[1] + 1
+    for d in DATES:
+        inp = read_input(str(crowded), d)
+        _check_table(str(tmp_path / "champion"), inp, _expected(champion, inp, checkpoints.spec, K), d)
+        for t, k in (("seed1", K_CHALLENGER), ("late", K)):
+            _check_table(str(tmp_path / t), inp, _expected(seed1, inp, checkpoints.spec, k), d)
+    assert [len(c.comparisons) for c in third.challengers] == [2, 2]
