@@ -238,7 +238,7 @@ class ChallengerSet:
         from pipeline.stages.topk import TopKSpec
 
         active = [c for c in self.all if c.active]
-        if not active:
+        if not active or ctx.cfg.output.top_k is None:  # without top-K: check_runner refused these modes
             return None
         sides = [
             SideModel(
