@@ -1,20 +1,24 @@
-"""A top-K challenger against a top-K champion (output.top_k): their committed lists, group by group.
+"""A top-K challenger against a top-K champion (output.top_k): their committed lists, group by
+group, and their scores of every row before the ranking.
 
-A top-K table holds, per group and date, the k best items and their heads as lists; the per-row
-scores before ranking are not kept. So the two tables are compared as a consumer sees them, on the
-first `kk = min(compare.k, the champion's k, the challenger's k)` items of each list (a longer list
-would otherwise shift every measure by its length alone):
+A top-K table holds, per group and date, the k best items and their heads as lists. The lists are
+compared as a consumer sees them, on the first `kk = min(compare.k, the champion's k, the
+challenger's k)` items of each (a longer list would otherwise differ by its length alone):
 
 - `topk_jaccard`: per group, |champion's items ∩ challenger's| / |union|, averaged over the groups
-  both tables hold; `top1_changed`: the share of those groups whose first item differs;
-- `spearman`: rank correlation of the two models' scores on the (group, item) pairs both lists hold
-  (pooled over groups: whether the items both show get consistent scores);
-- `mean_shift`, `quantile_shift`, `psi`: between the distributions of the listed items' scores (what
-  the shown items score), each side on its own lists of the groups both tables hold.
+  both tables hold; `top1_changed`: the share of those groups whose first item differs.
+
+The score measures (`spearman`, `mean_shift`, `quantile_shift`, `psi`) are those of a scores table,
+on every row's two scores before the ranking: the replicas keep them while scoring, a deterministic
+sample by key hash of at most compare.max_rows rows a date (pipeline.stages.modelset.write_pairs),
+read here once both tables are committed (`scores_of: rows`). A date the two models did not score
+together in this run has only its lists: the measures are then taken on them (`scores_of: lists`):
+`spearman` over the (group, item) pairs both lists hold, the shifts and `psi` between the two
+sides' listed scores over the groups both tables hold.
 
 Groups are joined on a 64-bit hash of their key (`unmatched`: groups in one table only), items on a
-hash of the item keys. A date with more than compare.max_rows groups is compared on a deterministic
-sample of groups (by group hash).
+hash of the item keys. A date with more than compare.max_rows groups has its lists compared on a
+deterministic sample of groups (by group hash).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.features import row_hash64
-from pipeline.quality.compare import QUANTILES, Measures, Thresholds, psi, spearman, verdict_breaks
+from pipeline.quality.compare import QUANTILES, Measures, Thresholds, compare, psi, spearman, verdict_breaks
 from pipeline.reporting.schema import Comparison
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
+_ALL = 2**64 - 1  # a cut that keeps every row
 
 
 def _lists(table: pa.Table, group_by: list[str], items: list[str], head: str, frac: float):
@@ -114,9 +119,12 @@ def compare_top_k_date(
     date: str,
     champ_col: str,
     chall_col: str,
+    pairs: Any = None,
 ) -> Comparison:
     """One date's comparison of two committed top-K tables (deltalake.DeltaTable); `job`: the
-    challenger's job (its k)."""
+    challenger's job (its k). `pairs`: the challenger's pipeline.stages.modelset.PairSpec, where
+    the per-row score pairs were kept while scoring; when it holds the date, the score measures
+    are taken from them, else from the lists."""
     top, c, col = cfg.output.top_k, cfg.compare, cfg.input.partition_column
     group_by, items = list(top.group_by), cfg.output.item_columns
     where = pc.field(col) == date
@@ -130,6 +138,18 @@ def compare_top_k_date(
     common, ia, ib = np.intersect1d(a[0], b[0], return_indices=True)
     kk = min(c.k, top.k, job.output.top_k.k)
     m, pa_, pb = top_k_measures(a, b, ia, ib, kk, c.bins)
+    scored = _read_pairs(pairs.where, col, date) if pairs is not None else None
+    if scored is not None:  # every row's scores before the ranking (a sample above max_rows)
+        whole = compare(*scored, thresholds, c.bins)
+        m.rows, m.spearman, m.psi = whole.rows, whole.spearman, whole.psi
+        m.mean_champion, m.mean_challenger, m.mean_shift = (
+            whole.mean_champion,
+            whole.mean_challenger,
+            whole.mean_shift,
+        )
+        m.mean_shift_std, m.quantile_shift = whole.mean_shift_std, whole.quantile_shift
+        pa_, pb = scored
+    sampled = frac < 1.0 or (scored is not None and pairs.cuts.get(date, _ALL) < _ALL)
     m.broke = verdict_breaks(m, thresholds)
     pick = np.random.default_rng(0).permutation(len(pa_))[: c.plot_points]
     ok = np.isfinite(pa_[pick]) & np.isfinite(pb[pick])
@@ -139,7 +159,31 @@ def compare_top_k_date(
         champion_rows=counts[0],
         challenger_rows=counts[1],
         unmatched=len(a[0]) + len(b[0]) - 2 * len(common),
-        sampled=frac < 1.0,
+        sampled=sampled,
         verdict="disagrees" if m.broke else "agrees",
         plot=np.round(np.c_[pa_[pick][ok], pb[pick][ok]], 5).tolist(),
+        scores_of="rows" if scored is not None else "lists",
     )
+
+
+def _read_pairs(where: Any, col: str, date: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The date's (champion, challenger) score pairs kept while scoring, each row once (a retried
+    batch rewrote its own file; rows are told apart by key hash), ordered by key hash, finite
+    only; None when none were kept for it."""
+    import pyarrow.parquet as pq
+
+    from pipeline.storage import list_files
+
+    files = list_files(where.join(f"{col}={date}"), ".parquet")
+    if not files:
+        return None
+    parts = []
+    for info in files:
+        with where.fs.open_input_file(info.path) as f:
+            parts.append(pq.read_table(f))
+    t = pa.concat_tables(parts)
+    h, first = np.unique(t.column("h").to_numpy(), return_index=True)  # sorted by key hash
+    a = t.column("a").to_numpy(zero_copy_only=False).astype(np.float64)[first]
+    b = t.column("b").to_numpy(zero_copy_only=False).astype(np.float64)[first]
+    ok = np.isfinite(a) & np.isfinite(b)
+    return a[ok], b[ok]

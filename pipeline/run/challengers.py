@@ -64,6 +64,7 @@ class Challenger:
     dead_letter: DeadLetterWriter | None = None
     committed: list[str] = field(default_factory=list)
     commits: list[Any] = field(default_factory=list)
+    pairs_at: Any = None  # top-K: where its per-row score pairs go (pipeline.stages.modelset.PairSpec)
     _first: Predictor | None = None
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -250,10 +251,26 @@ class ChallengerSet:
                 OutputFiles.for_output(c.tables.location, c.job.output),
                 run_file_prefix(ctx.run_id, attempt=ctx.run.attempt),
                 failure_marker(c, ctx),
+                self._pairs(c, ctx),
             )
             for c in active
         ]
         return RayModelSet(ctx.cfg, sides, [c.dead_letter for c in active], dead_letter)
+
+    def _pairs(self, c: Challenger, ctx: Any) -> Any:
+        """Top-K: where and which of its rows' scores (and the champion's) are kept before the
+        ranking, for the comparison (pipeline/quality/topk_compare.py)."""
+        from pipeline.reporting.runs import RUNS_DIR
+        from pipeline.run.comparison import compared_columns
+        from pipeline.stages.modelset import PairSpec
+
+        cap = ctx.cfg.compare.max_rows
+        rows = {part.date: part.rows for part in ctx.p.inputs.partitions if part.date in c.dates}
+        cuts = {d: min(int(min(1.0, cap / max(n, 1)) * 2**64), 2**64 - 1) for d, n in rows.items()}
+        where = c.tables.location.join(RUNS_DIR, ctx.run_id, f"pairs.{ctx.run.attempt}")
+        champ, chall = compared_columns(ctx.cfg, c.job, c.cfg.compare_column)
+        c.pairs_at = PairSpec(where, list(ctx.cfg.output.key_columns), champ, chall, cuts)
+        return c.pairs_at
 
     def discard(self, ctx: Any) -> None:
         """The files of challengers this attempt did not commit (a failed run or challenger)."""
@@ -261,6 +278,13 @@ class ChallengerSet:
             left = [d for d in c.dates if d not in c.committed]
             if left:
                 discard_uncommitted(c.tables, left, ctx.run_id, ctx.run.attempt)
+
+    def abandon(self, ctx: Any) -> None:
+        """A failed run: what this attempt did not commit, and the top-K score pairs."""
+        self.discard(ctx)
+        for c in self.all:
+            if c.pairs_at is not None:
+                _remove(c.pairs_at.where)
 
     def discard_dead(self, attempt: Any) -> None:
         """Earlier attempts of this run id that died before committing: their files in each
@@ -289,6 +313,8 @@ class ChallengerSet:
                 t0 = time.perf_counter()
                 compare_dates(ctx.cfg, c, r, ctx.dates)
                 r.compare_s = round(time.perf_counter() - t0, 3)
+            if c.pairs_at is not None:  # the sampled score pairs: used up (or of a failed challenger)
+                _remove(c.pairs_at.where)
 
     def _commit(self, c: Challenger, ctx: Any) -> None:
         from pipeline.quality.drift import commit_profiles, committed_profiles, evaluate_heads, run_references
@@ -551,6 +577,15 @@ class ReplicaScorer:
             with contextlib.suppress(Exception):
                 write_bytes(m.failed_at, why.encode())
             return None
+
+
+def _remove(where: Any) -> None:
+    from pipeline.storage import delete_dir
+
+    try:
+        delete_dir(where)
+    except OSError as e:  # best effort: a few small files under _runs/
+        log.debug("could not remove %s: %s", where.uri, e)
 
 
 def failure_marker(c: Challenger, ctx: Any) -> Any:

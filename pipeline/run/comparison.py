@@ -113,7 +113,14 @@ def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dat
 
                 result.comparisons.append(
                     compare_top_k_date(
-                        cfg, challenger.job, thresholds_of(cfg), *tables, d, champ_col, chall_col
+                        cfg,
+                        challenger.job,
+                        thresholds_of(cfg),
+                        *tables,
+                        d,
+                        champ_col,
+                        chall_col,
+                        pairs=getattr(challenger, "pairs_at", None),
                     )
                 )
                 continue

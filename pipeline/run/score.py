@@ -244,7 +244,7 @@ def _score(ctx: RunContext, origin) -> RunReport:
             raise
     except BaseException:
         if ctx.challengers is not None:  # their files of dates they did not commit
-            ctx.challengers.discard(ctx)
+            ctx.challengers.abandon(ctx)
         raise
     finally:
         if ctx.replicas is not None:  # a failure before the pool's own `with`

@@ -39,6 +39,19 @@ def side_column(i: int, head: str) -> str:
 
 
 @dataclass
+class PairSpec:
+    """Where a challenger's per-row (champion, challenger) scores go before the ranking, for the
+    comparison: a deterministic sample by key hash (the rows whose hash is below the date's cut,
+    at most compare.max_rows of a date), one small Parquet file per batch and date."""
+
+    where: Any  # pipeline.storage.Location of the folder (under its table's _runs/RUN_ID/)
+    keys: list[str]
+    champion: str  # the champion's head compared
+    challenger: str  # the challenger's
+    cuts: dict[str, int]  # date -> key hashes below it are kept
+
+
+@dataclass
 class SideModel:
     """A challenger as the staged top-K stages need it (picklable)."""
 
@@ -50,6 +63,33 @@ class SideModel:
     files: Any  # pipeline.stages.layout.OutputFiles of its table
     file_prefix: str  # this attempt's prediction file prefix (pipeline.tablefiles.run_file_prefix)
     failed_at: Any  # pipeline.storage.Location of its failure marker
+    pairs: PairSpec | None = None
+
+
+def write_pairs(spec: PairSpec, col: str, champion: pa.Table, challenger: pa.Table) -> None:
+    """The sampled (key hash, champion score, challenger score) of rows both models scored (row i
+    of each table is the same input row), per date; named after their key hashes, so a retried
+    batch rewrites its own file."""
+    import pyarrow.parquet as pq
+
+    h = row_hash64([challenger.column(k) for k in spec.keys], seed=13)
+    dates = challenger.column(col).to_pylist()
+    cut = np.array([spec.cuts.get(d, 0) for d in dates], dtype=np.uint64)
+    keep = h < cut
+    if not keep.any():
+        return
+    a = champion.column(spec.champion).to_numpy(zero_copy_only=False)
+    b = challenger.column(spec.challenger).to_numpy(zero_copy_only=False)
+    day = np.array(dates, dtype=object)
+    for d in sorted(set(day[keep])):
+        mine = keep & (day == d)
+        rows = pa.table({"h": h[mine], "a": a[mine], "b": b[mine]})
+        name = hashlib.sha1(h[mine].tobytes()).hexdigest()[:20]
+        folder = spec.where.join(f"{col}={d}")
+        with contextlib.suppress(OSError):  # S3 has no folders; a local one may exist already
+            folder.fs.create_dir(folder.path, recursive=True)
+        with folder.fs.open_output_stream(folder.join(f"{name}.parquet").path) as f:
+            pq.write_table(rows, f)
 
 
 class _Sides:
@@ -133,18 +173,23 @@ class ModelSetPredictor:
         out = self.champion(batch)
         tables = [_tag(out, 0)]
         for i, m in self.sides.live():
-            rows = self._dates_of(batch, m)
+            rows, mask = self._dates_of(batch, m)
             if rows.num_rows:
                 mine = self.sides.guard(m, self._predict, m, rows)
                 if mine is not None:
                     tables.append(_tag(_as_side(mine, i, m.spec.heads), i))
+                if mine is not None and m.pairs is not None and out.num_rows == batch.num_rows:
+                    champ = out if mask is None else out.filter(mask)
+                    self.sides.guard(m, write_pairs, m.pairs, self.partition_column, champ, mine)
         return _stacked(tables, out.column_names, _side_heads(self.sides.sides))
 
-    def _dates_of(self, batch: pa.Table, m: SideModel) -> pa.Table:
+    def _dates_of(self, batch: pa.Table, m: SideModel) -> tuple[pa.Table, Any]:
+        """The batch's rows of the challenger's dates, and the mask taken (None: every row)."""
         dates = batch.column(self.partition_column)
         if batch.num_rows == 0 or pc.all(pc.is_in(dates, pa.array(sorted(m.dates)))).as_py():
-            return batch
-        return batch.filter(pc.is_in(dates, pa.array(sorted(m.dates))))
+            return batch, None
+        mask = pc.is_in(dates, pa.array(sorted(m.dates)))
+        return batch.filter(mask), mask
 
     def _predict(self, m: SideModel, rows: pa.Table) -> pa.Table:
         from pipeline.stages.predict import Predictor

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import scipy.stats
 import torch
 from deltalake import DeltaTable
 from support import DATES, read_delta, read_input, read_output
@@ -67,6 +68,13 @@ def _expected(model, inp: pa.Table, spec, k: int) -> dict[int, dict[str, list]]:
             u["event_id"].append(row["event_id"])
             u["p_click"].append(row["p_click"])
     return users
+
+
+def _direct_scores(model, inp: pa.Table, spec) -> np.ndarray:
+    """p_click of every input row (in the input's order) from the model called directly."""
+    feats = transform_table(inp, spec)
+    with torch.inference_mode():
+        return model(torch.from_numpy(feats["cat"]), torch.from_numpy(feats["dense"]))["p_click"].numpy()
 
 
 def _check_table(uri: str, inp: pa.Table, want: dict, date: str) -> pa.Table:
@@ -168,11 +176,14 @@ def test_top_k_challengers_each_into_its_own_table(ray_cluster, crowded, checkpo
     assert cmp.groups == len(users) and cmp.unmatched == len(set(la) ^ set(lb))
     assert cmp.topk_jaccard == pytest.approx(np.mean(jac), abs=1e-12)
     assert cmp.top1_changed == pytest.approx(np.mean(top1), abs=1e-12)
-    sa = np.concatenate([la[u]["p_click"][:kk] for u in users])
-    sb = np.concatenate([lb[u]["p_click"][:kk] for u in users])
-    assert cmp.mean_shift == pytest.approx(sb.mean() - sa.mean(), abs=1e-6)
-    both = sum(len(set(la[u]["event_id"][:kk]) & set(lb[u]["event_id"][:kk])) for u in users)
-    assert cmp.rows == both and cmp.verdict in ("agrees", "disagrees")
+    # the scores: every row's, before the ranking, as the two models score it (kept while scoring)
+    sa, sb = _direct_scores(champion, inp, checkpoints.spec), _direct_scores(seed1, inp, checkpoints.spec)
+    finite = np.isfinite(sa) & np.isfinite(sb)
+    assert cmp.scores_of == "rows" and not cmp.sampled and cmp.rows == int(finite.sum())
+    assert cmp.spearman == pytest.approx(scipy.stats.spearmanr(sa[finite], sb[finite]).statistic, abs=1e-6)
+    assert cmp.mean_shift == pytest.approx(sb[finite].mean() - sa[finite].mean(), abs=1e-6)
+    assert cmp.verdict in ("agrees", "disagrees") and cmp.plot
+    assert not list((tmp_path / "seed1" / "_runs").glob("*/pairs.*"))  # used up
 
     # without the failed ones, a rerun is a no-op for the champion and the committed challenger
     versions = [DeltaTable(str(tmp_path / t)).version() for t in ("champion", "seed1")]
@@ -200,3 +211,22 @@ def test_top_k_challengers_each_into_its_own_table(ray_cluster, crowded, checkpo
         for t, k in (("seed1", K_CHALLENGER), ("late", K)):
             _check_table(str(tmp_path / t), inp, _expected(seed1, inp, checkpoints.spec, k), d)
     assert [len(c.comparisons) for c in third.challengers] == [2, 2]
+    # seed1's first date was not scored in this run: its scores are compared on the lists
+    assert [x.scores_of for x in seed1_again.comparisons] == ["lists", "rows"]
+    assert [x.scores_of for x in late.comparisons] == ["rows", "rows"]
+    first = seed1_again.comparisons[0]
+    la = {r["user_id"]: r for r in read_output(str(tmp_path / "champion"), DATES[0]).to_pylist()}
+    lb = {r["user_id"]: r for r in read_output(str(tmp_path / "seed1"), DATES[0]).to_pylist()}
+    users = sorted(set(la) & set(lb))
+    pairs = [
+        (
+            dict(zip(la[u]["event_id"][:kk], la[u]["p_click"][:kk], strict=True))[e],
+            dict(zip(lb[u]["event_id"][:kk], lb[u]["p_click"][:kk], strict=True))[e],
+        )
+        for u in users
+        for e in set(la[u]["event_id"][:kk]) & set(lb[u]["event_id"][:kk])
+    ]
+    assert first.rows == len(pairs)
+    sa = np.concatenate([la[u]["p_click"][:kk] for u in users])
+    sb = np.concatenate([lb[u]["p_click"][:kk] for u in users])
+    assert first.mean_shift == pytest.approx(sb.mean() - sa.mean(), abs=1e-6)
