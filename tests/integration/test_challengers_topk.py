@@ -230,3 +230,66 @@ def test_top_k_challengers_each_into_its_own_table(ray_cluster, crowded, checkpo
     sa = np.concatenate([la[u]["p_click"][:kk] for u in users])
     sb = np.concatenate([lb[u]["p_click"][:kk] for u in users])
     assert first.mean_shift == pytest.approx(sb.mean() - sa.mean(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_top_k_challengers_on_s3(ray_cluster, s3, crowded, checkpoints, tmp_path):
+    """The same on the local S3 server, staged replicas: each model's groups in its own table on
+    S3, the failed challenger's objects removed, the score pairs used up (about 30 s)."""
+    from support import latest_commit
+
+    from pipeline.config import StorageConfig
+
+    bucket = s3.make_bucket("batchscore-topk-challengers")
+    storage = StorageConfig(endpoint_url=s3.endpoint)
+    root = resolve(f"s3://{bucket}/events", storage)
+    for d in DATES[:1]:
+        for f in sorted((crowded / f"ds={d}").glob("*.parquet")):
+            with root.fs.open_output_stream(root.join(f"ds={d}", f.name).path) as out:
+                out.write(f.read_bytes())
+    nd = len(checkpoints.spec.dense)
+    torch.manual_seed(0)
+    champion = TwoHeads(nd)
+    torch.manual_seed(1)
+    seed1 = TwoHeads(nd)
+    raw = {
+        "name": "chall-topk-s3",
+        "input": {"uri": f"s3://{bucket}/events"},
+        "model": {"uri": _scripted(champion, tmp_path / "champion.pt")},
+        "preprocessing": {"features": checkpoints.spec.to_dict()},
+        "predict": {"mode": "staged", "max_replicas": 1},
+        "ray": {"runner": "ray"},
+        "storage": {"endpoint_url": s3.endpoint},
+        "output": {
+            "uri": f"s3://{bucket}/champion",
+            "key_columns": ["event_id", "user_id", "item_id"],
+            "score_columns": ["p_click", "p_convert"],
+            "top_k": {"group_by": ["user_id"], "k": K, "partitions": 2},
+        },
+        "challengers": [
+            {
+                "name": "seed1",
+                "model": {"uri": _scripted(seed1, tmp_path / "seed1.pt")},
+                "output": {"uri": f"s3://{bucket}/seed1"},
+            },
+            {
+                "name": "boom",
+                "model": {"uri": _scripted(Raises(), tmp_path / "boom.pt")},
+                "output": {"uri": f"s3://{bucket}/boom"},
+            },
+        ],
+    }
+    report = run_score(config_from_dict(raw), DATES[:1])
+    ok, boom = report.challengers
+    assert (ok.status, boom.status) == ("committed", "failed") and report.pool.mode == "staged"
+    inp = read_input(f"s3://{bucket}/events", DATES[0], storage)
+    for name, model in (("champion", champion), ("seed1", seed1)):
+        want = _expected(model, inp, checkpoints.spec, K)
+        got = read_output(f"s3://{bucket}/{name}", DATES[0], storage)
+        assert sorted(got.column("user_id").to_pylist()) == sorted(want)
+        for row in got.to_pylist():
+            assert row["event_id"] == want[row["user_id"]]["event_id"]
+        assert latest_commit(f"s3://{bucket}/{name}", DATES[0], storage)["output_rows"] == got.num_rows
+    assert not [k for k in s3.keys(bucket, "boom/") if k.endswith(".parquet")]
+    assert not [k for k in s3.keys(bucket, "seed1/_runs/") if "/pairs." in k]
+    assert ok.comparisons[0].scores_of == "rows" and ok.comparisons[0].rows == inp.num_rows
