@@ -78,8 +78,8 @@ def _keys_of(fs, path: str, key_columns: list[str]) -> pa.Table:
     """The file's key columns, rows with a null key left out (they are dead letters anyway, each
     with its own reason, and many null keys are not one repeated key)."""
     try:
-        with fs.open_input_file(path) as f:
-            table = pq.read_table(f, columns=key_columns)
+        with fs.open_input_file(path) as f:  # ParquetFile: no dataset machinery for one file
+            table = pq.ParquetFile(f).read(columns=key_columns)
     except (pa.ArrowInvalid, OSError) as e:  # as the read stage says it (pipeline/stages/read.py)
         if isinstance(e, OSError) and "AWS Error" in str(e):
             raise OSError(f"{path}: reading its key columns failed: {e}") from e
