@@ -2,7 +2,8 @@
 (issue 20's CPU target: at most 1.3x), with a nearly free model (userdlrm.FreeModel) and a user's
 numpy preprocessing.
 
-Each command runs twice as a whole process, on N and on 2N rows; its CPU time is that of its whole
+Each command runs as a whole process on N and on 2N rows, `--repeat` times each (the least CPU
+of the repeats counts); its CPU time is that of its whole
 process tree (every descendant, Ray's processes and workers included: this process is their
 subreaper and reaps them all, then reads RUSAGE_CHILDREN). The difference between the two runs,
 over N, is the CPU per row with start-up and fixed costs cancelled out.
@@ -35,8 +36,9 @@ PR_SET_CHILD_SUBREAPER = 36
 SAMPLE_S = 0.05
 
 
-def tree_cpu(cmd: list[str], log: Path) -> tuple[float, float]:
-    """(CPU seconds of `cmd` and every process it started, wall seconds).
+def tree_cpu(cmd: list[str], log: Path, kinds: dict[str, float] | None = None) -> tuple[float, float]:
+    """(CPU seconds of `cmd` and every process it started, wall seconds); `kinds`, when given,
+    gets the sampled CPU seconds per kind of process (its title: the driver, a replica, raylet).
 
     Two counts, the larger taken: RUSAGE_CHILDREN (exact for every descendant that was waited
     for: this process is their subreaper, so orphans are ours to reap), and psutil samples of
@@ -47,7 +49,7 @@ def tree_cpu(cmd: list[str], log: Path) -> tuple[float, float]:
     import psutil
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    seen: dict[tuple[int, float], float] = {}  # (pid, create time) -> CPU seconds last seen
+    seen: dict[tuple[int, float], tuple[str, float]] = {}  # (pid, create time) -> (kind, CPU s)
     t0 = time.perf_counter()
     with log.open("wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=HERE.parent)
@@ -68,16 +70,66 @@ def tree_cpu(cmd: list[str], log: Path) -> tuple[float, float]:
             time.sleep(SAMPLE_S)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     waited = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return max(waited, sum(seen.values())), wall
+    if kinds is not None:
+        for kind, cpu in seen.values():
+            kinds[kind] = round(kinds.get(kind, 0.0) + cpu, 3)
+    return max(waited, sum(cpu for _, cpu in seen.values())), wall
 
 
-def _sample(procs: list, seen: dict[tuple[int, float], float]) -> None:
+def _kind(p) -> str:
+    """A process's kind: Ray sets its workers' titles (ray::ScoringReplica, ray::IDLE), the rest
+    by the program's name (raylet, gcs_server) or its module (python -m jobs.cli)."""
+    args = p.cmdline()
+    if not args:
+        return p.name()
+    if args[0].startswith("ray::"):
+        return args[0].split(".")[0].split(":")[-1] or args[0]
+    if "-m" in args[:-1]:
+        return args[args.index("-m") + 1]
+    return Path(args[1] if Path(args[0]).name.startswith("python") and len(args) > 1 else args[0]).name
+
+
+def _sample(procs: list, seen: dict[tuple[int, float], tuple[str, float]]) -> None:
     for p in procs:
         try:
             t = p.cpu_times()
-            seen[(p.pid, p.create_time())] = t.user + t.system
+            key = (p.pid, p.create_time())
+            kind = seen[key][0] if key in seen else _kind(p)
+            seen[key] = (kind, t.user + t.system)
         except Exception:  # noqa: BLE001 - gone between the listing and the read
             continue
+
+
+def _commands(root: Path, n: int, args: argparse.Namespace, weights: Path) -> dict[str, tuple[list, Path]]:
+    """name -> (command, its output directory) on a dataset of `n` rows: the loop and batchscore."""
+    data = make_user_data(root / f"n{n}", n, args.files)
+    out = root / f"out{n}"
+    loop = [sys.executable, str(HERE / "gpu_loop.py"), str(data), str(weights), str(out), "--free"]
+    cfg = _config(
+        root / f"free{n}.yaml",
+        {
+            "name": "cpu-per-row",
+            "input": {"uri": str(data), "columns": ["id", *DENSE, *CATEGORICAL]},
+            "model": {"uri": str(weights), "class_path": "userdlrm:FreeModel", "inputs": ["dense", "cat"]},
+            "preprocessing": {"function": "userdlrm:preprocess", "batch_size": args.batch},
+            **(
+                {  # the GPU pool's plan, replicas on the CPU
+                    "predict": {"batch_size": args.batch, "mode": "actors"},
+                    "ray": {"runner": "ray", "num_gpus": 1},
+                }
+                if args.runner == "ray"
+                else {"predict": {"batch_size": args.batch}, "ray": {"runner": "local"}}
+            ),
+            "output": {"uri": str(out), "key_columns": ["id"]},
+            "drift": {"on_breach": "warn"},
+            "report": {"html": False},
+        },
+    )
+    dates = [a for d in DATES for a in ("--date", d)]
+    return {
+        "loop": ([*loop, "--batch", str(args.batch)], out),
+        "batchscore": ([*batchscore_command(), "score", str(cfg), *dates], out),
+    }
 
 
 def main() -> int:
@@ -86,6 +138,13 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=8, help="files per date")
     ap.add_argument("--batch", type=int, default=65_536)
     ap.add_argument("--root", default="/tmp/cpu-per-row")
+    ap.add_argument(
+        "--runner",
+        choices=["ray", "local"],
+        default="ray",
+        help="ray: the GPU path's shape (the target); local: the same per-row work without Ray",
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each command; the least CPU counts")
     args = ap.parse_args()
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
     root = Path(args.root)
@@ -97,42 +156,29 @@ def main() -> int:
     weights = root / "free.safetensors"
     save_file({k: v.contiguous() for k, v in FreeModel().state_dict().items()}, str(weights))
     results: dict = {"rows": args.rows, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
-    for n in (args.rows, 2 * args.rows):
-        data = make_user_data(root / f"n{n}", n, args.files)
-        out = root / f"out{n}"
-        shutil.rmtree(out, ignore_errors=True)
-        loop = [sys.executable, str(HERE / "gpu_loop.py"), str(data), str(weights), str(out), "--free"]
-        results[f"loop_{n}"] = tree_cpu([*loop, "--batch", str(args.batch)], root / f"loop{n}.log")
-        shutil.rmtree(out, ignore_errors=True)
-        cfg = _config(
-            root / f"free{n}.yaml",
-            {
-                "name": "cpu-per-row",
-                "input": {"uri": str(data), "columns": ["id", *DENSE, *CATEGORICAL]},
-                "model": {
-                    "uri": str(weights),
-                    "class_path": "userdlrm:FreeModel",
-                    "inputs": ["dense", "cat"],
-                },
-                "preprocessing": {"function": "userdlrm:preprocess", "batch_size": args.batch},
-                "predict": {"batch_size": args.batch, "mode": "actors"},
-                "ray": {"runner": "ray", "num_gpus": 1},  # the GPU pool's plan, replicas on the CPU
-                "output": {"uri": str(out), "key_columns": ["id"]},
-                "drift": {"on_breach": "warn"},
-                "report": {"html": False},
-            },
-        )
-        dates = [a for d in DATES for a in ("--date", d)]
-        results[f"batchscore_{n}"] = tree_cpu(
-            [*batchscore_command(), "score", str(cfg), *dates], root / f"bs{n}.log"
-        )
-        print(n, results[f"loop_{n}"], results[f"batchscore_{n}"], flush=True)
+    sizes = (args.rows, 2 * args.rows)
+    commands = {n: _commands(root, n, args, weights) for n in sizes}
+    runs: dict[str, list] = {}
+    for _ in range(args.repeat):  # alternating, so that a busy spell hits every command alike
+        for n in sizes:
+            for name, (cmd, out) in commands[n].items():
+                shutil.rmtree(out, ignore_errors=True)
+                kinds: dict[str, float] = {}
+                cpu, wall = tree_cpu(cmd, root / f"{name}{n}.log", kinds)
+                runs.setdefault(f"{name}_{n}", []).append({"cpu_s": cpu, "wall_s": wall, "by_process": kinds})
+                print(name, n, round(cpu, 2), round(wall, 2), flush=True)
+    # the least CPU of each command's repeats: the noise (other processes' cache and memory
+    # traffic, Ray's start-up) only ever adds
+    best = {k: min(v, key=lambda r: r["cpu_s"]) for k, v in runs.items()}
+    results["runs"] = runs
     n = args.rows
-    per_row = {
-        k: (results[f"{k}_{2 * n}"][0] - results[f"{k}_{n}"][0]) / n * 1e6 for k in ("loop", "batchscore")
-    }
+    per_row = {k: (best[f"{k}_{2 * n}"]["cpu_s"] - best[f"{k}_{n}"]["cpu_s"]) / n * 1e6 for k in commands[n]}
     results["cpu_us_per_row"] = {k: round(v, 3) for k, v in per_row.items()}
     results["ratio"] = round(per_row["batchscore"] / per_row["loop"], 2)
+    a, b = best[f"batchscore_{n}"]["by_process"], best[f"batchscore_{2 * n}"]["by_process"]
+    results["batchscore_us_per_row_by_process"] = {
+        k: round((b.get(k, 0.0) - a.get(k, 0.0)) / n * 1e6, 3) for k in sorted({*a, *b})
+    }
     print(json.dumps(results, indent=2))
     (root / "results.json").write_text(json.dumps(results, indent=2))
     return 0

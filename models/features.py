@@ -35,12 +35,28 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 in numpy, for `row_hash64`: key fingerprints, computed and compared on CPU only.
     The bucket ids use models.transforms.splitmix64 (torch), the one the models were trained with."""
-    x = x.astype(np.uint64, copy=True)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
+    return _splitmix64_inplace(x.astype(np.uint64, copy=True))
+
+
+_SPLITMIX_BLOCK = 32768  # values per step: the block and its shifted copy stay in the CPU's cache
+
+
+def _splitmix64_inplace(x: np.ndarray) -> np.ndarray:
+    """`_splitmix64` into `x` itself (uint64, owned by the caller), a cache-sized block at a time
+    with one scratch block: the same values, without the six full-size temporaries numpy makes
+    for the expression (key hashing runs on every row read and written)."""
+    tmp = np.empty(min(len(x), _SPLITMIX_BLOCK), dtype=np.uint64)
+    for i in range(0, len(x), _SPLITMIX_BLOCK):
+        b = x[i : i + _SPLITMIX_BLOCK]
+        t = tmp[: len(b)]
+        np.right_shift(b, np.uint64(30), out=t)
+        b ^= t
+        b *= np.uint64(0xBF58476D1CE4E5B9)
+        np.right_shift(b, np.uint64(27), out=t)
+        b ^= t
+        b *= np.uint64(0x94D049BB133111EB)
+        np.right_shift(b, np.uint64(31), out=t)
+        b ^= t
     return x
 
 
@@ -469,7 +485,9 @@ def row_hash64(columns: list[pa.Array | pa.ChunkedArray], seed: int) -> np.ndarr
     n = len(columns[0]) if columns else 0
     h = np.full(n, np.uint64(seed), dtype=np.uint64)
     for col in columns:
-        h = _splitmix64(h * np.uint64(0x100000001B3) ^ column_hash64(col))
+        h *= np.uint64(0x100000001B3)
+        h ^= column_hash64(col)
+        _splitmix64_inplace(h)
     return h
 
 

@@ -8,7 +8,10 @@ with MLflow's artifact download API and loaded by batchscore's own loaders: noth
 An alias is resolved once, on the driver, to a `RegistryVersion`: the concrete version and the
 sha256 of its artifacts (`tree_sha256`). Every other process loads that exact version, and
 refuses artifacts whose checksum differs: the alias may move during the run, the run's model
-does not. Downloads go to a cache per machine, one folder per (server, name, version, checksum).
+does not. Downloads go to a cache per machine, one folder per (server, name, version, checksum),
+written to a temporary folder and renamed into place once whole; the driver reuses a version's
+recorded download (its checksum verified again, the server's listing unchanged) instead of
+downloading it on every run.
 
 The server is model.tracking_uri or MLFLOW_TRACKING_URI; credentials come from MLflow's own
 environment variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD), never from the
@@ -19,7 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -27,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.imports import ModelError
+
+log = logging.getLogger("batchscore")
 
 SCHEME = "models:/"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -198,8 +206,11 @@ def _download(ref: RegistryRef, version: str, tracking_uri: str) -> tuple[str, s
     return tmp, got
 
 
-def _place(tmp: str, got: str, dest: str) -> None:
-    """Move a download into its cache folder (another process may have put it there first)."""
+def _place(tmp: str, got: str, dest: str, checksum: str) -> None:
+    """Move a download into its cache folder (another process may have put it there first). A
+    folder there whose files changed since is replaced: the caller loads `dest`, not `got`."""
+    if os.path.isdir(dest) and tree_sha256(dest) != checksum:
+        shutil.rmtree(dest, ignore_errors=True)
     if not os.path.isdir(dest):
         with contextlib.suppress(OSError):
             os.rename(got, dest)
@@ -245,7 +256,7 @@ def _pinned_dir(pin: RegistryVersion) -> str:
             f"model.uri {pin.uri}: the artifacts of {pin.pinned_uri} have sha256 {actual}, but this run "
             f"resolved them with {pin.checksum}: they changed since; refusing to load"
         )
-    _place(tmp, got, dest)
+    _place(tmp, got, dest, pin.checksum)
     return dest
 
 
@@ -253,19 +264,98 @@ def fetch(
     uri: str, tracking_uri: str | None = None, pinned: RegistryVersion | None = None
 ) -> tuple[str, RegistryVersion]:
     """The checkpoint on local disk and the version it is. Without `pinned` (the driver): the
-    alias resolved now, the artifacts downloaded and their checksum taken. With it (any other
+    alias resolved now; the version's artifacts taken from this machine's cache when a download
+    of them is recorded there, the copy still has the recorded checksum and the server lists the
+    same files at the same sizes; else downloaded and their checksum taken. With it (any other
     process): that exact version, from the cache or downloaded, its checksum verified."""
     if pinned is not None:
         return checkpoint_in(_pinned_dir(pinned), uri), pinned
     ref = parse_uri(uri)
     tracking = tracking_uri_of(tracking_uri, uri)
     version = resolve_version(ref, tracking)
-    tmp, got = _download(ref, version, tracking)
-    checksum = tree_sha256(got)
-    dest = _cache_dir(tracking, ref.name, version, checksum)
-    _place(tmp, got, dest)
+    cached = _cached(ref, version, tracking)
+    if cached is not None:
+        dest, checksum = cached
+        log.info("model %s: version %s from the cache %s (checksum verified)", uri, version, dest)
+    else:
+        tmp, got = _download(ref, version, tracking)
+        checksum, files = tree_sha256(got), _sizes(got)
+        dest = _cache_dir(tracking, ref.name, version, checksum)
+        _place(tmp, got, dest, checksum)
+        _remember(tracking, ref.name, version, checksum, files)
     pin = RegistryVersion(uri, ref.name, version, ref.alias, checksum, tracking)
     return checkpoint_in(dest, uri), pin
+
+
+def _record_path(tracking_uri: str, name: str, version: str) -> str:
+    key = hashlib.sha256(f"{tracking_uri}|{name}|{version}".encode()).hexdigest()[:16]
+    return os.path.join(cache_root(), "versions", f"{key}.json")
+
+
+def _sizes(directory: str) -> dict[str, int]:
+    """Each file's path under `directory` and its size."""
+    out = {}
+    for base, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(base, name)
+            out[os.path.relpath(path, directory).replace(os.sep, "/")] = os.path.getsize(path)
+    return out
+
+
+def _remember(tracking_uri: str, name: str, version: str, checksum: str, files: dict[str, int]) -> None:
+    """Record a placed download (written to a temporary file, then renamed: a reader never sees
+    half a record). Best effort: without it the next run downloads again."""
+    path = _record_path(tracking_uri, name, version)
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".record-", dir=os.path.dirname(path))
+        with os.fdopen(fd, "w") as f:
+            json.dump({"checksum": checksum, "files": files}, f)
+        os.replace(tmp, path)
+
+
+def _server_files(source: str, tracking_uri: str) -> dict[str, int | None]:
+    """The version's artifact files as the server lists them (path -> size; no download)."""
+    from mlflow.artifacts import list_artifacts
+
+    out: dict[str, int | None] = {}
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        uri = f"{source.rstrip('/')}/{rel}" if rel else source
+        for info in list_artifacts(artifact_uri=uri, tracking_uri=tracking_uri) or []:
+            name = posixpath.join(rel, posixpath.basename(info.path.rstrip("/")))
+            if info.is_dir:
+                todo.append(name)
+            else:
+                out[name] = info.file_size
+    return out
+
+
+def _cached(ref: RegistryRef, version: str, tracking_uri: str) -> tuple[str, str] | None:
+    """(cache folder, checksum) of this version's recorded download, when the folder still has
+    the recorded checksum (every file read and hashed again: a copy changed or cut short is not
+    used) and the server lists the same files at the same sizes (artifacts replaced under the
+    same version are downloaded again). None: download."""
+    try:
+        with open(_record_path(tracking_uri, ref.name, version)) as f:
+            record = json.load(f)
+        checksum, files = record["checksum"], record["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    dest = _cache_dir(tracking_uri, ref.name, version, checksum)
+    if not os.path.isdir(dest) or _sizes(dest) != files or tree_sha256(dest) != checksum:
+        return None
+    try:
+        client = _mlflow_client(tracking_uri)
+        listed = _server_files(client.get_model_version_download_uri(ref.name, version), tracking_uri)
+    except Exception as e:  # the download that follows says what is wrong, if anything
+        log.debug("model %s: could not list version %s's artifacts: %s", ref.uri, version, e)
+        return None
+    if listed.keys() != files.keys() or any(v is not None and v != files[k] for k, v in listed.items()):
+        log.info("model %s: version %s's artifacts on the server differ from the cache", ref.uri, version)
+        return None
+    return dest, checksum
 
 
 EXPERIMENT = "batchscore"

@@ -631,6 +631,17 @@ class RunConfig(_Strict):
         return parse_duration(self.stall_timeout) if self.stall_timeout is not None else None
 
 
+class ChallengerTopKConfig(_Strict):
+    k: int | None = Field(
+        None, ge=1, le=100_000, description="Items kept per group; default: the champion's."
+    )
+    order_by: str | None = Field(
+        None,
+        description="Its head the items are ranked by; default: the champion's order_by when it is one of "
+        "its heads, else its first head.",
+    )
+
+
 class ChallengerOutputConfig(_Strict):
     uri: str = Field(
         description="The challenger's own predictions table (a local path or s3://): never the "
@@ -656,6 +667,11 @@ class ChallengerOutputConfig(_Strict):
     )
     max_bad_row_fraction: float | None = Field(
         None, ge=0, le=1, description="Dead-letter fraction that fails its commit; default: the champion's."
+    )
+    top_k: ChallengerTopKConfig | None = Field(
+        None,
+        description="With a top-K champion (output.top_k): what differs in its top-K table. Groups, "
+        "count column and shuffle are the champion's (the lists are compared group by group).",
     )
 
 
@@ -838,9 +854,16 @@ def challenger_job(cfg: JobConfig, ch: ChallengerConfig) -> JobConfig:
     if ch.preprocessing is not None:
         data["preprocessing"] = ch.preprocessing.model_dump(mode="python")
     own = ch.output.model_dump(mode="python", exclude_none=True)
+    own_top = own.pop("top_k", {})
     if {"score_column", "score_columns", "kind"} & own.keys():
         data["output"].update(score_column="score", score_columns=None)
-    data["output"].update(own, top_k=None)
+    top = data["output"].get("top_k")
+    data["output"].update(own)
+    if top is not None:  # the champion's groups; its own k and head
+        heads = OutputConfig.model_validate({**data["output"], "top_k": None}).value_columns
+        if top.get("order_by") not in heads:
+            top["order_by"] = None
+        data["output"]["top_k"] = {**top, **own_top}
     data["report"]["prometheus_textfile"] = None
     return JobConfig.model_validate(data)
 
@@ -850,8 +873,13 @@ def _challenger_problems(cfg: JobConfig) -> list[str]:
     if not cfg.challengers:
         return []
     out, problems = cfg.output, []
-    if out.kind != "scores" or out.top_k is not None:
-        problems.append("challengers: the champion's output must be kind 'scores' without top_k")
+    if out.kind != "scores":
+        problems.append("challengers: the champion's output must be kind 'scores'")
+    if out.top_k is not None and cfg.compare.group_by not in (None, out.top_k.group_by):
+        problems.append(
+            f"compare.group_by {cfg.compare.group_by} differs from output.top_k.group_by "
+            f"{out.top_k.group_by}: a top-K table's lists are compared by its own groups"
+        )
     head = cfg.compare.score_column
     if head is not None and head not in out.value_columns:
         problems.append(f"compare.score_column {head!r} is not one of the heads {out.value_columns}")
@@ -876,6 +904,13 @@ def _challenger_problems(cfg: JobConfig) -> list[str]:
         except ValidationError as e:
             problems += [f"{where}: {x['msg']}" for x in e.errors()]
             continue
+        if out.top_k is None and ch.output.top_k is not None:
+            problems.append(f"{where}.output.top_k: only with a top-K champion (output.top_k)")
+        if out.top_k is not None and ch.preprocessing is not None:
+            problems.append(
+                f"{where}.preprocessing: with output.top_k every challenger shares the champion's "
+                "preprocessing (the staged pool preprocesses once, before the replicas)"
+            )
         heads = job.output.value_columns
         if ch.compare_column is not None and ch.compare_column not in heads:
             problems.append(f"{where}.compare_column {ch.compare_column!r} is not one of its heads {heads}")

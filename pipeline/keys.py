@@ -39,7 +39,7 @@ def fingerprint_of(table, key_columns: list[str]) -> Fingerprint:
     # two moments of one 64-bit hash (sum and sum of squares, mod 2**64): one hashing pass per file
     # instead of two; a multiset change slips through only if both sums collide
     s1 = int(h.sum(dtype=np.uint64))
-    s2 = int(np.multiply(h, h, dtype=np.uint64).sum(dtype=np.uint64))
+    s2 = int(np.multiply(h, h, out=h).sum(dtype=np.uint64))  # h is ours: squared in place
     return Fingerprint(table.num_rows, s1, s2)
 
 

@@ -301,10 +301,19 @@ class Comparison(_Part):
     """One date: a challenger's scores against the champion's, on the rows of both tables joined by key."""
 
     date: str = Field(description="the date compared")
-    rows: int = Field(0, description="joined rows the measures are computed on")
-    champion_rows: int = Field(0, description="the champion's rows of the date")
-    challenger_rows: int = Field(0, description="the challenger's rows of the date")
-    unmatched: int = Field(0, description="compared keys in one table only (dead letters of one model)")
+    rows: int = Field(
+        0,
+        description="joined rows the measures are computed on (top-K tables: the scored rows with "
+        "`scores_of: rows`, else the (group, item) pairs both lists hold)",
+    )
+    champion_rows: int = Field(0, description="the champion's rows of the date (top-K tables: its groups)")
+    challenger_rows: int = Field(
+        0, description="the challenger's rows of the date (top-K tables: its groups)"
+    )
+    unmatched: int = Field(
+        0,
+        description="compared keys in one table only (dead letters of one model; top-K tables: groups)",
+    )
     sampled: bool = Field(
         False, description="computed on a deterministic sample of keys (`compare.max_rows`), not every row"
     )
@@ -325,6 +334,12 @@ class Comparison(_Part):
     broke: list[str] = Field(default_factory=list, description="the measures past their thresholds")
     plot: list[list[float]] = Field(
         default_factory=list, description="sampled `[champion, challenger]` score pairs for the page's plot"
+    )
+    scores_of: str | None = Field(
+        None,
+        description="top-K tables: what `spearman`, the shifts and `psi` are computed on: `rows` (every "
+        "scored row's two scores, kept while scoring) or `lists` (the listed items' scores: a date not "
+        "scored by both models in this run)",
     )
 
 

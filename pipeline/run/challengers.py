@@ -30,6 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.commit.groups import TopKCheck
 from pipeline.commit.partitions import CommitPolicy, RunIdentity, brief_error, commit_partitions
 from pipeline.commit.streaming import subset
 from pipeline.commit.tables import OutputTables, digest_of, list_run_files
@@ -64,6 +65,7 @@ class Challenger:
     committed: list[str] = field(default_factory=list)
     commits: list[Any] = field(default_factory=list)
     shares_features: bool | None = None  # takes the champion's transformed features (once known)
+    pairs_at: Any = None  # top-K: where its per-row score pairs go (pipeline.stages.modelset.PairSpec)
     _first: Predictor | None = None
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -126,7 +128,7 @@ class ChallengerSet:
         """Once the champion's run is set up: each challenger's predictor, dead letters, files."""
         from pipeline.run.local import DateFiles
 
-        check_runner(ctx.pool.runner, ctx.pool.mode)
+        check_runner(ctx.pool.runner, ctx.pool.mode, top_k=ctx.cfg.output.top_k is not None)
         for c in self.all:
             if c.error is not None or c.plan is None:
                 continue
@@ -137,6 +139,15 @@ class ChallengerSet:
                 self._setup(c, ctx)
             except Exception as e:
                 c.fail(f"{type(e).__name__}: {brief_error(e)}")
+                continue
+            if ctx.cfg.output.top_k is not None and c.preprocess_key != preprocess_key(
+                ctx.cfg, ctx.p.model_meta
+            ):
+                c.fail(
+                    "with output.top_k a challenger shares the champion's preprocessing, and its "
+                    "model's feature spec differs from the champion's (retrain on the same features, "
+                    "or score it alone)"
+                )
                 continue
             parts = ctx.p.inputs.partitions
             per_date = {part.date: len(part.files) for part in parts if part.date in c.dates}
@@ -219,12 +230,62 @@ class ChallengerSet:
         prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
         return ReplicaScorer(scorer, models, key, prefix, ctx.cfg.input.partition_column)
 
+    def hook_ray(self, ctx: Any, dead_letter: Any) -> RayModelSet | None:
+        """Ray's fused or staged pool with top-K (output.top_k): every active challenger beside the
+        champion in each task or replica and through the shuffle (pipeline/stages/modelset.py);
+        None without any."""
+        from pipeline.commit.tables import run_file_prefix
+        from pipeline.stages.layout import OutputFiles
+        from pipeline.stages.modelset import SideModel
+        from pipeline.stages.topk import TopKSpec
+
+        active = [c for c in self.all if c.active]
+        if not active or ctx.cfg.output.top_k is None:  # without top-K: check_runner refused these modes
+            return None
+        sides = [
+            SideModel(
+                c.name,
+                c.kwargs,
+                set(c.dates),
+                TopKSpec.from_config(c.job),
+                c.dead_letter.tagged("topk"),
+                OutputFiles.for_output(c.tables.location, c.job.output),
+                run_file_prefix(ctx.run_id, attempt=ctx.run.attempt),
+                failure_marker(c, ctx),
+                self._pairs(c, ctx),
+            )
+            for c in active
+        ]
+        return RayModelSet(ctx.cfg, sides, [c.dead_letter for c in active], dead_letter)
+
+    def _pairs(self, c: Challenger, ctx: Any) -> Any:
+        """Top-K: where and which of its rows' scores (and the champion's) are kept before the
+        ranking, for the comparison (pipeline/quality/topk_compare.py)."""
+        from pipeline.reporting.runs import RUNS_DIR
+        from pipeline.run.comparison import compared_columns
+        from pipeline.stages.modelset import PairSpec
+
+        cap = ctx.cfg.compare.max_rows
+        rows = {part.date: part.rows for part in ctx.p.inputs.partitions if part.date in c.dates}
+        cuts = {d: min(int(min(1.0, cap / max(n, 1)) * 2**64), 2**64 - 1) for d, n in rows.items()}
+        where = c.tables.location.join(RUNS_DIR, ctx.run_id, f"pairs.{ctx.run.attempt}")
+        champ, chall = compared_columns(ctx.cfg, c.job, c.cfg.compare_column)
+        c.pairs_at = PairSpec(where, list(ctx.cfg.output.key_columns), champ, chall, cuts)
+        return c.pairs_at
+
     def discard(self, ctx: Any) -> None:
         """The files of challengers this attempt did not commit (a failed run or challenger)."""
         for c in self.all:
             left = [d for d in c.dates if d not in c.committed]
             if left:
                 discard_uncommitted(c.tables, left, ctx.run_id, ctx.run.attempt)
+
+    def abandon(self, ctx: Any) -> None:
+        """A failed run: what this attempt did not commit, and the top-K score pairs."""
+        self.discard(ctx)
+        for c in self.all:
+            if c.pairs_at is not None:
+                _remove(c.pairs_at.where)
 
     def discard_dead(self, attempt: Any) -> None:
         """Earlier attempts of this run id that died before committing: their files in each
@@ -253,6 +314,8 @@ class ChallengerSet:
                 compare_dates(ctx.cfg, c, r, ctx.dates)
             if c.pairs is not None:
                 c.pairs.close()
+            if c.pairs_at is not None:  # the sampled score pairs: used up (or of a failed challenger)
+                _remove(c.pairs_at.where)
 
     def _commit(self, c: Challenger, ctx: Any) -> None:
         from pipeline.quality.drift import commit_profiles, committed_profiles, evaluate_heads, run_references
@@ -275,7 +338,11 @@ class ChallengerSet:
             else None,
         )
         policy = CommitPolicy(
-            job.output.key_columns, job.output.verify, job.output.max_bad_row_fraction, ctx.policy.read_keys
+            job.output.key_columns,
+            job.output.verify,
+            job.output.max_bad_row_fraction,
+            ctx.policy.read_keys,  # with top-K: the input's group keys, the same groups as the champion's
+            top_k=TopKCheck.from_config(job) if job.output.top_k is not None else None,
         )
         try:
             profiles = profile_partitions(c.tables.location, col, c.dates, heads, ctx.run_id, ctx.run.attempt)
@@ -308,6 +375,42 @@ class ChallengerSet:
             dates_committed=c.committed,
             rows=sum(x.output_rows for x in c.commits) if c.commits else None,
             dead_letter_rows=sum(x.dead_letter_rows for x in c.commits) if c.commits else None,
+        )
+
+
+class RayModelSet:
+    """What a top-K run's Ray Data pipeline needs for the challengers (pipeline/run/execute.py's
+    build_dataset and pipeline/run/score.py's top-K step)."""
+
+    def __init__(self, cfg: JobConfig, sides: list[Any], dead_letters: list[Any], champion_dl: Any) -> None:
+        self.cfg, self.sides = cfg, sides
+        self.dead_letters, self.champion_dl = dead_letters, champion_dl
+
+    def __call__(self, pre: Any, predictor_kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+        """(preprocessor, actor class, its arguments): the shared preprocessing's dead letters go
+        to every table; each replica holds every model."""
+        from pipeline.stages.modelset import ModelSetPredictor
+
+        pre.dead_letter = TeeDeadLetters([self.champion_dl, *self.dead_letters])
+        kwargs = {
+            "champion": predictor_kwargs,
+            "sides": self.sides,
+            "partition_column": self.cfg.input.partition_column,
+        }
+        return pre, ModelSetPredictor, kwargs
+
+    def fused(self, scorer: Any) -> Any:
+        """The fused mode's scorer (built with this set's arguments) holding every model."""
+        from pipeline.stages.modelset import FusedModelSet
+
+        return FusedModelSet(scorer)
+
+    def top_k_dataset(self, ds: Any, partitions: int) -> Any:
+        from pipeline.stages.modelset import model_set_top_k_dataset
+        from pipeline.stages.topk import TopKSpec
+
+        return model_set_top_k_dataset(
+            ds, TopKSpec.from_config(self.cfg), self.sides, partitions, self.champion_dl
         )
 
 
@@ -530,6 +633,15 @@ class ReplicaScorer:
             return None
 
 
+def _remove(where: Any) -> None:
+    from pipeline.storage import delete_dir
+
+    try:
+        delete_dir(where)
+    except OSError as e:  # best effort: a few small files under _runs/
+        log.debug("could not remove %s: %s", where.uri, e)
+
+
 def failure_marker(c: Challenger, ctx: Any) -> Any:
     """Where a replica says this challenger failed: this attempt's, under its table's runs."""
     from pipeline.reporting.runs import RUNS_DIR
@@ -590,9 +702,13 @@ def discard_uncommitted(tables: OutputTables, dates: list[str], run_id: str, att
                 log.debug("could not remove uncommitted files of %s: %s", d, e)
 
 
-def check_runner(runner: str, mode: str) -> None:
+def check_runner(runner: str, mode: str, top_k: bool = False) -> None:
     """Challengers are scored where one process holds every model and sees every slice: the local
-    runner's threads or the actors mode's replicas (Ray's staged and fused modes are refused)."""
+    runner's threads, the actors mode's replicas, or with top-K Ray's fused tasks or staged
+    replicas (the shuffle by group then runs per model). Ray's fused and staged modes without
+    top-K are refused."""
+    if runner == "ray" and top_k:
+        return
     if runner == "ray" and mode != "actors":
         raise ConfigError(
             f"challengers: Ray's {mode!r} mode does not score them; set predict.mode: actors (every "

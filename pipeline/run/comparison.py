@@ -173,6 +173,23 @@ def compare_dates(cfg: JobConfig, challenger: Any, result: ChallengerResult, dat
                 ]
             if None in tables:
                 break
+            if cfg.output.top_k is not None:  # lists per group (pipeline/quality/topk_compare.py)
+                from pipeline.quality.topk_compare import compare_top_k_date
+
+                result.comparisons.append(
+                    compare_top_k_date(
+                        cfg,
+                        challenger.job,
+                        thresholds_of(cfg),
+                        *tables,
+                        d,
+                        champ_col,
+                        chall_col,
+                        pairs=getattr(challenger, "pairs_at", None),
+                    )
+                )
+                took += time.perf_counter() - t0
+                continue
             result.comparisons.append(compare_date(cfg, *tables, d, champ_col, chall_col))
             took += time.perf_counter() - t0
         except Exception as e:

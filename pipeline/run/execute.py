@@ -138,22 +138,28 @@ def build_dataset(
     dead_letter: DeadLetterWriter | None = None,
     progress: Any = None,
     read_keys: Any = None,
+    models: Any = None,
 ):
     """The stages folded over the lazy read, as a Dataset of predictions: fused into one task per
     file, or preprocess tasks feeding an actor pool of model replicas (staged; resources from the
     config and the pool plan). The actors mode's replicas write themselves: pipeline/run/replicas.py.
-    `read_keys`: where the read tasks record the input's key fingerprints (see read_dataset)."""
+    `read_keys`: where the read tasks record the input's key fingerprints (see read_dataset).
+    `models`: the challengers of a top-K run (pipeline.run.challengers.RayModelSet), or None."""
     cfg = p.cfg
     cap = fused_task_cap(cfg, pool)
     columns = list(dict.fromkeys([*p.requirements.columns, cfg.input.partition_column]))
     ds = read_dataset(p.inputs, columns, cap, read_keys, parallelism=int(cap or pool.cluster_cpus))
     pre, predictor_kwargs = stage_objects(p, pool, run_id, device_column, dead_letter, progress)
+    stage: Any = Predictor
+    if models is not None:  # every model in each replica (or fused task)
+        pre, stage, predictor_kwargs = models(pre, predictor_kwargs)
     if pool.mode == "fused":
-        return _fused(ds, cfg, pool, cap, fused_scorer(p, pre, predictor_kwargs))
-    return _actor_pool(ds, cfg, pool, pre, predictor_kwargs)
+        scorer: Any = fused_scorer(p, pre, predictor_kwargs)
+        return _fused(ds, cfg, pool, cap, models.fused(scorer) if models is not None else scorer)
+    return _actor_pool(ds, cfg, pool, pre, predictor_kwargs, stage)
 
 
-def _fused(ds, cfg: JobConfig, pool: PoolPlan, cap: int | None, scorer: FusedScorer):
+def _fused(ds, cfg: JobConfig, pool: PoolPlan, cap: int | None, scorer: Any):
     from ray.data import TaskPoolStrategy
 
     return ds.map_batches(
@@ -166,7 +172,9 @@ def _fused(ds, cfg: JobConfig, pool: PoolPlan, cap: int | None, scorer: FusedSco
     )
 
 
-def _actor_pool(ds, cfg: JobConfig, pool: PoolPlan, pre: Preprocessor, predictor_kwargs: dict):
+def _actor_pool(
+    ds, cfg: JobConfig, pool: PoolPlan, pre: Preprocessor, predictor_kwargs: dict, stage: Any = Predictor
+):
     from ray.data import ActorPoolStrategy
 
     ds = ds.map_batches(
@@ -177,7 +185,7 @@ def _actor_pool(ds, cfg: JobConfig, pool: PoolPlan, pre: Preprocessor, predictor
         label_selector=cfg.preprocessing.label_selector,
     )
     return ds.map_batches(
-        Predictor,
+        stage,
         fn_constructor_kwargs=predictor_kwargs,
         compute=ActorPoolStrategy(min_size=pool.min_replicas, max_size=pool.max_replicas),
         batch_size=cfg.predict.batch_size,

@@ -244,7 +244,7 @@ def _score(ctx: RunContext, origin) -> RunReport:
             raise
     except BaseException:
         if ctx.challengers is not None:  # their files of dates they did not commit
-            ctx.challengers.discard(ctx)
+            ctx.challengers.abandon(ctx)
         raise
     finally:
         if ctx.replicas is not None:  # a failure before the pool's own `with`
@@ -580,6 +580,8 @@ def _run_pipeline(ctx: RunContext, counter, hooks: Hooks):
         return _run_replicas(ctx, counter, hooks)
     from pipeline.stages.write import write_predictions, write_tasks_at_once  # Ray Data: now
 
+    # a top-K run's challengers: every model in each task or replica, each through the shuffle
+    models = ctx.challengers.hook_ray(ctx, dead_letter) if ctx.challengers is not None else None
     with run_data_context():
         ds = build_dataset(
             ctx.p,
@@ -588,10 +590,14 @@ def _run_pipeline(ctx: RunContext, counter, hooks: Hooks):
             dead_letter=dead_letter,
             progress=counter,
             read_keys=ctx.policy.read_keys,
+            models=models,
         )
         if cfg.output.top_k is not None:
             partitions = cfg.output.top_k.partitions or default_partitions(ctx.p.inputs.rows)
-            ds = top_k_dataset(ds, TopKSpec.from_config(cfg), partitions, dead_letter)
+            if models is not None:
+                ds = models.top_k_dataset(ds, partitions)
+            else:
+                ds = top_k_dataset(ds, TopKSpec.from_config(cfg), partitions, dead_letter)
         writes = write_tasks_at_once(ctx.pool.cluster_cpus, fused_task_cap(cfg, ctx.pool))
         return write_predictions(ds, tables.location, cfg.output, ctx.run_id, writes, ctx.run.attempt)
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import OutputConfig
-from pipeline.filestats import write_parquet
+from pipeline.filestats import distinct_values, write_parquet
 from pipeline.storage import Location, is_s3
 from pipeline.tablefiles import HIVE_NULL
 
@@ -24,6 +24,9 @@ def split_by_partition(table: pa.Table, columns: list[str]) -> list[tuple[str, p
     fixed order (a retried task names its files as the first attempt did). Values are written as
     Arrow casts them to strings, URI-escaped, null as Hive's default partition (as pyarrow's hive
     partitioning writes them)."""
+    one = _single_partition(table, columns)
+    if one is not None:  # the usual case (a unit of one date): no grouping, no filtered copy
+        return [(one, table.drop_columns(columns))]
     text = {c: pc.cast(table.column(c), pa.string()) for c in columns}
     combos = pa.table(text).group_by(columns).aggregate([]).to_pylist()
     out = []
@@ -36,6 +39,20 @@ def split_by_partition(table: pa.Table, columns: list[str]) -> list[tuple[str, p
         directory = "/".join(f"{c}={HIVE_NULL if v is None else quote(v, safe='')}" for c, v in combo.items())
         out.append((directory, table.filter(mask).drop_columns(columns)))
     return out
+
+
+def _single_partition(table: pa.Table, columns: list[str]) -> str | None:
+    """The hive directory when every row has the same non-null value in each partition column
+    (one comparison pass per column, no hashing); None when they differ, or for an empty table."""
+    if not table.num_rows:
+        return None
+    parts = []
+    for c in columns:
+        col = table.column(c)
+        if col.null_count or len(distinct_values(col)) != 1:
+            return None
+        parts.append(f"{c}={quote(pc.cast(col[0], pa.string()).as_py(), safe='')}")
+    return "/".join(parts)
 
 
 def even_slices(num_rows: int, max_rows: int) -> list[tuple[int, int]]:

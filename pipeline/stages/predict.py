@@ -26,7 +26,7 @@ from pipeline.config import FeatureSpecConfig, JobConfig, ModelConfig, StorageCo
 from pipeline.errors import StageError
 from pipeline.raystate import running_ray
 from pipeline.reporting.progress import count
-from pipeline.stages.preprocess import tensor_column_to_numpy
+from pipeline.stages.preprocess import FeatureBatch, tensor_column_to_numpy
 from pipeline.storage import download_dir, is_s3, resolve
 
 
@@ -338,17 +338,23 @@ class Predictor:
         staged.numpy()[...] = arr
         return staged.to(self.device, non_blocking=True)
 
-    def __call__(self, batch: pa.Table, features: dict[str, Any] | None = None) -> pa.Table:
-        """`batch`'s predictions. `features`: the model inputs another predictor made of this very
-        batch (`encoded_features`), taken as they are instead of made again; only from a predictor
-        that `shares_features` with this one."""
+    def __call__(self, batch: pa.Table | FeatureBatch, features: dict[str, Any] | None = None) -> pa.Table:
+        """The batch's predictions: its pass-through columns and the output columns. `batch`: a
+        Preprocessor's output, as a table (features as tensor columns, or encoded) or as the
+        FeatureBatch of the same process (a user function's numpy arrays as they are).
+        `features`: the model inputs another predictor made of this very batch
+        (`encoded_features`), taken as they are instead of made again; only from a predictor that
+        `shares_features` with this one."""
         import torch
 
+        arrays = batch.arrays if isinstance(batch, FeatureBatch) else {}
+        if isinstance(batch, FeatureBatch):
+            batch = batch.table
         if batch.num_rows == 0:  # every row of the batch went to the dead-letter output
             return self._empty(batch)
         encoded = any(c.startswith(ENCODED_PREFIXES) for c in batch.column_names)
         needed = self.passthrough + (self._encoded_names() if encoded else self.inputs)
-        missing = [c for c in needed if c not in batch.column_names]
+        missing = [c for c in needed if c not in batch.column_names and c not in arrays]
         if missing:
             raise StageError(
                 f"stage {self.name!r}: missing columns {missing}; present columns: {batch.column_names}"
@@ -363,7 +369,10 @@ class Predictor:
                 made = features if features is not None else self.encoded_features(batch)
                 tensors = self._model_inputs(made)
             else:
-                tensors = [self._to_device(c, tensor_column_to_numpy(batch.column(c))) for c in self.inputs]
+                tensors = [
+                    self._to_device(c, arrays[c] if c in arrays else tensor_column_to_numpy(batch.column(c)))
+                    for c in self.inputs
+                ]
             with autocast:
                 out = self.model(*tensors)
         from models.outputs import OutputMismatch
@@ -523,7 +532,7 @@ class FusedScorer:
         only a scorer keeping several models' rows in input order needs (ChallengerScorer)."""
         outs = []
         for i in range(0, max(batch.num_rows, 1), self.preprocess_batch_size):
-            features = self.preprocessor(batch.slice(i, self.preprocess_batch_size))
+            features = self.preprocessor.prepare(batch.slice(i, self.preprocess_batch_size))
             for j in range(0, max(features.num_rows, 1), self.batch_size):
                 outs.append(predictor(features.slice(j, self.batch_size)))
         return outs[0] if len(outs) == 1 else pa.concat_tables(outs)

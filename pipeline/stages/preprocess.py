@@ -45,6 +45,32 @@ def tensor_column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
+class FeatureBatch:
+    """Preprocessed rows as the fused scorers hand them to a Predictor in the same process: the
+    pass-through (or encoded) columns as Arrow, a user function's features as its own numpy
+    arrays. Between Ray Data stages the features travel as Arrow tensor columns instead
+    (`Preprocessor.__call__`); within one process that round trip was a copy of every feature
+    and an import of ray.data in each replica, for nothing."""
+
+    def __init__(self, table: pa.Table, arrays: dict[str, np.ndarray] | None = None) -> None:
+        self.table = table
+        self.arrays = arrays or {}
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def slice(self, offset: int, length: int) -> FeatureBatch:
+        return FeatureBatch(
+            self.table.slice(offset, length), {k: v[offset : offset + length] for k, v in self.arrays.items()}
+        )
+
+    def to_table(self) -> pa.Table:
+        """As `Preprocessor.__call__` returns it: the features as tensor columns."""
+        cols = {c: self.table.column(c) for c in self.table.column_names}
+        return pa.table({**cols, **{k: to_tensor_column(v) for k, v in self.arrays.items()}})
+
+
 class Preprocessor:
     """Callable stage. State (the spec or the user function) is set once; work is per batch.
 
@@ -119,12 +145,18 @@ class Preprocessor:
         return reasons
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """The batch preprocessed, as one Arrow table (a Ray Data stage's output)."""
+        return self.prepare(batch).to_table()
+
+    def prepare(self, batch: pa.Table) -> FeatureBatch:
+        """The batch preprocessed, its features as the function made them (for a Predictor in
+        the same process)."""
         out = self._process(batch)
         # with 'read' (counted on entry) this says which stage holds rows when a run stalls
         count(self.progress, "preprocessed", batch.num_rows)
         return out
 
-    def _process(self, batch: pa.Table) -> pa.Table:
+    def _process(self, batch: pa.Table) -> FeatureBatch:
         missing = [c for c in self.required if c not in batch.column_names]
         if missing:
             raise StageError(
@@ -143,7 +175,7 @@ class Preprocessor:
                 feats = self.function(batch)
             elif self.device_transforms:  # plain Arrow columns: no tensor conversion, no copies
                 encoded = encode_table(batch, self.spec)
-                return pa.table({**{c: batch.column(c) for c in self.passthrough}, **encoded})
+                return FeatureBatch(pa.table({**{c: batch.column(c) for c in self.passthrough}, **encoded}))
             else:
                 feats = transform_table(batch, self.spec)
         except FeatureError as e:
@@ -153,18 +185,18 @@ class Preprocessor:
                 raise
             why = f"preprocessing error: {type(e).__name__}: {e}"[:500]
             self._reject(batch, np.full(batch.num_rows, why, dtype=object), batch)
-            return batch.select(self.passthrough).slice(0, 0)
+            return FeatureBatch(batch.select(self.passthrough).slice(0, 0))
         if not isinstance(feats, dict):
             raise StageError(
                 f"stage {self.name!r}: preprocessing function must return dict[str, numpy.ndarray], "
                 f"got {type(feats).__name__}"
             )
-        cols = {c: batch.column(c) for c in self.passthrough}
+        arrays = {}
         for name, arr in feats.items():
             arr = np.asarray(arr)
             if len(arr) != batch.num_rows:
                 raise StageError(
                     f"stage {self.name!r}: feature {name!r} has {len(arr)} rows, batch has {batch.num_rows}"
                 )
-            cols[name] = to_tensor_column(arr)
-        return pa.table(cols)
+            arrays[name] = arr
+        return FeatureBatch(batch.select(self.passthrough), arrays)

@@ -162,7 +162,8 @@ def test_a_failing_challenger_never_blocks_the_champion(dataset, checkpoints, se
             "compare_column": "p_click",
         },
     ]
-    torch.jit.save(torch.jit.script(TwoHeads(len(checkpoints.spec.dense))), str(tmp_path / "heads.pt"))
+    heads_model = TwoHeads(len(checkpoints.spec.dense)).eval()
+    torch.jit.save(torch.jit.script(heads_model), str(tmp_path / "heads.pt"))
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(_raw(dataset, champion, tmp_path, challengers)))
     # `validate` runs each challenger's model on a few rows: the raising one is named
@@ -175,6 +176,19 @@ def test_a_failing_challenger_never_blocks_the_champion(dataset, checkpoints, se
     assert last["status"] == "succeeded" and last["challengers"] == {"boom": "failed", "heads": "committed"}
     assert_keys_exact(dataset, tmp_path / "champion", DATES[0])
     assert_keys_exact(dataset, tmp_path / "heads", DATES[0])
+    # the multi-head challenger: every head written, each the model's own output for its row
+    from support import read_input
+
+    from models.features import transform_table
+
+    inp = read_input(str(dataset), DATES[0]).sort_by("event_id")
+    feats = transform_table(inp, checkpoints.spec)
+    with torch.inference_mode():
+        want = heads_model(torch.from_numpy(feats["cat"]), torch.from_numpy(feats["dense"]))
+    got = read_output(str(tmp_path / "heads"), DATES[0]).sort_by("event_id")
+    assert "score" not in got.column_names
+    for head in ("p_click", "p_convert"):
+        np.testing.assert_allclose(got.column(head).to_numpy(), want[head].numpy(), rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "boom" / "_delta_log").exists()
     assert not list((tmp_path / "boom").rglob("*.parquet"))  # its uncommitted files removed
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from support import DATES, KEYS, latest_commit, make_config, read_output, run_cli
 
-from models.registry import CACHE_ENV, RegistryError, fetch, register
+from models.registry import CACHE_ENV, RegistryError, fetch, register, tree_sha256
 from pipeline.errors import EXIT_FAILED, EXIT_USER, exit_code_of
 from pipeline.run.score import run_score
 from pipeline.stages.predict import ModelSource
@@ -225,3 +225,54 @@ def test_artifacts_without_a_checkpoint_are_refused(registry, tmp_path):
         ModelSource(f"models:/{name}@champion").inspect()
     assert f"models:/{name}@champion" in str(err.value) and "pickled" in str(err.value)
     assert exit_code_of(err.value) == EXIT_USER
+
+
+def test_the_driver_reuses_its_cached_download_of_a_version(registry, checkpoints, monkeypatch, tmp_path):
+    """A nightly rerun resolves the alias (one call) and takes the version it names from the
+    machine's cache, its checksum verified; a copy changed or cut short, artifacts replaced on the
+    server under the same version, or a moved alias, download again."""
+    import shutil
+
+    import mlflow.artifacts
+
+    name = _name()
+    register(checkpoints.entries["safetensors"][0], name, alias="champion")
+    downloads: list[str] = []
+    real = mlflow.artifacts.download_artifacts
+
+    def counted(*args, **kwargs):  # the real download from the real server, counted
+        downloads.append(kwargs.get("artifact_uri", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", counted)
+    uri = f"models:/{name}@champion"
+    path, pin = fetch(uri)
+    assert len(downloads) == 1
+    assert fetch(uri) == (path, pin) and len(downloads) == 1  # the rerun: no download
+
+    with open(os.path.join(path, "batchscore.json"), "a") as f:  # changed on disk
+        f.write(" ")
+    assert fetch(uri) == (path, pin) and len(downloads) == 2
+    assert tree_sha256(path) == pin.checksum  # the changed copy replaced by the download
+    os.remove(os.path.join(path, "batchscore.json"))  # cut short
+    assert fetch(uri) == (path, pin) and len(downloads) == 3
+    assert fetch(uri) == (path, pin) and len(downloads) == 3 and tree_sha256(path) == pin.checksum
+    # no half-written download is ever taken: only placed folders and the records are left
+    cache = Path(os.environ[CACHE_ENV])
+    assert not [p for p in cache.iterdir() if p.name.startswith(".download-")]
+
+    # the version's artifacts replaced on the server (same version number): downloaded, a new checksum
+    client = registry.client()
+    changed = tmp_path / "changed"
+    shutil.copytree(checkpoints.entries["safetensors"][0], changed)
+    with open(changed / "batchscore.json", "a") as f:
+        f.write("\n")
+    client.log_artifacts(client.get_model_version(name, "1").run_id, str(changed), "checkpoint")
+    _, replaced = fetch(uri)
+    assert len(downloads) == 4 and replaced.version == "1" and replaced.checksum != pin.checksum
+    assert replaced.checksum == _artifacts_sha256(client, name, "1", tmp_path / "check")
+
+    register(checkpoints.entries["torchscript"][0], name, alias="champion")  # the alias moves
+    _, moved = fetch(uri)
+    assert moved.version == "2" and len(downloads) == 6  # downloaded (the check above made one)
+    assert fetch(uri)[1] == moved and len(downloads) == 6

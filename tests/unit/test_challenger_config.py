@@ -81,19 +81,51 @@ def test_a_challengers_job_is_the_champions_with_its_own_model_and_table():
     )
 
 
-def test_top_k_champions_and_rays_other_modes_are_refused():
-    with pytest.raises(ConfigError, match="without top_k"):
+def test_top_k_challengers_inherit_the_groups_and_rays_other_modes_are_refused():
+    top = {"group_by": ["user_id"], "k": 3, "order_by": "p_convert"}
+    out = {"uri": "/o", "key_columns": ["user_id", "item_id"], "score_columns": ["p_click", "p_convert"]}
+    cfg = config_from_dict(
+        _raw(
+            output={**out, "top_k": top},
+            challengers=[
+                {"name": "same", "model": {"uri": "/m/b"}, "output": {"uri": "/out/b"}},
+                {
+                    "name": "other",
+                    "model": {"uri": "/m/c"},
+                    "output": {"uri": "/out/c", "score_column": "s", "top_k": {"k": 7}},
+                },
+            ],
+        )
+    )
+    same, other = (challenger_job(cfg, ch).output for ch in cfg.challengers)
+    assert same.top_k.group_by == ["user_id"] and same.top_k.k == 3 and same.order_by == "p_convert"
+    # its own k; the champion's order_by is not one of its heads: its first head ranks
+    assert other.top_k.group_by == ["user_id"] and other.top_k.k == 7 and other.order_by == "s"
+    problems = [
+        ({"compare": {"group_by": ["item_id"]}}, "compare.group_by"),
+        (
+            {
+                "challengers": [
+                    {"name": "b", "model": {"uri": "/m/b"}, "output": {"uri": "/b"}, "preprocessing": {}}
+                ]
+            },
+            "challengers.0.preprocessing",
+        ),
+    ]
+    for extra, key in problems:
+        with pytest.raises(ConfigError, match=key):
+            config_from_dict(_raw(output={**out, "top_k": top}, **extra))
+    with pytest.raises(ConfigError, match="only with a top-K champion"):
         config_from_dict(
             _raw(
-                output={
-                    "uri": "/o",
-                    "key_columns": ["user_id", "item_id"],
-                    "top_k": {"group_by": ["user_id"], "k": 3},
-                }
+                challengers=[
+                    {"name": "b", "model": {"uri": "/m"}, "output": {"uri": "/b", "top_k": {"k": 2}}}
+                ]
             )
         )
     check_runner("local", "fused")
     check_runner("ray", "actors")
+    check_runner("ray", "staged", top_k=True)  # the staged pool's replicas hold every model
     for mode in ("staged", "fused"):
         with pytest.raises(ConfigError, match="predict.mode: actors"):
             check_runner("ray", mode)

@@ -120,3 +120,19 @@ def test_null_keys_are_not_repeats(tmp_path):
     """Rows with a null key go to the dead letters for that reason; many of them are no repeat."""
     plan = _write(tmp_path, {f"{D1}/a": [[None, 1], [None, 1], ["e1", 1]], f"{D1}/b": [[None, 1]]})
     assert find_duplicates(plan, ["event_id", "user_id"]).dates == {}
+
+
+@pytest.mark.parametrize("repeats", [0, 40, 200_000])  # none; a few; past the candidates' limit
+def test_repeated_hashes_are_those_of_a_full_sort(repeats):
+    from pipeline.stages.duplicates import _sorted_repeats, repeated_values
+
+    rng = np.random.default_rng(repeats)
+    h = rng.integers(0, 2**63, 400_000).view(np.uint64) * np.uint64(2)
+    h[rng.integers(0, len(h), repeats)] = h[rng.integers(0, len(h), repeats)]
+    high = np.uint64(0xFFFFFFFF00000000)  # pairs that share their top half only: candidates, not repeats
+    h[:50] = (h[:50] & high) | np.uint64(7)
+    h[50:100] = (h[:50] & high) | np.uint64(9)
+    h[100:110] = h[:10]  # and true repeats among them
+    got = repeated_values(h)
+    assert np.array_equal(got, _sorted_repeats(h))
+    assert set(h[:10].tolist()) <= set(got.tolist()) and not set(h[50:100].tolist()) & set(got.tolist())

@@ -338,3 +338,33 @@ def test_without_records_the_input_is_read(tmp_path, monkeypatch):
         CommitPolicy(KEYS, read_keys=_read_keys(tmp_path)),
     )
     assert sorted(read) == sorted(_plan_files(plan))
+
+
+@pytest.mark.parametrize("constant", [True, False])
+def test_run_constant_columns_are_written_as_arrow_writes_them_and_read_back_as_text(tmp_path, constant):
+    """model_version and run_id go to the encoder as a dictionary when they hold one value: the
+    file reads back exactly as the table (text columns, an embedding's fixed size, the values),
+    with the schema metadata pyarrow itself stores, and the columns still dictionary-encoded."""
+    import pyarrow.fs as pafs
+
+    n = 5000
+    run = pa.repeat(pa.scalar("run-1"), n) if constant else pa.array([f"run-{i % 3}" for i in range(n)])
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(n)),
+            "emb": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(2 * n, dtype=np.float32)), 2),
+            "model_version": pa.repeat(pa.scalar("7"), n),
+            "run_id": run,
+        }
+    )
+    path = str(tmp_path / "f.parquet")
+    write_parquet(pafs.LocalFileSystem(), path, table, ["id"], [])
+    assert pq.read_table(path).equals(table)
+    md = pq.ParquetFile(path).metadata
+    pq.write_table(table, str(tmp_path / "plain.parquet"))
+    plain = pq.ParquetFile(str(tmp_path / "plain.parquet")).metadata
+    assert md.metadata[b"ARROW:schema"] == plain.metadata[b"ARROW:schema"]
+    for i in (2, 3):
+        column = md.row_group(0).column(i)
+        assert "RLE_DICTIONARY" in column.encodings and column.statistics.has_min_max
+    assert stats_from_footer(md).rows == n

@@ -112,6 +112,8 @@ def test_entrypoints_run_real_commands_on_real_configs(name, entrypoint):
 
 
 def test_vm_cluster_config_validates_against_rays_schema():
+    setup = " ".join(yaml.safe_load((ROOT / "infra" / "vm" / "cluster.yaml").read_text())["setup_commands"])
+    assert '".[cluster,mlflow]"' in setup  # as the image: every node can fetch a registered model
     import ray.autoscaler
 
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
@@ -120,12 +122,13 @@ def test_vm_cluster_config_validates_against_rays_schema():
     assert config["head_node_type"] in config["available_node_types"]
 
 
-def test_dockerfile_is_cuda_based_non_root_and_installs_the_project():
+def test_dockerfile_is_cuda_based_non_root_and_installs_the_project_with_the_registry_client():
     text = (ROOT / "infra" / "Dockerfile").read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     assert lines[0].startswith("FROM nvidia/cuda:")
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
-    assert any("pip install" in line and '".[cluster]"' in line for line in lines)
+    # the cluster extras and the MLflow client: replicas fetch `models:/` versions themselves
+    assert any("pip install" in line and '".[cluster,mlflow]"' in line for line in lines)
     for pkg in ("pipeline", "models", "jobs", "configs"):
         assert any(line.startswith("COPY") and f"./{pkg}" in line for line in lines), pkg

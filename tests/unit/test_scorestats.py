@@ -9,6 +9,7 @@ from models.scoreprofile import (
     REPORT_PROBS,
     SKETCH_POINTS,
     compare,
+    exact_quantiles,
     merge,
     merge_profiles,
     partial_of,
@@ -91,3 +92,23 @@ def test_compare_names_the_threshold_that_was_breached():
     res = compare(cur, ref, psi_max=0.1, shift_max=5.0, bins=10)
     assert res["breach"] and "drift.psi_max 0.1" in res["reasons"][0]
     assert not compare(ref, ref, psi_max=0.1, shift_max=0.5, bins=10)["breach"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(1).random(200_000),  # bucketed: most values never sorted
+        np.random.default_rng(2).normal(size=50_000).astype(np.float32),
+        np.repeat(np.random.default_rng(3).random(7), 20_000),  # ties across ranks
+        np.concatenate([np.random.default_rng(4).random(50_000), [1e30]]),  # one outlier: one crowded bucket
+        np.concatenate([np.random.default_rng(5).random(10_000), [-1.7e308, 1.7e308]]),  # span overflows
+        np.random.default_rng(6).integers(0, 3, 60_000).astype(np.float64),
+        np.random.default_rng(7).random(100),  # small: sorted whole
+        np.array([2.5]),
+    ],
+)
+def test_the_sketch_quantiles_are_numpys_exactly(values):
+    x = values.astype(np.float64)
+    probs = np.linspace(0.0, 1.0, SKETCH_POINTS)
+    got = exact_quantiles(x, probs, float(x.min()), float(x.max()))
+    assert np.array_equal(got, np.quantile(x, probs))
