@@ -112,3 +112,20 @@ def test_date_files_write_whole_targets_then_the_rest_of_each_date(tmp_path):
     assert all(n.startswith("part-run-1.local-") for n in names) and len(set(names)) == len(names)
     keys = pq.ParquetDataset(str(tmp_path / "ds=2026-10-01")).read().column("event_id").to_pylist()
     assert sorted(keys) == sorted(f"e{i}" for i in range(8))
+
+
+def test_buffered_batches_are_compacted_with_their_rows_in_order(tmp_path):
+    """Every COMPACT_EVERY batches the buffer becomes one table (no batch's memory held until the
+    unit is written): the file has the very rows, in the order they came."""
+    from pipeline.run.local import COMPACT_EVERY
+
+    out = OutputConfig(uri=str(tmp_path), key_columns=["event_id"], target_rows_per_file=1000)
+    files = DateFiles(resolve(str(tmp_path)), out, "run-1", {"2026-10-01": 1})
+    batches = 2 * COMPACT_EVERY + 3
+    for b in range(batches):
+        files.add("2026-10-01", _rows("2026-10-01", 3 * b, 3))
+    assert len(files._buf["2026-10-01"]) == 2 + 3  # two compacted tables, three batches since
+    files.file_done("2026-10-01")
+    assert _files(tmp_path) == [("ds=2026-10-01", 3 * batches, 3 * batches)]
+    keys = pq.ParquetDataset(str(tmp_path / "ds=2026-10-01")).read().column("event_id").to_pylist()
+    assert keys == [f"e{i}" for i in range(3 * batches)]
