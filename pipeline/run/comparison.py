@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from models.features import row_hash64
 from pipeline.commit.partitions import brief_error
 from pipeline.config import JobConfig
-from pipeline.quality.compare import Measures, Thresholds, compare
+from pipeline.quality.compare import Measures, Thresholds, compare, group_keys
 from pipeline.reporting.schema import ChallengerResult, Comparison
 
 log = logging.getLogger("batchscore")
@@ -73,8 +73,11 @@ class PairSample:
             for d, n in rows_per_date.items()
         }
         self.sampled = {d: cfg.compare.max_rows < n for d, n in rows_per_date.items()}
-        # per date: (place in the input, (champion, challenger, group ids)) of each batch
-        self.parts: dict[str, list[tuple[Any, tuple]]] = {d: [] for d in rows_per_date}
+        # per date: the blocks the pairs are copied into, and (place in the input, block, start,
+        # rows) of each batch
+        self.blocks: dict[str, list[np.ndarray]] = {d: [] for d in rows_per_date}
+        self.parts: dict[str, list[tuple[Any, int, int, int]]] = {d: [] for d in rows_per_date}
+        self._filled: dict[str, int] = {d: 0 for d in rows_per_date}
         self.files_left = dict(files_per_date or {})
         self._measured: dict[str, Future] = {}
         self.seconds: dict[str, float] = {}  # what each date's measures took
@@ -91,8 +94,19 @@ class PairSample:
             keep = row_hash64([champion.column(k) for k in cols], seed=11 if self.group_by else 13)
             keep = keep < self.cut[date]
             a, b, g = a[keep], b[keep], (g[keep] if g is not None else None)
-        with self._lock:
-            self.parts[date].append((where, (a, b, g)))
+        n = len(a)
+        with self._lock:  # copied into the date's blocks: no batch's arrays are held (see BLOCK_ROWS)
+            blocks = self.blocks[date]
+            if not blocks or self._filled[date] + n > blocks[-1].shape[1]:
+                blocks.append(np.empty((3, max(BLOCK_ROWS, n)), dtype=np.uint64))  # scores' bits, ids
+                self._filled[date] = 0
+            block, start = blocks[-1], self._filled[date]
+            block[0, start : start + n] = np.asarray(a, dtype=np.float64).view(np.uint64)
+            block[1, start : start + n] = np.asarray(b, dtype=np.float64).view(np.uint64)
+            if g is not None:
+                block[2, start : start + n] = group_keys(g)
+            self._filled[date] = start + n
+            self.parts[date].append((where, len(blocks) - 1, start, n))
 
     def file_scored(self, date: str) -> None:
         """One input file of `date` is scored by both models; after its last, the date's measures
@@ -123,16 +137,30 @@ class PairSample:
     def _measure(self, date: str) -> tuple[Measures, list]:
         t0 = time.perf_counter()
         try:
-            return measured(self.cfg, *self.arrays(date))
+            arrays = self.arrays(date)
+            with self._lock:  # copied out: the blocks go
+                self.blocks[date] = []
+            return measured(self.cfg, *arrays)
         finally:
             self.seconds[date] = time.perf_counter() - t0
 
     def arrays(self, date: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The date's (champion, challenger, group ids or None), in input order."""
-        parts = [p for _, p in sorted(self.parts.get(date) or [], key=lambda x: x[0])]
-        a, b = (np.concatenate([p[i] for p in parts]) if parts else np.empty(0) for i in (0, 1))
-        g = np.concatenate([p[2] for p in parts]) if parts and self.group_by else None
-        return a.astype(np.float64), b.astype(np.float64), g
+        with self._lock:
+            parts, blocks = sorted(self.parts.get(date) or [], key=lambda x: x[0]), self.blocks.get(date)
+        if not parts or not blocks:
+            return np.empty(0), np.empty(0), (np.empty(0, dtype=np.uint64) if self.group_by else None)
+        cols = [
+            np.concatenate([blocks[k][i, start : start + n] for _, k, start, n in parts])
+            for i in range(3 if self.group_by else 2)
+        ]
+        return cols[0].view(np.float64), cols[1].view(np.float64), (cols[2] if self.group_by else None)
+
+
+# rows of a block the pairs are copied into: batches kept as their own arrays until the date's
+# end were small allocations between the forward pass's big temporaries, and the heap grew around
+# them (pipeline/run/local.py's DateFiles has the numbers); 6 MB a block
+BLOCK_ROWS = 1 << 18
 
 
 def group_ids(columns: list[pa.ChunkedArray]) -> np.ndarray:

@@ -115,3 +115,60 @@ def test_one_sort_per_side_gives_what_separate_sorts_give(scores):
     assert (m.groups, m.topk_jaccard, m.top1_changed) == pytest.approx(want, abs=1e-12)
     empty = compare(np.empty(0), np.empty(0), Thresholds(), groups=np.empty(0, dtype=np.int64))
     assert empty.rows == 0 and empty.spearman is None and empty.psi is None
+
+
+def _pair_sample(max_rows: int, rows: int, group_by=("user_id",)):
+    from pipeline.config import config_from_dict
+    from pipeline.run.comparison import PairSample
+
+    cfg = config_from_dict(
+        {
+            "name": "t",
+            "input": {"uri": "/in"},
+            "model": {"uri": "/m"},
+            "output": {"uri": "/out", "key_columns": ["event_id", "user_id"]},
+            "challengers": [{"name": "c", "model": {"uri": "/m2"}, "output": {"uri": "/out2"}}],
+            "compare": {"group_by": list(group_by) or None, "max_rows": max_rows},
+        }
+    )
+    return PairSample(cfg, "score", "score", {"d": rows}, {"d": 1})
+
+
+def _batch(start: int, n: int, offset: float = 0.0):
+    import pyarrow as pa
+
+    i = np.arange(start, start + n)
+    return pa.table(
+        {
+            "event_id": [f"e{x}" for x in i],
+            "user_id": pa.array(i % 7, pa.int64()),
+            "score": pa.array(i / 1000 + offset, pa.float32()),
+        }
+    )
+
+
+def test_pairs_kept_as_scored_come_back_in_input_order():
+    """Batches arrive in any order (threads); the pairs come back ordered by their place in the
+    input, each batch's rows as they were, the scores and group ids exactly."""
+    pairs = _pair_sample(1_000_000, 600)
+    for where in [(1, 0, 0), (0, 200, 1), (0, 0, 0), (0, 200, 0)]:
+        start = {(0, 0, 0): 0, (0, 200, 0): 100, (0, 200, 1): 200, (1, 0, 0): 300}[where]
+        pairs.add("d", where, _batch(start, 100), _batch(start, 100, 1.0))
+    a, b, g = pairs.arrays("d")
+    want = np.arange(400)
+    np.testing.assert_array_equal(a, (want / 1000).astype(np.float32))
+    np.testing.assert_array_equal(b, (want / 1000 + 1.0).astype(np.float32))
+    np.testing.assert_array_equal(g, want % 7)
+    pairs.file_scored("d")  # its only file: the measures start on their thread
+    m, plot = pairs.result("d")
+    assert m.rows == 400 and m.groups == 7 and len(plot) == 400 and pairs.seconds["d"] >= 0
+
+
+def test_pairs_of_a_date_over_max_rows_are_a_sample_of_whole_groups():
+    pairs = _pair_sample(1000, 10_000)
+    for s in range(0, 10_000, 1000):
+        pairs.add("d", (0, s, 0), _batch(s, 1000), _batch(s, 1000, 1.0))
+    a, b, g = pairs.arrays("d")
+    assert pairs.sampled["d"] and 0 < len(a) < 10_000
+    kept = set(g.tolist())  # every row of a kept group, none of the others
+    assert len(a) == sum(1 for x in range(10_000) if x % 7 in kept)
