@@ -19,16 +19,18 @@ visible), and a rerun goes on from the dates already committed."""
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from models.imports import import_object
 from pipeline.commit.tables import run_file_prefix
 from pipeline.config import OutputConfig
 from pipeline.reporting.schema import Stage
@@ -45,17 +47,23 @@ BLOCK_BYTES = 128 * 1024 * 1024
 COMPACT_EVERY = 16
 
 
-def preload_torch() -> threading.Thread:
-    """Import torch (1-2 s of a run's start) on a thread while the driver checks the model, the
-    inputs and the table's log, which wait mostly on storage and delta-rs, not on Python."""
+def preload(
+    modules: Sequence[str] = ("torch", "models.transforms"), objects: Sequence[str] = ()
+) -> threading.Thread:
+    """Import `modules` and the import paths `objects` (a user's preprocessing function, whose
+    module often imports torch: 1-2 s) on a thread while the driver checks the model, the inputs
+    and the table's log, which wait mostly on storage and delta-rs, not on Python. On the Ray
+    runner this takes the import off the time after Ray is up, when the replicas start."""
 
     def load() -> None:
         # only a warm-up: a failure here (an import cut short by the interpreter exiting after a
-        # config error) is not the run's; the main thread's own import raises any real one
+        # config error, a function that does not import) is not the run's; the main thread's own
+        # import raises any real one, with its message
         try:
-            import torch  # noqa: F401
-
-            import models.transforms  # noqa: F401
+            for name in modules:
+                importlib.import_module(name)
+            for path in objects:
+                import_object(path)
         except BaseException:  # noqa: BLE001
             pass
 

@@ -74,7 +74,7 @@ from pipeline.run.finalize import (
     stopped_report,
     write_report,
 )
-from pipeline.run.local import DateFiles, LocalRun, preload_torch
+from pipeline.run.local import DateFiles, LocalRun, preload
 from pipeline.run.pool import start_replicas
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
 from pipeline.run.resume import Adoption
@@ -198,9 +198,12 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     # this call): the first batch can never come after the whole run
     started, t_start = datetime.now(timezone.utc), monotonic_start(origin)
     runner = choose_runner(cfg, ray_running())
+    functions = [cfg.preprocessing.function] if cfg.preprocessing.function else []
     if runner[0] == "local":
         local_pool(cfg)  # refuses what the local runner cannot do (top-K, a GPU) before any work
-        preload_torch()
+        preload(objects=functions)
+    elif functions:  # its import (often torch's) done before the replicas start, not beside them
+        preload(modules=(), objects=functions)
     side = _plan_challengers(cfg, dates, force)
     pre = preflight(cfg, dates, run_id, force, also=side.needed() if side else ())
     with pre.attempt.held():  # its record says how it ended; a killed one's heartbeat stops
