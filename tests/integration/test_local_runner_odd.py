@@ -347,10 +347,10 @@ def test_one_big_file_is_scored_by_every_thread_and_exactly_once(checkpoints, tm
     scored_by: Counter = Counter()
     score = FusedScorer.score
 
-    def spy(self, batch, predictor):
+    def spy(self, batch, predictor, at=None):
         time.sleep(0.01)  # lets the other thread take the next slice on a loaded machine too
         scored_by[threading.current_thread().name] += batch.num_rows
-        return score(self, batch, predictor)
+        return score(self, batch, predictor, at=at)
 
     monkeypatch.setattr(FusedScorer, "score", spy)
     cfg = _config(data, checkpoints, out, ray={"num_cpus": 2}, preprocessing={"batch_size": 250})
