@@ -169,7 +169,11 @@ class ModelSetPredictor:
         self.partition_column = partition_column
         self.predictors: dict[str, Any] = {}
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, batch: Any) -> pa.Table:
+        """`batch`: a preprocessed table, or the FusedScorer's FeatureBatch (as one table here:
+        the challengers' rows are filtered by date)."""
+        if not isinstance(batch, pa.Table):
+            batch = batch.to_table()
         out = self.champion(batch)
         tables = [_tag(out, 0)]
         for i, m in self.sides.live():
