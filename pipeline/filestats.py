@@ -136,7 +136,8 @@ def write_parquet(
         ) as w:
             w.write_table(written)
             meta = {STATS_KEY: stats}
-            if written is not table:  # the schema Arrow would have stored for `table` itself
+            if written is not table:  # what Arrow would have stored for `table` itself
+                meta = {**(table.schema.metadata or {}), **meta}
                 meta[ARROW_SCHEMA_KEY] = base64.b64encode(table.schema.serialize().to_pybytes())
             w.add_key_value_metadata(meta)
         size = f.tell()

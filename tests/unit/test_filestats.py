@@ -356,14 +356,15 @@ def test_run_constant_columns_are_written_as_arrow_writes_them_and_read_back_as_
             "model_version": pa.repeat(pa.scalar("7"), n),
             "run_id": run,
         }
-    )
+    ).replace_schema_metadata({"origin": "test"})
     path = str(tmp_path / "f.parquet")
     write_parquet(pafs.LocalFileSystem(), path, table, ["id"], [])
     assert pq.read_table(path).equals(table)
     md = pq.ParquetFile(path).metadata
     pq.write_table(table, str(tmp_path / "plain.parquet"))
     plain = pq.ParquetFile(str(tmp_path / "plain.parquet")).metadata
-    assert md.metadata[b"ARROW:schema"] == plain.metadata[b"ARROW:schema"]
+    for key in (b"ARROW:schema", b"origin"):
+        assert md.metadata[key] == plain.metadata[key]
     for i in (2, 3):
         column = md.row_group(0).column(i)
         assert "RLE_DICTIONARY" in column.encodings and column.statistics.has_min_max
