@@ -161,21 +161,22 @@ def _constants_as_dictionary(table: pa.Table) -> pa.Table:
         if name not in table.column_names or not pa.types.is_string(table.schema.field(name).type):
             continue
         col = table.column(name)
-        values = distinct_values(col) if len(col) and not col.null_count else []
-        if len(values) != 1:
+        if not holds_one_value(col):
             continue
         indices = pa.array(np.zeros(len(col), np.int32))
-        one = pa.DictionaryArray.from_arrays(indices, pa.array(values, pa.string()))
+        one = pa.DictionaryArray.from_arrays(indices, pa.array([col[0].as_py()], pa.string()))
         out = out.set_column(table.schema.get_field_index(name), pa.field(name, one.type), one)
     return out
 
 
+def holds_one_value(col: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether every row holds the same non-null value: one comparison pass, no hashing."""
+    return bool(len(col)) and not col.null_count and pc.all(pc.equal(col, col[0])).as_py()
+
+
 def distinct_values(col: pa.Array | pa.ChunkedArray) -> list[Any]:
-    """The column's distinct values. A column of one value (a block's date) is found so by one
-    comparison pass, without hashing every row."""
-    if len(col) and not col.null_count and pc.all(pc.equal(col, col[0])).as_py():
-        return [col[0].as_py()]
-    return pc.unique(col).to_pylist()
+    """The column's distinct values; a column of one value (a block's date) without hashing it."""
+    return [col[0].as_py()] if holds_one_value(col) else pc.unique(col).to_pylist()
 
 
 def _dictionary(table: pa.Table) -> list[str]:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import OutputConfig
-from pipeline.filestats import distinct_values, write_parquet
+from pipeline.filestats import holds_one_value, write_parquet
 from pipeline.storage import Location, is_s3
 from pipeline.tablefiles import HIVE_NULL
 
@@ -49,7 +49,7 @@ def _single_partition(table: pa.Table, columns: list[str]) -> str | None:
     parts = []
     for c in columns:
         col = table.column(c)
-        if col.null_count or len(distinct_values(col)) != 1:
+        if not holds_one_value(col):
             return None
         parts.append(f"{c}={quote(pc.cast(col[0], pa.string()).as_py(), safe='')}")
     return "/".join(parts)
