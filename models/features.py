@@ -485,7 +485,7 @@ def row_hash64(columns: list[pa.Array | pa.ChunkedArray], seed: int) -> np.ndarr
     n = len(columns[0]) if columns else 0
     h = np.full(n, np.uint64(seed), dtype=np.uint64)
     for col in columns:
-        h *= np.uint64(0x100000001B3)
+        h *= _FNV_PRIME
         h ^= column_hash64(col)
         _splitmix64_inplace(h)
     return h
