@@ -35,7 +35,7 @@ _WEIGHTS_NAME = {
     "export": "model.pt2",
 }
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".bin", ".ckpt")
-_NOT_SAVED = ("registry",)
+_NOT_SAVED = ("registry", "weight_bytes")
 
 
 @dataclass
@@ -56,6 +56,9 @@ class CheckpointMeta:
     # where this run took the checkpoint from, when from a model registry (a
     # models.registry.RegistryVersion): set when loaded, never written to batchscore.json
     registry: Any = None
+    # bytes of the parameters and buffers (models.checkpoint.weight_bytes): known from the file
+    # before any load, for the pool plan's placement of models (never written to batchscore.json)
+    weight_bytes: int | None = None
 
     def saved(self) -> dict[str, Any]:
         """The metadata as batchscore.json holds it."""
@@ -334,7 +337,23 @@ def inspect_checkpoint(
                 "the weights were changed or corrupted, refusing to load"
             )
     meta.sha256 = actual
+    meta.weight_bytes = weight_bytes(wpath, meta.format)
     return meta, wpath
+
+
+def weight_bytes(wpath: str, format: str) -> int:
+    """The memory a model's parameters and buffers take once loaded, read without loading it:
+    safetensors, the tensors' bytes (the file less its 8-byte length and JSON header, which hold
+    no tensor data); TorchScript and torch.export, the archive's size (its tensors stored
+    uncompressed beside a little code: an upper bound close to the weights)."""
+    size = os.path.getsize(wpath)
+    if format != "safetensors":
+        return size
+    with open(wpath, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8:
+        return size
+    return max(0, size - 8 - int.from_bytes(head, "little"))
 
 
 def load_model(path: str, *, map_location: str = "cpu", **overrides: Any) -> LoadedModel:

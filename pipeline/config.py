@@ -288,6 +288,28 @@ class PredictConfig(_Strict):
         "that would leave fewer is refused before the run starts. 'auto': 1 in staged mode, 0 in "
         "actors mode (its replicas read, preprocess and write themselves).",
     )
+    challengers_placement: Literal["auto", "shared", "own"] = Field(
+        "auto",
+        description="With challengers in the actors mode: 'shared', every replica holds every model; "
+        "'own', each challenger gets a pool of replicas of its own, fed the champion replicas' "
+        "preprocessed rows (one read, one preprocessing), the replicas split between the pools; "
+        "'auto', shared on CPU replicas, and on GPUs shared while the models' weights fit in half of "
+        "a replica's memory (predict.replica_memory_gb), the challengers that do not get their own. "
+        "The decision and why: the run's log and report.json's pool.placement.",
+    )
+    replica_memory_gb: float | Literal["auto"] = Field(
+        "auto",
+        description="GPU memory of one replica in GiB, for challengers_placement 'auto'. 'auto': the "
+        "GPU's memory (from the accelerator type Ray reports, 16 GiB when unknown) divided by the "
+        "replicas sharing it.",
+    )
+
+    @field_validator("replica_memory_gb")
+    @classmethod
+    def _positive_memory(cls, v: float | str) -> float | str:
+        if v != "auto" and float(v) <= 0:
+            raise ValueError("must be > 0 (GiB) or 'auto'")
+        return v
 
     @model_validator(mode="after")
     def _replicas(self) -> PredictConfig:

@@ -183,6 +183,25 @@ class ModelInfo(_Part):
     )
 
 
+class Placement(_Part):
+    challengers: str | None = Field(
+        None,
+        description="`shared` (each replica holds every model) or `own` (challengers in pools of their own)",
+    )
+    setting: str | None = Field(None, description="predict.challengers_placement (`auto`, `shared`, `own`)")
+    why: str | None = Field(None, description="why the pool plan chose it")
+    replica_memory_gb: float | None = Field(
+        None, description="a replica's memory the sizes were held against (null: CPU replicas)"
+    )
+    model_mb: dict[str, float] = Field(
+        default_factory=dict, description="each model's weights in MB (`champion` and each challenger)"
+    )
+    own: list[str] = Field(default_factory=list, description="the challengers with replicas of their own")
+    replicas: dict[str, int] = Field(
+        default_factory=dict, description="each pool's replicas: `champion` and each challenger of `own`"
+    )
+
+
 class Pool(_Part):
     runner: str | None = Field(
         None, description="`ray` (a Ray Data job) or `local` (threads in the driver's process, no Ray)"
@@ -195,6 +214,9 @@ class Pool(_Part):
     torch_threads: int | None = Field(None, description="torch threads per replica")
     cluster_cpus: float | None = Field(None, description="CPUs of the cluster")
     cluster_gpus: float | None = Field(None, description="GPUs of the cluster")
+    placement: Placement | None = Field(
+        None, description="with challengers: where they run beside the champion, and why (else null)"
+    )
 
 
 class Replica(_Part):
