@@ -113,8 +113,16 @@ def pool_line(r: RunReport) -> str:
         )
     return (
         f"replicas {pool.min_replicas}..{pool.max_replicas} x ({f.plain(pool.num_cpus)} CPU, "
-        f"{f.plain(pool.num_gpus)} GPU), {started} started"
+        f"{f.plain(pool.num_gpus)} GPU), {started} started{_placement(pool.placement)}"
     )
+
+
+def _placement(place) -> str:
+    """The challengers' placement (pool.placement), when some have replicas of their own."""
+    if place is None or place.challengers != "own":
+        return ""
+    pools = ", ".join(f"{n} x{place.replicas.get(n, 0)}" for n in place.own)
+    return f"; challengers with replicas of their own: {pools} ({place.why})"
 
 
 def _partition_row(p: Partition, color: bool) -> list[str]:

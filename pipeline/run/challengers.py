@@ -103,6 +103,7 @@ class ChallengerSet:
 
     def __init__(self, challengers: list[Challenger]) -> None:
         self.all = challengers
+        self.pools: list[Any] = []  # pipeline.run.ownpool.OwnPool of the challengers placed apart
 
     @classmethod
     def plan(cls, cfg: JobConfig, dates: list[str], force: bool) -> ChallengerSet:
@@ -203,8 +204,10 @@ class ChallengerSet:
         return ChallengerScorer(scorer, active, key), TeeFiles(files, active, unit_dates)
 
     def hook_replicas(self, ctx: Any, scorer: Any, dead_letter: Any) -> Any:
-        """The actors mode's scorer: each replica holds every active model and writes each
-        challenger's files of a unit beside the champion's (pipeline/run/replicas.py)."""
+        """The actors mode's scorer: each replica holds every active model shared with it and
+        writes each such challenger's files of a unit beside the champion's; a challenger the pool
+        plan placed apart (ctx.pool.placement.own) gets a pool of its own (pipeline/run/ownpool.py),
+        fed the preprocessed slices by the champion's replicas (pipeline/run/replicas.py)."""
         from pipeline.commit.tables import run_file_prefix
         from pipeline.stages.layout import OutputFiles
 
@@ -215,6 +218,7 @@ class ChallengerSet:
         shared = [c.dead_letter for c in active if c.preprocess_key == key]
         if shared:
             scorer.preprocessor.dead_letter = TeeDeadLetters([dead_letter, *shared])
+        prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
         models = [
             ReplicaModel(
                 c.name,
@@ -227,8 +231,38 @@ class ChallengerSet:
             )
             for c in active
         ]
-        prefix = run_file_prefix(ctx.run_id, attempt=ctx.run.attempt)
+        self._own_pools(ctx, models, prefix)
         return ReplicaScorer(scorer, models, key, prefix, ctx.cfg.input.partition_column)
+
+    def _own_pools(self, ctx: Any, models: list[ReplicaModel], prefix: str) -> None:
+        """A pool of replicas for each challenger placed apart; its model loads from now on."""
+        from pipeline.run.ownpool import OwnPool
+
+        placement = ctx.pool.placement
+        own = set(placement.own) if placement is not None else set()
+        for m in models:
+            if m.name in own:
+                replicas = placement.replicas.get(m.name, 1)
+                batch = ctx.cfg.predict.batch_size
+                pool = OwnPool(m, prefix, ctx.pool, replicas, batch, ctx.cfg.predict.label_selector)
+                self.pools.append(pool)
+                m.pool = pool.actors
+                log.info("challenger %s: %d replica(s) of its own", m.name, len(pool.actors))
+
+    def close_pools(self) -> None:
+        """The challengers' own pools killed (their GPUs freed): every unit's files are closed."""
+        for pool in self.pools:
+            pool.close()
+        self.pools = []
+
+    def sizes(self, dates: list[str]) -> dict[str, int]:
+        """Weight bytes of each challenger this run scores (for the pool plan's placement)."""
+        want = set(dates)
+        return {
+            c.name: int(c.meta.weight_bytes or 0)
+            for c in self.all
+            if c.error is None and c.plan is not None and want & set(c.plan.todo)
+        }
 
     def hook_ray(self, ctx: Any, dead_letter: Any) -> RayModelSet | None:
         """Ray's fused or staged pool with top-K (output.top_k): every active challenger beside the
@@ -556,6 +590,7 @@ class ReplicaModel:
     dates: set[str]
     files: Any  # pipeline.stages.layout.OutputFiles of its table
     failed_at: Any  # pipeline.storage.Location of its failure marker
+    pool: list[Any] | None = None  # the actors of its own pool (pipeline/run/ownpool.py); None: here
 
 
 class ReplicaScorer:
@@ -582,12 +617,17 @@ class ReplicaScorer:
         return self._state
 
     def unit_start(self, unit: int) -> None:
+        from pipeline.run.ownpool import OwnSender
         from pipeline.run.replicas import UnitFiles
 
         st = self._models()
-        st["files"] = {m.name: UnitFiles(m.files, f"{self.prefix}{unit:06d}") for m in self.models}
+        st["files"] = {
+            m.name: OwnSender(m.pool, unit) if m.pool else UnitFiles(m.files, f"{self.prefix}{unit:06d}")
+            for m in self.models
+        }
 
     def unit_done(self) -> float:
+        """Each challenger's files of the unit closed (a pool of its own: once it scored them all)."""
         st, took = self._models(), 0.0
         for m in self.models:
             if m.name not in st["failed"]:
@@ -614,6 +654,10 @@ class ReplicaScorer:
         st = self._models()
         if m.key not in features:
             features[m.key] = m.pre(piece)
+        if m.pool:  # its own replicas score and write it: the preprocessed slice goes to them
+            if features[m.key].num_rows:
+                st["files"][m.name].send(features[m.key])
+            return
         if m.name not in st["predictors"]:
             st["predictors"][m.name] = Predictor(**m.kwargs)
         feats, pred = features[m.key], st["predictors"][m.name]
@@ -624,9 +668,11 @@ class ReplicaScorer:
         try:
             return fn(*args)
         except Exception as e:  # its model raised: it alone stops; the driver reads why
+            from pipeline.run.ownpool import cause_of
             from pipeline.storage import write_bytes
 
             self._models()["failed"].add(m.name)
+            e = cause_of(e)  # raised in its own pool's replica: the error, not Ray's wrapping
             why = f"{type(e).__name__}: {brief_error(e, 1000)} (replica pid {os.getpid()})"
             with contextlib.suppress(Exception):
                 write_bytes(m.failed_at, why.encode())

@@ -18,6 +18,7 @@ import posixpath
 import threading
 import time
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import unquote
 
 from pipeline.commit.groups import TopKCheck
@@ -77,6 +78,7 @@ from pipeline.run.finalize import (
 from pipeline.run.local import DateFiles, LocalRun, preload
 from pipeline.run.pool import start_replicas
 from pipeline.run.preflight import Preflight, preflight, scoring_identity
+from pipeline.run.resources import PoolPlan
 from pipeline.run.resume import Adoption
 from pipeline.run.watchdog import Hooks, Watchdog, supervise
 from pipeline.stages.deadletter import DeadLetterWriter
@@ -213,7 +215,7 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
             side.discard_dead(pre.attempt)
         if pre.prepared is None:
             return skipped_report(cfg, pre.run_id, pre.model_meta, pre.dates.done)
-        ctx = _start(cfg, pre, started, t_start, runner, adoption)
+        ctx = _start(cfg, pre, started, t_start, runner, adoption, side)
         if side is not None:
             ctx.challengers = side
             side.start(ctx)
@@ -283,13 +285,17 @@ def _start(
     t_start: float,
     runner: tuple[str, str],
     adoption: Adoption,
+    side: Any = None,
 ) -> RunContext:
     """Ray and the pool (the duplicate-key check beside Ray's start, the actors mode's replicas
-    started as soon as Ray is up); the run's identity, its commit policy and its committer."""
+    started as soon as Ray is up, the challengers' placement decided before); the run's
+    identity, its commit policy and its committer. `side`: the run's ChallengerSet, or None."""
     p = pre.prepared
     _log_start(pre, runner)
     dups = _duplicate_check_beside_ray_start(cfg, p, runner[0], pre.attempt, adoption)
     t_ray, pool = start_ray(cfg) if runner[0] == "ray" else (None, local_pool(cfg))
+    if side is not None:  # before the champion's replicas start: they take the champion's share
+        pool = _place_challengers(cfg, pool, side, p)
     ray_up_at = time.time() if runner[0] == "ray" else None  # wall clock, as the workers count
     tables = OutputTables.for_config(cfg)
     policy = _commit_policy(cfg, tables, pre.run_id, pre.attempt.id)
@@ -316,6 +322,27 @@ def _start(
     ctx.timings.update(ray=t_ray, ray_up_at=ray_up_at)
     ctx.replicas, ctx.attempt, ctx.adoption = replicas, pre.attempt, adoption
     return ctx
+
+
+def _place_challengers(cfg: JobConfig, pool: PoolPlan, side: Any, p: Any) -> PoolPlan:
+    """The pool plan's placement of the challengers (pipeline/run/resources.py plan_placement),
+    logged; the champion's pool keeps its share of the replicas."""
+    from dataclasses import replace
+
+    from pipeline.run.resources import cluster_nodes, plan_placement, replica_memory_gb
+
+    nodes = cluster_nodes(cfg.predict.label_selector) if pool.runner == "ray" else []
+    dates = [part.date for part in p.inputs.partitions]
+    place = plan_placement(
+        cfg.predict.challengers_placement,
+        pool,
+        int(p.model_meta.weight_bytes or 0),
+        side.sizes(dates),
+        replica_memory_gb(cfg.predict, nodes, pool),
+    )
+    pools = ", ".join(f"{k} {v}" for k, v in place.replicas.items())
+    log.info("challengers placement: %s (%s); replicas: %s", place.challengers, place.why, pools)
+    return replace(pool, max_replicas=place.replicas.get("champion", pool.max_replicas), placement=place)
 
 
 def _context(cfg: JobConfig, pre: Preflight, start: tuple, pool, tables, policy, dups) -> RunContext:
@@ -659,10 +686,14 @@ def _run_replicas(ctx: RunContext, counter, hooks: Hooks):
     scorer = fused_scorer(p, pre, kwargs)
     if ctx.challengers is not None:  # each replica holds every model and writes every table
         scorer = ctx.challengers.hook_replicas(ctx, scorer, started.dead_letter)
-    with started.pool:
-        for record in started.pool.records(started.plan, scorer, counter, stop):
-            run.add(record)
-            _record_replica_unit(ctx, started.plan, record)
+    try:
+        with started.pool:
+            for record in started.pool.records(started.plan, scorer, counter, stop):
+                run.add(record)
+                _record_replica_unit(ctx, started.plan, record)
+    finally:  # the challengers' own pools: every unit's files closed by now, or the run failed
+        if ctx.challengers is not None:
+            ctx.challengers.close_pools()
     return run
 
 

@@ -249,6 +249,70 @@ def test_actors_mode_replicas_hold_every_model(ray_cluster, dataset, checkpoints
     assert seed1.comparisons[0].rows == read_output(str(tmp_path / "champion"), DATES[0]).num_rows
 
 
+@pytest.fixture
+def one_gpu_node(ray_cluster):
+    """A node declaring one (logical) GPU: the GPU path's shape on CPU, replicas sharing it."""
+    node = ray_cluster.add_node(num_cpus=2, num_gpus=1)
+    ray_cluster.wait_for_nodes()
+    yield node
+    ray_cluster.remove_node(node)
+    ray_cluster.wait_for_nodes()
+
+
+@pytest.mark.slow
+def test_challengers_in_pools_of_their_own(
+    ray_cluster, one_gpu_node, dataset, checkpoints, second_model, tmp_path, caplog
+):
+    """predict.challengers_placement own on a node declaring one GPU shared by 3 replicas: the
+    champion's pool reads and preprocesses each unit once and feeds each challenger's pool of one
+    replica. The healthy challenger's table holds every input key once, with its model's scores,
+    and is compared; the raising one (its own preprocessing, made in the champion's replicas)
+    fails in its pool while the champion commits (about 30 s with the session's Ray up: slow)."""
+    from support import read_input
+
+    from pipeline.errors import ChallengerError
+    from pipeline.run.challengers import raise_for_challengers
+
+    champion, _ = checkpoints.entries["safetensors"]
+    boom = tmp_path / "raises.pt"
+    torch.jit.save(torch.jit.script(Raises()), str(boom))
+    challengers = [
+        {"name": "seed1", "model": {"uri": second_model}, "output": {"uri": str(tmp_path / "seed1")}},
+        {
+            "name": "boom",
+            "model": {"uri": str(boom)},
+            "preprocessing": {"features": checkpoints.spec.to_dict()},
+            "output": {"uri": str(tmp_path / "boom")},
+        },
+    ]
+    raw = _raw(dataset, champion, tmp_path, challengers, ray={"runner": "ray"})
+    raw["predict"].update(
+        mode="actors", challengers_placement="own", replicas_per_gpu=3, num_cpus_per_replica=0.5
+    )
+    with caplog.at_level("INFO", logger="batchscore"):
+        report = run_score(config_from_dict(raw), [DATES[0]])
+    assert "challenger seed1: 1 replica(s) of its own" in caplog.text
+    place = report.pool.placement
+    assert place.challengers == "own" and place.own == ["boom", "seed1"]
+    assert place.replicas == {"champion": 1, "boom": 1, "seed1": 1} and report.pool.num_gpus > 0
+    assert place.model_mb["champion"] > 0 and place.model_mb["seed1"] > 0
+    assert report.status == "succeeded"
+    seed1, failed = report.challengers
+    assert seed1.status == "committed" and seed1.dates_committed == [DATES[0]]
+    assert failed.status == "failed" and "challenger model raised on purpose" in failed.error
+    assert_keys_exact(dataset, tmp_path / "champion", DATES[0])
+    assert_keys_exact(dataset, tmp_path / "seed1", DATES[0])
+    assert not list((tmp_path / "boom").rglob("*.parquet"))
+    inp = read_input(str(dataset), DATES[0]).sort_by("event_id")
+    got = read_output(str(tmp_path / "seed1"), DATES[0]).sort_by("event_id")
+    want = direct_scores(second_model, inp, checkpoints.spec)
+    np.testing.assert_allclose(got.column("score").to_numpy(), want, rtol=1e-5, atol=1e-6)
+    (cmp,) = seed1.comparisons
+    assert cmp.rows == read_output(str(tmp_path / "champion"), DATES[0]).num_rows and cmp.unmatched == 0
+    with pytest.raises(ChallengerError, match="boom"):  # `batchscore score` exits 8
+        raise_for_challengers(report)
+
+
 def test_a_challenger_failing_its_commit_checks_leaves_the_champion_committed(dataset, checkpoints, tmp_path):
     """The shared preprocessing sends the rows with a null price to the dead letters of both
     tables; the champion allows 10 % of them, the challenger none: its date fails its own check

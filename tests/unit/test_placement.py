@@ -122,3 +122,25 @@ def test_weight_bytes_read_from_the_safetensors_header(tmp_path):
     script = tmp_path / "model.ts"
     script.write_bytes(bytes(1234))
     assert weight_bytes(str(script), "torchscript") == 1234
+
+
+def test_the_summary_names_the_challengers_with_replicas_of_their_own():
+    from reportdata import sample_report
+
+    from pipeline.reporting.schema import load
+    from pipeline.reporting.summary import pool_line
+
+    data = sample_report()
+    data["pool"] = {
+        "runner": "ray",
+        "mode": "actors",
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "num_cpus": 1.0,
+        "num_gpus": 0.25,
+        "placement": {"challengers": "own", "own": ["v8"], "replicas": {"champion": 2, "v8": 2}, "why": "w"},
+    }
+    line = pool_line(load(data))
+    assert line.endswith("; challengers with replicas of their own: v8 x2 (w)")
+    data["pool"]["placement"] = {"challengers": "shared", "why": "fits"}
+    assert "own" not in pool_line(load(data))
