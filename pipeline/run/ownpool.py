@@ -39,8 +39,23 @@ class OwnReplica:
 
         pa.set_cpu_count(max(1, host_threads))
         self.started = {"pid": os.getpid(), "process_start": process_started_at(), "init_start": time.time()}
-        self.predictor = _Loading(kwargs, self.started)
-        self.files, self.prefix, self.batch_size = files, prefix, batch_size
+        self.units = OwnUnits(files, prefix, batch_size, _Loading(kwargs, self.started))
+
+    def add(self, unit: int, token: int, feats: pa.Table) -> None:
+        self.units.add(unit, token, feats)
+
+    def close(self, unit: int, token: int) -> float:
+        return self.units.close(unit, token)
+
+
+class OwnUnits:
+    """What an OwnReplica does with the slices it gets: each unit's rows scored by `predictor`
+    and buffered into the unit's files (`prefix` + unit number, in the challenger's table). Of
+    two runs of a unit the later token wins: the earlier one's rows are dropped, its files
+    written again under the same names."""
+
+    def __init__(self, files: Any, prefix: str, batch_size: int, predictor: Any) -> None:
+        self.files, self.prefix, self.batch_size, self.predictor = files, prefix, batch_size, predictor
         self.units: dict[int, tuple[int, UnitFiles]] = {}
         self.error: BaseException | None = None
 

@@ -107,3 +107,41 @@ def test_a_model_that_fails_to_load_fails_the_first_forward_pass_and_the_units_e
     with pytest.raises(TypeError, match="no_such_argument"):
         loading.wait()
     assert "init_end" in started
+
+
+def _scored(keys: range) -> pa.Table:
+    n = len(keys)
+    return pa.table(
+        {"k": pa.array(keys), "score": pa.array([0.5] * n, pa.float32()), "ds": pa.array(["2026-01-01"] * n)}
+    )
+
+
+def test_a_challengers_own_replica_keeps_the_latest_run_of_a_unit(tmp_path):
+    """pipeline/run/ownpool.py: the slices of a unit's first run (its champion replica died) are
+    dropped when a later run of the unit starts, even those arriving late; the unit's files hold
+    the later run's rows once, under the champion's names."""
+    from pipeline.run.ownpool import OwnUnits
+
+    units = OwnUnits(_files(tmp_path, target=1000), "part-r.a-", 256, lambda rows: rows)
+    units.add(7, 100, _scored(range(0, 300)))
+    units.add(7, 200, _scored(range(0, 500)))  # the unit runs again: its files start over
+    units.add(7, 100, _scored(range(300, 600)))  # late, from the first run: dropped
+    assert units.close(7, 100) == 0.0 and 7 in units.units
+    units.close(7, 200)
+    files = sorted((tmp_path / "ds=2026-01-01").iterdir())
+    assert [f.name for f in files] == ["part-r.a-000007-0.parquet"]
+    assert sorted(pq.read_table(files[0]).column("k").to_pylist()) == list(range(500))
+
+
+def test_a_challengers_own_replica_that_raised_refuses_what_comes_next(tmp_path):
+    from pipeline.run.ownpool import OwnUnits
+
+    def boom(rows: pa.Table) -> pa.Table:
+        raise RuntimeError("challenger model raised on purpose")
+
+    units = OwnUnits(_files(tmp_path, target=1000), "part-r.a-", 256, boom)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        units.add(1, 1, _scored(range(10)))
+    with pytest.raises(RuntimeError, match="on purpose"):  # the next unit fails at once
+        units.add(2, 1, _scored(range(10)))
+    assert not (tmp_path / "ds=2026-01-01").exists()
