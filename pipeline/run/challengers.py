@@ -7,7 +7,10 @@ The champion's run is the ordinary run (pipeline/run/score.py); this module hook
              preflight, which also rescores a date only a challenger needs (an exact replacement)
     score    the local runner's scorer preprocesses each slice once per distinct preprocessing and
              passes it through the champion and every challenger; a challenger's predictions and the
-             shared preprocessing's dead letters go to its own table's files
+             shared preprocessing's dead letters go to its own table's files. The actors mode's
+             replicas do the same, except for a challenger the pool plan placed in replicas of its
+             own (pipeline/run/resources.py plan_placement): its preprocessed slices go there
+             (pipeline/run/ownpool.py)
     commit   after the champion's dates are committed: each challenger's, reconciled by key, drift-
              profiled, one Delta transaction per date (pipeline/commit/partitions.py, as the champion)
     compare  per date, challenger against champion on the two tables joined by key (compare.py)
