@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.features import row_hash64
+from pipeline.constcols import constant_strings
 from pipeline.filestats import write_parquet
 from pipeline.storage import Location, is_s3
 from pipeline.tablefiles import run_file_prefix
@@ -91,7 +92,7 @@ class DeadLetterWriter:
         ]
         table = rows.select(keep)
         table = table.append_column(REASON_COLUMN, pa.array(reasons.tolist(), type=pa.string()))
-        table = table.append_column("run_id", pa.repeat(pa.scalar(self.run_id), table.num_rows))
+        table = table.append_column("run_id", constant_strings(self.run_id, table.num_rows))
         name = self._name(batch if batch is not None else rows)
         for d in pc.unique(table.column(self.partition_column)).to_pylist():
             part = table.filter(pc.equal(table.column(self.partition_column), d))

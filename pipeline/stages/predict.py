@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from models.features import ENCODED_PREFIXES, FeatureSpec, encoded_columns, stack_encoded
 from pipeline.config import FeatureSpecConfig, JobConfig, ModelConfig, StorageConfig
+from pipeline.constcols import constant_strings
 from pipeline.errors import StageError
 from pipeline.raystate import running_ray
 from pipeline.reporting.progress import count
@@ -389,11 +390,11 @@ class Predictor:
             return self._empty(batch)
         cols = {c: batch.column(c) for c in self.passthrough}
         cols.update(values)
-        cols["model_version"] = pa.repeat(pa.scalar(self.version), n)
-        cols["run_id"] = pa.repeat(pa.scalar(self.run_id), n)
+        cols["model_version"] = constant_strings(self.version, n)
+        cols["run_id"] = constant_strings(self.run_id, n)
         if self.device_column:
             where = f"{self.device} gpu_ids={','.join(self.gpu_ids)} pid={os.getpid()} node={self.node_id}"
-            cols[self.device_column] = pa.repeat(pa.scalar(where), n)
+            cols[self.device_column] = constant_strings(where, n)
         return pa.table(cols)
 
     def _feature_transform(self):

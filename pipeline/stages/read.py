@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.constcols import constant_strings
 from pipeline.errors import InputError
 from pipeline.storage import Location, exists, list_files
 
@@ -308,9 +309,7 @@ class PlannedParquet:
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         col = self.partition_column
         if col not in table.column_names:
-            table = table.append_column(
-                pa.field(col, pa.string()), pa.repeat(pa.scalar(date), table.num_rows)
-            )
+            table = table.append_column(pa.field(col, pa.string()), constant_strings(date, table.num_rows))
         return table.select(self.columns)
 
     def as_ray_datasource(self, parallelism: int = 1):
