@@ -40,6 +40,7 @@ from pipeline.commit.tables import (
 from pipeline.config import JobConfig
 from pipeline.errors import CommitError, DriftError, RunStopped, StallError, StorageError, find_known_error
 from pipeline.filestats import ReadKeys
+from pipeline.memory import reuse_freed_memory
 from pipeline.quality.drift import (
     commit_profiles,
     committed_profiles,
@@ -203,6 +204,7 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     functions = [cfg.preprocessing.function] if cfg.preprocessing.function else []
     if runner[0] == "local":
         local_pool(cfg)  # refuses what the local runner cannot do (top-K, a GPU) before any work
+        reuse_freed_memory()
         preload(objects=functions)
     elif functions:  # its import (often torch's) done before the replicas start, not beside them
         preload(modules=(), objects=functions)
