@@ -44,6 +44,7 @@ RECORD_FIELDS = (
     "read_s",
     "score_s",
     "write_s",
+    "cpu_s",  # the replica process's CPU (every thread) while the unit ran
     "start",
     "end",
     "pid",
@@ -106,6 +107,7 @@ class ScoringReplica:
         calls not yet taken by `progress`."""
         plan, scorer = self._plan(boxed)
         clock = {"read_s": 0.0, "score_s": 0.0, "write_s": 0.0, "start": time.time()}
+        cpu0 = time.process_time()
         out = UnitFiles(plan.files, f"{plan.file_prefix}{unit:06d}")
         if hasattr(scorer, "unit_start"):  # challengers (pipeline/run/challengers.py) write too
             scorer.unit_start(unit)
@@ -119,7 +121,7 @@ class ScoringReplica:
         if hasattr(scorer, "unit_done"):  # a challenger's files are not the unit's (resume)
             clock["write_s"] += scorer.unit_done()
         record = {"unit": unit, "rows_in": rows_in, "rows_out": out.rows, "files": out.count}
-        record |= {"notes": json.dumps(asdict(notes))}
+        record |= {"notes": json.dumps(asdict(notes)), "cpu_s": time.process_time() - cpu0}
         return {**record, **clock, "end": time.time(), **self.started, "progress": self.progress_calls()}
 
     def progress_calls(self) -> list[tuple[str, tuple[Any, ...]]]:
@@ -250,7 +252,21 @@ class ReplicaRun:
             f"{s.task_time_s} s busy over {self.replicas} replica(s)"
             for s in self.stages()
         ]
-        return "\n".join([*lines, *self.startup_lines()]).strip()
+        return "\n".join([*lines, *self.cpu_lines(), *self.startup_lines()]).strip()
+
+    def cpu_lines(self) -> list[str]:
+        """The replicas' CPU per row once started: over every unit but each replica's first
+        (which also imports, loads the model and warms up)."""
+        later = [r for pid in {r["pid"] for r in self.records} for r in self._of(pid)[1:]]
+        rows = sum(r["rows_in"] for r in later)
+        if not rows:
+            return []
+        cpu = sum(r["cpu_s"] for r in later)
+        per_row = f"{cpu / rows * 1e6:.3f} us per row ({rows} rows)"
+        return [f"replicas' CPU after their first unit: {cpu:.2f} s, {per_row}"]
+
+    def _of(self, pid: int) -> list[dict[str, Any]]:
+        return sorted((r for r in self.records if r["pid"] == pid), key=lambda r: r["start"])
 
     def startup_lines(self) -> list[str]:
         """Each replica's start, relative to the first unit anywhere: its process, its __init__
