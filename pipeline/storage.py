@@ -173,12 +173,12 @@ def download_dir(loc: Location, dest: str) -> str:
     return dest
 
 
-def map_files(fn, fs: pafs.FileSystem, paths: list[str], *args) -> list:
-    """`fn(fs, path, *args)` for each path: one Ray task per file when Ray is running (a few
-    numbers come back per file, never its rows), inline otherwise."""
+def map_files(fn, fs: pafs.FileSystem, paths: list[str], *args, on_ray: bool = True) -> list:
+    """`fn(fs, path, *args)` for each path: one Ray task per file when Ray is running and
+    `on_ray` (a few numbers come back per file, never its rows), inline otherwise."""
     if not paths:
         return []
-    ray = running_ray()
+    ray = running_ray() if on_ray else None
     if ray is None:
         return [fn(fs, p, *args) for p in paths]
     # OSError: a storage error that got through the S3 client's own retries (seen: a HEAD answered

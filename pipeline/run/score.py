@@ -451,13 +451,13 @@ def _duplicate_check_beside_ray_start(cfg: JobConfig, p, runner: str, attempt: A
     if runner != "ray" or ray_running() or cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return None
     pool = ThreadPoolExecutor(1, thread_name_prefix="batchscore-duplicates")
-    future = pool.submit(_check_duplicate_keys, cfg, p, attempt, adoption)
+    future = pool.submit(_check_duplicate_keys, cfg, p, attempt, adoption, on_ray=False)
     pool.shutdown(wait=False)
     return future
 
 
 def _check_duplicate_keys(
-    cfg: JobConfig, p, attempt: Attempt | None = None, adoption: Adoption | None = None
+    cfg: JobConfig, p, attempt: Attempt | None = None, adoption: Adoption | None = None, on_ray: bool = True
 ) -> None:
     """Keys that repeat within a date: refused (exit 2, nothing scored), or found for the
     preprocess tasks to send to the dead letters, or allowed; counted in the report either way.
@@ -470,7 +470,7 @@ def _check_duplicate_keys(
     keys = list(cfg.output.key_columns)
     digests = {part.date: identity_of(part, "", "").inputs for part in p.inputs.partitions}
     known = adoption.known_unique(keys, digests) if adoption is not None else set()
-    p.duplicates = find_duplicates(subset(p.inputs, [d for d in digests if d not in known]), keys)
+    p.duplicates = find_duplicates(subset(p.inputs, [d for d in digests if d not in known]), keys, on_ray)
     p.timings["duplicate_check_s"] = time.perf_counter() - t0
     if known:
         log.info("resume: %d date(s) already checked for repeated keys over the same input", len(known))

@@ -145,10 +145,10 @@ def _rows_with(fs, path: str, key_columns: list[str], hashes: np.ndarray) -> pa.
     return table.filter(pa.array(np.isin(h, hashes)))
 
 
-def _repeated_hashes(fs, plan: InputPlan, key_columns: list[str]) -> dict[str, np.ndarray]:
-    """Steps 1 and 2 for every date: date -> the hashes that repeat in it (Ray tasks when Ray runs,
-    the shards staying in the object store between the rounds)."""
-    ray = running_ray()
+def _repeated_hashes(fs, plan: InputPlan, key_columns: list[str], on_ray: bool) -> dict[str, np.ndarray]:
+    """Steps 1 and 2 for every date: date -> the hashes that repeat in it (Ray tasks when Ray runs
+    and `on_ray`, the shards staying in the object store between the rounds)."""
+    ray = running_ray() if on_ray else None
     out = {}
     if ray is None:  # threads (reading and hashing release the GIL); one sort of the date's hashes
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -170,18 +170,21 @@ def _repeated_hashes(fs, plan: InputPlan, key_columns: list[str]) -> dict[str, n
     return out
 
 
-def find_duplicates(plan: InputPlan, key_columns: list[str]) -> DuplicateKeys:
-    """The keys that repeat within each date of `plan`, exactly (see the module's docstring)."""
+def find_duplicates(plan: InputPlan, key_columns: list[str], on_ray: bool = True) -> DuplicateKeys:
+    """The keys that repeat within each date of `plan`, exactly (see the module's docstring).
+    `on_ray`: on Ray tasks when Ray is running; False: on this process's threads whatever Ray
+    does (the check made beside the start of a Ray of our own: whether Ray is up by the time it
+    looks must not decide it, and new worker processes would cost more than the check)."""
     from pipeline.storage import map_files
 
     fs, found = plan.root.fs, DuplicateKeys(list(key_columns), plan.partition_column)
-    repeated = _repeated_hashes(fs, plan, key_columns)
+    repeated = _repeated_hashes(fs, plan, key_columns, on_ray)
     for part in plan.partitions:
         hashes = repeated[part.date]
         if not len(hashes):
             continue
         paths = [f.path for f in part.files]
-        tables = map_files(_rows_with, fs, paths, key_columns, hashes)
+        tables = map_files(_rows_with, fs, paths, key_columns, hashes, on_ray=on_ray)
         counts: dict[tuple, int] = {}
         files: dict[tuple, list[str]] = {}
         for path, t in zip(paths, tables, strict=True):

@@ -168,3 +168,7 @@ def test_the_sharded_check_on_ray_tasks_finds_exactly_the_repeated_keys(ray_clus
     on_ray = find_duplicates(plan, ["event_id"])
     assert {k for (k,) in on_ray.dates[DATES[0]].keys} == repeated
     assert on_ray.dates[DATES[0]].rows == 2 * REPEATED
+    # beside the start of a Ray of the run's own: this process's threads, though Ray is up
+    on_threads = find_duplicates(plan, ["event_id"], on_ray=False)
+    assert on_threads.dates[DATES[0]].keys == on_ray.dates[DATES[0]].keys
+    assert on_threads.dates[DATES[0]].rows == 2 * REPEATED
