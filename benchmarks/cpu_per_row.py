@@ -132,6 +132,17 @@ def _commands(root: Path, n: int, args: argparse.Namespace, weights: Path) -> di
     }
 
 
+def _steady(out: Path) -> float | None:
+    """The replicas' CPU per row after their first unit, from the run's report (the Ray
+    runner's actors mode: pipeline/run/replicas.py), in us; None for the loop or the local runner."""
+    reports = sorted(out.glob("_runs/*/report.json"), key=lambda p: p.stat().st_mtime)
+    if not reports:
+        return None
+    stats = json.loads(reports[-1].read_text()).get("ray_data_stats") or ""
+    line = next((x for x in stats.splitlines() if "after their first unit" in x), None)
+    return float(line.split(", ")[1].split(" us")[0]) if line else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2_000_000, help="N: the runs are on N and 2N rows")
@@ -165,8 +176,10 @@ def main() -> int:
                 shutil.rmtree(out, ignore_errors=True)
                 kinds: dict[str, float] = {}
                 cpu, wall = tree_cpu(cmd, root / f"{name}{n}.log", kinds)
-                runs.setdefault(f"{name}_{n}", []).append({"cpu_s": cpu, "wall_s": wall, "by_process": kinds})
-                print(name, n, round(cpu, 2), round(wall, 2), flush=True)
+                run = {"cpu_s": cpu, "wall_s": wall, "by_process": kinds}
+                run["replicas_steady_us_per_row"] = _steady(out)
+                runs.setdefault(f"{name}_{n}", []).append(run)
+                print(name, n, round(cpu, 2), round(wall, 2), run["replicas_steady_us_per_row"], flush=True)
     # the least CPU of each command's repeats: the noise (other processes' cache and memory
     # traffic, Ray's start-up) only ever adds
     best = {k: min(v, key=lambda r: r["cpu_s"]) for k, v in runs.items()}
@@ -175,6 +188,9 @@ def main() -> int:
     per_row = {k: (best[f"{k}_{2 * n}"]["cpu_s"] - best[f"{k}_{n}"]["cpu_s"]) / n * 1e6 for k in commands[n]}
     results["cpu_us_per_row"] = {k: round(v, 3) for k, v in per_row.items()}
     results["ratio"] = round(per_row["batchscore"] / per_row["loop"], 2)
+    steady = [x for v in runs.values() for r in v if (x := r["replicas_steady_us_per_row"])]
+    if steady:  # start-up excluded by the replicas' own records, not by the difference of two runs
+        results["replicas_steady_us_per_row"] = {"min": min(steady), "max": max(steady), "runs": len(steady)}
     a, b = best[f"batchscore_{n}"]["by_process"], best[f"batchscore_{2 * n}"]["by_process"]
     results["batchscore_us_per_row_by_process"] = {
         k: round((b.get(k, 0.0) - a.get(k, 0.0)) / n * 1e6, 3) for k in sorted({*a, *b})
