@@ -456,7 +456,11 @@ class RunReport(_Part):
     throughput_rows_per_s: float | None = Field(
         None, description="input rows this run scored (`rows.scored`) / `timings_s.pipeline_s`"
     )
-    ray_data_stats: str | None = Field(None, description="Ray Data's own stats text")
+    ray_data_stats: str | None = Field(
+        None,
+        description="Ray Data's own stats text; in the actors mode the replicas' stages, their CPU per row "
+        "after each one's first unit (start-up left out) and each replica's start",
+    )
     vacuum: dict[str, Any] | None = Field(None, description="what `output.vacuum_after_run` removed")
     deadline: DeadlineSummary | None = Field(
         None, description="with `run.deadline`: it and the ETA held against it"
