@@ -145,3 +145,24 @@ def test_a_challengers_own_replica_that_raised_refuses_what_comes_next(tmp_path)
     with pytest.raises(RuntimeError, match="on purpose"):  # the next unit fails at once
         units.add(2, 1, _scored(range(10)))
     assert not (tmp_path / "ds=2026-01-01").exists()
+
+
+def test_the_replicas_cpu_per_row_leaves_out_each_replicas_first_unit():
+    from pipeline.run.replicas import RECORD_FIELDS, ReplicaRun
+
+    run = ReplicaRun(2)
+    base = dict.fromkeys(RECORD_FIELDS, 0.0) | {"notes": "{}", "files": 1}
+    for pid, start, rows, cpu in [
+        (1, 0.0, 100, 9.0),
+        (1, 1.0, 1000, 0.5),
+        (2, 0.5, 100, 8.0),
+        (2, 2.0, 3000, 1.5),
+    ]:
+        run.add(
+            base
+            | {"pid": pid, "start": start, "end": start + 1, "rows_in": rows, "rows_out": rows, "cpu_s": cpu}
+        )
+    (line,) = run.cpu_lines()
+    assert line == "replicas' CPU after their first unit: 2.00 s, 500.000 us per row (4000 rows)"
+    assert line in run.stats_text()
+    assert ReplicaRun(1).cpu_lines() == []
