@@ -219,15 +219,12 @@ def test_demo_challenger_kind_end_to_end(tmp_path):
     assert len(pages) == 1 and 'data-plot="challenger-scatter"' in pages[0].read_text()
 
 
-@pytest.mark.slow
-def test_actors_mode_replicas_hold_every_model(ray_cluster, dataset, checkpoints, second_model, tmp_path):
-    """predict.mode actors: each replica process scores every model on a unit's slices and writes
-    each table's files; a challenger raising in a replica is reported by the driver, the champion
-    and the healthy challenger commit (about 30 s with the session's Ray up: slow tier)."""
-    champion, _ = checkpoints.entries["safetensors"]
+def _healthy_and_raising(checkpoints, second_model: str, tmp_path: Path) -> list[dict]:
+    """Two challengers: seed1 (another seed of the champion) and boom, a TorchScript model that
+    raises, with its own preprocessing (the checkpoint's feature spec)."""
     boom = tmp_path / "raises.pt"
     torch.jit.save(torch.jit.script(Raises()), str(boom))
-    challengers = [
+    return [
         {"name": "seed1", "model": {"uri": second_model}, "output": {"uri": str(tmp_path / "seed1")}},
         {
             "name": "boom",
@@ -236,6 +233,15 @@ def test_actors_mode_replicas_hold_every_model(ray_cluster, dataset, checkpoints
             "output": {"uri": str(tmp_path / "boom")},
         },
     ]
+
+
+@pytest.mark.slow
+def test_actors_mode_replicas_hold_every_model(ray_cluster, dataset, checkpoints, second_model, tmp_path):
+    """predict.mode actors: each replica process scores every model on a unit's slices and writes
+    each table's files; a challenger raising in a replica is reported by the driver, the champion
+    and the healthy challenger commit (about 30 s with the session's Ray up: slow tier)."""
+    champion, _ = checkpoints.entries["safetensors"]
+    challengers = _healthy_and_raising(checkpoints, second_model, tmp_path)
     raw = _raw(dataset, champion, tmp_path, challengers, ray={"runner": "ray"})
     raw["predict"].update(mode="actors", max_replicas=2)
     report = run_score(config_from_dict(raw), [DATES[0]])
@@ -274,17 +280,7 @@ def test_challengers_in_pools_of_their_own(
     from pipeline.run.challengers import raise_for_challengers
 
     champion, _ = checkpoints.entries["safetensors"]
-    boom = tmp_path / "raises.pt"
-    torch.jit.save(torch.jit.script(Raises()), str(boom))
-    challengers = [
-        {"name": "seed1", "model": {"uri": second_model}, "output": {"uri": str(tmp_path / "seed1")}},
-        {
-            "name": "boom",
-            "model": {"uri": str(boom)},
-            "preprocessing": {"features": checkpoints.spec.to_dict()},
-            "output": {"uri": str(tmp_path / "boom")},
-        },
-    ]
+    challengers = _healthy_and_raising(checkpoints, second_model, tmp_path)
     raw = _raw(dataset, champion, tmp_path, challengers, ray={"runner": "ray"})
     raw["predict"].update(
         mode="actors", challengers_placement="own", replicas_per_gpu=3, num_cpus_per_replica=0.5
