@@ -1,11 +1,14 @@
-"""The local runner's Arrow buffers from an allocator that keeps freed memory for the next batch.
+"""The driver's Arrow buffers from an allocator that keeps freed memory for the next batch.
 
 The local runner's threads allocate and free the same large buffers batch after batch (decoded
 columns, output columns, Parquet pages). Arrow's default pool (mimalloc) hands freed pages back
 to the OS, so each batch faults them in again and the kernel zeroes every page: in `perf record`
 of the local runner on the 2-CPU development machine, a third of its CPU was the kernel clearing
 pages. With Arrow's jemalloc pool the same 8 M-row run took 4.7-5.0 CPU-s against 5.8-6.9 with
-mimalloc (3 runs each, benchmarks/RESULTS.md). Not in the Ray path's replicas: there jemalloc
+mimalloc (3 runs each, benchmarks/RESULTS.md). The Ray path's driver takes it too: its
+duplicate-key check (a file's key column read, hashed, freed, the next file's read) took 1.47-1.57
+CPU-s at 12 M keys with jemalloc against 1.77-2.45 with mimalloc (3 runs each, session 11). Not
+in the Ray path's replicas: there jemalloc
 cost more (0.52-0.58 against 0.32-0.38 us of replica CPU per row, measured the same day), so
 they keep Arrow's default. pyarrow offers no setting of mimalloc's own, only the choice of pool.
 

@@ -202,9 +202,9 @@ def run_score(cfg: JobConfig, dates: list[str], run_id: str | None = None, force
     started, t_start = datetime.now(timezone.utc), monotonic_start(origin)
     runner = choose_runner(cfg, ray_running())
     functions = [cfg.preprocessing.function] if cfg.preprocessing.function else []
+    reuse_freed_memory()  # the driver's Arrow buffers (the local runner's scoring, the checks)
     if runner[0] == "local":
         local_pool(cfg)  # refuses what the local runner cannot do (top-K, a GPU) before any work
-        reuse_freed_memory()
         preload(objects=functions)
     elif functions:  # its import (often torch's) done before the replicas start, not beside them
         preload(modules=(), objects=functions)

@@ -46,7 +46,7 @@ def _pool_in_a_fresh_process(env: dict[str, str]) -> str:
     return out.stdout.strip()
 
 
-def test_the_local_runner_takes_jemalloc_unless_the_user_chose_a_pool():
+def test_the_driver_takes_jemalloc_unless_the_user_chose_a_pool():
     pa_pools = pa.supported_memory_backends()
     want = "jemalloc" if "jemalloc" in pa_pools else pa.default_memory_pool().backend_name
     assert _pool_in_a_fresh_process({}) == want
