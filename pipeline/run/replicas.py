@@ -291,13 +291,15 @@ def unit_plan(p: Any, files: OutputFiles, file_prefix: str, replicas: int, read_
     """The run's units: a big file's row groups split so that there are about two pieces per
     replica when files are few (every replica busy, a short tail), and small files of a date
     packed together into units of up to the output's rows per file (or the rows over the
-    replicas, if fewer), so that written files approach the target whatever the input's layout."""
+    replicas, if fewer), so that written files approach the target whatever the input's layout.
+    The last units go out in their pieces (`split_tail`): a shorter tail."""
     cfg = p.cfg
     columns = list(dict.fromkeys([*p.requirements.columns, cfg.input.partition_column]))
     source = PlannedParquet(p.inputs, columns, read_keys)
     cap = max(1, min(files.target, -(-p.inputs.rows // max(1, replicas))))
     block_bytes = 128 * 1024 * 1024  # Ray Data's default target block size
-    return UnitPlan(source, pack(source.read_tasks(2 * replicas), cap), files, file_prefix, block_bytes)
+    units = split_tail(pack(source.read_tasks(2 * replicas), cap), replicas)
+    return UnitPlan(source, units, files, file_prefix, block_bytes)
 
 
 def _piece_rows(piece: Piece) -> int:
@@ -318,3 +320,15 @@ def pack(pieces: list[Piece], cap: int) -> list[list[Piece]]:
             units.append([piece])
             rows = n
     return units
+
+
+def split_tail(units: list[list[Piece]], replicas: int) -> list[list[Piece]]:
+    """The last `replicas` units cut back into their pieces, one unit each. Why: a replica that
+    finds no unit left idles while the others finish theirs, up to one unit's time; with the
+    last units smaller that tail is shorter (measured on the 2-CPU machine, 16 units of two
+    375 k-row files over 2 replicas: one CPU idle for 1.4 s at the end). Their files are
+    smaller than the target: a few files of the run's last date."""
+    if replicas < 1 or len(units) <= replicas:
+        return units
+    head, tail = units[:-replicas], units[-replicas:]
+    return head + [[piece] for unit in tail for piece in unit]

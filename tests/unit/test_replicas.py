@@ -8,7 +8,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.run.replicas import UnitFiles, pack
+from pipeline.run.replicas import UnitFiles, pack, split_tail
 from pipeline.stages.layout import OutputFiles
 from pipeline.stages.read import InputFile
 
@@ -38,6 +38,16 @@ def test_a_piece_over_the_cap_is_a_unit_alone_and_row_group_ranges_count_their_s
     units = pack(pieces, cap=6000)
     assert [len(u) for u in units] == [1, 2]  # half the row groups are 5,000 rows; + 100 fit
     assert units[1][0][2] == range(5, 10) and units[1][1][0].path == "s"
+
+
+def test_the_last_units_go_out_in_their_pieces_for_a_short_tail():
+    units = pack([(_file(f"a{i}", 500), "d1", None) for i in range(8)], cap=1000)
+    assert [len(u) for u in units] == [2, 2, 2, 2]
+    split = split_tail(units, replicas=2)
+    assert [len(u) for u in split] == [2, 2, 1, 1, 1, 1]
+    assert [p for u in split for p in u] == [p for u in units for p in u]  # every piece once, in order
+    assert split_tail(units[:2], replicas=2) == units[:2]  # no more units than replicas: as packed
+    assert split_tail(units, replicas=0) == units
 
 
 def _files(tmp_path, target: int) -> OutputFiles:
