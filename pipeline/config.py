@@ -554,7 +554,9 @@ class ReportConfig(_Strict):
 
 class RayConfig(_Strict):
     address: str | None = Field(
-        None, description="Ray cluster address; default: RAY_ADDRESS or a new local Ray."
+        None,
+        description="Ray cluster address; default: RAY_ADDRESS or a new local Ray (started without "
+        "the dashboard: no web UI, state API or job submission on it; a cluster keeps its own).",
     )
     num_cpus: int | None = Field(
         None, ge=1, description="CPUs of a new local Ray, or of the local runner (default: all)."

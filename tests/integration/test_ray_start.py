@@ -1,0 +1,36 @@
+"""A Ray of batchscore's own (pipeline/run/execute.py ensure_ray): started without the dashboard's
+API server, which ray.init otherwise waits for before the raylet starts; it still runs work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+CODE = """
+import json, sys
+from ray._private.node import Node
+original = Node.start_api_server
+from pipeline.config import JobConfig
+from pipeline.run.execute import ensure_ray
+import ray
+cfg = JobConfig.model_validate({"name": "t", "input": {"uri": "/x"}, "model": {"uri": "/m"},
+                                "output": {"uri": "/o", "key_columns": ["k"]}, "ray": {"num_cpus": 1}})
+ensure_ray(cfg)
+node = ray._private.worker._global_node
+print(json.dumps({
+    "processes": sorted(node.all_processes),
+    "restored": Node.start_api_server is original,
+    "task": ray.get(ray.remote(lambda: 41 + 1).remote()),
+}))
+"""
+
+
+def test_a_ray_of_our_own_has_no_dashboard_and_runs_tasks():
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "dashboard" not in got["processes"]  # the API server was not started
+    assert {"gcs_server", "raylet"} <= set(got["processes"])
+    assert got["restored"]  # Ray's own method is back once ray.init returned
+    assert got["task"] == 42
