@@ -34,3 +34,46 @@ def test_a_ray_of_our_own_has_no_dashboard_and_runs_tasks():
     assert {"gcs_server", "raylet"} <= set(got["processes"])
     assert got["restored"]  # Ray's own method is back once ray.init returned
     assert got["task"] == 42
+
+
+EXIT_CODE = """
+import json
+from pipeline.config import JobConfig
+from pipeline.run.execute import ensure_ray
+from jobs.common import exit_process
+import ray
+cfg = JobConfig.model_validate({"name": "t", "input": {"uri": "/x"}, "model": {"uri": "/m"},
+                                "output": {"uri": "/o", "key_columns": ["k"]}, "ray": {"num_cpus": 1}})
+ensure_ray(cfg)
+node = ray._private.worker._global_node
+pids = [i.process.pid for infos in node.all_processes.values() for i in infos]
+print(json.dumps(pids), flush=True)
+import atexit
+atexit.register(lambda: print("at exit, Ray up:", ray.is_initialized(), flush=True))  # runs first
+exit_process(3)
+"""
+
+
+def test_a_command_s_exit_shuts_its_ray_down_and_keeps_its_exit_code():
+    import os
+    import time
+
+    out = subprocess.run([sys.executable, "-c", EXIT_CODE], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "at exit, Ray up: False"  # shut down by the command, not by Ray's atexit
+    pids = json.loads(lines[-2])
+    assert pids
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:  # a zombie left to init is gone too
+            return f.read().split(")")[-1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if alive(p)]  # GCS, raylet and the rest of that Ray are gone
