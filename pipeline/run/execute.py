@@ -60,7 +60,7 @@ def ensure_ray(cfg: JobConfig) -> None:
     try:
         with contextlib.ExitStack() as stack:
             if not address:
-                stack.enter_context(_without_api_server())
+                stack.enter_context(_without_unused_head_processes())
             ray.init(**kwargs)
     except AuthenticationError as e:  # e.g. RAY_AUTH_MODE=token and no token anywhere
         raise join_refused(kwargs["address"], e.message) from None
@@ -69,31 +69,39 @@ def ensure_ray(cfg: JobConfig) -> None:
 
 
 @contextlib.contextmanager
-def _without_api_server():
-    """A Ray of our own started without its dashboard API server. Why: with include_dashboard
-    False, `ray.init` still starts the dashboard's head process (for usage stats alone) and
-    waits for it to publish its address before it starts the raylet: measured here 0.6-1.5 s
-    of `ray.init`'s 2.6-3.6 s, and a Python process importing Ray's dashboard beside the run.
-    A local Ray of batchscore's serves no dashboard, state API or job submission (a cluster
-    the run joins keeps its own). Ray offers no option to leave it out, so `Node.start_api_server`
-    is replaced for the length of `ray.init`; any surprise there leaves the start as it was.
-    Ray's dashboard agent then logs, in Ray's session logs only, that it finds no dashboard."""
+def _without_unused_head_processes():
+    """A Ray of our own started without two head processes it never uses here. Ray offers no
+    option to leave them out, so Ray's `Node.start_api_server` and `Node.start_monitor` are
+    replaced for the length of `ray.init` (and put back after); any surprise there (a Ray without
+    them) leaves the start as it was. Why each:
+    - the dashboard's API server: with include_dashboard False, `ray.init` still starts it (for
+      usage stats alone) and waits for it to publish its address before it starts the raylet:
+      measured here 0.6-1.5 s of `ray.init`'s 2.6-3.6 s. A local Ray of batchscore's serves no
+      dashboard, state API or job submission (a cluster the run joins keeps its own); Ray's
+      dashboard agent then logs, in Ray's session logs only, that it finds no dashboard.
+    - the autoscaler's monitor: a Ray of one machine with fixed resources has nothing to scale;
+      its start took 0.35 CPU-s beside the replicas' start (2 CPUs), and at the end it delayed
+      Ray's shutdown (`kill_autoscaler_monitor`)."""
     try:
         from ray._private.node import Node
 
-        original = Node.start_api_server
+        originals = {"start_api_server": Node.start_api_server, "start_monitor": Node.start_monitor}
     except (ImportError, AttributeError):
         yield
         return
 
-    def skip(self, *args: Any, **kwargs: Any) -> None:
+    def no_api_server(self, *args: Any, **kwargs: Any) -> None:
         self._webui_url = None
 
-    Node.start_api_server = skip
+    def no_monitor(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    Node.start_api_server, Node.start_monitor = no_api_server, no_monitor
     try:
         yield
     finally:
-        Node.start_api_server = original
+        for name, method in originals.items():
+            setattr(Node, name, method)
 
 
 def kill_autoscaler_monitor() -> None:

@@ -1,5 +1,6 @@
 """A Ray of batchscore's own (pipeline/run/execute.py ensure_ray): started without the dashboard's
-API server, which ray.init otherwise waits for before the raylet starts; it still runs work."""
+API server, which ray.init otherwise waits for before the raylet starts, and without the
+autoscaler's monitor; it still runs work, and a command's exit shuts it down."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 CODE = """
 import json, sys
 from ray._private.node import Node
-original = Node.start_api_server
+originals = (Node.start_api_server, Node.start_monitor)
 from pipeline.config import JobConfig
 from pipeline.run.execute import ensure_ray
 import ray
@@ -20,7 +21,7 @@ ensure_ray(cfg)
 node = ray._private.worker._global_node
 print(json.dumps({
     "processes": sorted(node.all_processes),
-    "restored": Node.start_api_server is original,
+    "restored": (Node.start_api_server, Node.start_monitor) == originals,
     "task": ray.get(ray.remote(lambda: 41 + 1).remote()),
 }))
 """
@@ -31,6 +32,7 @@ def test_a_ray_of_our_own_has_no_dashboard_and_runs_tasks():
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert "dashboard" not in got["processes"]  # the API server was not started
+    assert "monitor" not in got["processes"]  # nor the autoscaler's monitor
     assert {"gcs_server", "raylet"} <= set(got["processes"])
     assert got["restored"]  # Ray's own method is back once ray.init returned
     assert got["task"] == 42
