@@ -112,9 +112,16 @@ class ScoringReplica:
         if hasattr(scorer, "unit_start"):  # challengers (pipeline/run/challengers.py) write too
             scorer.unit_start(unit)
         rows_in = 0
+        # torch's import holds the GIL for most of its second: a read beside it took 3-4x as long
+        # and slowed the import by half (one replica's process, 2 CPUs); the rest of the load
+        # (weights, device) still goes on beside the unit's first read
+        self.predictor.imported.wait()
         with noting() as notes:
             for f, date, groups in plan.units[unit]:
-                blocks = plan.source.read_task_blocks(f, date, plan.block_bytes, groups)
+                # while the model loads, a first block of one batch: the forward pass begins as
+                # soon as the model is there, not after the whole file's decode
+                first = scorer.preprocess_batch_size if self.predictor.loading() else None
+                blocks = plan.source.read_task_blocks(f, date, plan.block_bytes, groups, first)
                 rows_in += self._score_blocks(scorer, blocks, out, clock)
             clock["write_s"] += out.close()
         self.predictor.wait()  # a unit with no rows: the load's end (and error) still counted
@@ -156,15 +163,25 @@ class _Loading:
         self.predictor: Predictor | None = None
         self.error: BaseException | None = None
         self.started = started
+        self.imported = threading.Event()  # torch's import is done (or failed: the load raises it)
         self.thread = threading.Thread(target=self._load, args=(kwargs,), name="batchscore-model-load")
         self.thread.start()
 
     def _load(self, kwargs: dict[str, Any]) -> None:
         try:
+            import torch  # noqa: F401  - alone first: see `ScoringReplica.score_unit`
+        except BaseException:  # noqa: BLE001 - Predictor's own import raises it again, as the load's error
+            pass
+        finally:
+            self.imported.set()
+        try:
             self.predictor = Predictor(**kwargs)
         except BaseException as e:  # noqa: BLE001 - raised by the first call, in the unit
             self.error = e
         self.started["init_end"] = time.time()
+
+    def loading(self) -> bool:
+        return self.predictor is None and self.error is None and self.thread.is_alive()
 
     def wait(self) -> Predictor:
         if self.predictor is None:

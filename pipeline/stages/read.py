@@ -231,6 +231,22 @@ def _read_row_group(pf: pq.ParquetFile, i: int, columns: list[str], uri: str) ->
         raise InputError(f"{uri}: {why}") from e
 
 
+def _row_group_head(
+    pf: pq.ParquetFile, i: int, columns: list[str], uri: str, rows: int
+) -> tuple[pa.Table, pa.Table]:
+    """Row group `i` as (its first `rows` rows, the rest), the first decoded before the rest;
+    errors as `_read_row_group` gives them."""
+    try:
+        batches = pf.iter_batches(batch_size=rows, row_groups=[i], columns=columns, use_threads=False)
+        head = pa.Table.from_batches([next(batches)])
+        return head, pa.Table.from_batches(list(batches), schema=head.schema)
+    except (pa.ArrowInvalid, OSError) as e:
+        if isinstance(e, OSError) and "AWS Error" in str(e):
+            raise OSError(f"{uri}: reading row group {i} failed: {e}") from e
+        why = f"not a readable Parquet file (corrupt or truncated?): row group {i}: {e}"
+        raise InputError(f"{uri}: {why}") from e
+
+
 class PlannedParquet:
     """The planned input files as a Ray Data source: one read task per file (or per range of a
     big file's row groups), row counts and schemas taken from the footers discovery already read.
@@ -253,11 +269,17 @@ class PlannedParquet:
         self.read_keys = read_keys
 
     def read_task_blocks(
-        self, f: InputFile, date: str, max_block_bytes: int | None, groups: range | None = None
+        self,
+        f: InputFile,
+        date: str,
+        max_block_bytes: int | None,
+        groups: range | None = None,
+        first_rows: int | None = None,
     ) -> Iterator[pa.Table]:
         """What one read task yields: the file's blocks (only row groups `groups`, when a big
-        file is split over tasks; None: the whole file), through `read_keys.record` when set."""
-        blocks = self.read_file(f, date, max_block_bytes, groups)
+        file is split over tasks; None: the whole file), through `read_keys.record` when set.
+        `first_rows`: see `read_file`."""
+        blocks = self.read_file(f, date, max_block_bytes, groups, first_rows)
         if self.read_keys is None:
             return blocks
         part = None if groups is None else (groups.start, groups.stop, f.row_groups)
@@ -287,17 +309,32 @@ class PlannedParquet:
         )
 
     def read_file(
-        self, f: InputFile, date: str, max_block_bytes: int | None = None, groups: range | None = None
+        self,
+        f: InputFile,
+        date: str,
+        max_block_bytes: int | None = None,
+        groups: range | None = None,
+        first_rows: int | None = None,
     ) -> Iterator[pa.Table]:
         """The file's rows (of row groups `groups` only, when given) as blocks of whole row
         groups, each at most about `max_block_bytes` in memory (Ray Data's target block size; one
         block for files of ordinary size). A file that breaks while its rows are read (discovery
-        read only its footer) fails naming it."""
+        read only its footer) fails naming it. `first_rows`: the first block is only the first
+        that many rows (decoded alone), the rest of its row group joining the next block: what a
+        replica whose model is still loading needs for its first forward pass, without decoding
+        the whole file first on the CPU that the load needs too."""
         stored = [c for c in self.columns if c in f.schema.names]
         with self.fs.open_input_file(f.path) as fh:
             pf = pq.ParquetFile(fh)
             pending: list[pa.Table] = []
             for i in groups if groups is not None else range(pf.metadata.num_row_groups):
+                if first_rows and pf.metadata.row_group(i).num_rows > first_rows:
+                    head, rest = _row_group_head(pf, i, stored, f.uri, first_rows)
+                    first_rows = None
+                    yield self._block([head], date)
+                    pending.append(rest)
+                    continue
+                first_rows = None
                 pending.append(_read_row_group(pf, i, stored, f.uri))
                 if max_block_bytes and sum(t.nbytes for t in pending) >= max_block_bytes:
                     yield self._block(pending, date)

@@ -20,6 +20,28 @@ def test_slices_of_one_array_serve_the_later_batches():
     assert again.buffers()[2].address == first.buffers()[2].address  # no new buffer
 
 
+def test_building_one_imports_no_pandas():
+    """pyarrow imports pandas for a scalar from a Python object: 0.3 s of a fresh replica's
+    first block, before its first forward pass (pipeline/constcols.py)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pipeline.constcols import constant_strings; "
+        "a = constant_strings('2026-11-01', 70_000); a.validate(full=True); "
+        "print(a[69_999].as_py(), 'pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2026-11-01", "False"]
+
+
+def test_odd_values_too():
+    for value in ("", "é-ü", "x" * 1000):
+        col = constant_strings(value, 7)
+        col.validate(full=True)
+        assert col.to_pylist() == [value] * 7 and col.type == pa.string()
+
+
 def test_only_the_newest_values_are_kept():
     for i in range(constcols.KEEP + 5):
         constant_strings(f"date-{i}", 10)

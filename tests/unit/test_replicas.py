@@ -117,6 +117,7 @@ def test_a_model_that_fails_to_load_fails_the_first_forward_pass_and_the_units_e
     with pytest.raises(TypeError, match="no_such_argument"):
         loading.wait()
     assert "init_end" in started
+    assert loading.imported.is_set() and not loading.loading()  # a unit's read never waits for it
 
 
 def _scored(keys: range) -> pa.Table:

@@ -79,6 +79,42 @@ def test_planned_read_splits_large_files_at_row_groups_and_skips_empty_ones(tmp_
     assert list(src.read_file(fe, d)) == []
 
 
+def test_a_first_block_of_a_few_rows_then_the_rest_of_the_file(tmp_path):
+    """`first_rows`: what a replica reads while its model loads (pipeline/run/replicas.py)."""
+    rows = pa.table({"k": pa.array(range(1000), pa.int64()), "s": [f"v{i}" for i in range(1000)]})
+    _write(tmp_path / "ds=2026-01-01" / "a.parquet", rows, row_group_size=400)
+    plan = discover(resolve(str(tmp_path)), ["2026-01-01"])
+    src = PlannedParquet(plan, ["k", "s", "ds"])
+    ((f, d),) = src.files
+    whole = list(src.read_file(f, d))
+    blocks = list(src.read_file(f, d, first_rows=64))
+    assert [b.num_rows for b in blocks] == [64, 936]  # the rest of its row group joins the next ones
+    assert pa.concat_tables(blocks).equals(pa.concat_tables(whole))
+    assert all(b.schema == src.schema_of(f) for b in blocks)
+    assert [b.num_rows for b in src.read_file(f, d, first_rows=5000)] == [1000]  # no smaller: as before
+    split = list(src.read_file(f, d, groups=range(1, 3), first_rows=64))  # a task's row groups
+    assert [b.num_rows for b in split] == [64, 536]
+    assert pa.concat_tables(split).column("k").to_pylist() == list(range(400, 1000))
+
+
+def test_a_first_block_from_a_damaged_file_names_it(tmp_path):
+    import pytest
+
+    from pipeline.errors import InputError
+
+    rows = pa.table({"k": pa.array(range(1000), pa.int64())})
+    path = tmp_path / "ds=2026-01-01" / "a.parquet"
+    _write(path, rows, row_group_size=1000)
+    plan = discover(resolve(str(tmp_path)), ["2026-01-01"])
+    data = bytearray(path.read_bytes())
+    data[8:200] = b"\xff" * 192  # the pages, behind a good footer
+    path.write_bytes(bytes(data))
+    src = PlannedParquet(plan, ["k", "ds"])
+    ((f, d),) = src.files
+    with pytest.raises(InputError, match="a.parquet: not a readable Parquet file"):
+        list(src.read_file(f, d, first_rows=64))
+
+
 def test_a_big_file_is_split_by_row_groups_when_there_are_fewer_files_than_cpus(tmp_path):
     """12 row groups of 100 rows and a one-row-group file of 300: with 8 tasks wanted, the big
     file (4/5 of the rows) gets 6 tasks of whole row groups that cover it once, in order; the
