@@ -23,19 +23,35 @@ print(json.dumps({
     "processes": sorted(node.all_processes),
     "restored": (Node.start_api_server, Node.start_monitor) == originals,
     "task": ray.get(ray.remote(lambda: 41 + 1).remote()),
+    "worker_arenas": ray.get(ray.remote(lambda: __import__("os").environ.get("MALLOC_ARENA_MAX")).remote()),
+    "driver_arenas": __import__("os").environ.get("MALLOC_ARENA_MAX"),
 }))
 """
 
 
-def test_a_ray_of_our_own_has_no_dashboard_and_runs_tasks():
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120)
+def _started(env: dict[str, str] | None = None) -> dict:
+    import os
+
+    env = {**{k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}, **(env or {})}
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_ray_of_our_own_has_no_dashboard_and_runs_tasks():
+    got = _started()
     assert "dashboard" not in got["processes"]  # the API server was not started
     assert "monitor" not in got["processes"]  # nor the autoscaler's monitor
     assert {"gcs_server", "raylet"} <= set(got["processes"])
     assert got["restored"]  # Ray's own method is back once ray.init returned
     assert got["task"] == 42
+    assert got["worker_arenas"] == "1"  # Ray's workers (the replicas) with one malloc arena
+    assert got["driver_arenas"] is None  # the driver's environment as it was
+
+
+def test_a_user_s_malloc_arena_setting_is_kept():
+    got = _started({"MALLOC_ARENA_MAX": "4"})
+    assert got["worker_arenas"] == "4" and got["driver_arenas"] == "4"
 
 
 EXIT_CODE = """
