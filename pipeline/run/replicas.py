@@ -344,8 +344,9 @@ def split_tail(units: list[list[Piece]], replicas: int) -> list[list[Piece]]:
     finds no unit left idles while the others finish theirs, up to one unit's time; with the
     last units smaller that tail is shorter (measured on the 2-CPU machine, 16 units of two
     375 k-row files over 2 replicas: one CPU idle for 1.4 s at the end). Their files are
-    smaller than the target: a few files of the run's last date."""
-    if replicas < 1 or len(units) <= replicas:
+    smaller than the target, so only with at least 4 units per replica: at most a quarter of
+    the run's rows, in files of the run's last date."""
+    if replicas < 1 or len(units) < 4 * replicas:
         return units
     head, tail = units[:-replicas], units[-replicas:]
     return head + [[piece] for unit in tail for piece in unit]

@@ -41,12 +41,14 @@ def test_a_piece_over_the_cap_is_a_unit_alone_and_row_group_ranges_count_their_s
 
 
 def test_the_last_units_go_out_in_their_pieces_for_a_short_tail():
-    units = pack([(_file(f"a{i}", 500), "d1", None) for i in range(8)], cap=1000)
-    assert [len(u) for u in units] == [2, 2, 2, 2]
+    units = pack([(_file(f"a{i}", 500), "d1", None) for i in range(16)], cap=1000)
+    assert [len(u) for u in units] == [2] * 8
     split = split_tail(units, replicas=2)
-    assert [len(u) for u in split] == [2, 2, 1, 1, 1, 1]
+    assert [len(u) for u in split] == [2] * 6 + [1] * 4
     assert [p for u in split for p in u] == [p for u in units for p in u]  # every piece once, in order
-    assert split_tail(units[:2], replicas=2) == units[:2]  # no more units than replicas: as packed
+    # under 4 units per replica: as packed (most rows would land in small files)
+    assert split_tail(units[:7], replicas=2) == units[:7]
+    assert split_tail(units, replicas=3) == units
     assert split_tail(units, replicas=0) == units
 
 
