@@ -220,31 +220,33 @@ def drop_files(plan: InputPlan, reasons: dict[str, str]) -> None:
 
 
 def _read_row_group(pf: pq.ParquetFile, i: int, columns: list[str], uri: str) -> pa.Table:
-    """Row group `i`. Damaged pages behind a good footer are bad input (InputError, exit 2); a
-    storage error that outlived the S3 client's retries stays an OSError, with the file named."""
+    """Row group `i`, errors as `_read_error` names them."""
     try:
         return pf.read_row_group(i, columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
-        if isinstance(e, OSError) and "AWS Error" in str(e):
-            raise OSError(f"{uri}: reading row group {i} failed: {e}") from e
-        why = f"not a readable Parquet file (corrupt or truncated?): row group {i}: {e}"
-        raise InputError(f"{uri}: {why}") from e
+        raise _read_error(e, uri, i) from e
 
 
 def _row_group_head(
     pf: pq.ParquetFile, i: int, columns: list[str], uri: str, rows: int
 ) -> tuple[pa.Table, pa.Table]:
     """Row group `i` as (its first `rows` rows, the rest), the first decoded before the rest;
-    errors as `_read_row_group` gives them."""
+    errors as `_read_error` names them."""
     try:
         batches = pf.iter_batches(batch_size=rows, row_groups=[i], columns=columns, use_threads=False)
         head = pa.Table.from_batches([next(batches)])
         return head, pa.Table.from_batches(list(batches), schema=head.schema)
     except (pa.ArrowInvalid, OSError) as e:
-        if isinstance(e, OSError) and "AWS Error" in str(e):
-            raise OSError(f"{uri}: reading row group {i} failed: {e}") from e
-        why = f"not a readable Parquet file (corrupt or truncated?): row group {i}: {e}"
-        raise InputError(f"{uri}: {why}") from e
+        raise _read_error(e, uri, i) from e
+
+
+def _read_error(e: Exception, uri: str, i: int) -> Exception:
+    """Damaged pages behind a good footer are bad input (InputError, exit 2); a storage error
+    that outlived the S3 client's retries stays an OSError, with the file named."""
+    if isinstance(e, OSError) and "AWS Error" in str(e):
+        return OSError(f"{uri}: reading row group {i} failed: {e}")
+    why = f"not a readable Parquet file (corrupt or truncated?): row group {i}: {e}"
+    return InputError(f"{uri}: {why}")
 
 
 class PlannedParquet:
@@ -328,13 +330,12 @@ class PlannedParquet:
             pf = pq.ParquetFile(fh)
             pending: list[pa.Table] = []
             for i in groups if groups is not None else range(pf.metadata.num_row_groups):
-                if first_rows and pf.metadata.row_group(i).num_rows > first_rows:
-                    head, rest = _row_group_head(pf, i, stored, f.uri, first_rows)
-                    first_rows = None
+                head_rows, first_rows = first_rows, None  # the first row group only
+                if head_rows and pf.metadata.row_group(i).num_rows > head_rows:
+                    head, rest = _row_group_head(pf, i, stored, f.uri, head_rows)
                     yield self._block([head], date)
                     pending.append(rest)
                     continue
-                first_rows = None
                 pending.append(_read_row_group(pf, i, stored, f.uri))
                 if max_block_bytes and sum(t.nbytes for t in pending) >= max_block_bytes:
                     yield self._block(pending, date)
