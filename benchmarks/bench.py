@@ -408,7 +408,7 @@ def main() -> int:
     with PeakMemory() as mem:
         results["limit"] = limit_in_a_child(data, spec, model, args.batch)
     results["limit"]["peak_rss_gib"] = round(mem.peak_rss / 2**30, 2)
-    results["limit"]["note"] = "in the benchmark's own process: forward passes only"
+    results["limit"]["note"] = "in a child process of the benchmark: forward passes only"
     print("limit", json.dumps(results["limit"]), flush=True)
     runs = (
         ("script", lambda: bench_script(data, model, root / "out-script", args.batch, logs)),

@@ -121,7 +121,7 @@ def _one_malloc_arena():
     kernel clearing those pages). glibc reads it when a process starts: the variable is set
     for the length of `ray.init`, which starts Ray's processes, and the driver's own
     environment is left as it was. A cluster's workers take it from their own environment
-    (docs/operations.md)."""
+    (docs/cluster.md)."""
     if ARENA_ENV in os.environ:
         yield
         return
