@@ -229,13 +229,14 @@ def _read_row_group(pf: pq.ParquetFile, i: int, columns: list[str], uri: str) ->
 
 def _row_group_head(
     pf: pq.ParquetFile, i: int, columns: list[str], uri: str, rows: int
-) -> tuple[pa.Table, pa.Table]:
-    """Row group `i` as (its first `rows` rows, the rest), the first decoded before the rest;
-    errors as `_read_error` names them."""
+) -> Iterator[pa.Table]:
+    """Row group `i` as two tables: its first `rows` rows, then the rest, which is decoded only
+    when asked for (after the first has been scored); errors as `_read_error` names them."""
     try:
         batches = pf.iter_batches(batch_size=rows, row_groups=[i], columns=columns, use_threads=False)
         head = pa.Table.from_batches([next(batches)])
-        return head, pa.Table.from_batches(list(batches), schema=head.schema)
+        yield head
+        yield pa.Table.from_batches(list(batches), schema=head.schema)
     except (pa.ArrowInvalid, OSError) as e:
         raise _read_error(e, uri, i) from e
 
@@ -332,9 +333,9 @@ class PlannedParquet:
             for i in groups if groups is not None else range(pf.metadata.num_row_groups):
                 head_rows, first_rows = first_rows, None  # the first row group only
                 if head_rows and pf.metadata.row_group(i).num_rows > head_rows:
-                    head, rest = _row_group_head(pf, i, stored, f.uri, head_rows)
-                    yield self._block([head], date)
-                    pending.append(rest)
+                    parts = _row_group_head(pf, i, stored, f.uri, head_rows)
+                    yield self._block([next(parts)], date)
+                    pending.append(next(parts))  # the rest, decoded after the head's forward pass
                     continue
                 pending.append(_read_row_group(pf, i, stored, f.uri))
                 if max_block_bytes and sum(t.nbytes for t in pending) >= max_block_bytes:
