@@ -24,16 +24,18 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from pipeline.reporting.progress import BufferedCounter
-from pipeline.reporting.schema import Stage
 from pipeline.stages.layout import OutputFiles
 from pipeline.stages.predict import FusedScorer, Predictor
 from pipeline.stages.read import InputFile, PlannedParquet
 from pipeline.unitwork import noting
+
+if TYPE_CHECKING:  # the report's models are the driver's: 38 ms of pydantic classes in each replica
+    from pipeline.reporting.schema import Stage
 
 Piece = tuple[InputFile, str, "range | None"]  # a file of a date, or a range of its row groups
 RECORD_FIELDS = (
@@ -238,6 +240,8 @@ class ReplicaRun:
         self.records.append({k: record[k] for k in RECORD_FIELDS})
 
     def stages(self) -> list[Stage]:
+        from pipeline.reporting.schema import Stage
+
         if not self.records:
             return []
         first = min(r["start"] for r in self.records)
