@@ -57,6 +57,8 @@ def ensure_ray(cfg: JobConfig) -> None:
         if cfg.ray.num_gpus is not None:
             kwargs["num_gpus"] = cfg.ray.num_gpus
         kwargs["include_dashboard"] = False
+        if config := socket_retries():
+            kwargs["_system_config"] = config
     try:
         with contextlib.ExitStack() as stack:
             if not address:
@@ -130,6 +132,22 @@ def _one_malloc_arena():
         yield
     finally:
         os.environ.pop(ARENA_ENV, None)
+
+
+# How often Ray's processes try a local socket that is not there yet, and how long they wait in
+# between: Ray's default is 10 tries 1 s apart. The same 10 s in all, in steps of 50 ms.
+SOCKET_RETRIES = {"raylet_client_connect_timeout_milliseconds": 50, "raylet_client_num_connect_attempts": 200}
+
+
+def socket_retries() -> dict[str, int]:
+    """The system config of a Ray of our own: local sockets retried every 50 ms instead of every
+    second, unless the user's environment sets them (RAY_<name>). Why: the raylet starts its
+    object store on a thread and connects to the store's socket at once; when the socket is not
+    there yet (a race, lost in 3 of 8 starts measured here), the raylet slept a whole second
+    before it tried again, and `ray.init` took 3.4-4.0 s instead of 2.3-2.5 s (raylet.out: the
+    object manager started 1.00 s after the store). With it: 8 of 8 starts 2.3-2.8 s. The two
+    go together: a user's setting of either leaves both to the user."""
+    return {} if any(f"RAY_{k}" in os.environ for k in SOCKET_RETRIES) else dict(SOCKET_RETRIES)
 
 
 def kill_autoscaler_monitor() -> None:

@@ -1,6 +1,7 @@
 """A Ray of batchscore's own (pipeline/run/execute.py ensure_ray): started without the dashboard's
 API server, which ray.init otherwise waits for before the raylet starts, and without the
-autoscaler's monitor; it still runs work, and a command's exit shuts it down."""
+autoscaler's monitor, with local sockets retried every 50 ms; it still runs work, and a command's
+exit shuts it down."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ print(json.dumps({
     "task": ray.get(ray.remote(lambda: 41 + 1).remote()),
     "worker_arenas": ray.get(ray.remote(lambda: __import__("os").environ.get("MALLOC_ARENA_MAX")).remote()),
     "driver_arenas": __import__("os").environ.get("MALLOC_ARENA_MAX"),
+    "socket_retry": ray.get(ray.remote(lambda: [
+        ray._raylet.Config.raylet_client_connect_timeout_milliseconds(),
+        ray._raylet.Config.raylet_client_num_connect_attempts()]).remote()),
 }))
 """
 
@@ -32,7 +36,8 @@ print(json.dumps({
 def _started(env: dict[str, str] | None = None) -> dict:
     import os
 
-    env = {**{k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}, **(env or {})}
+    mine = ("MALLOC_ARENA_MAX", "RAY_raylet_client_connect_timeout_milliseconds")
+    env = {**{k: v for k, v in os.environ.items() if k not in mine}, **(env or {})}
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -47,11 +52,13 @@ def test_a_ray_of_our_own_has_no_dashboard_and_runs_tasks():
     assert got["task"] == 42
     assert got["worker_arenas"] == "1"  # Ray's workers (the replicas) with one malloc arena
     assert got["driver_arenas"] is None  # the driver's environment as it was
+    assert got["socket_retry"] == [50, 200]  # a worker's sockets retried every 50 ms, 10 s in all
 
 
-def test_a_user_s_malloc_arena_setting_is_kept():
-    got = _started({"MALLOC_ARENA_MAX": "4"})
+def test_a_user_s_malloc_arena_and_socket_retry_settings_are_kept():
+    got = _started({"MALLOC_ARENA_MAX": "4", "RAY_raylet_client_connect_timeout_milliseconds": "700"})
     assert got["worker_arenas"] == "4" and got["driver_arenas"] == "4"
+    assert got["socket_retry"] == [700, 10]  # the user's interval, Ray's own count
 
 
 EXIT_CODE = """
