@@ -146,8 +146,13 @@ def socket_retries() -> dict[str, int]:
     there yet (a race, lost in 3 of 8 starts measured here), the raylet slept a whole second
     before it tried again, and `ray.init` took 3.4-4.0 s instead of 2.3-2.5 s (raylet.out: the
     object manager started 1.00 s after the store). With it: 8 of 8 starts 2.3-2.8 s. The two
-    go together: a user's setting of either leaves both to the user."""
-    return {} if any(f"RAY_{k}" in os.environ for k in SOCKET_RETRIES) else dict(SOCKET_RETRIES)
+    go together: a user's setting of either leaves both to the user, and a Ray that no longer
+    knows them (its GCS does not start with an unknown key) is started as it would be without them."""
+    from ray._raylet import Config
+
+    if any(f"RAY_{k}" in os.environ or not hasattr(Config, k) for k in SOCKET_RETRIES):
+        return {}
+    return dict(SOCKET_RETRIES)
 
 
 def kill_autoscaler_monitor() -> None:
