@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sourcetree import parse_files
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("jobs", "models", "pipeline")
@@ -55,7 +56,8 @@ def _imported(tree: ast.AST, modules: set[str]) -> set[str]:
 
 def import_graph() -> dict[str, set[str]]:
     files = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
-    return {name: _imported(ast.parse(p.read_text()), set(files)) - {name} for name, p in files.items()}
+    trees = parse_files(list(files.values()))
+    return {name: _imported(trees[p], set(files)) - {name} for name, p in files.items()}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
