@@ -345,6 +345,52 @@ def test_bare_safetensors_with_architecture_loads(tmp_path, model):
         assert torch.max(torch.abs(loaded.module(cat, dense) - model(cat, dense))).item() < 1e-6
 
 
+def test_a_built_in_model_loads_its_weights_exactly_without_a_random_init_first(tmp_path, model):
+    """The load builds a built-in architecture with torch.nn.init's initializers as no-ops (the
+    weights loaded over it make that init wasted work) and puts them back after, also when the
+    build fails."""
+    from models.checkpoint import build_architecture
+
+    originals = {n: f for n, f in vars(torch.nn.init).items() if n.endswith("_") and callable(f)}
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    loaded = load_model(_bare_safetensors(tmp_path, state), architecture=ARCH)
+    assert {k: v for k, v in vars(torch.nn.init).items() if k in originals} == originals
+    got = loaded.module.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in state.items())
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_architecture({**ARCH, "preset": "nope"}, for_loading=True)
+    assert {k: v for k, v in vars(torch.nn.init).items() if k in originals} == originals
+    rng = torch.random.get_rng_state()
+    build_architecture(ARCH, for_loading=True)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # no random number drawn: no init
+    fresh = build_architecture(ARCH)  # a build for training is initialized as before
+    _other_threads_initialize_while_a_load_builds()
+    assert not torch.equal(torch.random.get_rng_state(), rng)
+    assert fresh.embedding.weight.std().item() > 0.5  # nn.Embedding's N(0, 1)
+
+
+def _other_threads_initialize_while_a_load_builds() -> None:
+    import threading
+
+    from models.checkpoint import _uninitialized
+
+    inside, done = threading.Event(), threading.Event()
+
+    def loading() -> None:
+        with _uninitialized():
+            inside.set()
+            done.wait(10)
+
+    t = threading.Thread(target=loading)
+    t.start()
+    assert inside.wait(10)
+    try:
+        assert torch.nn.init.normal_(torch.zeros(1000)).std().item() > 0.5  # this thread: real init
+    finally:
+        done.set()
+        t.join()
+
+
 def test_architecture_by_class_path(tmp_path, model):
     path = _bare_safetensors(tmp_path, {k: v.contiguous() for k, v in model.state_dict().items()})
     arch = {"class": "models.dlrm:DLRM", "kwargs": {"buckets": BUCKETS, "num_dense": NUM_DENSE, **SMALL}}
