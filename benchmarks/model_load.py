@@ -1,6 +1,6 @@
 """A built-in model's load, as a replica does it (`models.checkpoint.load_model` of a safetensors
-checkpoint), each load in a fresh process: with its layers' random initialization skipped (what
-batchscore does) and, for comparison, with it run first as before (`--initialize`).
+checkpoint), each load in a fresh process, alternating: with its layers' random initialization
+skipped (what batchscore does) and, for comparison, with it run first as before ("initialize").
 
     python benchmarks/model_load.py --root /tmp/model_load --buckets 2000000,1000000,1000,100 --repeat 3
 """

@@ -140,11 +140,11 @@ def _uninitialized() -> Iterator[None]:
                     _INIT_SAVED[name] = f
                     setattr(init, name, _skipped_on_this_thread(f))
         _INIT_USERS[0] += 1
-    _INIT_SKIP.on = True
+    outer, _INIT_SKIP.on = getattr(_INIT_SKIP, "on", False), True
     try:
         yield
     finally:
-        _INIT_SKIP.on = False
+        _INIT_SKIP.on = outer
         with _INIT_LOCK:
             _INIT_USERS[0] -= 1
             if not _INIT_USERS[0]:

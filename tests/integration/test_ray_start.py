@@ -36,7 +36,11 @@ print(json.dumps({
 def _started(env: dict[str, str] | None = None) -> dict:
     import os
 
-    mine = ("MALLOC_ARENA_MAX", "RAY_raylet_client_connect_timeout_milliseconds")
+    mine = (
+        "MALLOC_ARENA_MAX",
+        "RAY_raylet_client_connect_timeout_milliseconds",
+        "RAY_raylet_client_num_connect_attempts",
+    )
     env = {**{k: v for k, v in os.environ.items() if k not in mine}, **(env or {})}
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -364,9 +364,9 @@ def test_a_built_in_model_loads_its_weights_exactly_without_a_random_init_first(
     build_architecture(ARCH, for_loading=True)
     assert torch.equal(torch.random.get_rng_state(), rng)  # no random number drawn: no init
     fresh = build_architecture(ARCH)  # a build for training is initialized as before
-    _other_threads_initialize_while_a_load_builds()
     assert not torch.equal(torch.random.get_rng_state(), rng)
     assert fresh.embedding.weight.std().item() > 0.5  # nn.Embedding's N(0, 1)
+    _other_threads_initialize_while_a_load_builds()
 
 
 def _other_threads_initialize_while_a_load_builds() -> None:
