@@ -38,6 +38,7 @@ _WEIGHTS_NAME = {
 }
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".bin", ".ckpt")
 _NOT_SAVED = ("registry", "weight_bytes")
+log = logging.getLogger("batchscore")
 
 
 @dataclass
@@ -120,16 +121,17 @@ def check_forward_inputs(module: Any, inputs: list[str], class_path: str) -> Non
 
 
 @contextlib.contextmanager
-def _uninitialized() -> Iterator[None]:
-    """torch.nn.init's in-place initializers as no-ops, on this thread, while a built-in model is
-    built for its weights to be loaded over it: its layers' random initialization is thrown away
-    by the load, and was most of its time (`benchmarks/model_load.py`: a 192 M-parameter
-    dlrm-base's `load_model` 1.47-1.48 s with it, 0.64-0.73 s without).
-    The built-in models compute their buffers from their arguments, never from a parameter. The
-    same as transformers' `no_init_weights`; torch has no switch of its own for modules that do
-    not take a device (`torch.nn.utils.skip_init`), and building on the meta device leaves the
-    buffers without data. The initializers are replaced while any thread is in such a block, and
-    other threads' calls go to the originals (a challenger's model built beside it)."""
+def _uninitialized(touched: list[Any] | None = None) -> Iterator[None]:
+    """torch.nn.init's in-place initializers as no-ops, on this thread, while a model is built for
+    its weights to be loaded over it: its layers' random initialization is thrown away by the
+    load, and was most of its time (`benchmarks/model_load.py`: a 192 M-parameter dlrm-base's
+    `load_model` 1.47-1.48 s with it, 0.64-0.73 s without). `touched`: every tensor whose init
+    was skipped is appended to it (and so kept alive: no later tensor takes its memory), for
+    `_init_only_loaded` to check. The same as transformers' `no_init_weights`; torch has no
+    switch of its own for modules that do not take a device (`torch.nn.utils.skip_init`), and
+    building on the meta device leaves buffers such as a DLRM's interaction indices without data.
+    The initializers are replaced while any thread is in such a block, and other threads' calls
+    go to the originals (a challenger's model built beside it)."""
     with _INIT_LOCK:
         if not _INIT_SAVED:
             import torch
@@ -140,11 +142,12 @@ def _uninitialized() -> Iterator[None]:
                     _INIT_SAVED[name] = f
                     setattr(init, name, _skipped_on_this_thread(f))
         _INIT_USERS[0] += 1
-    outer, _INIT_SKIP.on = getattr(_INIT_SKIP, "on", False), True
+    outer = getattr(_INIT_SKIP, "on", False), getattr(_INIT_SKIP, "touched", None)
+    _INIT_SKIP.on, _INIT_SKIP.touched = True, touched if touched is not None else outer[1]
     try:
         yield
     finally:
-        _INIT_SKIP.on = outer
+        _INIT_SKIP.on, _INIT_SKIP.touched = outer
         with _INIT_LOCK:
             _INIT_USERS[0] -= 1
             if not _INIT_USERS[0]:
@@ -164,17 +167,70 @@ _INIT_SKIP = threading.local()
 def _skipped_on_this_thread(original: Callable[..., Any]) -> Callable[..., Any]:
     def init(tensor: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(_INIT_SKIP, "on", False):
+            if _INIT_SKIP.touched is not None:
+                _INIT_SKIP.touched.append(tensor)
             return tensor
         return original(tensor, *args, **kwargs)
 
     return init
 
 
+def _storages(tensors: Iterator[Any]) -> set[int]:
+    """The addresses of the memory the tensors live in (views share their base's); none for
+    tensors without elements."""
+    return {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
+
+
+def _unloaded_tensors(model: Any) -> Iterator[Any]:
+    """The model's tensors that a strict `load_state_dict` leaves as built: its non-persistent
+    buffers, and tensors kept as plain attributes of its modules (also in lists and dicts)."""
+    import torch
+
+    loaded = model.state_dict(keep_vars=True)
+    known = {id(t) for t in loaded.values()}
+    for _, buf in model.named_buffers():
+        if id(buf) not in known:
+            yield buf
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if name in ("_parameters", "_buffers", "_modules"):
+                continue
+            if isinstance(value, dict):
+                value = list(value.values())
+            items = value if isinstance(value, (list, tuple)) else [value]
+            yield from (v for v in items if isinstance(v, torch.Tensor) and id(v) not in known)
+
+
+def _init_only_loaded(model: Any, touched: list[Any]) -> bool:
+    """Whether every initializer skipped while `model` was built wrote only into memory that
+    the load replaces: its parameters and persistent buffers, and nothing the load leaves as
+    built (see `_unloaded_tensors`). A tensor initialized for anything else (a non-persistent
+    random projection, a temporary a buffer was computed from) would be left without data."""
+    hit = _storages(iter(touched))
+    loaded = _storages(iter(model.state_dict(keep_vars=True).values()))
+    return hit <= loaded and not hit & _storages(_unloaded_tensors(model))
+
+
+def _build_class_for_loading(cls: Any, kwargs: dict[str, Any], path: str) -> Any:
+    """A model by class path, built for its weights to be loaded over it: without its random
+    init (`_uninitialized`) when that init wrote only into what the load replaces
+    (`_init_only_loaded`), else built again with it (its __init__ then runs twice)."""
+    touched: list[Any] = []
+    with _uninitialized(touched):
+        model = cls(**kwargs)
+    if _init_only_loaded(model, touched):
+        return model
+    log.info("%s initializes tensors a load does not replace: built again with its random init", path)
+    del model, touched
+    return cls(**kwargs)
+
+
 def build_architecture(arch: dict[str, Any], *, for_loading: bool = False) -> Any:
     """An untrained nn.Module from an architecture record (built-in preset or class by import path).
-    `for_loading`: every parameter is about to be loaded (strictly), so a built-in architecture
-    skips its random initialization (`_uninitialized`). A class by import path is always
-    initialized: its __init__ may derive buffers from its freshly initialized parameters."""
+    `for_loading`: every parameter is about to be loaded (strictly), so the build skips its
+    random initialization (`_uninitialized`): always for a built-in architecture (its buffers
+    come from its arguments); for a class by import path, only where the init it skipped was
+    all on what the load replaces (`_build_class_for_loading`)."""
     kwargs = dict(arch.get("kwargs", {}))
     if "builtin" in arch:
         if arch["builtin"] != "dlrm":
@@ -186,7 +242,7 @@ def build_architecture(arch: dict[str, Any], *, for_loading: bool = False) -> An
     if "class" in arch:
         cls = import_object(arch["class"])
         _check_call(cls, kwargs, f"model.kwargs {sorted(kwargs)} do not fit {arch['class']}")
-        return cls(**kwargs)
+        return _build_class_for_loading(cls, kwargs, arch["class"]) if for_loading else cls(**kwargs)
     raise ModelError(f"architecture record needs 'builtin' or 'class', got keys {sorted(arch)}")
 
 
@@ -270,7 +326,7 @@ def read_metadata(directory: str) -> CheckpointMeta:
     known = {f.name for f in dataclass_fields(CheckpointMeta)} - set(_NOT_SAVED)
     unknown = sorted(set(raw) - known)
     if unknown:  # written by a newer batchscore: what this version does not know, it cannot use
-        logging.getLogger("batchscore").warning("%s: ignoring unknown metadata keys %s", mpath, unknown)
+        log.warning("%s: ignoring unknown metadata keys %s", mpath, unknown)
     try:
         meta = CheckpointMeta(**{k: v for k, v in raw.items() if k in known})
     except TypeError as e:

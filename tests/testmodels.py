@@ -48,3 +48,44 @@ class Raises(nn.Module):
 
     def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("challenger model raised on purpose")
+
+
+class PairsBuffer(nn.Module):
+    """A user's model as most are written (tests/unit/test_checkpoint.py): its layers initialized
+    by torch.nn.init, and a non-persistent buffer computed from its arguments alone (a DLRM's
+    interaction indices)."""
+
+    def __init__(self, n: int = 4) -> None:
+        super().__init__()
+        self.emb = nn.EmbeddingBag(50, n, mode="sum")
+        self.lin = nn.Linear(n, n)
+        self.register_buffer("pairs", torch.triu_indices(n, n, offset=1), persistent=False)
+
+    def forward(self, cat: torch.Tensor) -> torch.Tensor:
+        x = self.lin(self.emb(cat))
+        return x[:, self.pairs[0]] * x[:, self.pairs[1]]
+
+
+class InitializedState(nn.Module):
+    """A model whose __init__ initializes, with torch.nn.init, a tensor a load does not replace:
+    `where` is "buffer" (a non-persistent buffer), "derived" (a buffer computed from an
+    initialized temporary), "attribute" (a plain tensor attribute) or "shared" (a non-persistent
+    buffer sharing the initialized memory of a parameter). Seeded: its builds are equal."""
+
+    def __init__(self, where: str, n: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.lin = nn.Linear(n, n)
+        block = nn.init.normal_(torch.empty(2, n, n))
+        if where == "buffer":
+            self.register_buffer("proj", block[0], persistent=False)
+        elif where == "derived":
+            self.register_buffer("proj", block[0] * 2, persistent=False)
+        elif where == "attribute":
+            self.proj = block[0]
+        else:
+            self.weight = nn.Parameter(block[0])
+            self.register_buffer("proj", block[1], persistent=False)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.lin(dense) @ self.proj

@@ -543,3 +543,47 @@ def test_corrupt_export_archive(tmp_path):
     path.write_bytes(b"not an export archive")
     with pytest.raises(ModelError, match="cannot load torch.export program"):
         load_model(str(path))
+
+
+def _class_checkpoint(tmp_path, cls_path: str, kwargs: dict):
+    """A bare safetensors checkpoint of a class by path (tests/testmodels.py), built as for
+    training; returns (path, architecture, the trained-as model)."""
+    from models.checkpoint import build_architecture
+
+    arch = {"class": cls_path, "kwargs": kwargs}
+    model = build_architecture(arch).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # weights no init would give
+            p.copy_(torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape) / 7)
+    path = _bare_safetensors(tmp_path, {k: v.contiguous() for k, v in model.state_dict().items()})
+    return path, arch, model
+
+
+def test_a_model_by_class_path_loads_without_its_random_init_when_the_load_replaces_all_of_it(tmp_path):
+    """The usual user's model (layers initialized by torch.nn.init, a non-persistent buffer
+    computed from its arguments): no random number is drawn by the load, and the loaded model
+    computes what the saved one does."""
+    path, arch, model = _class_checkpoint(tmp_path, "testmodels:PairsBuffer", {"n": 4})
+    rng = torch.random.get_rng_state()
+    loaded = load_model(path, architecture=arch, inputs=["cat"])
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    cat = torch.randint(0, 50, (6, 3))
+    with torch.no_grad():
+        assert torch.equal(loaded.module(cat), model(cat))
+
+
+@pytest.mark.parametrize("where", ["buffer", "derived", "attribute", "shared"])
+def test_a_model_by_class_path_that_initializes_state_the_load_keeps_is_built_with_its_init(
+    tmp_path, where, caplog
+):
+    """A tensor initialized in __init__ that the load does not replace (a non-persistent random
+    projection, a buffer computed from an initialized temporary, a plain attribute, memory shared
+    with a parameter) would be left without data by a skipped init: the class is built again
+    with it, and the loaded model computes what the saved one does."""
+    path, arch, model = _class_checkpoint(tmp_path, "testmodels:InitializedState", {"where": where})
+    with caplog.at_level("INFO", logger="batchscore"):
+        loaded = load_model(path, architecture=arch, inputs=["dense"])
+    assert "built again with its random init" in caplog.text
+    dense = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(dense), model(dense))
