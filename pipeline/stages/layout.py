@@ -7,16 +7,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import OutputConfig
 from pipeline.filestats import holds_one_value, write_parquet
 from pipeline.storage import Location, is_s3
 from pipeline.tablefiles import HIVE_NULL
+
+if TYPE_CHECKING:
+    from pipeline.config import OutputConfig
 
 
 def split_by_partition(table: pa.Table, columns: list[str]) -> list[tuple[str, pa.Table]]:

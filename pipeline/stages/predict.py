@@ -16,19 +16,21 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from models.features import ENCODED_PREFIXES, FeatureSpec, encoded_columns, stack_encoded
-from pipeline.config import FeatureSpecConfig, JobConfig, ModelConfig, StorageConfig
 from pipeline.constcols import constant_strings
 from pipeline.errors import StageError
 from pipeline.raystate import running_ray
 from pipeline.reporting.progress import count
 from pipeline.stages.preprocess import FeatureBatch, tensor_column_to_numpy
-from pipeline.storage import download_dir, is_s3, resolve
+from pipeline.storage import StorageOptions, StorageSettings, download_dir, is_s3, resolve
+
+if TYPE_CHECKING:  # the driver's config models: not imported where a replica unpickles its work
+    from pipeline.config import FeatureSpecConfig, JobConfig, ModelConfig
 
 
 @dataclass
@@ -36,7 +38,7 @@ class ModelSource:
     """Where the model is and what the config adds to its metadata. Small and picklable."""
 
     uri: str
-    storage: StorageConfig = field(default_factory=StorageConfig)
+    storage: StorageOptions = field(default_factory=StorageOptions)
     format: str | None = None
     architecture: dict[str, Any] | None = None
     sha256: str | None = None
@@ -55,12 +57,12 @@ class ModelSource:
 
     @classmethod
     def from_model(
-        cls, m: ModelConfig, storage: StorageConfig, features: FeatureSpecConfig | None = None
+        cls, m: ModelConfig, storage: StorageSettings, features: FeatureSpecConfig | None = None
     ) -> ModelSource:
         """One model section (the job's model, or another's with the same schema)."""
         return cls(
             uri=m.uri,
-            storage=storage,
+            storage=StorageOptions.of(storage),
             format=m.format,
             architecture={"class": m.class_path, "kwargs": m.kwargs} if m.class_path else None,
             sha256=m.sha256,
