@@ -171,3 +171,28 @@ def test_each_read_task_passes_its_blocks_through_read_keys(tmp_path):
     ((f, d),) = src.files
     assert [b.num_rows for b in src.read_task_blocks(f, d, None)] == [10]
     assert Recorder.seen == [([f.path], 10, None)]  # the whole file: no row-group range
+
+
+def test_a_replica_unpickles_its_model_source_without_the_config_models(tmp_path):
+    """What a scoring replica imports and unpickles before its first batch leaves out
+    pipeline.config (its pydantic models, 30 ms of each replica's start): a fresh interpreter
+    imports the replica's module and loads a ModelSource made from a job's config, with an S3
+    endpoint, and still has its storage settings."""
+    import pickle
+    import subprocess
+    import sys
+
+    from pipeline.config import ModelConfig, StorageConfig
+    from pipeline.stages.predict import ModelSource
+
+    storage = StorageConfig(endpoint_url="http://127.0.0.1:9", region="eu-west-1")
+    source = ModelSource.from_model(ModelConfig(uri="s3://bucket/model"), storage)
+    blob = tmp_path / "source.pickle"
+    blob.write_bytes(pickle.dumps(source))
+    child = (
+        "import pickle, sys; import pipeline.run.replicas; "
+        f"s = pickle.loads(open({str(blob)!r}, 'rb').read()); "
+        "print(s.storage.endpoint_url, s.storage.region, 'pipeline.config' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["http://127.0.0.1:9", "eu-west-1", "False"]
