@@ -40,6 +40,16 @@ def test_read_it_hint_runs_as_printed(tmp_path, capsys, monkeypatch):
     assert "event_id" in proc.stdout
 
 
+def _unset_for_this_test(monkeypatch, *names: str) -> None:
+    """The variables unset, and whatever the code under test sets them to undone after the test:
+    `monkeypatch.delenv` of an unset variable records nothing to restore, and `_quiet_ray`'s
+    RAY_AUTH_MODE=token then reached the later tests' Ray clusters (their start failed with
+    InvalidAuthToken when tests/unit ran before tests/integration)."""
+    for name in names:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
 def test_demo_quiets_ray_for_a_ray_it_starts(monkeypatch):
     """The top-K demo printed Ray's token-authentication notice and Ray Data's plans and progress
     logs under its own output. Asking for token authentication explicitly (Ray's default for a
@@ -50,8 +60,7 @@ def test_demo_quiets_ray_for_a_ray_it_starts(monkeypatch):
     from pipeline.config import load_config
 
     cfg = load_config(REPO / "configs" / "demo.yaml")
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _unset_for_this_test(monkeypatch, "RAY_AUTH_MODE", "RAY_ADDRESS")
     level = logging.getLogger("ray.data").level
     try:
         _quiet_ray(cfg)
@@ -65,7 +74,7 @@ def test_demo_leaves_a_cluster_it_joins_as_it_is(monkeypatch):
     from jobs.demo import _quiet_ray
     from pipeline.config import load_config
 
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    _unset_for_this_test(monkeypatch, "RAY_AUTH_MODE")
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     _quiet_ray(load_config(REPO / "configs" / "demo.yaml"))
     assert "RAY_AUTH_MODE" not in os.environ
