@@ -69,13 +69,18 @@ class PairsBuffer(nn.Module):
 class InitializedState(nn.Module):
     """A model whose __init__ initializes, with torch.nn.init, a tensor a load does not replace:
     `where` is "buffer" (a non-persistent buffer), "derived" (a buffer computed from an
-    initialized temporary), "attribute" (a plain tensor attribute) or "shared" (a non-persistent
-    buffer sharing the initialized memory of a parameter). Seeded: its builds are equal."""
+    initialized temporary), "attribute" (a plain tensor attribute), "shared" (a non-persistent
+    buffer sharing the initialized memory of a parameter) or "sparse" (nothing initialized but the
+    parameters, and a sparse non-persistent buffer: no storage to compare, so the load does not
+    trust the skip). Seeded: its builds are equal."""
 
     def __init__(self, where: str, n: int = 4) -> None:
         super().__init__()
         torch.manual_seed(7)
         self.lin = nn.Linear(n, n)
+        if where == "sparse":
+            self.register_buffer("proj", torch.eye(n).to_sparse(), persistent=False)
+            return
         block = nn.init.normal_(torch.empty(2, n, n))
         if where == "buffer":
             self.register_buffer("proj", block[0], persistent=False)
@@ -88,4 +93,5 @@ class InitializedState(nn.Module):
             self.register_buffer("proj", block[1], persistent=False)
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
-        return self.lin(dense) @ self.proj
+        proj = self.proj.to_dense() if self.proj.is_sparse else self.proj
+        return self.lin(dense) @ proj

@@ -572,7 +572,7 @@ def test_a_model_by_class_path_loads_without_its_random_init_when_the_load_repla
         assert torch.equal(loaded.module(cat), model(cat))
 
 
-@pytest.mark.parametrize("where", ["buffer", "derived", "attribute", "shared"])
+@pytest.mark.parametrize("where", ["buffer", "derived", "attribute", "shared", "sparse"])
 def test_a_model_by_class_path_that_initializes_state_the_load_keeps_is_built_with_its_init(
     tmp_path, where, caplog
 ):
