@@ -95,3 +95,16 @@ class InitializedState(nn.Module):
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         proj = self.proj.to_dense() if self.proj.is_sparse else self.proj
         return self.lin(dense) @ proj
+
+
+class ScaleFromInit(nn.Module):
+    """A model whose __init__ keeps a number computed from an initialized parameter outside any
+    tensor (no check can see it): the load that skips the init must not make it plausible."""
+
+    def __init__(self, n: int = 4) -> None:
+        super().__init__()
+        self.lin = nn.Linear(n, 1)
+        self.scale = 1.0 / float(self.lin.weight.detach().abs().sum())
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.lin(dense).squeeze(1) * self.scale

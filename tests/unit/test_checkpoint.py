@@ -587,3 +587,12 @@ def test_a_model_by_class_path_that_initializes_state_the_load_keeps_is_built_wi
     dense = torch.randn(5, 4)
     with torch.no_grad():
         assert torch.equal(loaded.module(dense), model(dense))
+
+
+def test_a_number_a_class_computes_from_its_skipped_init_is_nan_not_plausible(tmp_path):
+    """What no check sees (a float __init__ computes from an initialized parameter) comes out NaN
+    in every score, where leftover memory would give numbers that look like scores."""
+    path, arch, _ = _class_checkpoint(tmp_path, "testmodels:ScaleFromInit", {"n": 4})
+    loaded = load_model(path, architecture=arch, inputs=["dense"])
+    with torch.no_grad():
+        assert torch.isnan(loaded.module(torch.randn(5, 4))).all()
