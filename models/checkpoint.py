@@ -227,19 +227,29 @@ def _build_class_for_loading(cls: Any, kwargs: dict[str, Any], path: str) -> Any
     """A model by class path, built for its weights to be loaded over it: without its random
     init (`_uninitialized`, NaN in its place: `_poison`) when that init wrote only into what the
     load replaces (`_init_only_loaded`), else built again with it (its __init__ then runs
-    twice)."""
+    twice). A build that fails without its init (an __init__ that factorizes or checks its
+    initialized weights) is built again with it too: the error that counts is the real build's."""
+    why = "initializes tensors a load does not replace"
+    try:
+        model = _build_uninitialized(cls, kwargs)
+    except Exception as e:  # noqa: BLE001 - the build with its init raises it again if it is real
+        model, why = None, f"does not build without its random init ({type(e).__name__}: {e})"
+    if model is not None:
+        return model
+    log.info("%s %s: built again with its random init", path, why)
+    return cls(**kwargs)
+
+
+def _build_uninitialized(cls: Any, kwargs: dict[str, Any]) -> Any | None:
+    """The class built without its random init, or None where the init it skipped was not all
+    on what the load replaces (or cannot be checked: a tensor without plain storage, sparse)."""
     touched: list[Any] = []
     with _uninitialized(touched):
         model = cls(**kwargs)
     try:
-        only_loaded = _init_only_loaded(model, touched)
-    except RuntimeError:  # a tensor without plain storage (sparse: NotImplementedError): unchecked
-        only_loaded = False
-    if only_loaded:
-        return model
-    log.info("%s initializes tensors a load does not replace: built again with its random init", path)
-    del model, touched
-    return cls(**kwargs)
+        return model if _init_only_loaded(model, touched) else None
+    except RuntimeError:  # sparse: NotImplementedError
+        return None
 
 
 def build_architecture(arch: dict[str, Any], *, for_loading: bool = False) -> Any:

@@ -108,3 +108,19 @@ class ScaleFromInit(nn.Module):
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         return self.lin(dense).squeeze(1) * self.scale
+
+
+class ChecksItsInit(nn.Module):
+    """A model whose __init__ refuses weights that are not finite (as one that factorizes its
+    initialized weights would fail on them): it must still load. `broken`: it never builds."""
+
+    def __init__(self, n: int = 4, broken: bool = False) -> None:
+        super().__init__()
+        self.lin = nn.Linear(n, 1)
+        if not torch.isfinite(self.lin.weight).all():
+            raise ValueError("weights not finite")
+        if broken:
+            raise ValueError("a broken model")
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.lin(dense).squeeze(1)

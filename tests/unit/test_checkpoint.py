@@ -596,3 +596,19 @@ def test_a_number_a_class_computes_from_its_skipped_init_is_nan_not_plausible(tm
     loaded = load_model(path, architecture=arch, inputs=["dense"])
     with torch.no_grad():
         assert torch.isnan(loaded.module(torch.randn(5, 4))).all()
+
+
+def test_a_class_that_fails_to_build_without_its_init_is_built_with_it(tmp_path, caplog):
+    path, arch, model = _class_checkpoint(tmp_path, "testmodels:ChecksItsInit", {"n": 4})
+    with caplog.at_level("INFO", logger="batchscore"):
+        loaded = load_model(path, architecture=arch, inputs=["dense"])
+    assert "does not build without its random init (ValueError: weights not finite)" in caplog.text
+    dense = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(dense), model(dense))
+
+
+def test_a_class_that_fails_to_build_at_all_raises_its_own_error(tmp_path):
+    path = _bare_safetensors(tmp_path, {"lin.weight": torch.zeros(1, 4), "lin.bias": torch.zeros(1)})
+    with pytest.raises(ValueError, match="a broken model"):
+        load_model(path, architecture={"class": "testmodels:ChecksItsInit", "kwargs": {"broken": True}})
