@@ -580,10 +580,17 @@ def test_a_model_by_class_path_that_initializes_state_the_load_keeps_is_built_wi
     projection, a buffer computed from an initialized temporary, a plain attribute, memory shared
     with a parameter) would be left without data by a skipped init: the class is built again
     with it, and the loaded model computes what the saved one does."""
-    path, arch, model = _class_checkpoint(tmp_path, "testmodels:InitializedState", {"where": where})
+    why = "initializes tensors a load does not replace"
+    _loads_built_with_its_init(tmp_path, caplog, "testmodels:InitializedState", {"where": where}, why)
+
+
+def _loads_built_with_its_init(tmp_path, caplog, cls_path: str, kwargs: dict, why: str) -> None:
+    """The class's checkpoint loads built again with its init (the log says so, and `why`), and
+    computes exactly what the saved model does."""
+    path, arch, model = _class_checkpoint(tmp_path, cls_path, kwargs)
     with caplog.at_level("INFO", logger="batchscore"):
         loaded = load_model(path, architecture=arch, inputs=["dense"])
-    assert "built again with its random init" in caplog.text
+    assert f"{why}: built again with its random init" in caplog.text
     dense = torch.randn(5, 4)
     with torch.no_grad():
         assert torch.equal(loaded.module(dense), model(dense))
@@ -599,13 +606,8 @@ def test_a_number_a_class_computes_from_its_skipped_init_is_nan_not_plausible(tm
 
 
 def test_a_class_that_fails_to_build_without_its_init_is_built_with_it(tmp_path, caplog):
-    path, arch, model = _class_checkpoint(tmp_path, "testmodels:ChecksItsInit", {"n": 4})
-    with caplog.at_level("INFO", logger="batchscore"):
-        loaded = load_model(path, architecture=arch, inputs=["dense"])
-    assert "does not build without its random init (ValueError: weights not finite)" in caplog.text
-    dense = torch.randn(5, 4)
-    with torch.no_grad():
-        assert torch.equal(loaded.module(dense), model(dense))
+    why = "does not build without its random init (ValueError: weights not finite)"
+    _loads_built_with_its_init(tmp_path, caplog, "testmodels:ChecksItsInit", {"n": 4}, why)
 
 
 def test_a_class_that_fails_to_build_at_all_raises_its_own_error(tmp_path):
