@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from models.arrays import from_numpy, int_dtype, null_mask, to_numpy
+
 # The spec lives below both halves of the transforms (models/transforms.py imports it too, and is
 # imported here only inside the functions that run torch); named here as before for its users.
 from models.featurespec import (  # noqa: F401 - re-exported: models.features is the spec's public home
@@ -104,7 +106,7 @@ def _fnv1a_strings(arr: pa.Array) -> np.ndarray:
     lengths = np.diff(offsets)
     if _all_of_one_length(offsets, lengths, len(data)):  # ids like '2026-10-01-625000'
         return _fnv1a_fixed(data[offsets[0] : offsets[-1]].reshape(n, int(lengths[0])), h)
-    valid = lengths if not arr.null_count else lengths[~arr.is_null().to_numpy(zero_copy_only=False)]
+    valid = lengths if not arr.null_count else lengths[~null_mask(arr)]
     common = int(valid.min()) if len(valid) else 0
     byte = np.empty(n, dtype=np.uint8)
     pos = starts.copy()
@@ -257,9 +259,9 @@ def _key_values(arr: pa.Array, name: str) -> np.ndarray:
         keys = _key_values(arr.dictionary, name)
         if len(keys) == 0:
             return np.zeros(len(arr), dtype=np.int64)
-        return np.take(keys, _values(arr.indices, arr.indices.type.to_pandas_dtype()), mode="clip")
+        return np.take(keys, _values(arr.indices, int_dtype(arr.indices.type)), mode="clip")
     if pa.types.is_integer(t):
-        return _values(arr, t.to_pandas_dtype()).astype(np.int64)  # uint64 wraps to the same bits
+        return _values(arr, int_dtype(t)).astype(np.int64)  # uint64 wraps to the same bits
     if is_text_type(t):
         if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
             arr = arr.cast(pa.large_binary())  # offsets + one data buffer, as the hashing reads them
@@ -267,18 +269,6 @@ def _key_values(arr: pa.Array, name: str) -> np.ndarray:
             return _key_values(pc.dictionary_encode(arr), name)
         return _fnv1a_strings(arr).view(np.int64)
     raise FeatureError(f"categorical feature {name!r}: expected an integer or string column, got {t}")
-
-
-def _with_nulls_of(values: np.ndarray, like: pa.Array) -> pa.Array:
-    """`values` as an Arrow array with the nulls of `like` (its validity bitmap reused if it can be)."""
-    if not like.null_count:
-        return pa.array(values)
-    if like.offset == 0 and not pa.types.is_dictionary(like.type):
-        typ = pa.from_numpy_dtype(values.dtype)
-        return pa.Array.from_buffers(
-            typ, len(like), [like.buffers()[0], pa.py_buffer(values)], like.null_count
-        )
-    return pa.array(values, mask=like.is_null().to_numpy(zero_copy_only=False))
 
 
 def categorical_key_column(column: pa.Array | pa.ChunkedArray, name: str = "?") -> pa.Array | pa.ChunkedArray:
@@ -295,7 +285,7 @@ def categorical_key_column(column: pa.Array | pa.ChunkedArray, name: str = "?") 
     for c in chunks:
         if pa.types.is_dictionary(t) and c.dictionary.null_count:  # a null value inside: decode (rare)
             c = c.dictionary_decode()
-        out.append(_with_nulls_of(_key_values(c, name), c))
+        out.append(from_numpy(_key_values(c, name), like=c))
     return pa.chunked_array(out, type=pa.int64()) if isinstance(column, pa.ChunkedArray) else out[0]
 
 
@@ -338,7 +328,7 @@ def _copy_rows(column: pa.Array | pa.ChunkedArray, name: str, typ: pa.DataType, 
         end = pos + len(chunk)
         values[pos:end] = _values(chunk, values.dtype)
         if chunk.null_count:
-            isnull = chunk.is_null().to_numpy(zero_copy_only=False)
+            isnull = null_mask(chunk)
             if nulls is None:
                 values[pos:end][isnull] = np.nan
             else:
@@ -419,13 +409,13 @@ def reject_reasons(table: pa.Table, spec: FeatureSpec, key_columns: list[str]) -
     for c in key_columns:
         col = table.column(c)
         if col.null_count:
-            mask = col.is_null().to_numpy(zero_copy_only=False) & (reasons == None)  # noqa: E711
+            mask = null_mask(col) & (reasons == None)  # noqa: E711
             reasons[mask] = f"null key column {c!r}"
             found = True
     for f in spec.dense:
         if f.on_nonfinite != "reject":
             continue
-        x = pc.cast(table.column(f.name), pa.float64()).to_numpy(zero_copy_only=False)
+        x = to_numpy(pc.cast(table.column(f.name), pa.float64()))
         bad = ~np.isfinite(x)
         if bad.any():
             mask = bad & (reasons == None)  # noqa: E711
@@ -447,23 +437,21 @@ def _chunk_hash64(col: pa.Array) -> np.ndarray:
         values = _chunk_hash64(col.dictionary)
         if len(values) == 0:
             return np.full(len(col), _NULL_HASH, dtype=np.uint64)
-        idx = col.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        v = values[idx]
+        idx = _values(pc.cast(col.indices, pa.int64()), np.int64)
+        v = values.take(idx, mode="clip")  # clip: what a null slot holds is unspecified (masked below)
         if col.indices.null_count:
-            v[col.indices.is_null().to_numpy(zero_copy_only=False)] = _NULL_HASH
+            v[null_mask(col.indices)] = _NULL_HASH
         return v
+    # null slots are hashed as whatever they hold, then masked: no `fill_null` (see models.arrays)
     if pa.types.is_integer(t) or pa.types.is_boolean(t):
-        ints = pc.cast(col, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-        v = _splitmix64(ints.view(np.uint64))
+        v = _splitmix64(_values(pc.cast(col, pa.int64()), np.int64).view(np.uint64))
     elif is_text_type(t):
-        if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
-            col = col.cast(pa.large_binary())  # fill_null has no kernel for views
-        v = _fnv1a_strings(col.fill_null(""))
+        v = _fnv1a_strings(col)
     else:  # dates, decimals, ...: by their text; large offsets, as a chunk's text may pass 2 GiB
-        v = _fnv1a_strings(pc.cast(col, pa.large_string()).fill_null(""))
+        v = _fnv1a_strings(pc.cast(col, pa.large_string()))
     if col.null_count:
         v = v.copy()
-        v[col.is_null().to_numpy(zero_copy_only=False)] = _NULL_HASH
+        v[null_mask(col)] = _NULL_HASH
     return v
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from models.arrays import from_numpy, to_numpy
+
 
 class OutputMismatch(ValueError):
     """The model's output does not fit the configured heads or kind."""
@@ -118,7 +120,7 @@ def embedding_column(matrix: np.ndarray, dtype: str = "float32") -> pa.Array:
         data = np.ascontiguousarray(matrix, dtype="<f2").view(np.uint8).reshape(-1)
         offsets = (np.arange(n + 1, dtype=np.int32) * (2 * d)).astype(np.int32)
         return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    values = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1), type=pa.float32())
+    values = from_numpy(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(values, d)
 
 
@@ -142,7 +144,7 @@ def embedding_matrix(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
         d = int(pc.list_value_length(col)[0].as_py()) if n else 0
     else:
         raise TypeError(f"not an embedding column: {col.type}")
-    values = col.flatten().to_numpy(zero_copy_only=False)
+    values = to_numpy(col.flatten())
     return values.astype(np.float32, copy=False).reshape(n, d)
 
 
@@ -160,7 +162,7 @@ def profiled_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        return col.flatten().to_numpy(zero_copy_only=False)
+        return to_numpy(col.flatten())
     if pa.types.is_fixed_size_list(t) or pa.types.is_binary(t):
         return vector_norms(col)
-    return col.to_numpy(zero_copy_only=False) if isinstance(col, pa.Array) else col.to_numpy()
+    return to_numpy(col)

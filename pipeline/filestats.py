@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from models.arrays import from_numpy
 from models.scoreprofile import Partial, partial_of
 from pipeline.keys import HASH_SEED, Fingerprint, fingerprint_of, total
 from pipeline.reporting.runs import INPUT_KEYS_DIR, RUNS_DIR
@@ -163,8 +164,9 @@ def _constants_as_dictionary(table: pa.Table) -> pa.Table:
         col = table.column(name)
         if not holds_one_value(col):
             continue
-        indices = pa.array(np.zeros(len(col), np.int32))
-        one = pa.DictionaryArray.from_arrays(indices, pa.array([col[0].as_py()], pa.string()))
+        value = col.slice(0, 1)  # the value as a one-row array: not from Python (models.arrays)
+        value = value.combine_chunks() if isinstance(value, pa.ChunkedArray) else value
+        one = pa.DictionaryArray.from_arrays(from_numpy(np.zeros(len(col), np.int32)), value)
         out = out.set_column(table.schema.get_field_index(name), pa.field(name, one.type), one)
     return out
 

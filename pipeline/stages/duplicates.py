@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from models.arrays import from_numpy
 from models.features import row_hash64
 from pipeline.errors import InputError
 from pipeline.raystate import running_ray
@@ -142,7 +143,7 @@ def _rows_with(fs, path: str, key_columns: list[str], hashes: np.ndarray) -> pa.
     """Step 3: the file's key values of the rows whose hash is among `hashes`."""
     table = _keys_of(fs, path, key_columns)
     h = row_hash64([table.column(c) for c in key_columns], seed=HASH_SEED)
-    return table.filter(pa.array(np.isin(h, hashes)))
+    return table.filter(from_numpy(np.isin(h, hashes)))
 
 
 def _repeated_hashes(fs, plan: InputPlan, key_columns: list[str], on_ray: bool) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from models.arrays import from_numpy, to_numpy
 from models.features import row_hash64
 from pipeline.stages.topk import TopKMerge, TopKPartial, TopKSpec
 
@@ -78,8 +79,8 @@ def write_pairs(spec: PairSpec, col: str, champion: pa.Table, challenger: pa.Tab
     keep = h < cut
     if not keep.any():
         return
-    a = champion.column(spec.champion).to_numpy(zero_copy_only=False)
-    b = challenger.column(spec.challenger).to_numpy(zero_copy_only=False)
+    a = to_numpy(champion.column(spec.champion))
+    b = to_numpy(challenger.column(spec.challenger))
     day = np.array(dates, dtype=object)
     for d in sorted(set(day[keep])):
         mine = keep & (day == d)
@@ -130,11 +131,11 @@ def _stacked(tables: list[pa.Table], columns: list[str], extra: dict[str, pa.Dat
 
 
 def _tag(table: pa.Table, i: int) -> pa.Table:
-    return table.append_column(MODEL_COLUMN, pa.array(np.full(table.num_rows, i, dtype=np.int8)))
+    return table.append_column(MODEL_COLUMN, from_numpy(np.full(table.num_rows, i, dtype=np.int8)))
 
 
 def _own(block: pa.Table, i: int) -> pa.Table:
-    return block.filter(pc.equal(block.column(MODEL_COLUMN), pa.scalar(i, pa.int8())))
+    return block.filter(from_numpy(to_numpy(block.column(MODEL_COLUMN)) == i))
 
 
 def _as_side(table: pa.Table, i: int, heads: list[str]) -> pa.Table:

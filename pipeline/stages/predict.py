@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from models.arrays import from_numpy
 from models.features import ENCODED_PREFIXES, FeatureSpec, encoded_columns, stack_encoded
 from pipeline.constcols import constant_strings
 from pipeline.errors import StageError
@@ -159,8 +160,8 @@ class OutputSpec:
             from models.outputs import embedding_type
 
             kind = embedding_type(self.embedding_dim or 1, self.embedding_dtype)
-            return {self.columns[0]: pa.array([], type=kind)}
-        return {c: pa.array([], type=pa.float32()) for c in self.columns}
+            return {self.columns[0]: pa.nulls(0, kind)}
+        return {c: pa.nulls(0, pa.float32()) for c in self.columns}
 
     def values(self, out: Any, n: int) -> tuple[dict[str, pa.Array], np.ndarray | None]:
         """The output columns of `n` rows, and which rows cannot be written (a non-finite
@@ -176,7 +177,7 @@ class OutputSpec:
             return {self.columns[0]: outputs.embedding_column(stored, self.embedding_dtype)}, bad
         heads = outputs.map_heads(out, self.columns, n)
         cols = zip(self.columns, heads, strict=True)
-        return {c: pa.array(h.float().cpu().numpy(), type=pa.float32()) for c, h in cols}, None
+        return {c: from_numpy(h.float().cpu().numpy(), pa.float32()) for c, h in cols}, None
 
 
 NON_FINITE_EMBEDDING = "non-finite embedding (NaN or inf in the model's output)"
@@ -469,21 +470,21 @@ class Predictor:
     def _empty(self, batch: pa.Table) -> pa.Table:
         cols = {c: batch.column(c) for c in self.passthrough if c in batch.column_names}
         cols.update(self.output.empty())
-        cols["model_version"] = pa.array([], type=pa.string())
-        cols["run_id"] = pa.array([], type=pa.string())
+        cols["model_version"] = pa.nulls(0, pa.string())
+        cols["run_id"] = pa.nulls(0, pa.string())
         if self.device_column:
-            cols[self.device_column] = pa.array([], type=pa.string())
+            cols[self.device_column] = pa.nulls(0, pa.string())
         return pa.table({k: v.slice(0, 0) for k, v in cols.items()})
 
     def _drop_unwritable(self, batch: pa.Table, values: dict, bad: np.ndarray):
         """Rows whose output cannot be written (a non-finite embedding) go to the dead letters."""
         if self.dead_letter is None:
             raise StageError(f"stage {self.name!r}: {int(bad.sum())} rows: {NON_FINITE_EMBEDDING}")
-        mask = pa.array(bad)
+        mask = from_numpy(bad)
         reasons = np.full(int(bad.sum()), NON_FINITE_EMBEDDING, dtype=object)
         self.dead_letter.write(batch.filter(mask), reasons, batch)
         count(self.progress, "rejected", len(reasons))
-        keep = pa.array(~bad)
+        keep = from_numpy(~bad)
         return batch.filter(keep), {c: v.filter(keep) for c, v in values.items()}
 
 

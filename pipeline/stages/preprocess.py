@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from models.arrays import from_numpy, to_numpy
 from models.features import (
     ENCODED_PREFIXES,
     FeatureError,
@@ -31,7 +32,7 @@ from pipeline.stages.deadletter import DeadLetterWriter
 def to_tensor_column(arr: np.ndarray) -> pa.Array:
     """A numpy array as an Arrow column: 1-D as-is, N-D as Ray's fixed-shape tensor column."""
     if arr.ndim == 1:
-        return pa.array(arr)
+        return from_numpy(arr)
     from ray.data.extensions import ArrowTensorArray
 
     return ArrowTensorArray.from_numpy(np.ascontiguousarray(arr))
@@ -42,7 +43,7 @@ def tensor_column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     if isinstance(col.type, pa.ExtensionType):
         return col.to_numpy()
-    return col.to_numpy(zero_copy_only=False)
+    return to_numpy(col)
 
 
 class FeatureBatch:
@@ -168,8 +169,8 @@ class Preprocessor:
         )
         if reasons is not None:
             bad = np.array([r is not None for r in reasons], dtype=bool)
-            self._reject(batch.filter(pa.array(bad)), reasons[bad], batch)
-            batch = batch.filter(pa.array(~bad))
+            self._reject(batch.filter(from_numpy(bad)), reasons[bad], batch)
+            batch = batch.filter(from_numpy(~bad))
         try:
             if self.function:
                 feats = self.function(batch)

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from models.arrays import from_numpy, to_numpy
 from pipeline.errors import StageError
 
 NON_FINITE_SCORE = "non-finite score (NaN or inf cannot be ranked for top_k)"
@@ -123,21 +124,21 @@ class TopKPartial:
                 f"stage {self.name!r}: missing columns {missing}; present columns: {batch.column_names}"
             )
         batch = batch.select(self.columns)
-        scores = batch.column(spec.order_by).to_numpy()
+        scores = to_numpy(batch.column(spec.order_by))
         bad = ~np.isfinite(scores)
         if bad.any():
             if self.dead_letter is None:
                 raise StageError(f"stage {self.name!r}: {int(bad.sum())} rows: {NON_FINITE_SCORE}")
             reasons = np.full(int(bad.sum()), NON_FINITE_SCORE, dtype=object)
-            self.dead_letter.write(batch.filter(pa.array(bad)), reasons, batch)
-            batch = batch.filter(pa.array(~bad))
+            self.dead_letter.write(batch.filter(from_numpy(bad)), reasons, batch)
+            batch = batch.filter(from_numpy(~bad))
         table, starts, rank = ranked(batch, spec)
         sizes = np.diff(np.append(starts, table.num_rows))
         counts = np.zeros(table.num_rows, dtype=np.int64)
         counts[starts] = sizes
         keep = rank < spec.k
-        table = table.append_column(spec.count_column, pa.array(counts))
-        return table.filter(pa.array(keep))
+        table = table.append_column(spec.count_column, from_numpy(counts))
+        return table.filter(from_numpy(keep))
 
 
 class TopKMerge:
@@ -163,18 +164,18 @@ class TopKMerge:
                 f"output.top_k.max_group_rows={spec.max_group_rows}; raise it, or make fewer, larger "
                 "input blocks"
             )
-        counts = table.column(spec.count_column).to_numpy()
+        counts = to_numpy(table.column(spec.count_column))
         totals = np.add.reduceat(counts, starts) if n else np.zeros(0, dtype=np.int64)
         keep = rank < spec.k
-        kept = table.filter(pa.array(keep))
+        kept = table.filter(from_numpy(keep))
         lengths = np.minimum(sizes, spec.k)
-        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-        first = pa.array(starts, type=pa.int64())
+        offsets = from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        first = from_numpy(starts, pa.int64())
         cols: dict[str, Any] = {c: table.column(c).take(first) for c in spec.group_columns}
         for c in [*spec.items, *spec.heads]:
             values = kept.column(c).combine_chunks()
             cols[c] = pa.ListArray.from_arrays(offsets, values)
-        cols[spec.count_column] = pa.array(totals, type=pa.int64())
+        cols[spec.count_column] = from_numpy(totals, pa.int64())
         cols["model_version"] = table.column("model_version").take(first)
         cols["run_id"] = table.column("run_id").take(first)
         return pa.table(cols)
