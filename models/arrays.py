@@ -61,14 +61,21 @@ def to_numpy(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return _bits(col.buffers()[1], col.offset, len(col))
     if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
         return col.to_numpy(zero_copy_only=False)
-    dtype = int_dtype(t) if pa.types.is_integer(t) else np.dtype(f"f{t.bit_width // 8}")
-    buf = col.buffers()[1]
-    values = np.frombuffer(buf, dtype)[col.offset : col.offset + len(col)] if buf else np.zeros(0, dtype)
+    values = value_slots(col, int_dtype(t) if pa.types.is_integer(t) else np.dtype(f"f{t.bit_width // 8}"))
     if not col.null_count:
         return values
     out = values.astype(np.float64) if values.dtype.kind in "iu" else values.copy()
     out[null_mask(col)] = np.nan
     return out
+
+
+def value_slots(arr: pa.Array, dtype: np.dtype | type) -> np.ndarray:
+    """The values buffer of a fixed-width array as numpy `dtype`, zero-copy: null slots hold
+    whatever they hold (callers mask them)."""
+    buf = arr.buffers()[1]
+    if buf is None or len(arr) == 0:
+        return np.zeros(len(arr), dtype=dtype)
+    return np.frombuffer(buf, dtype=dtype)[arr.offset : arr.offset + len(arr)]
 
 
 def null_mask(col: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.arrays import from_numpy, int_dtype, null_mask, to_numpy
+from models.arrays import from_numpy, int_dtype, null_mask, to_numpy, value_slots
 
 # The spec lives below both halves of the transforms (models/transforms.py imports it too, and is
 # imported here only inside the functions that run torch); named here as before for its users.
@@ -244,14 +244,6 @@ def _mostly_repeats(arr: pa.Array) -> bool:
     return True
 
 
-def _values(arr: pa.Array, dtype) -> np.ndarray:
-    """The values buffer of a fixed-width array as numpy (zero-copy; null slots hold anything)."""
-    buf = arr.buffers()[1]
-    if buf is None or len(arr) == 0:
-        return np.zeros(len(arr), dtype=dtype)
-    return np.frombuffer(buf, dtype=dtype)[arr.offset : arr.offset + len(arr)]
-
-
 def _key_values(arr: pa.Array, name: str) -> np.ndarray:
     """One chunk's 64-bit keys (int64 holding uint64 bits); values at null slots unspecified."""
     t = arr.type
@@ -259,9 +251,9 @@ def _key_values(arr: pa.Array, name: str) -> np.ndarray:
         keys = _key_values(arr.dictionary, name)
         if len(keys) == 0:
             return np.zeros(len(arr), dtype=np.int64)
-        return np.take(keys, _values(arr.indices, int_dtype(arr.indices.type)), mode="clip")
+        return np.take(keys, value_slots(arr.indices, int_dtype(arr.indices.type)), mode="clip")
     if pa.types.is_integer(t):
-        return _values(arr, int_dtype(t)).astype(np.int64)  # uint64 wraps to the same bits
+        return value_slots(arr, int_dtype(t)).astype(np.int64)  # uint64 wraps to the same bits
     if is_text_type(t):
         if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
             arr = arr.cast(pa.large_binary())  # offsets + one data buffer, as the hashing reads them
@@ -326,7 +318,7 @@ def _copy_rows(column: pa.Array | pa.ChunkedArray, name: str, typ: pa.DataType, 
     pos = 0
     for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
         end = pos + len(chunk)
-        values[pos:end] = _values(chunk, values.dtype)
+        values[pos:end] = value_slots(chunk, values.dtype)
         if chunk.null_count:
             isnull = null_mask(chunk)
             if nulls is None:
@@ -437,14 +429,14 @@ def _chunk_hash64(col: pa.Array) -> np.ndarray:
         values = _chunk_hash64(col.dictionary)
         if len(values) == 0:
             return np.full(len(col), _NULL_HASH, dtype=np.uint64)
-        idx = _values(pc.cast(col.indices, pa.int64()), np.int64)
+        idx = value_slots(pc.cast(col.indices, pa.int64()), np.int64)
         v = values.take(idx, mode="clip")  # clip: what a null slot holds is unspecified (masked below)
         if col.indices.null_count:
             v[null_mask(col.indices)] = _NULL_HASH
         return v
     # null slots are hashed as whatever they hold, then masked: no `fill_null` (see models.arrays)
     if pa.types.is_integer(t) or pa.types.is_boolean(t):
-        v = _splitmix64(_values(pc.cast(col, pa.int64()), np.int64).view(np.uint64))
+        v = _splitmix64(value_slots(pc.cast(col, pa.int64()), np.int64).view(np.uint64))
     elif is_text_type(t):
         v = _fnv1a_strings(col)
     else:  # dates, decimals, ...: by their text; large offsets, as a chunk's text may pass 2 GiB
